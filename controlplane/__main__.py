@@ -1,0 +1,72 @@
+"""`muster-controlplane` / `python -m controlplane`: run the control plane."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+
+from controlplane.server import start
+
+DEFAULT_LISTEN = "127.0.0.1:50051"
+
+
+def default_db() -> Path:
+    """SQLite file in the user's data directory (created on start)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "muster" / "controlplane.db"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """Command-line flags."""
+    parser = argparse.ArgumentParser(
+        prog="muster-controlplane", description="muster control plane (gRPC)"
+    )
+    parser.add_argument("--listen", default=os.environ.get("MUSTER_LISTEN", DEFAULT_LISTEN),
+                        help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})")
+    parser.add_argument("--db", default=os.environ.get("MUSTER_DB") or str(default_db()),
+                        help="SQLite database file (default: %(default)s)")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    return parser.parse_args(argv)
+
+
+def configure_logging(level: str) -> None:
+    """Structured one-line logs: time, level, logger, then key=value pairs."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="time=%(asctime)s level=%(levelname)s logger=%(name)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def serve(args: argparse.Namespace) -> None:
+    """Run until SIGTERM or SIGINT, then shut down gracefully."""
+    plane = await start(args.listen, args.db)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"muster control plane listening on {args.listen.rsplit(':', 1)[0]}:{plane.port}",
+          flush=True)
+    await stop.wait()
+    logging.getLogger("controlplane").info("event=shutdown_requested")
+    await plane.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    try:
+        asyncio.run(serve(args))
+    except OSError as exc:
+        print(f"muster-controlplane: error: {exc}", file=sys.stderr)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""gRPC adapters: servicers translate protobuf <-> domain and map errors to status codes."""

@@ -1,0 +1,1 @@
+"""Pure domain logic of the control plane. Nothing here performs I/O."""

@@ -1,0 +1,83 @@
+"""Assembles the control plane: store, services, gRPC servicers, health and reflection."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from controlplane.api.codespecs import CodespecServicer
+from controlplane.services.codespecs import CodespecService
+from controlplane.store.base import Store
+from controlplane.store.sqlite import SqliteStore
+from muster.v1 import (
+    agent_pb2,
+    agent_pb2_grpc,
+    codespec_pb2,
+    codespec_pb2_grpc,
+    node_pb2,
+    node_pb2_grpc,
+    run_pb2,
+    run_pb2_grpc,
+)
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = [
+    codespec_pb2.DESCRIPTOR.services_by_name["CodespecService"].full_name,
+    run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
+    node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
+    agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+]
+
+
+@dataclass
+class ControlPlane:
+    """A running control plane; `port` is the bound port (useful with port 0)."""
+
+    server: grpc.aio.Server
+    store: Store
+    health: health.aio.HealthServicer
+    port: int
+
+    async def stop(self, grace: float = 5.0) -> None:
+        """Stop accepting calls, let running ones finish, then close the store."""
+        for name in ["", *SERVICE_NAMES]:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.stop(grace)
+        await self.store.close()
+        log.info("event=stopped")
+
+
+async def start(listen: str, db_path: str | Path) -> ControlPlane:
+    """Open the store, register every service and start listening."""
+    store = await SqliteStore.open(db_path)
+    server = grpc.aio.server()
+    codespec_pb2_grpc.add_CodespecServiceServicer_to_server(
+        CodespecServicer(CodespecService(store)), server
+    )
+    # Not implemented yet: the generated base servicers answer UNIMPLEMENTED.
+    run_pb2_grpc.add_RunServiceServicer_to_server(run_pb2_grpc.RunServiceServicer(), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(node_pb2_grpc.NodeServiceServicer(), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_pb2_grpc.AgentServiceServicer(), server)
+
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        [*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+         reflection.SERVICE_NAME],
+        server,
+    )
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        await store.close()
+        raise OSError(f"cannot listen on {listen}")
+    await server.start()
+    for name in ["", *SERVICE_NAMES]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("event=listening address=%s port=%d db=%s", listen, port, db_path)
+    return ControlPlane(server, store, health_servicer, port)

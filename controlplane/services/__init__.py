@@ -1,0 +1,1 @@
+"""Use cases: each combines core decisions with the store. No gRPC here."""

@@ -1,0 +1,216 @@
+"""SQLite backend of the Store: WAL mode, versioned schema, one transaction per change.
+
+sqlite3 is blocking, so every call runs on one dedicated thread. One thread also
+serialises writers, which is what SQLite wants anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from controlplane.core.codespec import Codespec, from_document, to_document
+from controlplane.core.errors import Conflict
+from controlplane.store.base import CodespecOrder, CodespecPage
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Append-only list of migrations; schema version N means MIGRATIONS[:N] are applied.
+MIGRATIONS: list[str] = [
+    """
+    CREATE TABLE codespecs (
+        name        TEXT    NOT NULL,
+        version     INTEGER NOT NULL,
+        kind        TEXT    NOT NULL,
+        spec        TEXT    NOT NULL,   -- JSON document, Tyger camelCase fields
+        created_at  INTEGER NOT NULL,   -- microseconds since the epoch, UTC
+        PRIMARY KEY (name, version)
+    );
+    CREATE INDEX codespecs_created ON codespecs (created_at);
+    """,
+]
+
+
+def to_micros(ts: datetime) -> int:
+    """UTC datetime -> integer microseconds (exact, sortable)."""
+    delta = ts.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def from_micros(value: int) -> datetime:
+    """Inverse of to_micros."""
+    return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
+
+
+class SqliteStore:
+    """Store implementation on a local SQLite file (or ':memory:' for tests)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = str(path)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    @classmethod
+    async def open(cls, path: str | Path) -> SqliteStore:
+        """Open (creating directories and the file if needed) and migrate."""
+        if str(path) != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        store = cls(path)
+        await store._call(store._connect)
+        return store
+
+    def _connect(self) -> None:
+        conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        self._conn = conn
+        self._migrate()
+
+    def _migrate(self) -> None:
+        conn = self._db
+        conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
+        row = conn.execute("SELECT version FROM schema_version").fetchone()
+        current = row["version"] if row else 0
+        if current > len(MIGRATIONS):
+            raise RuntimeError(
+                f"database schema version {current} is newer than this control plane "
+                f"({len(MIGRATIONS)}); upgrade muster"
+            )
+        for number in range(current, len(MIGRATIONS)):
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in _split_sql(MIGRATIONS[number]):
+                    conn.execute(statement)
+                conn.execute("DELETE FROM schema_version")
+                conn.execute("INSERT INTO schema_version VALUES (?)", (number + 1,))
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            log.info("event=store_migrated version=%d", number + 1)
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        assert self._conn is not None, "store is closed"
+        return self._conn
+
+    async def _call(self, fn: Callable[..., T], *args: Any) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run fn inside one IMMEDIATE transaction (on the store thread)."""
+        conn = self._db
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = fn(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    async def close(self) -> None:
+        """Close the connection and stop the store thread."""
+        if self._conn is not None:
+            await self._call(self._conn.close)
+            self._conn = None
+        self._executor.shutdown(wait=True)
+
+    # -- codespecs ---------------------------------------------------------
+
+    @staticmethod
+    def _codespec(row: sqlite3.Row) -> Codespec:
+        return from_document(
+            row["name"], json.loads(row["spec"]), row["version"], from_micros(row["created_at"])
+        )
+
+    async def latest_codespec(self, name: str) -> Codespec | None:
+        def q() -> Codespec | None:
+            row = self._db.execute(
+                "SELECT * FROM codespecs WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+            ).fetchone()
+            return self._codespec(row) if row else None
+
+        return await self._call(q)
+
+    async def get_codespec(self, name: str, version: int) -> Codespec | None:
+        def q() -> Codespec | None:
+            row = self._db.execute(
+                "SELECT * FROM codespecs WHERE name = ? AND version = ?", (name, version)
+            ).fetchone()
+            return self._codespec(row) if row else None
+
+        return await self._call(q)
+
+    async def insert_codespec(self, spec: Codespec) -> Codespec:
+        assert spec.created_at is not None and spec.version >= 1
+
+        def tx(conn: sqlite3.Connection) -> Codespec:
+            row = conn.execute(
+                "SELECT MAX(version) AS v FROM codespecs WHERE name = ?", (spec.name,)
+            ).fetchone()
+            if (row["v"] or 0) + 1 != spec.version:
+                raise Conflict(f"codespec {spec.name} is at version {row['v']}")
+            conn.execute(
+                "INSERT INTO codespecs (name, version, kind, spec, created_at) VALUES (?,?,?,?,?)",
+                (spec.name, spec.version, spec.kind, json.dumps(to_document(spec)),
+                 to_micros(spec.created_at)),
+            )
+            return spec
+
+        return await self._call(self._tx, tx)
+
+    async def list_codespecs(
+        self,
+        *,
+        prefix: str,
+        order: CodespecOrder,
+        limit: int,
+        after: tuple[int, str] | None,
+    ) -> CodespecPage:
+        def q() -> CodespecPage:
+            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params: list[Any] = [escaped + "%"]
+            sql = (
+                "WITH heads AS (SELECT name, MAX(version) AS version, MIN(created_at) AS born "
+                "FROM codespecs WHERE name LIKE ? ESCAPE '\\' GROUP BY name) "
+                "SELECT c.*, h.born FROM heads h JOIN codespecs c "
+                "ON c.name = h.name AND c.version = h.version"
+            )
+            if order == "name":
+                if after is not None:
+                    sql += " WHERE c.name > ?"
+                    params.append(after[1])
+                sql += " ORDER BY c.name"
+            else:
+                if after is not None:
+                    sql += " WHERE (h.born < ?) OR (h.born = ? AND c.name > ?)"
+                    params += [after[0], after[0], after[1]]
+                sql += " ORDER BY h.born DESC, c.name"
+            sql += " LIMIT ?"
+            params.append(limit + 1)
+            rows = self._db.execute(sql, params).fetchall()
+            items = [self._codespec(r) for r in rows[:limit]]
+            cursor = None
+            if len(rows) > limit:
+                last = rows[limit - 1]
+                cursor = (last["born"], last["name"])
+            return CodespecPage(items, cursor)
+
+        return await self._call(q)
+
+
+def _split_sql(script: str) -> list[str]:
+    """Split a migration script into statements (no semicolons inside literals)."""
+    return [s.strip() for s in script.split(";") if s.strip()]

@@ -1,0 +1,61 @@
+"""Rendering resources for people (tables) and machines (JSON/YAML, Tyger camelCase)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import yaml
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+FORMATS = ("table", "json", "yaml")
+
+
+def enum_text(value: str) -> str:
+    """`CODESPEC_KIND_WORKER` -> `worker`; `RUN_STATUS_PENDING` -> `Pending`."""
+    for prefix, style in (
+        ("CODESPEC_KIND_", str.lower),
+        ("RUN_STATUS_", str.capitalize),
+        ("NODE_STATUS_", lambda s: "".join(p.capitalize() for p in s.split("_"))),
+        ("CONTAINER_STATE_", str.lower),
+        ("REPLICA_ROLE_", str.lower),
+        ("NETWORK_MODE_", lambda s: s.lower().replace("_", "-")),
+        ("LOG_STREAM_", str.lower),
+    ):
+        if value.startswith(prefix):
+            return style(value[len(prefix):])
+    return value
+
+
+def _clean(value: Any) -> Any:
+    if isinstance(value, dict):
+        cleaned = {k: _clean(v) for k, v in value.items()}
+        return {k: v for k, v in cleaned.items() if v != {}}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, str) and value.isupper() and "_" in value:
+        return enum_text(value)
+    return value
+
+
+def to_dict(msg: Message) -> dict[str, Any]:
+    """Protobuf message -> dict with camelCase names and readable enum values."""
+    return _clean(json_format.MessageToDict(msg, preserving_proto_field_name=False))
+
+
+def dump(data: Any, fmt: str) -> str:
+    """Serialize for -o json / -o yaml."""
+    if fmt == "json":
+        return json.dumps(data, indent=2)
+    return yaml.safe_dump(data, sort_keys=False, default_flow_style=False).rstrip("\n")
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain aligned text table."""
+    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
+    )
