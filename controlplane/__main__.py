@@ -26,10 +26,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="muster-controlplane", description="muster control plane (gRPC)"
     )
-    parser.add_argument("--listen", default=os.environ.get("MUSTER_LISTEN", DEFAULT_LISTEN),
-                        help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})")
-    parser.add_argument("--db", default=os.environ.get("MUSTER_DB") or str(default_db()),
-                        help="SQLite database file (default: %(default)s)")
+    parser.add_argument(
+        "--listen",
+        default=os.environ.get("MUSTER_LISTEN", DEFAULT_LISTEN),
+        help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})",
+    )
+    parser.add_argument(
+        "--db",
+        default=os.environ.get("MUSTER_DB") or str(default_db()),
+        help="SQLite database file (default: %(default)s)",
+    )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     return parser.parse_args(argv)
 
@@ -50,8 +56,10 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(f"muster control plane listening on {args.listen.rsplit(':', 1)[0]}:{plane.port}",
-          flush=True)
+    print(
+        f"muster control plane listening on {args.listen.rsplit(':', 1)[0]}:{plane.port}",
+        flush=True,
+    )
     await stop.wait()
     logging.getLogger("controlplane").info("event=shutdown_requested")
     await plane.stop()

@@ -8,11 +8,11 @@ from typing import Any
 
 import click
 
+from muster.v1 import codespec_pb2 as cpb
+from muster.v1 import codespec_pb2_grpc as cgrpc
 from muster_cli.client import channel, fail, server_address
 from muster_cli.output import FORMATS, dump, table, to_dict
 from muster_cli.specfile import SpecError, load_codespec
-from muster.v1 import codespec_pb2 as cpb
-from muster.v1 import codespec_pb2_grpc as cgrpc
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -20,7 +20,10 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 def server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--server on every leaf command (it overrides the group's and MUSTER_SERVER)."""
     return click.option(
-        "--server", "leaf_server", default=None, metavar="HOST:PORT",
+        "--server",
+        "leaf_server",
+        default=None,
+        metavar="HOST:PORT",
         help="Control plane address (default: $MUSTER_SERVER or 127.0.0.1:50051).",
     )(fn)
 
@@ -28,7 +31,11 @@ def server_option(fn: Callable[..., Any]) -> Callable[..., Any]:
 def format_option(*flags: str) -> Callable[..., Any]:
     """-o/--output json|yaml|table (or only --format where -o means something else)."""
     return click.option(
-        *flags, "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+        *flags,
+        "fmt",
+        type=click.Choice(FORMATS),
+        default="table",
+        show_default=True,
         help="Output format.",
     )
 
@@ -48,14 +55,19 @@ def key_values(pairs: tuple[str, ...], flag: str, cast: Callable[[str], Any] = s
         try:
             out[key] = cast(value)
         except ValueError:
-            raise click.BadParameter(f"'{value}' in '{pair}' is not a number",
-                                     param_hint=flag) from None
+            raise click.BadParameter(
+                f"'{value}' in '{pair}' is not a number", param_hint=flag
+            ) from None
     return out
 
 
 @click.group(context_settings=CONTEXT)
-@click.option("--server", default=None, metavar="HOST:PORT",
-              help="Control plane address (default: $MUSTER_SERVER or 127.0.0.1:50051).")
+@click.option(
+    "--server",
+    default=None,
+    metavar="HOST:PORT",
+    help="Control plane address (default: $MUSTER_SERVER or 127.0.0.1:50051).",
+)
 @click.pass_context
 def cli(ctx: click.Context, server: str | None) -> None:
     """muster: distributed container jobs on your own Podman hosts."""
@@ -84,13 +96,24 @@ def codespec() -> None:
 @click.option("--memory-limit", help="Memory limit.")
 @click.option("--gpu", type=click.IntRange(min=0), help="GPUs per replica.")
 @click.option("--working-dir", help="Working directory in the container.")
-@click.option("--command", "is_command", is_flag=True,
-              help="Treat the ARGS after -- as the command (entrypoint) instead of args.")
+@click.option(
+    "--command",
+    "is_command",
+    is_flag=True,
+    help="Treat the ARGS after -- as the command (entrypoint) instead of args.",
+)
 @format_option("--format")
 @server_option
 @click.pass_context
-def codespec_create(ctx: click.Context, name: str, extra: tuple[str, ...], file: str | None,
-                    leaf_server: str | None, fmt: str, **flags: Any) -> None:
+def codespec_create(
+    ctx: click.Context,
+    name: str,
+    extra: tuple[str, ...],
+    file: str | None,
+    leaf_server: str | None,
+    fmt: str,
+    **flags: Any,
+) -> None:
     """Create a codespec version; prints the version number.
 
     An identical codespec returns the latest version unchanged.
@@ -127,8 +150,10 @@ def apply_codespec_flags(spec: cpb.Codespec, flags: dict[str, Any], extra: tuple
         spec.buffers.ClearField("outputs")
         spec.buffers.outputs.extend(flags["outputs"])
     for flag, group, key in (
-        ("cpu_request", "requests", "cpu"), ("memory_request", "requests", "memory"),
-        ("cpu_limit", "limits", "cpu"), ("memory_limit", "limits", "memory"),
+        ("cpu_request", "requests", "cpu"),
+        ("memory_request", "requests", "memory"),
+        ("cpu_limit", "limits", "cpu"),
+        ("memory_limit", "limits", "memory"),
     ):
         if flags[flag]:
             setattr(getattr(spec.resources, group), key, flags[flag])
@@ -150,8 +175,9 @@ def apply_codespec_flags(spec: cpb.Codespec, flags: dict[str, Any], extra: tuple
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
-def codespec_show(ctx: click.Context, name: str, version: int | None, fmt: str,
-                  leaf_server: str | None) -> None:
+def codespec_show(
+    ctx: click.Context, name: str, version: int | None, fmt: str, leaf_server: str | None
+) -> None:
     """Show a codespec (latest version unless --version)."""
     with channel(address(ctx, leaf_server)) as ch:
         reply = cgrpc.CodespecServiceStub(ch).GetCodespec(
@@ -162,14 +188,14 @@ def codespec_show(ctx: click.Context, name: str, version: int | None, fmt: str,
 
 @codespec.command("list", context_settings=CONTEXT)
 @click.option("--prefix", default="", help="Only names starting with this.")
-@click.option("--order", type=click.Choice(["newest", "name"]), default="newest",
-              show_default=True)
+@click.option("--order", type=click.Choice(["newest", "name"]), default="newest", show_default=True)
 @click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
-def codespec_list(ctx: click.Context, prefix: str, order: str, limit: int, fmt: str,
-                  leaf_server: str | None) -> None:
+def codespec_list(
+    ctx: click.Context, prefix: str, order: str, limit: int, fmt: str, leaf_server: str | None
+) -> None:
     """List codespecs (latest version of each)."""
     order_pb = cpb.CODESPEC_ORDER_NAME if order == "name" else cpb.CODESPEC_ORDER_NEWEST_FIRST
     items: list[cpb.Codespec] = []
@@ -177,9 +203,15 @@ def codespec_list(ctx: click.Context, prefix: str, order: str, limit: int, fmt: 
     with channel(address(ctx, leaf_server)) as ch:
         stub = cgrpc.CodespecServiceStub(ch)
         while len(items) < limit:
-            reply = stub.ListCodespecs(cpb.ListCodespecsRequest(
-                prefix=prefix, order=order_pb, page_size=min(limit - len(items), 1000),
-                page_token=token), timeout=30)
+            reply = stub.ListCodespecs(
+                cpb.ListCodespecsRequest(
+                    prefix=prefix,
+                    order=order_pb,
+                    page_size=min(limit - len(items), 1000),
+                    page_token=token,
+                ),
+                timeout=30,
+            )
             items.extend(reply.codespecs)
             token = reply.next_page_token
             if not token:
@@ -187,8 +219,16 @@ def codespec_list(ctx: click.Context, prefix: str, order: str, limit: int, fmt: 
     if fmt != "table":
         click.echo(dump([to_dict(s) for s in items], fmt))
         return
-    rows = [(s.name, s.version, "worker" if s.kind == cpb.CODESPEC_KIND_WORKER else "job",
-             s.image, s.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S")) for s in items]
+    rows = [
+        (
+            s.name,
+            s.version,
+            "worker" if s.kind == cpb.CODESPEC_KIND_WORKER else "job",
+            s.image,
+            s.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+        )
+        for s in items
+    ]
     click.echo(table(["NAME", "VERSION", "KIND", "IMAGE", "CREATED"], rows))
 
 

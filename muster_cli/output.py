@@ -25,7 +25,7 @@ def enum_text(value: str) -> str:
         ("LOG_STREAM_", str.lower),
     ):
         if value.startswith(prefix):
-            return style(value[len(prefix):])
+            return style(value[len(prefix) :])
     return value
 
 

@@ -112,7 +112,9 @@ def codespec_from_dict(doc: dict[str, Any], path: str = "") -> cpb.Codespec:
     msg = cpb.Codespec(name=doc.get("name", ""), image=doc.get("image", ""))
     if "kind" in doc:
         if doc["kind"] not in KINDS:
-            raise SpecError(f"{_join(path, 'kind')}: '{doc['kind']}' is not a kind; use job or worker")
+            raise SpecError(
+                f"{_join(path, 'kind')}: '{doc['kind']}' is not a kind; use job or worker"
+            )
         msg.kind = KINDS[doc["kind"]]
     msg.command.extend(doc.get("command", []))
     msg.args.extend(doc.get("args", []))

@@ -50,7 +50,9 @@ class CodespecServicer(pb_grpc.CodespecServiceServicer):
         if order is None:
             raise InvalidArgument("order", f"unknown order {request.order}")
         items, token = await self._service.list(
-            prefix=request.prefix, order=order, size=request.page_size,  # type: ignore[arg-type]
+            prefix=request.prefix,
+            order=order,
+            size=request.page_size,  # type: ignore[arg-type]
             token=request.page_token,
         )
         return pb.ListCodespecsResponse(

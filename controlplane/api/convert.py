@@ -46,7 +46,8 @@ def codespec_from_pb(msg: pb.Codespec, name: str | None = None) -> Codespec:
         working_dir=msg.working_dir or None,
         env=dict(msg.env),
         resources=Resources(
-            _quantities(msg.resources.requests), _quantities(msg.resources.limits),
+            _quantities(msg.resources.requests),
+            _quantities(msg.resources.limits),
             msg.resources.gpu,
         ),
         max_replicas=msg.max_replicas if msg.HasField("max_replicas") else None,
@@ -68,7 +69,9 @@ def codespec_to_pb(spec: Codespec) -> pb.Codespec:
         working_dir=spec.working_dir or "",
         env=spec.env,
         resources=pb.Resources(
-            requests=pb.ResourceQuantities(cpu=res.requests.cpu or "", memory=res.requests.memory or ""),
+            requests=pb.ResourceQuantities(
+                cpu=res.requests.cpu or "", memory=res.requests.memory or ""
+            ),
             limits=pb.ResourceQuantities(cpu=res.limits.cpu or "", memory=res.limits.memory or ""),
             gpu=res.gpu,
         ),

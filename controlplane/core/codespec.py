@@ -169,9 +169,7 @@ def validate(spec: Codespec) -> None:
         raise InvalidArgument("image", f"'{spec.image}' contains whitespace")
     for key in spec.env:
         if not ENV_NAME_RE.match(key):
-            raise InvalidArgument(
-                f"env.{key}", f"'{key}' is not a valid environment variable name"
-            )
+            raise InvalidArgument(f"env.{key}", f"'{key}' is not a valid environment variable name")
     _validate_resources(spec.resources)
     if spec.max_replicas is not None and not 1 <= spec.max_replicas <= MAX_REPLICAS_LIMIT:
         raise InvalidArgument(
@@ -189,7 +187,9 @@ def normalize(spec: Codespec) -> Codespec:
     res = spec.resources
 
     def clean(q: Quantities) -> Quantities:
-        return Quantities(cpu=(q.cpu or "").strip() or None, memory=(q.memory or "").strip() or None)
+        return Quantities(
+            cpu=(q.cpu or "").strip() or None, memory=(q.memory or "").strip() or None
+        )
 
     return replace(
         spec,
@@ -274,14 +274,18 @@ def to_document(spec: Codespec) -> dict[str, Any]:
     if spec.max_replicas is not None:
         doc["maxReplicas"] = spec.max_replicas
     if spec.buffers.inputs or spec.buffers.outputs:
-        doc["buffers"] = {"inputs": list(spec.buffers.inputs), "outputs": list(spec.buffers.outputs)}
+        doc["buffers"] = {
+            "inputs": list(spec.buffers.inputs),
+            "outputs": list(spec.buffers.outputs),
+        }
     if spec.endpoints:
         doc["endpoints"] = dict(spec.endpoints)
     return doc
 
 
-def from_document(name: str, doc: dict[str, Any], version: int = 0,
-                  created_at: datetime | None = None) -> Codespec:
+def from_document(
+    name: str, doc: dict[str, Any], version: int = 0, created_at: datetime | None = None
+) -> Codespec:
     """Inverse of `to_document` (the store's trusted format; not user input)."""
     res = doc.get("resources", {})
     req = res.get("requests", {})

@@ -164,8 +164,13 @@ class SqliteStore:
                 raise Conflict(f"codespec {spec.name} is at version {row['v']}")
             conn.execute(
                 "INSERT INTO codespecs (name, version, kind, spec, created_at) VALUES (?,?,?,?,?)",
-                (spec.name, spec.version, spec.kind, json.dumps(to_document(spec)),
-                 to_micros(spec.created_at)),
+                (
+                    spec.name,
+                    spec.version,
+                    spec.kind,
+                    json.dumps(to_document(spec)),
+                    to_micros(spec.created_at),
+                ),
             )
             return spec
 
