@@ -1,0 +1,117 @@
+"""One contract, every Store backend (SQLite file, SQLite in memory, dict)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from controlplane.core.codespec import Codespec
+from controlplane.core.errors import Conflict
+from controlplane.store.memory import MemoryStore
+from controlplane.store.sqlite import MIGRATIONS, SqliteStore
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory"])
+async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator:
+    if request.param == "sqlite-file":
+        s = await SqliteStore.open(tmp_path / "sub" / "db.sqlite")
+    elif request.param == "sqlite-memory":
+        s = await SqliteStore.open(":memory:")
+    else:
+        s = MemoryStore()
+    yield s
+    await s.close()
+
+
+def spec(name: str, version: int, minutes: int = 0, image: str = "img") -> Codespec:
+    return Codespec(
+        name=name,
+        image=image,
+        version=version,
+        created_at=T0 + timedelta(minutes=minutes),
+        env={"A": "1"},
+    )
+
+
+async def test_insert_and_read_back(store) -> None:
+    await store.insert_codespec(spec("a", 1))
+    await store.insert_codespec(spec("a", 2, image="img2"))
+    latest = await store.latest_codespec("a")
+    assert (latest.version, latest.image, latest.env) == (2, "img2", {"A": "1"})
+    assert (await store.get_codespec("a", 1)).image == "img"
+    assert (await store.get_codespec("a", 1)).created_at == T0
+    assert await store.get_codespec("a", 3) is None
+    assert await store.latest_codespec("zzz") is None
+
+
+async def test_versions_cannot_gap_or_repeat(store) -> None:
+    await store.insert_codespec(spec("a", 1))
+    with pytest.raises(Conflict):
+        await store.insert_codespec(spec("a", 1))
+    with pytest.raises(Conflict):
+        await store.insert_codespec(spec("a", 3))
+    assert (await store.latest_codespec("a")).version == 1
+
+
+@pytest.mark.parametrize("order", ["name", "newest"])
+async def test_list_pages_cover_everything_once(store, order: str) -> None:
+    for i, name in enumerate(["c", "a", "b", "d", "e"]):
+        await store.insert_codespec(spec(name, 1, minutes=i))
+    await store.insert_codespec(spec("a", 2, minutes=10))
+    await store.insert_codespec(spec("x_1", 1, minutes=11))
+    seen, after = [], None
+    while True:
+        page = await store.list_codespecs(prefix="", order=order, limit=2, after=after)
+        seen += [(c.name, c.version) for c in page.items]
+        if page.next_cursor is None:
+            break
+        after = page.next_cursor
+    if order == "name":
+        assert [n for n, _ in seen] == ["a", "b", "c", "d", "e", "x_1"]
+    else:  # newest name first (by first version), ties by name
+        assert [n for n, _ in seen] == ["x_1", "e", "d", "b", "a", "c"]
+    assert ("a", 2) in seen
+
+
+async def test_prefix_is_literal(store) -> None:
+    for name in ["x_1", "xa1", "y"]:
+        await store.insert_codespec(spec(name, 1))
+    page = await store.list_codespecs(prefix="x_", order="name", limit=10, after=None)
+    assert [c.name for c in page.items] == ["x_1"]
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    await s.insert_codespec(spec("keep", 1))
+    await s.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert (await s.latest_codespec("keep")).created_at == T0
+    finally:
+        await s.close()
+
+
+async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    await s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this control plane"):
+        await SqliteStore.open(path)
+
+
+def test_spec_helper_is_immutable() -> None:
+    a = spec("a", 1)
+    assert replace(a, version=2).version == 2 and a.version == 1
