@@ -194,7 +194,7 @@ def test_equal_specs_have_equal_keys(pair: tuple[Codespec, Codespec]) -> None:
 @settings(max_examples=200, deadline=None)
 @given(codespecs())
 def test_normalising_never_changes_meaning(pair: tuple[Codespec, Codespec]) -> None:
-    a, b = pair
+    _, b = pair
     assert equality_key(normalize(b)) == equality_key(b)
     assert normalize(normalize(b)) == normalize(b)
     validate(normalize(b))

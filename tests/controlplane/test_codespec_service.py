@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
+import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -39,7 +41,10 @@ async def test_not_found_names_latest() -> None:
     await svc.create(Codespec(name="x", image="i"))
     await svc.create(Codespec(name="x", image="j"))
     with pytest.raises(
-        NotFound, match="The version '7' of codespec 'x' was not found. The latest version is '2'."
+        NotFound,
+        match=re.escape(
+            "The version '7' of codespec 'x' was not found. The latest version is '2'."
+        ),
     ):
         await svc.get("x", 7)
     with pytest.raises(NotFound, match="codespec 'y' was not found"):
@@ -57,7 +62,7 @@ async def test_concurrent_creates_never_duplicate_or_gap(tmp_path) -> None:
         latest = await store.latest_codespec("race")
         versions = [await store.get_codespec("race", v) for v in range(1, latest.version + 1)]
         assert all(v is not None for v in versions)
-        for prev, nxt in zip(versions, versions[1:], strict=False):
+        for prev, nxt in itertools.pairwise(versions):
             assert prev.image != nxt.image  # no two consecutive identical versions
     finally:
         await store.close()
