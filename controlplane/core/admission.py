@@ -1,0 +1,79 @@
+"""Admission: reject at creation a run that can never be placed (SPEC §2.1).
+
+A run that could fit later (capacity in use, a node NotReady) is admitted and
+waits; only what no known node could ever satisfy is refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from controlplane.core.capacity import request_of
+from controlplane.core.errors import FailedPrecondition, InvalidArgument
+from controlplane.core.runs import Target
+from controlplane.core.scheduler import NodeView
+
+MAX_REPLICAS = 1000
+
+
+def check_kind(target: Target, role: str) -> None:
+    """A job codespec cannot be used as a worker, nor the reverse."""
+    if target.codespec.kind != role:
+        name = target.reference or "the inline codespec"
+        raise InvalidArgument(
+            f"{role}.codespec",
+            f"codespec '{name}' is a {target.codespec.kind} codespec and cannot be used as the "
+            f"{role}; create it with kind {role}",
+        )
+
+
+def check_replicas(target: Target, role: str) -> None:
+    """Replicas are at least 1 and at most the codespec's maxReplicas."""
+    if not 1 <= target.replicas <= MAX_REPLICAS:
+        raise InvalidArgument(f"{role}.replicas", f"must be between 1 and {MAX_REPLICAS}")
+    limit = target.codespec.max_replicas
+    if limit is not None and target.replicas > limit:
+        raise FailedPrecondition(
+            f"{role}.replicas: {target.replicas} replicas requested but codespec "
+            f"'{target.codespec.name}' allows at most {limit} (maxReplicas)"
+        )
+
+
+def check_fits(target: Target, role: str, nodes: Sequence[NodeView]) -> None:
+    """The pool exists, and one replica fits on at least one of its nodes."""
+    known_pools = sorted({p for n in nodes for p in n.pools})
+    pool = target.node_pool
+    if pool and pool not in known_pools:
+        known = ", ".join(known_pools) if known_pools else "none (no agent has registered)"
+        raise FailedPrecondition(
+            f"{role}.nodePool: unknown node pool '{pool}'; known pools: {known}"
+        )
+    members = [n for n in nodes if n.in_pool(pool)]
+    if not members:
+        return  # no node registered yet: the run waits for one
+    each = request_of(target.codespec)
+    where = f"pool '{pool}'" if pool else "the cluster"
+    if each.gpus and not any(n.allocatable.gpus for n in members):
+        raise FailedPrecondition(
+            f"{role}: a {role} replica requests {each.gpus} GPU(s) but no node in {where} "
+            "has GPUs; choose a pool with GPUs"
+        )
+    if not any(each.fits_in(n.allocatable) for n in members):
+        largest = max(members, key=lambda n: n.allocatable)
+        raise FailedPrecondition(
+            f"{role}: a {role} replica requests {each.describe()}, more than any node in "
+            f"{where} offers (largest: {largest.name} with {largest.allocatable.describe()}); "
+            "lower the requests or add a larger node"
+        )
+
+
+def admit(job: Target, worker: Target | None, nodes: Sequence[NodeView]) -> None:
+    """Raise InvalidArgument or FailedPrecondition if the run can never be placed."""
+    check_kind(job, "job")
+    check_replicas(job, "job")
+    if worker is not None:
+        check_kind(worker, "worker")
+        check_replicas(worker, "worker")
+    check_fits(job, "job", nodes)
+    if worker is not None:
+        check_fits(worker, "worker", nodes)

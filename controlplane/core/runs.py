@@ -1,0 +1,344 @@
+"""The run state machine. Pure: it mutates a Run and returns the actions the
+caller must carry out (start a container on a node, tear a run down on a node);
+it never performs I/O. The service layer persists the run *before* acting.
+
+Lifecycle (SPEC §2): Pending (placing, then waiting for worker readiness) ->
+Running (job released) -> Succeeded | Failed | Canceled.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Literal
+
+from controlplane.core.codespec import Codespec
+
+Status = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
+TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Canceled"})
+Role = Literal["job", "worker"]
+ContainerState = Literal["pending", "creating", "running", "exited", "failed", "removed"]
+DEFAULT_TIMEOUT_SECONDS = 43_200
+
+
+@dataclass
+class Target:
+    """The job or worker half of a run, with its resolved codespec snapshot."""
+
+    codespec: Codespec
+    reference: str  # what the user asked for: "name", "name/versions/N" or "" (inline)
+    node_pool: str = ""
+    replicas: int = 1
+
+
+@dataclass
+class Replica:
+    """One container of a run, as last reported by its agent."""
+
+    role: Role
+    index: int
+    node: str | None = None
+    state: ContainerState = "pending"
+    ready: bool = False
+    exit_code: int | None = None
+    message: str = ""
+    addresses: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        """How events and reasons name it: `worker 2`, `job` or `job 1`."""
+        return f"{self.role} {self.index}"
+
+    @property
+    def hostname(self) -> str:
+        """Deterministic hostname, without the run id (see `hostname`)."""
+        return f"{self.role}-{self.index}"
+
+
+def hostname(run_id: int, role: str, index: int) -> str:
+    """SPEC §2.3: worker i of run R is `run-R-worker-i`."""
+    return f"run-{run_id}-{role}-{index}"
+
+
+def container_name(run_id: int, role: str, index: int) -> str:
+    """SPEC §3: deterministic container names make every start idempotent."""
+    return f"muster-{hostname(run_id, role, index)}"
+
+
+@dataclass
+class Event:
+    """One entry of the run's history."""
+
+    time: datetime
+    message: str
+
+
+@dataclass(frozen=True)
+class StartReplica:
+    """Action: tell the agent on `node` to start this replica (idempotent)."""
+
+    node: str
+    run_id: int
+    role: Role
+    index: int
+
+
+@dataclass(frozen=True)
+class Teardown:
+    """Action: tell the agent on `node` to stop and remove the run's containers."""
+
+    node: str
+    run_id: int
+
+
+Action = StartReplica | Teardown
+
+
+@dataclass
+class Run:
+    """A run and everything observed about it."""
+
+    id: int
+    job: Target
+    worker: Target | None
+    created_at: datetime
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS
+    tags: dict[str, str] = field(default_factory=dict)
+    status: Status = "Pending"
+    status_reason: str = ""
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    placed_at: datetime | None = None
+    replicas: list[Replica] = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the run has ended."""
+        return self.status in TERMINAL
+
+    @property
+    def workers(self) -> list[Replica]:
+        """Worker replicas by index."""
+        return [r for r in self.replicas if r.role == "worker"]
+
+    @property
+    def jobs(self) -> list[Replica]:
+        """Job replicas by index."""
+        return [r for r in self.replicas if r.role == "job"]
+
+    @property
+    def placed(self) -> bool:
+        """Whether every replica has a node."""
+        return all(r.node for r in self.replicas)
+
+    @property
+    def released(self) -> bool:
+        """Whether the job containers were asked to start."""
+        return self.started_at is not None
+
+    @property
+    def running_count(self) -> int:
+        """Job replicas whose container runs."""
+        return sum(1 for r in self.jobs if r.state == "running")
+
+    def nodes(self) -> list[str]:
+        """Every node that holds (or held) a replica of the run, sorted."""
+        return sorted({r.node for r in self.replicas if r.node})
+
+    def replica(self, role: str, index: int) -> Replica | None:
+        """Look up one replica."""
+        for r in self.replicas:
+            if r.role == role and r.index == index:
+                return r
+        return None
+
+
+def new_run(
+    run_id: int,
+    job: Target,
+    worker: Target | None,
+    now: datetime,
+    timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
+    tags: dict[str, str] | None = None,
+) -> Run:
+    """A freshly admitted run: Pending, nothing placed."""
+    run = Run(run_id, job, worker, now, timeout_seconds, dict(tags or {}))
+    if worker is not None:
+        run.replicas += [Replica("worker", i) for i in range(worker.replicas)]
+    run.replicas += [Replica("job", i) for i in range(job.replicas)]
+    run.status_reason = "waiting to be scheduled"
+    run.events.append(Event(now, "run created"))
+    return run
+
+
+def _log(run: Run, now: datetime, message: str) -> None:
+    run.events.append(Event(now, message))
+
+
+def _finish(run: Run, now: datetime, status: Status, reason: str) -> list[Action]:
+    """Enter a terminal status and tear down on every node that holds a replica."""
+    if run.terminal:
+        return []
+    run.status = status
+    run.status_reason = reason
+    run.finished_at = now
+    _log(run, now, f"run {status.lower()}: {reason}" if reason else f"run {status.lower()}")
+    return [Teardown(node, run.id) for node in run.nodes()]
+
+
+def waiting(run: Run, reason: str) -> None:
+    """Record what an unplaced run waits for (no event: it repeats every tick)."""
+    if not run.terminal and not run.placed:
+        run.status_reason = reason
+
+
+def place(run: Run, assignment: dict[tuple[str, int], str], now: datetime) -> list[Action]:
+    """Record a gang placement; start the workers (or the job when there are none)."""
+    assert not run.terminal and not run.placed
+    for r in run.replicas:
+        r.node = assignment[(r.role, r.index)]
+        _log(run, now, f"{r.label} scheduled on {r.node}")
+    run.placed_at = now
+    if run.workers:
+        run.status_reason = f"waiting for workers to be ready: 0 of {len(run.workers)} ready"
+        return [StartReplica(r.node, run.id, "worker", r.index) for r in run.workers]  # type: ignore[arg-type]
+    return _release(run, now)
+
+
+def _release(run: Run, now: datetime) -> list[Action]:
+    run.started_at = now
+    run.status = "Running"
+    run.status_reason = ""
+    _log(run, now, "job released")
+    return [StartReplica(r.node, run.id, "job", r.index) for r in run.jobs]  # type: ignore[arg-type]
+
+
+def pending_starts(run: Run, node: str) -> list[Action]:
+    """Starts to (re)send to `node`: replicas placed there that are not started yet.
+
+    Used when an agent (re)connects, so that a crash between persisting a
+    placement and telling the agent loses nothing.
+    """
+    if run.terminal:
+        return []
+    out: list[Action] = []
+    for r in run.replicas:
+        if r.node == node and r.state in ("pending", "creating"):
+            if r.role == "worker" or run.released:
+                out.append(StartReplica(node, run.id, r.role, r.index))
+    return out
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What an agent reported about one container."""
+
+    role: Role
+    index: int
+    state: ContainerState
+    ready: bool = False
+    exit_code: int | None = None
+    message: str = ""
+    addresses: dict[str, str] = field(default_factory=dict)
+
+
+def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action]:
+    """Apply an agent's container report and decide what follows."""
+    r = run.replica(obs.role, obs.index)
+    if r is None or r.node != node:
+        return [Teardown(node, run.id)] if run.terminal else []
+    if run.terminal:
+        r.state, r.exit_code = (
+            obs.state,
+            obs.exit_code if obs.exit_code is not None else r.exit_code,
+        )
+        return []
+    was_ready, old_state = r.ready, r.state
+    r.state, r.ready, r.message = obs.state, obs.ready, obs.message
+    if obs.exit_code is not None:
+        r.exit_code = obs.exit_code
+    if obs.addresses:
+        r.addresses = dict(obs.addresses)
+    if r.state != old_state and r.state == "running":
+        _log(run, now, f"{r.label} running on {node}")
+    if r.role == "worker":
+        return _observe_worker(run, r, was_ready, now)
+    return _observe_job(run, r, now)
+
+
+def _observe_worker(run: Run, r: Replica, was_ready: bool, now: datetime) -> list[Action]:
+    if r.state == "failed":
+        return _finish(
+            run, now, "Failed", f"worker {r.index} failed to start on {r.node}: {r.message}"
+        )
+    if r.state in ("exited", "removed"):
+        code = f"with code {r.exit_code}" if r.exit_code is not None else "unexpectedly"
+        return _finish(run, now, "Failed", f"worker {r.index} exited {code}")
+    if r.ready and not was_ready:
+        _log(run, now, f"worker {r.index} ready")
+    ready = sum(1 for w in run.workers if w.ready)
+    if not run.released:
+        if ready == len(run.workers):
+            return _release(run, now)
+        run.status_reason = f"waiting for workers to be ready: {ready} of {len(run.workers)} ready"
+    return []
+
+
+def _observe_job(run: Run, r: Replica, now: datetime) -> list[Action]:
+    name = "job" if len(run.jobs) == 1 else f"job {r.index}"
+    if r.state == "failed":
+        return _finish(run, now, "Failed", f"{name} failed to start on {r.node}: {r.message}")
+    if r.state == "removed" and r.exit_code is None:
+        return _finish(run, now, "Failed", f"{name} container disappeared from {r.node}")
+    if r.state in ("exited", "removed"):
+        if r.exit_code != 0:
+            return _finish(run, now, "Failed", f"{name} exited with code {r.exit_code}")
+        _log(run, now, f"{name} exited with code 0")
+        if all(j.state in ("exited", "removed") and j.exit_code == 0 for j in run.jobs):
+            return _finish(run, now, "Succeeded", "")
+    return []
+
+
+def cancel(run: Run, now: datetime) -> list[Action]:
+    """User cancel: Canceled at once, then teardown."""
+    return _finish(run, now, "Canceled", "canceled by user")
+
+
+def node_lost(run: Run, node: str, now: datetime) -> list[Action]:
+    """A node holding replicas of the run stopped heartbeating for too long."""
+    on_node = [r.label for r in run.replicas if r.node == node]
+    if run.terminal or not on_node:
+        return []
+    return _finish(run, now, "Failed", f"node {node} was lost ({', '.join(on_node)} placed there)")
+
+
+def missing_container(run: Run, node: str, role: str, index: int, now: datetime) -> list[Action]:
+    """An agent re-registered without a container that had been running."""
+    r = run.replica(role, index)
+    if run.terminal or r is None or r.node != node or r.state not in ("running",):
+        return []
+    return observe(run, node, Observation(r.role, r.index, "removed"), now)
+
+
+def check_deadlines(run: Run, now: datetime, readiness_timeout: timedelta) -> list[Action]:
+    """Run timeout (from creation) and worker readiness timeout (from placement)."""
+    if run.terminal:
+        return []
+    if now - run.created_at >= timedelta(seconds=run.timeout_seconds):
+        return _finish(
+            run, now, "Failed", f"the run timed out after {run.timeout_seconds}s (timeoutSeconds)"
+        )
+    if run.placed_at and not run.released and now - run.placed_at >= readiness_timeout:
+        late = [w for w in run.workers if not w.ready]
+        if late:
+            w = late[0]
+            detail = w.message or f"container is {w.state}"
+            return _finish(
+                run,
+                now,
+                "Failed",
+                f"worker {w.index} was not ready within {int(readiness_timeout.total_seconds())}s: "
+                f"{detail}",
+            )
+    return []

@@ -1,0 +1,117 @@
+"""Gang placement. A pure function over nodes and pending runs.
+
+Rules:
+- all replicas of a run (workers in the worker pool, job replicas in the job
+  pool) are placed at once or none are;
+- requests are reserved against each node's allocatable capacity;
+- runs are considered oldest first; a run that does not fit does not block
+  smaller ones behind it (backfill) until it has waited `starvation_after`,
+  after which the nodes of its pools are held for it, so it cannot starve;
+- replicas spread: each goes to the fitting node with the most free capacity.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from controlplane.core.capacity import Capacity
+
+
+@dataclass(frozen=True)
+class NodeView:
+    """What the scheduler knows of a node."""
+
+    name: str
+    pools: frozenset[str]
+    allocatable: Capacity
+    allocated: Capacity = field(default_factory=Capacity)
+    schedulable: bool = True  # Ready and connected
+
+    def in_pool(self, pool: str) -> bool:
+        """An empty pool means any node."""
+        return not pool or pool in self.pools
+
+
+@dataclass(frozen=True)
+class Demand:
+    """`replicas` copies of `each`, in `pool`, for one role of a run."""
+
+    role: str
+    pool: str
+    replicas: int
+    each: Capacity
+
+
+@dataclass(frozen=True)
+class PendingRun:
+    """A run waiting for placement; demands are placed in order (workers first)."""
+
+    run_id: int
+    created_at: datetime
+    demands: tuple[Demand, ...]
+
+
+@dataclass
+class Decision:
+    """Placements made in this round, and why the others wait."""
+
+    placements: dict[int, dict[tuple[str, int], str]] = field(default_factory=dict)
+    waiting: dict[int, str] = field(default_factory=dict)
+
+
+def _plural(role: str, n: int) -> str:
+    return f"{role}s" if role == "worker" else ("job replicas" if n != 1 else "job replica")
+
+
+def _try_place(
+    run: PendingRun, free: dict[str, Capacity], nodes: dict[str, NodeView], held: set[str]
+) -> tuple[dict[tuple[str, int], str] | None, str]:
+    """Place the whole run on a copy of `free`; commit only if everything fits."""
+    trial = dict(free)
+    assignment: dict[tuple[str, int], str] = {}
+    for demand in run.demands:
+        candidates = [
+            n
+            for n in nodes.values()
+            if n.schedulable and n.in_pool(demand.pool) and n.name not in held
+        ]
+        pool_text = f"pool {demand.pool}" if demand.pool else "any pool"
+        if not candidates:
+            return None, f"waiting for a ready node in {pool_text}"
+        for index in range(demand.replicas):
+            fitting = [n for n in candidates if demand.each.fits_in(trial[n.name])]
+            if not fitting:
+                return None, (
+                    f"waiting for capacity in {pool_text}: {index} of {demand.replicas} "
+                    f"{_plural(demand.role, demand.replicas)} placed"
+                )
+            best = max(fitting, key=lambda n: (trial[n.name], n.name[::-1]))
+            trial[best.name] = trial[best.name] - demand.each
+            assignment[(demand.role, index)] = best.name
+    free.update(trial)
+    return assignment, ""
+
+
+def schedule(
+    nodes: Sequence[NodeView],
+    pending: Sequence[PendingRun],
+    now: datetime,
+    starvation_after: timedelta = timedelta(seconds=60),
+) -> Decision:
+    """Decide which pending runs to place now, and where."""
+    by_name = {n.name: n for n in nodes}
+    free = {n.name: n.allocatable - n.allocated for n in nodes}
+    held: set[str] = set()
+    decision = Decision()
+    for run in sorted(pending, key=lambda r: (r.created_at, r.run_id)):
+        assignment, reason = _try_place(run, free, by_name, held)
+        if assignment is not None:
+            decision.placements[run.run_id] = assignment
+            continue
+        decision.waiting[run.run_id] = reason
+        if now - run.created_at >= starvation_after:
+            for demand in run.demands:
+                held |= {n.name for n in nodes if n.in_pool(demand.pool)}
+    return decision
