@@ -5,9 +5,12 @@ suite in tests/controlplane/test_store_contract.py runs against every backend.""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Literal, Protocol
 
 from controlplane.core.codespec import Codespec
+from controlplane.core.nodes import Node
+from controlplane.core.runs import Run
 
 CodespecOrder = Literal["newest", "name"]
 
@@ -48,3 +51,35 @@ class Store(Protocol):
         after: tuple[int, str] | None,
     ) -> CodespecPage:
         """Latest version of each name; `after` is the previous page's cursor."""
+
+    async def insert_run(self, run: Run) -> Run:
+        """Store a new run; assigns and returns it with its id (ids only grow)."""
+
+    async def save_run(self, run: Run) -> None:
+        """Replace the stored state of an existing run."""
+
+    async def get_run(self, run_id: int) -> Run | None:
+        """One run, or None."""
+
+    async def list_runs(
+        self,
+        *,
+        statuses: frozenset[str],
+        tags: dict[str, str],
+        since: datetime | None,
+        limit: int,
+        before_id: int | None,
+    ) -> tuple[list[Run], bool]:
+        """Runs newest first (by id), filtered; returns (page, whether more follow)."""
+
+    async def count_runs(self, *, tags: dict[str, str], since: datetime | None) -> dict[str, int]:
+        """Number of runs per status, filtered."""
+
+    async def active_runs(self) -> list[Run]:
+        """Every run that has not reached a terminal status, oldest first."""
+
+    async def save_node(self, node: Node) -> None:
+        """Insert or replace a node record."""
+
+    async def list_nodes(self) -> list[Node]:
+        """Every known node, by name."""

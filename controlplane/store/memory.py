@@ -3,9 +3,15 @@ tests as the SQLite backend, so services behave the same on both."""
 
 from __future__ import annotations
 
+from datetime import datetime
+from typing import Any
+
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import Conflict
+from controlplane.core.nodes import Node
+from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
+from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import to_micros
 
 
@@ -14,6 +20,9 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self._codespecs: dict[str, list[Codespec]] = {}
+        # Runs and nodes are kept as documents so callers never share mutable state.
+        self._runs: dict[int, dict[str, Any]] = {}
+        self._nodes: dict[str, dict[str, Any]] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -57,3 +66,59 @@ class MemoryStore:
         page = heads[:limit]
         cursor = (page[-1][0], page[-1][1].name) if len(heads) > limit else None
         return CodespecPage([h[1] for h in page], cursor)
+
+    async def insert_run(self, run: Run) -> Run:
+        run.id = max(self._runs, default=0) + 1
+        self._runs[run.id] = run_to_doc(run)
+        return run
+
+    async def save_run(self, run: Run) -> None:
+        if run.id not in self._runs:
+            raise KeyError(f"run {run.id} does not exist")
+        self._runs[run.id] = run_to_doc(run)
+
+    async def get_run(self, run_id: int) -> Run | None:
+        doc = self._runs.get(run_id)
+        return run_from_doc(doc) if doc else None
+
+    def _matching(self, tags: dict[str, str], since: datetime | None) -> list[Run]:
+        runs = [run_from_doc(d) for _, d in sorted(self._runs.items(), reverse=True)]
+        return [
+            r
+            for r in runs
+            if all(r.tags.get(k) == v for k, v in tags.items())
+            and (since is None or r.created_at >= since)
+        ]
+
+    async def list_runs(
+        self,
+        *,
+        statuses: frozenset[str],
+        tags: dict[str, str],
+        since: datetime | None,
+        limit: int,
+        before_id: int | None,
+    ) -> tuple[list[Run], bool]:
+        runs = [
+            r
+            for r in self._matching(tags, since)
+            if (not statuses or r.status in statuses) and (before_id is None or r.id < before_id)
+        ]
+        return runs[:limit], len(runs) > limit
+
+    async def count_runs(self, *, tags: dict[str, str], since: datetime | None) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for r in self._matching(tags, since):
+            counts[r.status] = counts.get(r.status, 0) + 1
+        return counts
+
+    async def active_runs(self) -> list[Run]:
+        return [
+            run_from_doc(d) for _, d in sorted(self._runs.items()) if d["status"] not in TERMINAL
+        ]
+
+    async def save_node(self, node: Node) -> None:
+        self._nodes[node.name] = node_to_doc(node)
+
+    async def list_nodes(self) -> list[Node]:
+        return [node_from_doc(d) for _, d in sorted(self._nodes.items())]

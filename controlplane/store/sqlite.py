@@ -18,7 +18,10 @@ from typing import Any, TypeVar
 
 from controlplane.core.codespec import Codespec, from_document, to_document
 from controlplane.core.errors import Conflict
+from controlplane.core.nodes import Node
+from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
+from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -35,6 +38,26 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (name, version)
     );
     CREATE INDEX codespecs_created ON codespecs (created_at);
+    """,
+    """
+    CREATE TABLE runs (
+        id          INTEGER PRIMARY KEY AUTOINCREMENT,
+        status      TEXT    NOT NULL,
+        created_at  INTEGER NOT NULL,   -- microseconds since the epoch, UTC
+        doc         TEXT    NOT NULL    -- JSON document (store/documents.py)
+    );
+    CREATE INDEX runs_status ON runs (status);
+    CREATE TABLE run_tags (
+        run_id  INTEGER NOT NULL REFERENCES runs (id),
+        key     TEXT    NOT NULL,
+        value   TEXT    NOT NULL,
+        PRIMARY KEY (run_id, key)
+    );
+    CREATE INDEX run_tags_kv ON run_tags (key, value);
+    CREATE TABLE nodes (
+        name    TEXT PRIMARY KEY,
+        doc     TEXT NOT NULL
+    );
     """,
 ]
 
@@ -212,6 +235,120 @@ class SqliteStore:
                 last = rows[limit - 1]
                 cursor = (last["born"], last["name"])
             return CodespecPage(items, cursor)
+
+        return await self._call(q)
+
+    # -- runs ----------------------------------------------------------------
+
+    async def insert_run(self, run: Run) -> Run:
+        def tx(conn: sqlite3.Connection) -> Run:
+            cur = conn.execute(
+                "INSERT INTO runs (status, created_at, doc) VALUES (?, ?, '{}')",
+                (run.status, to_micros(run.created_at)),
+            )
+            run.id = int(cur.lastrowid)  # type: ignore[arg-type]
+            self._write_run(conn, run)
+            return run
+
+        return await self._call(self._tx, tx)
+
+    def _write_run(self, conn: sqlite3.Connection, run: Run) -> None:
+        updated = conn.execute(
+            "UPDATE runs SET status = ?, doc = ? WHERE id = ?",
+            (run.status, json.dumps(run_to_doc(run)), run.id),
+        ).rowcount
+        if updated != 1:
+            raise KeyError(f"run {run.id} does not exist")
+        conn.execute("DELETE FROM run_tags WHERE run_id = ?", (run.id,))
+        conn.executemany(
+            "INSERT INTO run_tags (run_id, key, value) VALUES (?, ?, ?)",
+            [(run.id, k, v) for k, v in run.tags.items()],
+        )
+
+    async def save_run(self, run: Run) -> None:
+        await self._call(self._tx, lambda conn: self._write_run(conn, run))
+
+    async def get_run(self, run_id: int) -> Run | None:
+        def q() -> Run | None:
+            row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
+            return run_from_doc(json.loads(row["doc"])) if row else None
+
+        return await self._call(q)
+
+    @staticmethod
+    def _filters(
+        tags: dict[str, str], since: datetime | None, statuses: frozenset[str] = frozenset()
+    ) -> tuple[str, list[Any]]:
+        clauses, params = ["1 = 1"], []
+        for key, value in sorted(tags.items()):
+            clauses.append("id IN (SELECT run_id FROM run_tags WHERE key = ? AND value = ?)")
+            params += [key, value]
+        if since is not None:
+            clauses.append("created_at >= ?")
+            params.append(to_micros(since))
+        if statuses:
+            clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+            params += sorted(statuses)
+        return " AND ".join(clauses), params
+
+    async def list_runs(
+        self,
+        *,
+        statuses: frozenset[str],
+        tags: dict[str, str],
+        since: datetime | None,
+        limit: int,
+        before_id: int | None,
+    ) -> tuple[list[Run], bool]:
+        def q() -> tuple[list[Run], bool]:
+            where, params = self._filters(tags, since, statuses)
+            if before_id is not None:
+                where += " AND id < ?"
+                params.append(before_id)
+            rows = self._db.execute(
+                f"SELECT doc FROM runs WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
+            ).fetchall()
+            return [run_from_doc(json.loads(r["doc"])) for r in rows[:limit]], len(rows) > limit
+
+        return await self._call(q)
+
+    async def count_runs(self, *, tags: dict[str, str], since: datetime | None) -> dict[str, int]:
+        def q() -> dict[str, int]:
+            where, params = self._filters(tags, since)
+            rows = self._db.execute(
+                f"SELECT status, COUNT(*) AS n FROM runs WHERE {where} GROUP BY status", params
+            ).fetchall()
+            return {r["status"]: r["n"] for r in rows}
+
+        return await self._call(q)
+
+    async def active_runs(self) -> list[Run]:
+        def q() -> list[Run]:
+            marks = ",".join("?" * len(TERMINAL))
+            rows = self._db.execute(
+                f"SELECT doc FROM runs WHERE status NOT IN ({marks}) ORDER BY id", sorted(TERMINAL)
+            ).fetchall()
+            return [run_from_doc(json.loads(r["doc"])) for r in rows]
+
+        return await self._call(q)
+
+    # -- nodes ---------------------------------------------------------------
+
+    async def save_node(self, node: Node) -> None:
+        doc = json.dumps(node_to_doc(node))
+        await self._call(
+            self._tx,
+            lambda conn: conn.execute(
+                "INSERT INTO nodes (name, doc) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET doc = excluded.doc",
+                (node.name, doc),
+            ),
+        )
+
+    async def list_nodes(self) -> list[Node]:
+        def q() -> list[Node]:
+            rows = self._db.execute("SELECT doc FROM nodes ORDER BY name").fetchall()
+            return [node_from_doc(json.loads(r["doc"])) for r in rows]
 
         return await self._call(q)
 

@@ -1,0 +1,70 @@
+"""What an agent must run for one replica: a pure function of the run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from controlplane.core.capacity import limit_of
+from controlplane.core.envvars import build_env, compact_json, endpoint_variable
+from controlplane.core.runs import Run, container_name, hostname
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything an agent needs to start one replica idempotently."""
+
+    run_id: int
+    role: str
+    index: int
+    name: str
+    hostname: str
+    image: str
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    working_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_limit_millis: int = 0
+    memory_limit_bytes: int = 0
+    endpoints: dict[str, int] = field(default_factory=dict)
+
+
+def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
+    """TYGER_* variables. Jobs get worker addresses in worker index order."""
+    env = {"TYGER_RUN_ID": str(run.id)}
+    if role == "worker":
+        env["TYGER_WORKER_INDEX"] = str(index)
+        return env
+    if run.worker is None:
+        return env
+    workers = run.workers
+    env["TYGER_WORKER_NODES"] = compact_json([hostname(run.id, "worker", w.index) for w in workers])
+    for endpoint, port in run.worker.codespec.endpoints.items():
+        addresses = [
+            w.addresses.get(endpoint) or f"{hostname(run.id, 'worker', w.index)}:{port}"
+            for w in workers
+        ]
+        env[endpoint_variable(endpoint)] = compact_json(addresses)
+    return env
+
+
+def container_spec(run: Run, role: str, index: int) -> ContainerSpec:
+    """The container for replica (role, index) of `run`."""
+    target = run.worker if role == "worker" else run.job
+    assert target is not None
+    spec = target.codespec
+    limits = limit_of(spec)
+    return ContainerSpec(
+        run_id=run.id,
+        role=role,
+        index=index,
+        name=container_name(run.id, role, index),
+        hostname=hostname(run.id, role, index),
+        image=spec.image,
+        command=spec.command,
+        args=spec.args,
+        working_dir=spec.working_dir or "",
+        env=build_env(spec.env, discovery_env(run, role, index)),
+        cpu_limit_millis=limits.cpu_millis,
+        memory_limit_bytes=limits.memory_bytes,
+        endpoints=dict(spec.endpoints) if role == "worker" else {},
+    )

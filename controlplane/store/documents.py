@@ -1,0 +1,140 @@
+"""JSON documents for runs and nodes: the stored form, shared by every backend."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from controlplane.core.capacity import Capacity
+from controlplane.core.codespec import from_document, to_document
+from controlplane.core.nodes import Node
+from controlplane.core.runs import Event, Replica, Run, Target
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _dt(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def _target(t: Target) -> dict[str, Any]:
+    return {
+        "codespec": {
+            **to_document(t.codespec),
+            "name": t.codespec.name,
+            "version": t.codespec.version,
+            "createdAt": _ts(t.codespec.created_at),
+        },
+        "reference": t.reference,
+        "nodePool": t.node_pool,
+        "replicas": t.replicas,
+    }
+
+
+def _target_from(doc: dict[str, Any]) -> Target:
+    spec = doc["codespec"]
+    return Target(
+        codespec=from_document(spec["name"], spec, spec["version"], _dt(spec["createdAt"])),
+        reference=doc["reference"],
+        node_pool=doc["nodePool"],
+        replicas=doc["replicas"],
+    )
+
+
+def run_to_doc(run: Run) -> dict[str, Any]:
+    """Run -> JSON-ready dict."""
+    return {
+        "id": run.id,
+        "job": _target(run.job),
+        "worker": _target(run.worker) if run.worker else None,
+        "createdAt": _ts(run.created_at),
+        "timeoutSeconds": run.timeout_seconds,
+        "tags": run.tags,
+        "status": run.status,
+        "statusReason": run.status_reason,
+        "startedAt": _ts(run.started_at),
+        "finishedAt": _ts(run.finished_at),
+        "placedAt": _ts(run.placed_at),
+        "replicas": [
+            {
+                "role": r.role,
+                "index": r.index,
+                "node": r.node,
+                "state": r.state,
+                "ready": r.ready,
+                "exitCode": r.exit_code,
+                "message": r.message,
+                "addresses": r.addresses,
+            }
+            for r in run.replicas
+        ],
+        "events": [{"time": _ts(e.time), "message": e.message} for e in run.events],
+    }
+
+
+def run_from_doc(doc: dict[str, Any]) -> Run:
+    """Inverse of run_to_doc."""
+    return Run(
+        id=doc["id"],
+        job=_target_from(doc["job"]),
+        worker=_target_from(doc["worker"]) if doc["worker"] else None,
+        created_at=_dt(doc["createdAt"]),  # type: ignore[arg-type]
+        timeout_seconds=doc["timeoutSeconds"],
+        tags=dict(doc["tags"]),
+        status=doc["status"],
+        status_reason=doc["statusReason"],
+        started_at=_dt(doc["startedAt"]),
+        finished_at=_dt(doc["finishedAt"]),
+        placed_at=_dt(doc["placedAt"]),
+        replicas=[
+            Replica(
+                role=r["role"],
+                index=r["index"],
+                node=r["node"],
+                state=r["state"],
+                ready=r["ready"],
+                exit_code=r["exitCode"],
+                message=r["message"],
+                addresses=dict(r["addresses"]),
+            )
+            for r in doc["replicas"]
+        ],
+        events=[Event(_dt(e["time"]), e["message"]) for e in doc["events"]],  # type: ignore[arg-type]
+    )
+
+
+def node_to_doc(node: Node) -> dict[str, Any]:
+    """Node -> JSON-ready dict."""
+    cap = node.allocatable
+    return {
+        "name": node.name,
+        "pools": list(node.pools),
+        "allocatable": [cap.cpu_millis, cap.memory_bytes, cap.gpus],
+        "labels": node.labels,
+        "advertiseAddress": node.advertise_address,
+        "agentVersion": node.agent_version,
+        "networkMode": node.network_mode,
+        "networkName": node.network_name,
+        "registeredAt": _ts(node.registered_at),
+        "lastHeartbeat": _ts(node.last_heartbeat),
+        "status": node.status,
+    }
+
+
+def node_from_doc(doc: dict[str, Any]) -> Node:
+    """Inverse of node_to_doc."""
+    return Node(
+        name=doc["name"],
+        pools=tuple(doc["pools"]),
+        allocatable=Capacity(*doc["allocatable"]),
+        labels=dict(doc["labels"]),
+        advertise_address=doc["advertiseAddress"],
+        agent_version=doc["agentVersion"],
+        network_mode=doc["networkMode"],
+        network_name=doc["networkName"],
+        registered_at=_dt(doc["registeredAt"]),
+        last_heartbeat=_dt(doc["lastHeartbeat"]),
+        status=doc["status"],
+    )
