@@ -8,9 +8,12 @@ import logging
 import os
 import signal
 import sys
+from datetime import timedelta
 from pathlib import Path
 
+from controlplane.core.nodes import Liveness
 from controlplane.server import start
+from controlplane.services.orchestrator import Settings
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 
@@ -37,6 +40,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="SQLite database file (default: %(default)s)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--readiness-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="fail a run whose workers are not ready this long after placement",
+    )
+    parser.add_argument(
+        "--heartbeat-interval",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="how often agents send heartbeats",
+    )
+    parser.add_argument(
+        "--node-not-ready-after",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a node without heartbeats this long is NotReady",
+    )
+    parser.add_argument(
+        "--node-lost-after",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="a node without heartbeats this long is Lost; its runs fail",
+    )
     return parser.parse_args(argv)
 
 
@@ -51,7 +82,15 @@ def configure_logging(level: str) -> None:
 
 async def serve(args: argparse.Namespace) -> None:
     """Run until SIGTERM or SIGINT, then shut down gracefully."""
-    plane = await start(args.listen, args.db)
+    settings = Settings(
+        readiness_timeout=timedelta(seconds=args.readiness_timeout),
+        heartbeat_interval=timedelta(seconds=args.heartbeat_interval),
+        liveness=Liveness(
+            not_ready=timedelta(seconds=args.node_not_ready_after),
+            lost=timedelta(seconds=args.node_lost_after),
+        ),
+    )
+    plane = await start(args.listen, args.db, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,8 +12,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.api.agents import AgentServicer
 from controlplane.api.codespecs import CodespecServicer
+from controlplane.api.nodes import NodeServicer
+from controlplane.api.runs import RunServicer
 from controlplane.services.codespecs import CodespecService
+from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
 from muster.v1 import (
@@ -43,27 +49,32 @@ class ControlPlane:
     store: Store
     health: health.aio.HealthServicer
     port: int
+    orchestrator: Orchestrator
+    loop_task: asyncio.Task[None]
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let running ones finish, then close the store."""
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        self.loop_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.loop_task
         await self.store.close()
         log.info("event=stopped")
 
 
-async def start(listen: str, db_path: str | Path) -> ControlPlane:
-    """Open the store, register every service and start listening."""
+async def start(listen: str, db_path: str | Path, settings: Settings | None = None) -> ControlPlane:
+    """Open the store, load state, register every service and start listening."""
     store = await SqliteStore.open(db_path)
+    codespecs = CodespecService(store)
+    orchestrator = Orchestrator(store, codespecs, settings)
+    await orchestrator.load()
     server = grpc.aio.server()
-    codespec_pb2_grpc.add_CodespecServiceServicer_to_server(
-        CodespecServicer(CodespecService(store)), server
-    )
-    # Not implemented yet: the generated base servicers answer UNIMPLEMENTED.
-    run_pb2_grpc.add_RunServiceServicer_to_server(run_pb2_grpc.RunServiceServicer(), server)
-    node_pb2_grpc.add_NodeServiceServicer_to_server(node_pb2_grpc.NodeServiceServicer(), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent_pb2_grpc.AgentServiceServicer(), server)
+    codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
+    run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(orchestrator), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -80,7 +91,8 @@ async def start(listen: str, db_path: str | Path) -> ControlPlane:
         await store.close()
         raise OSError(f"cannot listen on {listen}")
     await server.start()
+    loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info("event=listening address=%s port=%d db=%s", listen, port, db_path)
-    return ControlPlane(server, store, health_servicer, port)
+    return ControlPlane(server, store, health_servicer, port, orchestrator, loop_task)

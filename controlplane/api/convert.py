@@ -6,8 +6,17 @@ from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
+from controlplane.core.containers import ContainerSpec
+from controlplane.core.nodes import Node
+from controlplane.core.runs import Observation, Run, Target, container_name, hostname
+from controlplane.services.orchestrator import Report
+from controlplane.services.requests import RunRequest, TargetRequest
+from muster.v1 import agent_pb2 as agent_pb
 from muster.v1 import codespec_pb2 as pb
+from muster.v1 import node_pb2 as node_pb
+from muster.v1 import run_pb2 as run_pb
 
 KIND_TO_PB = {"job": pb.CODESPEC_KIND_JOB, "worker": pb.CODESPEC_KIND_WORKER}
 KIND_FROM_PB = {
@@ -82,3 +91,185 @@ def codespec_to_pb(spec: Codespec) -> pb.Codespec:
     if spec.max_replicas is not None:
         msg.max_replicas = spec.max_replicas
     return msg
+
+
+# -- runs ----------------------------------------------------------------------
+
+STATUS_TO_PB = {
+    "Pending": run_pb.RUN_STATUS_PENDING,
+    "Running": run_pb.RUN_STATUS_RUNNING,
+    "Succeeded": run_pb.RUN_STATUS_SUCCEEDED,
+    "Failed": run_pb.RUN_STATUS_FAILED,
+    "Canceled": run_pb.RUN_STATUS_CANCELED,
+}
+STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
+ROLE_TO_PB = {"job": run_pb.REPLICA_ROLE_JOB, "worker": run_pb.REPLICA_ROLE_WORKER}
+ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
+STATE_TO_PB = {
+    "pending": run_pb.CONTAINER_STATE_PENDING,
+    "creating": run_pb.CONTAINER_STATE_CREATING,
+    "running": run_pb.CONTAINER_STATE_RUNNING,
+    "exited": run_pb.CONTAINER_STATE_EXITED,
+    "failed": run_pb.CONTAINER_STATE_FAILED,
+    "removed": run_pb.CONTAINER_STATE_REMOVED,
+}
+STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+
+
+def target_request_from_pb(msg: run_pb.RunCodeTarget, role: str) -> TargetRequest:
+    """RunCodeTarget -> TargetRequest."""
+    which = msg.codespec.WhichOneof("reference")
+    return TargetRequest(
+        reference=msg.codespec.named if which == "named" else "",
+        inline=codespec_from_pb(msg.codespec.inline) if which == "inline" else None,
+        node_pool=msg.node_pool,
+        replicas=msg.replicas if msg.HasField("replicas") else None,
+    )
+
+
+def run_request_from_pb(msg: run_pb.Run) -> RunRequest:
+    """The user-settable fields of a Run message."""
+    return RunRequest(
+        job=target_request_from_pb(msg.job, "job"),
+        worker=target_request_from_pb(msg.worker, "worker") if msg.HasField("worker") else None,
+        timeout_seconds=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
+        tags=dict(msg.tags),
+    )
+
+
+def _target_to_pb(t: Target) -> run_pb.RunCodeTarget:
+    ref = (
+        run_pb.CodespecRef(named=t.reference)
+        if t.reference
+        else run_pb.CodespecRef(inline=codespec_to_pb(t.codespec))
+    )
+    return run_pb.RunCodeTarget(
+        codespec=ref,
+        node_pool=t.node_pool,
+        replicas=t.replicas,
+        resolved_codespec=codespec_to_pb(t.codespec),
+    )
+
+
+def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
+    """Domain run -> Run message."""
+    msg = run_pb.Run(
+        id=run.id,
+        job=_target_to_pb(run.job),
+        timeout_seconds=run.timeout_seconds,
+        tags=run.tags,
+        status=STATUS_TO_PB[run.status],
+        status_reason=run.status_reason,
+        running_count=run.running_count,
+        created_at=timestamp(run.created_at),
+        started_at=timestamp(run.started_at),
+        finished_at=timestamp(run.finished_at),
+    )
+    if run.worker is not None:
+        msg.worker.CopyFrom(_target_to_pb(run.worker))
+    for r in run.replicas:
+        replica = msg.replicas.add(
+            role=ROLE_TO_PB[r.role],
+            index=r.index,
+            node_name=r.node or "",
+            state=STATE_TO_PB[r.state],
+            ready=r.ready,
+            hostname=hostname(run.id, r.role, r.index),
+            container_name=container_name(run.id, r.role, r.index),
+            endpoint_addresses=r.addresses,
+            message=r.message,
+        )
+        if r.exit_code is not None:
+            replica.exit_code = r.exit_code
+    if with_events:
+        for e in run.events:
+            msg.events.add(time=timestamp(e.time), message=e.message)
+    return msg
+
+
+# -- nodes and agents ----------------------------------------------------------
+
+NODE_STATUS_TO_PB = {
+    "Ready": node_pb.NODE_STATUS_READY,
+    "NotReady": node_pb.NODE_STATUS_NOT_READY,
+    "Lost": node_pb.NODE_STATUS_LOST,
+}
+MODE_TO_PB = {"bridge": node_pb.NETWORK_MODE_BRIDGE, "host-port": node_pb.NETWORK_MODE_HOST_PORT}
+MODE_FROM_PB = {
+    node_pb.NETWORK_MODE_UNSPECIFIED: "bridge",
+    node_pb.NETWORK_MODE_BRIDGE: "bridge",
+    node_pb.NETWORK_MODE_HOST_PORT: "host-port",
+}
+
+
+def capacity_to_pb(cap: Capacity) -> node_pb.Capacity:
+    """Capacity -> message."""
+    return node_pb.Capacity(cpu_millis=cap.cpu_millis, memory_bytes=cap.memory_bytes, gpus=cap.gpus)
+
+
+def node_to_pb(node: Node, allocated: Capacity, replicas: int) -> node_pb.Node:
+    """Domain node -> Node message."""
+    return node_pb.Node(
+        name=node.name,
+        pools=list(node.pools),
+        labels=node.labels,
+        status=NODE_STATUS_TO_PB[node.status],
+        allocatable=capacity_to_pb(node.allocatable),
+        allocated=capacity_to_pb(allocated),
+        last_heartbeat=timestamp(node.last_heartbeat),
+        advertise_address=node.advertise_address,
+        agent_version=node.agent_version,
+        network_mode=MODE_TO_PB[node.network_mode],
+        registered_at=timestamp(node.registered_at),
+        replica_count=replicas,
+    )
+
+
+def node_from_register(msg: agent_pb.Register) -> Node:
+    """Register message -> domain node."""
+    cap = msg.allocatable
+    return Node(
+        name=msg.node_name,
+        pools=tuple(msg.pools),
+        allocatable=Capacity(cap.cpu_millis, cap.memory_bytes, cap.gpus),
+        labels=dict(msg.labels),
+        advertise_address=msg.advertise_address,
+        agent_version=msg.agent_version,
+        network_mode=MODE_FROM_PB.get(msg.network_mode, "bridge"),  # type: ignore[arg-type]
+        network_name=msg.network_name,
+    )
+
+
+def report_from_pb(msg: agent_pb.ContainerStatus) -> Report:
+    """ContainerStatus -> Report."""
+    return Report(
+        run_id=msg.run_id,
+        observation=Observation(
+            role=ROLE_FROM_PB.get(msg.role, "job"),  # type: ignore[arg-type]
+            index=msg.replica,
+            state=STATE_FROM_PB.get(msg.state, "pending"),  # type: ignore[arg-type]
+            ready=msg.ready,
+            exit_code=msg.exit_code if msg.HasField("exit_code") else None,
+            message=msg.message,
+            addresses={e.name: e.address for e in msg.endpoints},
+        ),
+    )
+
+
+def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
+    """ContainerSpec -> StartContainer."""
+    return agent_pb.StartContainer(
+        run_id=spec.run_id,
+        role=ROLE_TO_PB[spec.role],
+        replica=spec.index,
+        container_name=spec.name,
+        hostname=spec.hostname,
+        image=spec.image,
+        command=list(spec.command),
+        args=list(spec.args),
+        working_dir=spec.working_dir,
+        env=spec.env,
+        cpu_limit_millis=spec.cpu_limit_millis,
+        memory_limit_bytes=spec.memory_limit_bytes,
+        endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
+    )

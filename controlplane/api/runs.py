@@ -1,0 +1,110 @@
+"""RunService servicer."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import grpc
+
+from controlplane.api.convert import (
+    STATUS_FROM_PB,
+    STATUS_TO_PB,
+    from_timestamp,
+    run_request_from_pb,
+    run_to_pb,
+)
+from controlplane.api.errors import grpc_errors
+from controlplane.core.errors import InvalidArgument
+from controlplane.services import paging
+from controlplane.services.orchestrator import Orchestrator
+from controlplane.services.requests import validate_tags
+from controlplane.store.base import Store
+from muster.v1 import run_pb2 as pb
+from muster.v1 import run_pb2_grpc as pb_grpc
+
+
+def _run_id(value: int) -> int:
+    if value <= 0:
+        raise InvalidArgument("run_id", "run ids are positive integers")
+    return value
+
+
+class RunServicer(pb_grpc.RunServiceServicer):
+    """Translates RunService calls to the orchestrator and the store."""
+
+    def __init__(self, orchestrator: Orchestrator, store: Store) -> None:
+        self._orchestrator = orchestrator
+        self._store = store
+
+    @grpc_errors
+    async def CreateRun(
+        self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateRunResponse:
+        if not request.HasField("run") or not request.run.HasField("job"):
+            raise InvalidArgument("job", "a run needs a job")
+        run = await self._orchestrator.create_run(run_request_from_pb(request.run))
+        return pb.CreateRunResponse(run=run_to_pb(run))
+
+    @grpc_errors
+    async def GetRun(
+        self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetRunResponse:
+        run = await self._orchestrator.get_run(_run_id(request.run_id))
+        return pb.GetRunResponse(run=run_to_pb(run))
+
+    @grpc_errors
+    async def ListRuns(
+        self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListRunsResponse:
+        limit = paging.page_size(request.page_size)
+        statuses = frozenset(STATUS_FROM_PB[s] for s in request.statuses if s in STATUS_FROM_PB)
+        if len(statuses) != len(set(request.statuses)):
+            raise InvalidArgument("statuses", "unknown status value")
+        validate_tags(dict(request.tags))
+        since = from_timestamp(request.since) if request.HasField("since") else None
+        query = {
+            "statuses": sorted(statuses),
+            "tags": dict(sorted(request.tags.items())),
+            "since": since.isoformat() if since else None,
+        }
+        before = paging.decode(request.page_token, query)
+        if before is not None and not isinstance(before, int):
+            raise InvalidArgument("page_token", "the page token is malformed")
+        runs, more = await self._store.list_runs(
+            statuses=statuses,
+            tags=dict(request.tags),
+            since=since,
+            limit=limit,
+            before_id=before,
+        )
+        token = paging.encode(query, runs[-1].id) if more and runs else ""
+        return pb.ListRunsResponse(
+            runs=[run_to_pb(r, with_events=False) for r in runs], next_page_token=token
+        )
+
+    @grpc_errors
+    async def CountRuns(
+        self, request: pb.CountRunsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CountRunsResponse:
+        validate_tags(dict(request.tags))
+        since = from_timestamp(request.since) if request.HasField("since") else None
+        counts = await self._store.count_runs(tags=dict(request.tags), since=since)
+        ordered = sorted(counts.items(), key=lambda kv: STATUS_TO_PB[kv[0]])
+        return pb.CountRunsResponse(
+            counts=[pb.RunStatusCount(status=STATUS_TO_PB[s], count=n) for s, n in ordered],
+            total=sum(counts.values()),
+        )
+
+    @grpc_errors
+    async def WatchRun(
+        self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.WatchRunResponse]:
+        async for run in self._orchestrator.watch(_run_id(request.run_id)):
+            yield pb.WatchRunResponse(run=run_to_pb(run))
+
+    @grpc_errors
+    async def CancelRun(
+        self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CancelRunResponse:
+        run = await self._orchestrator.cancel_run(_run_id(request.run_id))
+        return pb.CancelRunResponse(run=run_to_pb(run))

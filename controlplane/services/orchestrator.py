@@ -1,0 +1,354 @@
+"""The orchestrator: owns active runs and connected agents, and reconciles the
+desired state (runs in the store) with what agents report.
+
+Every change follows one path: take the lock, let the pure core decide
+(`core.runs`, `core.scheduler`), persist the run, notify watchers, and only
+then send the resulting actions to agents. A crash between persisting and
+sending loses nothing: when an agent re-registers, its report is compared with
+the stored runs and missing starts or teardowns are sent again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from controlplane.core import runs as sm
+from controlplane.core.admission import admit
+from controlplane.core.capacity import Capacity, request_of
+from controlplane.core.containers import ContainerSpec, container_spec
+from controlplane.core.errors import FailedPrecondition, NotFound
+from controlplane.core.nodes import Liveness, Node
+from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
+from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
+from controlplane.services.codespecs import CodespecService, utcnow
+from controlplane.services.requests import RunRequest, resolve_target, timeout_of, validate_tags
+from controlplane.store.base import Store
+
+log = logging.getLogger(__name__)
+
+
+class AgentLink(Protocol):
+    """The orchestrator's handle on one connected agent (the gRPC adapter implements it)."""
+
+    def start(self, spec: ContainerSpec) -> None:
+        """Queue a container start (the agent makes it idempotent)."""
+
+    def teardown(self, run_id: int) -> None:
+        """Queue the removal of every container of a run on that node."""
+
+
+@dataclass(frozen=True)
+class Report:
+    """An agent's report about one container, in domain terms."""
+
+    run_id: int
+    observation: Observation
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Timing knobs; tests shorten them."""
+
+    readiness_timeout: timedelta = timedelta(seconds=120)
+    liveness: Liveness = field(default_factory=Liveness)
+    starvation_after: timedelta = timedelta(seconds=60)
+    heartbeat_interval: timedelta = timedelta(seconds=2)
+    tick: timedelta = timedelta(seconds=0.5)
+
+
+class Orchestrator:
+    """Runs, nodes and agent links, behind one asyncio lock."""
+
+    def __init__(
+        self,
+        store: Store,
+        codespecs: CodespecService,
+        settings: Settings | None = None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self._store = store
+        self._codespecs = codespecs
+        self.settings = settings or Settings()
+        self._clock = clock
+        self._lock = asyncio.Lock()
+        self._runs: dict[int, Run] = {}
+        self._nodes: dict[str, Node] = {}
+        self._links: dict[str, AgentLink] = {}
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Condition()
+        self._versions: dict[int, int] = {}
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load active runs and nodes; give every node a fresh grace period,
+        since the control plane itself was away."""
+        now = self._clock()
+        for node in await self._store.list_nodes():
+            node.last_heartbeat = now
+            self._nodes[node.name] = node
+        for run in await self._store.active_runs():
+            self._runs[run.id] = run
+        log.info("event=loaded runs=%d nodes=%d", len(self._runs), len(self._nodes))
+
+    async def run_forever(self) -> None:
+        """The reconcile loop: scheduling, deadlines and node liveness."""
+        while True:
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.settings.tick.total_seconds())
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            try:
+                async with self._lock:
+                    await self._tick()
+            except Exception:  # keep reconciling; the next tick retries
+                log.exception("event=tick_failed")
+
+    def wake(self) -> None:
+        """Ask for a reconcile round now."""
+        self._wake.set()
+
+    # -- runs --------------------------------------------------------------
+
+    async def create_run(self, request: RunRequest) -> Run:
+        """Resolve, admit, persist as Pending, then let the loop place it."""
+        validate_tags(request.tags)
+        timeout = timeout_of(request)
+        job = await resolve_target(self._codespecs, request.job, "job")
+        worker = (
+            await resolve_target(self._codespecs, request.worker, "worker")
+            if request.worker
+            else None
+        )
+        async with self._lock:
+            admit(job, worker, [self._view(n) for n in self._nodes.values()])
+            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags)
+            run = await self._store.insert_run(run)
+            self._runs[run.id] = run
+            await self._notify(run.id)
+        log.info("event=run_created run=%d workers=%d", run.id, len(run.workers))
+        self.wake()
+        return run
+
+    async def get_run(self, run_id: int) -> Run:
+        """The stored run, or NotFound."""
+        run = await self._store.get_run(run_id)
+        if run is None:
+            raise NotFound(f"The run '{run_id}' was not found.")
+        return run
+
+    async def cancel_run(self, run_id: int) -> Run:
+        """Canceled at once; containers are torn down right after."""
+        async with self._lock:
+            run = self._runs.get(run_id)
+            if run is None:
+                stored = await self.get_run(run_id)
+                raise FailedPrecondition(
+                    f"run {run_id} has already finished ({stored.status}); "
+                    "only Pending or Running runs can be canceled"
+                )
+            await self._commit(run, sm.cancel(run, self._clock()))
+        self.wake()
+        return run
+
+    async def watch(self, run_id: int) -> AsyncIterator[Run]:
+        """The run now and after every change, ending with its terminal state."""
+        seen = -1
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda seen=seen: self._versions.get(run_id, 0) != seen
+                )
+                seen = self._versions.get(run_id, 0)
+            run = await self.get_run(run_id)
+            yield run
+            if run.terminal:
+                return
+
+    async def _notify(self, run_id: int) -> None:
+        async with self._changed:
+            self._versions[run_id] = self._versions.get(run_id, 0) + 1
+            self._changed.notify_all()
+
+    async def _commit(self, run: Run, actions: list[Action]) -> None:
+        """Persist first, then tell watchers, then act."""
+        await self._store.save_run(run)
+        await self._notify(run.id)
+        if run.terminal:
+            self._runs.pop(run.id, None)
+            self.wake()
+        for action in actions:
+            self._dispatch(run, action)
+
+    def _dispatch(self, run: Run, action: Action) -> None:
+        link = self._links.get(action.node)
+        if link is None:
+            log.info("event=action_deferred node=%s run=%d", action.node, run.id)
+            return  # sent again when the agent re-registers
+        if isinstance(action, StartReplica):
+            link.start(container_spec(run, action.role, action.index))
+        elif isinstance(action, Teardown):
+            link.teardown(action.run_id)
+
+    # -- agents ------------------------------------------------------------
+
+    async def connect(self, node: Node, link: AgentLink, containers: list[Report]) -> None:
+        """An agent (re)registered: record it, adopt what it runs, resend what it lacks."""
+        now = self._clock()
+        async with self._lock:
+            known = self._nodes.get(node.name)
+            node.registered_at = known.registered_at if known else now
+            node.last_heartbeat, node.status = now, "Ready"
+            self._nodes[node.name] = node
+            self._links[node.name] = link
+            await self._store.save_node(node)
+            await self._reconcile_node(node.name, link, containers, now)
+        log.info("event=agent_connected node=%s containers=%d", node.name, len(containers))
+        self.wake()
+
+    async def _reconcile_node(
+        self, name: str, link: AgentLink, containers: list[Report], now: datetime
+    ) -> None:
+        present: set[tuple[int, str, int]] = set()
+        for report in containers:
+            obs = report.observation
+            present.add((report.run_id, obs.role, obs.index))
+            run = self._runs.get(report.run_id)
+            if run is None:
+                link.teardown(report.run_id)  # finished or unknown run: remove leftovers
+                continue
+            await self._commit(run, sm.observe(run, name, obs, now))
+        for run in list(self._runs.values()):
+            actions: list[Action] = []
+            for r in run.replicas:
+                if r.node == name and (run.id, r.role, r.index) not in present:
+                    actions += sm.missing_container(run, name, r.role, r.index, now)
+            actions += sm.pending_starts(run, name)
+            if actions or any(r.node == name for r in run.replicas):
+                await self._commit(run, actions)
+
+    async def disconnect(self, name: str, link: AgentLink) -> None:
+        """The stream ended; liveness decides the node's fate from its heartbeats."""
+        async with self._lock:
+            if self._links.get(name) is link:
+                del self._links[name]
+        log.info("event=agent_disconnected node=%s", name)
+
+    async def heartbeat(self, name: str) -> None:
+        """Record a heartbeat (kept in memory; the node is persisted on status changes)."""
+        async with self._lock:
+            node = self._nodes.get(name)
+            if node is None:
+                return
+            node.last_heartbeat = self._clock()
+            if node.status != "Ready" and name in self._links:
+                node.status = "Ready"
+                await self._store.save_node(node)
+                log.info("event=node_ready node=%s", name)
+                self.wake()
+
+    async def report(self, name: str, report: Report) -> None:
+        """A container changed state on node `name`."""
+        async with self._lock:
+            run = self._runs.get(report.run_id)
+            if run is None:
+                link = self._links.get(name)
+                if link is not None and report.observation.state in ("running", "creating"):
+                    link.teardown(report.run_id)
+                return
+            await self._commit(run, sm.observe(run, name, report.observation, self._clock()))
+
+    # -- nodes -------------------------------------------------------------
+
+    def nodes(self) -> list[tuple[Node, Capacity, int]]:
+        """Every node with what is allocated on it and its replica count."""
+        return [
+            (n, self._allocated(n.name), self._replica_count(n.name))
+            for n in sorted(self._nodes.values(), key=lambda n: n.name)
+        ]
+
+    def _allocated(self, name: str) -> Capacity:
+        total = Capacity()
+        for run in self._runs.values():
+            for r in run.replicas:
+                if r.node == name:
+                    target = run.worker if r.role == "worker" else run.job
+                    total = total + request_of(target.codespec)  # type: ignore[union-attr]
+        return total
+
+    def _replica_count(self, name: str) -> int:
+        return sum(1 for run in self._runs.values() for r in run.replicas if r.node == name)
+
+    def _view(self, node: Node) -> NodeView:
+        return NodeView(
+            name=node.name,
+            pools=frozenset(node.pools),
+            allocatable=node.allocatable,
+            allocated=self._allocated(node.name),
+            schedulable=node.status == "Ready" and node.name in self._links,
+        )
+
+    # -- the reconcile round -----------------------------------------------
+
+    async def _tick(self) -> None:
+        now = self._clock()
+        await self._check_nodes(now)
+        for run in list(self._runs.values()):
+            actions = sm.check_deadlines(run, now, self.settings.readiness_timeout)
+            if actions or run.terminal:
+                await self._commit(run, actions)
+        await self._schedule(now)
+
+    async def _check_nodes(self, now: datetime) -> None:
+        for node in self._nodes.values():
+            if node.last_heartbeat is None:
+                continue
+            status = self.settings.liveness.status(node.last_heartbeat, now)
+            if status == node.status or (status == "Ready" and node.status == "Lost"):
+                continue
+            node.status = status
+            await self._store.save_node(node)
+            log.warning("event=node_status node=%s status=%s", node.name, status)
+            if status == "Lost":
+                for run in list(self._runs.values()):
+                    actions = sm.node_lost(run, node.name, now)
+                    if actions or run.terminal:
+                        await self._commit(run, actions)
+
+    async def _schedule(self, now: datetime) -> None:
+        pending = [r for r in self._runs.values() if not r.placed]
+        if not pending:
+            return
+        demands = []
+        for run in pending:
+            parts = []
+            if run.worker is not None:
+                parts.append(
+                    Demand(
+                        "worker",
+                        run.worker.node_pool,
+                        run.worker.replicas,
+                        request_of(run.worker.codespec),
+                    )
+                )
+            parts.append(
+                Demand("job", run.job.node_pool, run.job.replicas, request_of(run.job.codespec))
+            )
+            demands.append(PendingRun(run.id, run.created_at, tuple(parts)))
+        views = [self._view(n) for n in self._nodes.values()]
+        decision = schedule(views, demands, now, self.settings.starvation_after)
+        for run_id, assignment in decision.placements.items():
+            run = self._runs[run_id]
+            await self._commit(run, sm.place(run, assignment, now))
+            log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
+        for run_id, reason in decision.waiting.items():
+            run = self._runs[run_id]
+            if run.status_reason != reason:
+                sm.waiting(run, reason)
+                await self._commit(run, [])

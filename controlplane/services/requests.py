@@ -1,0 +1,83 @@
+"""Validated, resolved inputs of CreateRun (the service-layer view, no protobuf)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field, replace
+
+from controlplane.core import codespec as cs
+from controlplane.core.codespec import Codespec
+from controlplane.core.errors import InvalidArgument
+from controlplane.core.runs import DEFAULT_TIMEOUT_SECONDS, Target
+from controlplane.services.codespecs import CodespecService
+
+TAG_KEY = re.compile(r"^[A-Za-z0-9\-_.]{1,128}$")
+TAG_VALUE = re.compile(r"^[A-Za-z0-9\-_.]{0,256}$")
+MAX_TAGS = 100
+MAX_TIMEOUT_SECONDS = 30 * 86_400
+
+
+@dataclass(frozen=True)
+class TargetRequest:
+    """What the user asked for one half of a run."""
+
+    reference: str = ""  # "name" or "name/versions/N"
+    inline: Codespec | None = None
+    node_pool: str = ""
+    replicas: int | None = None
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """A CreateRun call in domain terms."""
+
+    job: TargetRequest
+    worker: TargetRequest | None = None
+    timeout_seconds: int | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def validate_tags(tags: dict[str, str], path: str = "tags") -> None:
+    """SPEC limits: at most 100; key [A-Za-z0-9-_.]{1,128}, value [A-Za-z0-9-_.]{0,256}."""
+    if len(tags) > MAX_TAGS:
+        raise InvalidArgument(path, f"at most {MAX_TAGS} tags are allowed, got {len(tags)}")
+    for key, value in tags.items():
+        if not TAG_KEY.match(key):
+            raise InvalidArgument(
+                f"{path}.{key}", "tag keys are 1-128 characters of A-Z a-z 0-9 - _ ."
+            )
+        if not TAG_VALUE.match(value):
+            raise InvalidArgument(
+                f"{path}.{key}", "tag values are 0-256 characters of A-Z a-z 0-9 - _ ."
+            )
+
+
+def timeout_of(request: RunRequest) -> int:
+    """The run timeout in seconds, defaulting to 12 h."""
+    if request.timeout_seconds is None:
+        return DEFAULT_TIMEOUT_SECONDS
+    if not 1 <= request.timeout_seconds <= MAX_TIMEOUT_SECONDS:
+        raise InvalidArgument(
+            "timeoutSeconds", f"must be between 1 and {MAX_TIMEOUT_SECONDS} seconds"
+        )
+    return request.timeout_seconds
+
+
+async def resolve_target(codespecs: CodespecService, request: TargetRequest, role: str) -> Target:
+    """Resolve a codespec reference (or validate an inline codespec) into a snapshot."""
+    path = f"{role}.codespec"
+    if request.inline is not None and request.reference:
+        raise InvalidArgument(path, "give either a codespec reference or an inline codespec")
+    if request.inline is not None:
+        inline = replace(request.inline, name=request.inline.name or f"inline-{role}")
+        try:
+            cs.validate(inline)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"{path}.{exc.field}", exc.message) from None
+        spec, reference = cs.normalize(inline), ""
+    elif request.reference:
+        spec, reference = await codespecs.resolve(request.reference, path), request.reference
+    else:
+        raise InvalidArgument(path, f"the {role} needs a codespec: a name or an inline codespec")
+    replicas = 1 if request.replicas is None else request.replicas
+    return Target(spec, reference, request.node_pool, replicas)
