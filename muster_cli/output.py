@@ -59,3 +59,21 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
     )
+
+
+def human_cpu(millis: int) -> str:
+    """Millicores for a table cell: 1500 -> 1.5, 250 -> 250m."""
+    return (
+        f"{millis // 1000}"
+        if millis % 1000 == 0
+        else (f"{millis / 1000:g}" if millis % 100 == 0 else f"{millis}m")
+    )
+
+
+def human_memory(value: int) -> str:
+    """Bytes for a table cell, with binary suffixes."""
+    for suffix, unit in (("Ti", 2**40), ("Gi", 2**30), ("Mi", 2**20), ("Ki", 2**10)):
+        if value >= unit:
+            text = f"{value / unit:.1f}".removesuffix(".0")
+            return f"{text}{suffix}"
+    return str(value)

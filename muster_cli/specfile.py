@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 from muster.v1 import codespec_pb2 as cpb
+from muster.v1 import run_pb2 as rpb
 
 
 class SpecError(ValueError):
@@ -141,4 +142,73 @@ def load_codespec(path: str) -> cpb.Codespec:
     try:
         return codespec_from_dict(doc)
     except SpecError as exc:
+        raise SpecError(f"{path}: {exc}") from None
+
+
+TARGET_SCHEMA: dict[str, Any] = {"codespec": "codespec", "nodePool": STR, "replicas": INT}
+RUN_SCHEMA: dict[str, Any] = {
+    "job": TARGET_SCHEMA,
+    "worker": TARGET_SCHEMA,
+    "timeoutSeconds": INT,
+    "tags": {"*": SCALAR},
+}
+
+
+def _target_from_dict(doc: Any, role: str) -> rpb.RunCodeTarget:
+    if not isinstance(doc, dict):
+        raise SpecError(f"{role}: expected a mapping with codespec, nodePool, replicas")
+    target = rpb.RunCodeTarget()
+    for key, value in doc.items():
+        sub = TARGET_SCHEMA.get(key)
+        if sub is None:
+            hint = difflib.get_close_matches(key, list(TARGET_SCHEMA), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise SpecError(
+                f"unknown field '{role}.{key}'{suggestion}; known fields: codespec, nodePool, "
+                "replicas"
+            )
+        if key == "codespec":
+            if isinstance(value, str):
+                target.codespec.named = value
+            elif isinstance(value, dict):
+                inline = dict(value)
+                inline.setdefault("kind", role)
+                target.codespec.inline.CopyFrom(codespec_from_dict(inline, f"{role}.codespec"))
+            else:
+                raise SpecError(f"{role}.codespec: expected a name or an inline codespec mapping")
+        elif key == "nodePool":
+            target.node_pool = check(value, STR, f"{role}.nodePool")
+        else:
+            target.replicas = check(value, INT, f"{role}.replicas")
+    return target
+
+
+def run_from_dict(doc: Any) -> rpb.Run:
+    """A Tyger run document -> Run message."""
+    if not isinstance(doc, dict):
+        raise SpecError("expected a mapping with job, worker, timeoutSeconds, tags")
+    run = rpb.Run()
+    for key, value in doc.items():
+        if key not in RUN_SCHEMA:
+            hint = difflib.get_close_matches(key, list(RUN_SCHEMA), n=1)
+            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+            raise SpecError(
+                f"unknown field '{key}'{suggestion}; known fields: {', '.join(RUN_SCHEMA)}"
+            )
+        if key in ("job", "worker"):
+            getattr(run, key).CopyFrom(_target_from_dict(value, key))
+        elif key == "timeoutSeconds":
+            run.timeout_seconds = check(value, INT, key)
+        else:
+            run.tags.update(check(value, RUN_SCHEMA["tags"], "tags"))
+    return run
+
+
+def load_run(path: str) -> rpb.Run:
+    """Read a run file."""
+    try:
+        return run_from_dict(load_yaml(path))
+    except SpecError as exc:
+        if str(exc).startswith(path):
+            raise
         raise SpecError(f"{path}: {exc}") from None

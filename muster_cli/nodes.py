@@ -1,0 +1,55 @@
+"""`muster node list`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import click
+
+from muster.v1 import node_pb2 as pb
+from muster.v1 import node_pb2_grpc as pb_grpc
+from muster_cli.app import CONTEXT, address, cli, format_option, server_option
+from muster_cli.client import channel
+from muster_cli.output import dump, enum_text, human_cpu, human_memory, table, to_dict
+
+
+@cli.group()
+def node() -> None:
+    """Inspect the machines whose agents are known."""
+
+
+@node.command("list", context_settings=CONTEXT)
+@click.option("--pool", default="", help="Only nodes in this pool.")
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def node_list(ctx: click.Context, pool: str, fmt: str, leaf_server: str | None) -> None:
+    """List nodes: pools, status, capacity, allocation and heartbeat age."""
+    with channel(address(ctx, leaf_server)) as ch:
+        reply = pb_grpc.NodeServiceStub(ch).ListNodes(pb.ListNodesRequest(pool=pool), timeout=30)
+    if fmt != "table":
+        click.echo(dump([to_dict(n) for n in reply.nodes], fmt))
+        return
+    now = datetime.now(UTC)
+    rows = []
+    for n in reply.nodes:
+        age = (now - n.last_heartbeat.ToDatetime(tzinfo=UTC)).total_seconds()
+        rows.append(
+            (
+                n.name,
+                ",".join(n.pools),
+                enum_text(pb.NodeStatus.Name(n.status)),
+                f"{human_cpu(n.allocated.cpu_millis)}/{human_cpu(n.allocatable.cpu_millis)}",
+                f"{human_memory(n.allocated.memory_bytes)}/{human_memory(n.allocatable.memory_bytes)}",
+                f"{n.allocated.gpus}/{n.allocatable.gpus}",
+                n.replica_count,
+                enum_text(pb.NetworkMode.Name(n.network_mode)),
+                f"{age:.0f}s",
+            )
+        )
+    click.echo(
+        table(
+            ["NAME", "POOLS", "STATUS", "CPU", "MEMORY", "GPU", "REPLICAS", "NETWORK", "HEARTBEAT"],
+            rows,
+        )
+    )

@@ -1,0 +1,321 @@
+"""`muster run create|exec|show|watch|cancel|list|counts`."""
+
+from __future__ import annotations
+
+import re
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import click
+import grpc
+
+from muster.v1 import run_pb2 as pb
+from muster.v1 import run_pb2_grpc as pb_grpc
+from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
+from muster_cli.client import channel, fail
+from muster_cli.output import dump, enum_text, table, to_dict
+from muster_cli.specfile import load_run
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Canceled"]
+
+
+def parse_duration(text: str) -> int:
+    """Seconds from `90`, `90s`, `10m`, `2h`, `1h30m` or `1d`."""
+    if text.isdigit():
+        return int(text)
+    match = _DURATION.match(text)
+    if not text or not match or not any(match.groups()):
+        raise click.BadParameter(
+            f"'{text}' is not a duration; use e.g. 300, 90s, 10m, 2h", param_hint="--timeout"
+        )
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    return ((d * 24 + h) * 60 + m) * 60 + s
+
+
+def _reference(name: str, version: int | None) -> str:
+    return f"{name}/versions/{version}" if version else name
+
+
+def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
+    """The Run message from a file (optional) with flags on top."""
+    run = load_run(file) if file else pb.Run()
+    if flags["codespec"]:
+        run.job.codespec.named = _reference(flags["codespec"], flags["version"])
+    elif flags["version"]:
+        raise click.BadParameter("--version needs --codespec", param_hint="--version")
+    if flags["replicas"] is not None:
+        run.job.replicas = flags["replicas"]
+    if flags["node_pool"]:
+        run.job.node_pool = flags["node_pool"]
+    if flags["worker_codespec"]:
+        run.worker.codespec.named = _reference(flags["worker_codespec"], flags["worker_version"])
+    elif flags["worker_version"]:
+        raise click.BadParameter(
+            "--worker-version needs --worker-codespec", param_hint="--worker-version"
+        )
+    if flags["worker_replicas"] is not None:
+        run.worker.replicas = flags["worker_replicas"]
+    if flags["worker_node_pool"]:
+        run.worker.node_pool = flags["worker_node_pool"]
+    if flags["timeout"]:
+        run.timeout_seconds = parse_duration(flags["timeout"])
+    run.tags.update(key_values(flags["tag"], "--tag"))
+    if not run.job.codespec.WhichOneof("reference"):
+        raise click.UsageError("the job needs a codespec: use -c NAME or -f FILE")
+    if run.HasField("worker") and not run.worker.codespec.WhichOneof("reference"):
+        raise click.UsageError("the worker needs a codespec: use --worker-codespec NAME")
+    return run
+
+
+def run_options(fn: Any) -> Any:
+    """Tyger's run flags, shared by create and exec."""
+    options = [
+        click.option("-f", "--file", "file", help="Run YAML file (flags override its values)."),
+        click.option("-c", "--codespec", help="Job codespec name."),
+        click.option("--version", type=click.IntRange(min=1), help="Job codespec version."),
+        click.option("-r", "--replicas", type=int, help="Job replicas (default 1)."),
+        click.option("--node-pool", help="Node pool of the job."),
+        click.option("--worker-codespec", help="Worker codespec name."),
+        click.option(
+            "--worker-version", type=click.IntRange(min=1), help="Worker codespec version."
+        ),
+        click.option("--worker-replicas", type=int, help="Worker replicas (default 1)."),
+        click.option("--worker-node-pool", help="Node pool of the workers."),
+        click.option("--timeout", help="Run timeout: seconds or 90s, 10m, 2h (default 12h)."),
+        click.option("--tag", multiple=True, metavar="K=V", help="Tag (repeatable)."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.group()
+def run() -> None:
+    """Create, follow and inspect runs."""
+
+
+def _create(
+    ctx: click.Context, leaf_server: str | None, file: str | None, flags: dict[str, Any]
+) -> tuple[str, pb.Run]:
+    message = build_run(file, flags)
+    server = address(ctx, leaf_server)
+    with channel(server) as ch:
+        reply = pb_grpc.RunServiceStub(ch).CreateRun(pb.CreateRunRequest(run=message), timeout=30)
+    return server, reply.run
+
+
+@run.command("create", context_settings=CONTEXT)
+@run_options
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_create(
+    ctx: click.Context, file: str | None, fmt: str, leaf_server: str | None, **flags: Any
+) -> None:
+    """Create a run; prints its id."""
+    _, created = _create(ctx, leaf_server, file, flags)
+    click.echo(created.id if fmt == "table" else dump(to_dict(created), fmt))
+
+
+def status_text(run: pb.Run) -> str:
+    """`Pending`, `Failed`, ..."""
+    return enum_text(pb.RunStatus.Name(run.status))
+
+
+def progress_line(run: pb.Run) -> str:
+    """One line a person reads while a run progresses."""
+    workers = [r for r in run.replicas if r.role == pb.REPLICA_ROLE_WORKER]
+    ready = sum(1 for r in workers if r.ready)
+    parts = [f"run {run.id}: {status_text(run)}"]
+    if workers:
+        parts.append(f"workers ready {ready}/{len(workers)}")
+    if run.status_reason:
+        parts.append(run.status_reason)
+    return " - ".join(parts)
+
+
+def follow(server: str, run_id: int, show: bool) -> pb.Run:
+    """Watch until the run ends (reconnecting if the control plane restarts)."""
+    last_line, last = "", None
+    deadline_after_failure = 60.0
+    failing_since: float | None = None
+    while True:
+        try:
+            with grpc.insecure_channel(server) as ch:
+                stub = pb_grpc.RunServiceStub(ch)
+                for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                    failing_since = None
+                    last = reply.run
+                    line = progress_line(last)
+                    if show and line != last_line:
+                        stamp = datetime.now(UTC).strftime("%H:%M:%S")
+                        click.echo(f"[{stamp}] {line}", err=True)
+                        last_line = line
+                if last is not None and last.status in (
+                    pb.RUN_STATUS_SUCCEEDED,
+                    pb.RUN_STATUS_FAILED,
+                    pb.RUN_STATUS_CANCELED,
+                ):
+                    return last
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                fail(err.details() or err.code().name)  # type: ignore[attr-defined]
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > deadline_after_failure:
+                fail(f"lost the control plane at {server} while watching run {run_id}")
+            time.sleep(1)
+
+
+def finish(run: pb.Run, fmt: str) -> None:
+    """Print the outcome and exit 0 only if the run succeeded."""
+    if fmt != "table":
+        click.echo(dump(to_dict(run), fmt))
+    if run.status == pb.RUN_STATUS_SUCCEEDED:
+        if fmt == "table":
+            click.echo(f"run {run.id} succeeded", err=True)
+        sys.exit(0)
+    reason = f": {run.status_reason}" if run.status_reason else ""
+    fail(f"run {run.id} {status_text(run).lower()}{reason}")
+
+
+@run.command("exec", context_settings=CONTEXT)
+@run_options
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_exec(
+    ctx: click.Context, file: str | None, fmt: str, leaf_server: str | None, **flags: Any
+) -> None:
+    """Create a run and wait for it to end; exit code 0 only if it succeeded."""
+    server, created = _create(ctx, leaf_server, file, flags)
+    show = fmt == "table" and sys.stderr.isatty()
+    if fmt == "table":
+        click.echo(f"run {created.id} created", err=True)
+    finish(follow(server, created.id, show), fmt)
+
+
+@run.command("watch", context_settings=CONTEXT)
+@click.argument("run_id", type=int)
+@server_option
+@click.pass_context
+def run_watch(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
+    """Print one line per change until the run ends; exit code reflects the outcome."""
+    server = address(ctx, leaf_server)
+    last_line = ""
+    with channel(server) as ch:
+        for reply in pb_grpc.RunServiceStub(ch).WatchRun(pb.WatchRunRequest(run_id=run_id)):
+            line = progress_line(reply.run)
+            if line != last_line:
+                click.echo(line)
+                last_line = line
+            final = reply.run
+    sys.exit(0 if final.status == pb.RUN_STATUS_SUCCEEDED else 1)
+
+
+@run.command("show", context_settings=CONTEXT)
+@click.argument("run_id", type=int)
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_show(ctx: click.Context, run_id: int, fmt: str, leaf_server: str | None) -> None:
+    """Show a run with its replicas and events."""
+    with channel(address(ctx, leaf_server)) as ch:
+        reply = pb_grpc.RunServiceStub(ch).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
+    click.echo(dump(to_dict(reply.run), "yaml" if fmt == "table" else fmt))
+
+
+@run.command("cancel", context_settings=CONTEXT)
+@click.argument("run_id", type=int)
+@server_option
+@click.pass_context
+def run_cancel(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
+    """Cancel a Pending or Running run."""
+    with channel(address(ctx, leaf_server)) as ch:
+        reply = pb_grpc.RunServiceStub(ch).CancelRun(pb.CancelRunRequest(run_id=run_id), timeout=30)
+    click.echo(f"run {reply.run.id} {status_text(reply.run).lower()}")
+
+
+def _status_values(names: tuple[str, ...]) -> list[int]:
+    return [pb.RunStatus.Value(f"RUN_STATUS_{n.upper()}") for n in names]
+
+
+@run.command("list", context_settings=CONTEXT)
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(STATUSES, case_sensitive=False),
+    help="Only these statuses (repeatable).",
+)
+@click.option("--tag", multiple=True, metavar="K=V", help="Only runs with all these tags.")
+@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_list(
+    ctx: click.Context,
+    statuses: tuple[str, ...],
+    tag: tuple[str, ...],
+    limit: int,
+    fmt: str,
+    leaf_server: str | None,
+) -> None:
+    """List runs, newest first."""
+    runs: list[pb.Run] = []
+    token = ""
+    with channel(address(ctx, leaf_server)) as ch:
+        stub = pb_grpc.RunServiceStub(ch)
+        while len(runs) < limit:
+            reply = stub.ListRuns(
+                pb.ListRunsRequest(
+                    page_size=min(limit - len(runs), 1000),
+                    page_token=token,
+                    statuses=_status_values(statuses),
+                    tags=key_values(tag, "--tag"),
+                ),
+                timeout=30,
+            )
+            runs.extend(reply.runs)
+            token = reply.next_page_token
+            if not token:
+                break
+    if fmt != "table":
+        click.echo(dump([to_dict(r) for r in runs], fmt))
+        return
+    rows = [
+        (
+            r.id,
+            status_text(r),
+            r.created_at.ToDatetime().strftime("%Y-%m-%d %H:%M:%S"),
+            r.job.codespec.named or "(inline)",
+            (
+                f"{r.worker.codespec.named or '(inline)'} x{r.worker.replicas}"
+                if r.HasField("worker")
+                else ""
+            ),
+            r.status_reason,
+        )
+        for r in runs
+    ]
+    click.echo(table(["ID", "STATUS", "CREATED", "JOB", "WORKERS", "REASON"], rows))
+
+
+@run.command("counts", context_settings=CONTEXT)
+@click.option("--tag", multiple=True, metavar="K=V", help="Only runs with all these tags.")
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_counts(ctx: click.Context, tag: tuple[str, ...], fmt: str, leaf_server: str | None) -> None:
+    """Count runs by status."""
+    with channel(address(ctx, leaf_server)) as ch:
+        reply = pb_grpc.RunServiceStub(ch).CountRuns(
+            pb.CountRunsRequest(tags=key_values(tag, "--tag")), timeout=30
+        )
+    counts = {enum_text(pb.RunStatus.Name(c.status)): c.count for c in reply.counts}
+    if fmt != "table":
+        click.echo(dump(counts, fmt))
+        return
+    click.echo(table(["STATUS", "COUNT"], [*counts.items(), ("Total", reply.total)]))
