@@ -1,0 +1,164 @@
+"""The orchestrator with fake agent links and a manual clock (no network, no Podman)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from controlplane.core.capacity import Capacity
+from controlplane.core.codespec import Codespec, Quantities, Resources
+from controlplane.core.containers import ContainerSpec
+from controlplane.core.errors import FailedPrecondition
+from controlplane.core.nodes import Liveness, Node
+from controlplane.core.runs import Observation
+from controlplane.services.codespecs import CodespecService
+from controlplane.services.orchestrator import Orchestrator, Report, Settings
+from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.store.memory import MemoryStore
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+class FakeLink:
+    def __init__(self) -> None:
+        self.started: list[ContainerSpec] = []
+        self.torn_down: list[int] = []
+
+    def start(self, spec: ContainerSpec) -> None:
+        self.started.append(spec)
+
+    def teardown(self, run_id: int) -> None:
+        self.torn_down.append(run_id)
+
+
+SETTINGS = Settings(liveness=Liveness(timedelta(seconds=10), timedelta(seconds=30)))
+
+
+@pytest.fixture
+async def world():
+    store, clock = MemoryStore(), Clock()
+    codespecs = CodespecService(store, clock)
+    await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
+    await codespecs.create(Codespec(name="j", image="img"))
+    orch = Orchestrator(store, codespecs, SETTINGS, clock)
+    links = {"a": FakeLink(), "b": FakeLink()}
+    for name, pool in (("a", "cpu"), ("b", "gpu")):
+        await orch.connect(Node(name, (pool,), Capacity(4000, 2**33, 0)), links[name], [])
+    return orch, store, clock, links, codespecs
+
+
+def request(workers: int = 2) -> RunRequest:
+    return RunRequest(
+        TargetRequest("j", node_pool="cpu"), TargetRequest("w", node_pool="gpu", replicas=workers)
+    )
+
+
+async def tick(orch: Orchestrator) -> None:
+    async with orch._lock:
+        await orch._tick()
+
+
+async def report(orch, node, run_id, role, index, state, ready=False, code=None):
+    await orch.report(node, Report(run_id, Observation(role, index, state, ready, code)))
+
+
+async def test_full_lifecycle(world) -> None:
+    orch, store, _, links, _ = world
+    run = await orch.create_run(request())
+    await tick(orch)
+    assert [s.name for s in links["b"].started] == [
+        f"muster-run-{run.id}-worker-0",
+        f"muster-run-{run.id}-worker-1",
+    ]
+    assert links["a"].started == []
+    for i in range(2):
+        await report(orch, "b", run.id, "worker", i, "running", ready=True)
+    assert [s.name for s in links["a"].started] == [f"muster-run-{run.id}-job-0"]
+    assert (await store.get_run(run.id)).status == "Running"
+    await report(orch, "a", run.id, "job", 0, "exited", code=0)
+    stored = await store.get_run(run.id)
+    assert stored.status == "Succeeded"
+    assert links["a"].torn_down == [run.id] and links["b"].torn_down == [run.id]
+
+
+async def test_admission_errors_store_nothing(world) -> None:
+    orch, store, *_ = world
+    with pytest.raises(FailedPrecondition, match="unknown node pool 'tpu'"):
+        await orch.create_run(RunRequest(TargetRequest("j"), TargetRequest("w", node_pool="tpu")))
+    assert await store.count_runs(tags={}, since=None) == {}
+
+
+async def test_capacity_wait_then_placement(world) -> None:
+    orch, store, _, links, codespecs = world
+    await codespecs.create(
+        Codespec(name="big", image="img", kind="worker", resources=Resources(Quantities(cpu="3")))
+    )
+    big = RunRequest(TargetRequest("j", node_pool="cpu"), TargetRequest("big", node_pool="gpu"))
+    first = await orch.create_run(big)
+    second = await orch.create_run(big)
+    await tick(orch)
+    assert (await store.get_run(first.id)).placed
+    waiting = await store.get_run(second.id)
+    assert not waiting.placed
+    assert waiting.status_reason == "waiting for capacity in pool gpu: 0 of 1 workers placed"
+    await orch.cancel_run(first.id)
+    await tick(orch)
+    assert (await store.get_run(second.id)).placed
+
+
+async def test_reconnect_resends_unstarted_and_adopts_running(world) -> None:
+    orch, store, _, links, _ = world
+    run = await orch.create_run(request())
+    await tick(orch)
+    await report(orch, "b", run.id, "worker", 0, "running", ready=True)
+    fresh = FakeLink()
+    adopted = [Report(run.id, Observation("worker", 0, "running", True))]
+    await orch.connect(Node("b", ("gpu",), Capacity(4000, 2**33, 0)), fresh, adopted)
+    assert [s.index for s in fresh.started] == [1]  # only the one not yet running
+    assert (await store.get_run(run.id)).status == "Pending"
+
+
+async def test_restart_keeps_runs_and_tears_down_leftovers(world) -> None:
+    orch, store, clock, links, codespecs = world
+    run = await orch.create_run(request())
+    await tick(orch)
+    await orch.cancel_run(run.id)
+    again = Orchestrator(store, codespecs, SETTINGS, clock)
+    await again.load()
+    link = FakeLink()
+    leftover = [Report(run.id, Observation("worker", 0, "running", True))]
+    await again.connect(Node("b", ("gpu",), Capacity(4000, 2**33, 0)), link, leftover)
+    assert link.torn_down == [run.id]
+
+
+async def test_lost_node_fails_its_runs_only(world) -> None:
+    orch, store, clock, links, _ = world
+    run = await orch.create_run(request())
+    local = await orch.create_run(RunRequest(TargetRequest("j", node_pool="cpu")))
+    await tick(orch)
+    clock.now += timedelta(seconds=11)
+    await orch.heartbeat("a")
+    await tick(orch)
+    assert {n.name: n.status for n, _, _ in orch.nodes()} == {"a": "Ready", "b": "NotReady"}
+    clock.now += timedelta(seconds=20)
+    await orch.heartbeat("a")
+    await tick(orch)
+    failed = await store.get_run(run.id)
+    assert failed.status == "Failed" and failed.status_reason.startswith("node b was lost")
+    assert (await store.get_run(local.id)).status == "Running"
+
+
+async def test_cancel_finished_run_is_failed_precondition(world) -> None:
+    orch, store, *_ = world
+    run = await orch.create_run(request())
+    await orch.cancel_run(run.id)
+    with pytest.raises(FailedPrecondition, match="already finished"):
+        await orch.cancel_run(run.id)
+    assert (await store.get_run(run.id)).status == "Canceled"
