@@ -96,7 +96,7 @@ async def test_admission_errors_store_nothing(world) -> None:
 
 
 async def test_capacity_wait_then_placement(world) -> None:
-    orch, store, _, links, codespecs = world
+    orch, store, _, _links, codespecs = world
     await codespecs.create(
         Codespec(name="big", image="img", kind="worker", resources=Resources(Quantities(cpu="3")))
     )
@@ -114,7 +114,7 @@ async def test_capacity_wait_then_placement(world) -> None:
 
 
 async def test_reconnect_resends_unstarted_and_adopts_running(world) -> None:
-    orch, store, _, links, _ = world
+    orch, store, _, _links, _ = world
     run = await orch.create_run(request())
     await tick(orch)
     await report(orch, "b", run.id, "worker", 0, "running", ready=True)
@@ -126,7 +126,7 @@ async def test_reconnect_resends_unstarted_and_adopts_running(world) -> None:
 
 
 async def test_restart_keeps_runs_and_tears_down_leftovers(world) -> None:
-    orch, store, clock, links, codespecs = world
+    orch, store, clock, _links, codespecs = world
     run = await orch.create_run(request())
     await tick(orch)
     await orch.cancel_run(run.id)
@@ -139,7 +139,7 @@ async def test_restart_keeps_runs_and_tears_down_leftovers(world) -> None:
 
 
 async def test_lost_node_fails_its_runs_only(world) -> None:
-    orch, store, clock, links, _ = world
+    orch, store, clock, _links, _ = world
     run = await orch.create_run(request())
     local = await orch.create_run(RunRequest(TargetRequest("j", node_pool="cpu")))
     await tick(orch)
