@@ -45,6 +45,7 @@ class Process:
     proc: subprocess.Popen[str]
     address: str
     db: Path
+    extra: list[str] | None = None
 
     def stop(self) -> None:
         """SIGTERM, then wait; SIGKILL only if it hangs."""
@@ -57,12 +58,26 @@ class Process:
                 self.proc.wait(timeout=5)
 
 
-def start_process(db: Path, port: int = 0, timeout: float = 15.0) -> Process:
-    """Start `muster-controlplane` and wait until it prints its address."""
+def start_process(
+    db: Path, port: int = 0, timeout: float = 15.0, extra: list[str] | None = None
+) -> Process:
+    """Start `muster-controlplane` and wait until it prints its address.
+
+    Its log goes next to the database, for post-mortems of failed tests.
+    """
+    db.parent.mkdir(parents=True, exist_ok=True)
+    log = open(db.parent / "controlplane.log", "a")
     proc = subprocess.Popen(
-        [str(BIN / "muster-controlplane"), "--listen", f"127.0.0.1:{port}", "--db", str(db)],
+        [
+            str(BIN / "muster-controlplane"),
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--db",
+            str(db),
+            *(extra or []),
+        ],
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
         text=True,
     )
     deadline = time.monotonic() + timeout
@@ -73,7 +88,8 @@ def start_process(db: Path, port: int = 0, timeout: float = 15.0) -> Process:
         proc.kill()
         proc.wait()
         raise RuntimeError(f"control plane did not start: {line!r}")
-    return Process(proc, match.group(1), db)
+    log.close()
+    return Process(proc, match.group(1), db, extra)
 
 
 @pytest.fixture

@@ -1,0 +1,236 @@
+"""PodmanRuntime against the real Podman API (marker ``podman``)."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+import urllib.request
+
+import pytest
+
+from agent.runtime import ImageNotFound
+from tests.agent.podman_support import (
+    BUSYBOX,
+    PYTHON,
+    PodmanNode,
+    random_run_id,
+    spec,
+    wait_for_state,
+    wait_probe,
+)
+
+pytestmark = pytest.mark.podman
+
+SERVE = ["-m", "http.server", "8000"]
+SLOW_SERVE = (
+    "import time, http.server as h\n"
+    "time.sleep(1.5)\n"
+    "h.test(h.SimpleHTTPRequestHandler, port=8000)\n"
+)
+CONNECT = (
+    "import os, socket, sys\n"
+    "socket.create_connection((os.environ['WORKER'], 8000), timeout=10).close()\n"
+    "sys.exit(0 if os.environ['TYGER_RUN_ID'] == os.environ['EXPECT'] else 9)\n"
+)
+
+
+async def test_bridge_worker_is_labelled_probed_and_reachable_by_its_hostname(
+    podman_node: PodmanNode,
+) -> None:
+    rt = podman_node.runtime()
+    await rt.ensure_network()
+    run_id = random_run_id()
+    worker = spec(
+        run_id,
+        "worker",
+        0,
+        PYTHON,
+        ["python3"],
+        SERVE,
+        env={"TYGER_RUN_ID": str(run_id), "TYGER_WORKER_INDEX": "0"},
+        working_dir="/tmp",
+        cpu_limit_millis=500,
+        memory_limit_bytes=256 * 2**20,
+        endpoints={"http": 8000},
+    )
+    info = await rt.start(worker)
+    assert (info.name, info.run_id, info.role, info.replica) == (worker.name, run_id, "worker", 0)
+    assert info.state == "running" and info.ip
+
+    attrs = await podman_node.inspect(worker.name)
+    labels = attrs["Config"]["Labels"]
+    assert labels["muster.run-id"] == str(run_id)
+    assert labels["muster.role"] == "worker"
+    assert labels["muster.replica"] == "0"
+    assert labels["muster.node"] == podman_node.node
+    assert attrs["Config"]["Hostname"] == worker.hostname
+    assert attrs["Config"]["WorkingDir"] == "/tmp"
+    assert "TYGER_WORKER_INDEX=0" in attrs["Config"]["Env"]
+    assert attrs["HostConfig"]["Init"] is True
+    assert attrs["HostConfig"]["CpuQuota"] == 50_000 and attrs["HostConfig"]["CpuPeriod"] == 100_000
+    assert attrs["HostConfig"]["Memory"] == 256 * 2**20
+    network = attrs["NetworkSettings"]["Networks"][podman_node.network]
+    assert worker.hostname in network["Aliases"]
+
+    targets = rt.endpoint_targets(info)
+    assert [(t.name, t.probe_host, t.probe_port, t.address) for t in targets] == [
+        ("http", info.ip, 8000, f"{worker.hostname}:8000")
+    ]
+    await wait_probe(rt, info)
+
+    job = spec(
+        run_id,
+        "job",
+        0,
+        PYTHON,
+        ["python3", "-c"],
+        [CONNECT],
+        env={"WORKER": worker.hostname, "TYGER_RUN_ID": str(run_id), "EXPECT": str(run_id)},
+    )
+    await rt.start(job)
+    done = await wait_for_state(rt, job.name, "exited")
+    assert done.exit_code == 0, "the job reached the worker by its DNS alias"
+
+
+async def test_probe_is_false_until_the_endpoint_listens(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    run_id = random_run_id()
+    worker = spec(
+        run_id,
+        "worker",
+        0,
+        PYTHON,
+        ["python3", "-c"],
+        [SLOW_SERVE],
+        endpoints={"http": 8000},
+    )
+    info = await rt.start(worker)
+    target = rt.endpoint_targets(info)[0]
+    assert not await rt.probe(target), "nothing listens during the first 1.5 s"
+    await wait_probe(rt, info)
+
+
+async def test_exit_code_and_start_idempotence(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    run_id = random_run_id()
+    job = spec(run_id, "job", 0, BUSYBOX, ["sh", "-c"], ["exit 3"])
+    first = await rt.start(job)
+    done = await wait_for_state(rt, job.name, "exited")
+    assert done.exit_code == 3
+    again = await rt.start(job)  # exists: left as it is, not re-created or re-run
+    assert (again.state, again.exit_code) == ("exited", 3)
+    assert [i.name for i in await rt.list_managed()] == [first.name]
+
+
+async def test_killed_container_reports_137(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    run_id = random_run_id()
+    job = spec(run_id, "worker", 1, BUSYBOX, ["sleep"], ["300"])
+    await rt.start(job)
+    await asyncio.to_thread(podman_node.client.containers.get(job.name).kill)
+    done = await wait_for_state(rt, job.name, "exited")
+    assert done.exit_code == 137
+
+
+async def test_missing_image_is_a_clear_error_and_never_pulled(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    image = f"localhost/muster-missing-{secrets.token_hex(4)}:latest"
+    job = spec(random_run_id(), "job", 0, image, [], [])
+    with pytest.raises(ImageNotFound) as exc:
+        await rt.start(job)
+    assert str(exc.value) == (
+        f"image '{image}' not found on node '{podman_node.node}'; build or load it there "
+        "(no registry pulls)"
+    )
+    assert not await rt.image_exists(image)
+    assert not await podman_node.exists(job.name)
+
+
+async def test_host_port_mode_publishes_endpoints_on_allocated_ports(
+    podman_node: PodmanNode,
+) -> None:
+    lo = 32000 + secrets.randbelow(600)
+    rt = podman_node.runtime(
+        network_mode="host-port", advertise_address="127.0.0.1", port_range=(lo, lo + 40)
+    )
+    run_id = random_run_id()
+    # Occupy the first port of the range: the allocator must skip it.
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", lo))
+        squatter.listen()
+        w0 = spec(run_id, "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
+        w1 = spec(run_id, "worker", 1, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
+        info0 = await rt.start(w0)
+        info1 = await rt.start(w1)
+    ports = {info0.host_ports["http"], info1.host_ports["http"]}
+    assert len(ports) == 2 and all(lo < p <= lo + 40 for p in ports)
+    assert rt.publish_address == "127.0.0.1"
+    attrs = await podman_node.inspect(w0.name)
+    assert attrs["HostConfig"]["PortBindings"]["8000/tcp"] == [
+        {"HostIp": "127.0.0.1", "HostPort": str(info0.host_ports["http"])}
+    ]
+    assert podman_node.network in attrs["NetworkSettings"]["Networks"]
+
+    for info in (info0, info1):
+        (target,) = rt.endpoint_targets(info)
+        assert target.address == f"127.0.0.1:{info.host_ports['http']}"
+        assert (target.probe_host, target.probe_port) == ("127.0.0.1", info.host_ports["http"])
+        await wait_probe(rt, info)
+        url = f"http://{target.address}/"
+        status = await asyncio.to_thread(lambda u=url: urllib.request.urlopen(u, timeout=5).status)
+        assert status == 200
+
+    listed = {i.name: i.host_ports for i in await rt.list_managed()}
+    assert listed == {w0.name: info0.host_ports, w1.name: info1.host_ports}
+    await rt.remove_run(run_id)
+    assert not ports & rt._ports.allocated, "removal returns the ports"
+
+
+async def test_remove_run_removes_only_that_run_promptly_and_is_idempotent(
+    podman_node: PodmanNode,
+) -> None:
+    rt = podman_node.runtime()
+    run_a, run_b = random_run_id(), random_run_id()
+    specs = [
+        spec(run_a, "worker", 0, BUSYBOX, ["sleep"], ["300"]),
+        spec(run_a, "worker", 1, BUSYBOX, ["sleep"], ["300"]),
+        spec(run_a, "job", 0, BUSYBOX, ["sh", "-c"], ["exit 0"]),
+        spec(run_b, "job", 0, BUSYBOX, ["sleep"], ["300"]),
+    ]
+    for s in specs:
+        await rt.start(s)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    removed = await rt.remove_run(run_a)
+    took = loop.time() - began
+    assert sorted(i.name for i in removed) == sorted(s.name for s in specs[:3])
+    assert took < 5, f"init=True makes stop prompt; took {took:.1f}s"
+    assert [i.name for i in await rt.list_managed()] == [specs[3].name]
+    for s in specs[:3]:
+        assert not await podman_node.exists(s.name)
+    assert await rt.remove_run(run_a) == []
+
+
+async def test_other_nodes_containers_are_invisible(podman_node: PodmanNode) -> None:
+    """Several agents may share one Podman host: each sees only its own node's containers."""
+    mine = podman_node.runtime()
+    other = podman_node.runtime(node_name=f"{podman_node.node}-other")  # same network
+    run_id = random_run_id()
+    await mine.start(spec(run_id, "job", 0, BUSYBOX, ["sleep"], ["300"]))
+    await other.start(spec(run_id, "job", 1, BUSYBOX, ["sleep"], ["300"]))
+    assert [i.replica for i in await mine.list_managed()] == [0]
+    assert [i.replica for i in await other.list_managed()] == [1]
+    assert await other.inspect(f"muster-run-{run_id}-job-0") is None
+    assert [i.replica for i in await mine.remove_run(run_id)] == [0]
+    assert [i.replica for i in await other.list_managed()] == [1]
+
+
+async def test_network_removed_under_the_agent_is_recreated(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    run_id = random_run_id()
+    await rt.start(spec(run_id, "job", 0, BUSYBOX, ["sh", "-c"], ["exit 0"]))
+    await rt.remove_run(run_id)
+    await asyncio.to_thread(podman_node.client.networks.get(podman_node.network).remove)
+    info = await rt.start(spec(run_id, "job", 1, BUSYBOX, ["sleep"], ["300"]))
+    assert info.state == "running" and info.ip

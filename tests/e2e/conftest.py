@@ -1,0 +1,220 @@
+"""A real cluster for end-to-end tests: a `muster-controlplane` process, several
+`muster-agent` processes driving the host's Podman, and a test network.
+
+Everything a test starts is removed in teardown, even when the test fails:
+agent and control plane processes (by PID), containers carrying the test's
+node labels, and the test network.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from muster.v1 import run_pb2, run_pb2_grpc
+from tests.conftest import BIN, REPO, Process, run_cli, start_process
+
+EXAMPLES = REPO / "examples" / "distributed"
+PODMAN_SOCKET = Path("/run/podman/podman.sock")
+TERMINAL = {"Succeeded", "Failed", "Canceled"}
+
+
+def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    """The podman CLI (used by tests to inspect and clean up, never by the product)."""
+    return subprocess.run(
+        ["podman", *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2):
+    """Poll `predicate` until it returns a truthy value or the deadline passes."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Cluster:
+    """A control plane and its agents for one test."""
+
+    tmp: Path
+    cp: Process
+    network: str
+    tag: str
+    cp_args: list[str]
+    agents: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
+    agent_args: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def server(self) -> str:
+        return self.cp.address
+
+    def node(self, short: str) -> str:
+        """Node names are unique per test so labels find exactly this test's containers."""
+        return f"{self.tag}-{short}"
+
+    def start_agent(self, short: str, pools: list[str], *extra: str) -> None:
+        name = self.node(short)
+        args = self.agent_args.get(name) or [
+            "--node-name",
+            name,
+            "--network",
+            self.network,
+            *(a for p in pools for a in ("--pool", p)),
+            *extra,
+        ]
+        self.agent_args[name] = args
+        log = open(self.tmp / f"agent-{name}.log", "a")
+        self.agents[name] = subprocess.Popen(
+            [str(BIN / "muster-agent"), "--server", self.server, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def stop_agent(self, short: str, sig: int = signal.SIGTERM) -> None:
+        proc = self.agents.pop(self.node(short))
+        proc.send_signal(sig)
+        proc.wait(timeout=20)
+
+    def wait_nodes(self, count: int, timeout: float = 30) -> list[dict]:
+        def ready() -> list[dict] | None:
+            nodes = [n for n in self.nodes() if n["status"] == "Ready"]
+            return nodes if len(nodes) >= count else None
+
+        return wait_for(ready, timeout, f"{count} ready nodes")
+
+    def nodes(self) -> list[dict]:
+        out = run_cli("node", "list", "-o", "json", server=self.server, check=True).stdout
+        return [n for n in json.loads(out) if n["name"].startswith(self.tag)]
+
+    def cli(self, *args: str, check: bool = False, timeout: float = 120):
+        return run_cli(*args, server=self.server, check=check, timeout=timeout)
+
+    def codespec(self, name: str, file: str | Path, *flags: str) -> None:
+        self.cli("codespec", "create", name, "-f", str(file), *flags, check=True)
+
+    def get_run(self, run_id: int) -> run_pb2.Run:
+        with grpc.insecure_channel(self.server) as ch:
+            return (
+                run_pb2_grpc.RunServiceStub(ch)
+                .GetRun(run_pb2.GetRunRequest(run_id=run_id), timeout=10)
+                .run
+            )
+
+    def run_json(self, run_id: int) -> dict:
+        return json.loads(self.cli("run", "show", str(run_id), "-o", "json", check=True).stdout)
+
+    def wait_run(self, run_id: int, timeout: float = 90, statuses=TERMINAL) -> dict:
+        def done() -> dict | None:
+            run = self.run_json(run_id)
+            return run if run["status"] in statuses else None
+
+        return wait_for(done, timeout, f"run {run_id} to reach {sorted(statuses)}", 0.3)
+
+    def create_run(self, *args: str) -> int:
+        out = self.cli("run", "create", *args, check=True).stdout
+        return int(out.strip())
+
+    def containers(self, run_id: int | None = None) -> list[dict]:
+        """This test's containers (by node label), optionally of one run."""
+        found = []
+        for name in self.agent_args:
+            out = podman("ps", "-a", "--format", "json", "--filter", f"label=muster.node={name}")
+            found += json.loads(out.stdout or "[]")
+        if run_id is not None:
+            found = [c for c in found if c["Labels"].get("muster.run-id") == str(run_id)]
+        return found
+
+    def wait_no_containers(self, run_id: int, timeout: float = 30) -> None:
+        wait_for(
+            lambda: not self.containers(run_id),
+            timeout,
+            f"every container of run {run_id} to be removed",
+        )
+
+    def restart_control_plane(self) -> None:
+        port = self.server.rsplit(":", 1)[1]
+        self.cp.stop()
+        self.cp = start_process(self.cp.db, int(port), extra=self.cp_args)
+
+    def close(self) -> None:
+        for name in list(self.agents):
+            proc = self.agents.pop(name)
+            proc.terminate()
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.cp.stop()
+        for name in self.agent_args:
+            ids = podman("ps", "-aq", "--filter", f"label=muster.node={name}").stdout.split()
+            if ids:
+                podman("rm", "-f", "-t", "0", *ids, check=False)
+        podman("network", "rm", "-f", self.network, check=False)
+
+
+@pytest.fixture(scope="session")
+def podman_ready() -> None:
+    """The Podman API socket and the test images must exist (scripts/setup.sh makes them)."""
+    if not PODMAN_SOCKET.exists():
+        pytest.fail("Podman API socket missing: run scripts/setup.sh first")
+    for image in ("localhost/muster-python:latest", "localhost/muster-busybox:latest"):
+        if podman("image", "exists", image, check=False).returncode != 0:
+            pytest.fail(f"test image {image} missing: run scripts/images.sh")
+
+
+CP_TEST_ARGS = [
+    "--readiness-timeout",
+    "20",
+    "--heartbeat-interval",
+    "1",
+    "--node-not-ready-after",
+    "3",
+    "--node-lost-after",
+    "6",
+]
+
+
+@pytest.fixture
+def make_cluster(tmp_path: Path, podman_ready: None) -> Iterator[Callable[..., Cluster]]:
+    """Factory: make_cluster({"a": ["cpu"], "b": ["gpu"]}, cp_args=[...], agent_args=[...])."""
+    made: list[Cluster] = []
+
+    def make(
+        agents: dict[str, list[str]],
+        cp_args: list[str] | None = None,
+        agent_extra: list[str] | None = None,
+        wait: bool = True,
+    ) -> Cluster:
+        args = CP_TEST_ARGS + (cp_args or [])
+        tag = f"t{secrets.token_hex(3)}"
+        cluster = Cluster(
+            tmp_path, start_process(tmp_path / "cp.db", extra=args), f"muster-test-{tag}", tag, args
+        )
+        made.append(cluster)
+        for short, pools in agents.items():
+            cluster.start_agent(short, pools, *(agent_extra or []))
+        if wait:
+            cluster.wait_nodes(len(agents))
+        return cluster
+
+    yield make
+    for cluster in made:
+        cluster.close()
