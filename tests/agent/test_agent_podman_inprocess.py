@@ -97,4 +97,4 @@ async def test_slow_podman_calls_never_stall_the_event_loop(podman_node: PodmanN
     finally:
         ticking.cancel()
     assert loop.time() - began >= 0.9, "the stop really waited for its timeout"
-    assert worst < 0.1, f"event loop stalled for {worst:.3f}s"
+    assert worst < 0.25, f"event loop stalled for {worst:.3f}s"

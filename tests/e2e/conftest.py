@@ -68,16 +68,14 @@ class Cluster:
         """Node names are unique per test so labels find exactly this test's containers."""
         return f"{self.tag}-{short}"
 
-    def start_agent(self, short: str, pools: list[str], *extra: str) -> None:
+    def start_agent(self, short: str, pools: list[str] | None = None, *extra: str) -> None:
+        """Start an agent; without pools, restart it with the flags it had before."""
         name = self.node(short)
-        args = self.agent_args.get(name) or [
-            "--node-name",
-            name,
-            "--network",
-            self.network,
-            *(a for p in pools for a in ("--pool", p)),
-            *extra,
-        ]
+        if pools is None:
+            args = self.agent_args[name]
+        else:
+            pool_flags = [a for p in pools for a in ("--pool", p)]
+            args = ["--node-name", name, "--network", self.network, *pool_flags, *extra]
         self.agent_args[name] = args
         log = open(self.tmp / f"agent-{name}.log", "a")
         self.agents[name] = subprocess.Popen(
@@ -202,12 +200,12 @@ def make_cluster(tmp_path: Path, podman_ready: None) -> Iterator[Callable[..., C
         cp_args: list[str] | None = None,
         agent_extra: list[str] | None = None,
         wait: bool = True,
+        network: str | None = None,
     ) -> Cluster:
         args = CP_TEST_ARGS + (cp_args or [])
         tag = f"t{secrets.token_hex(3)}"
-        cluster = Cluster(
-            tmp_path, start_process(tmp_path / "cp.db", extra=args), f"muster-test-{tag}", tag, args
-        )
+        process = start_process(tmp_path / "cp.db", extra=args)
+        cluster = Cluster(tmp_path, process, network or f"muster-test-{tag}", tag, args)
         made.append(cluster)
         for short, pools in agents.items():
             cluster.start_agent(short, pools, *(agent_extra or []))

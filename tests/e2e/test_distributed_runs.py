@@ -57,19 +57,31 @@ def test_three_workers_in_gpu_pool_job_in_cpu_pool(make_cluster) -> None:
     cluster.wait_no_containers(run_id)
 
 
-def test_host_port_mode(make_cluster) -> None:
-    cluster = make_cluster(
-        {"a": ["cpu"], "b": ["gpu"]},
-        agent_extra=["--network-mode", "host-port", "--advertise-address", "127.0.0.1"],
-    )
-    hello(cluster)
-    run_id = cluster.create_run("-f", str(EXAMPLES / "run.yaml"))
-    run = cluster.wait_run(run_id)
-    assert run["status"] == "Succeeded", run
-    addresses = [r["endpointAddresses"]["echo"] for r in run["replicas"] if r["role"] == "worker"]
-    assert all(a.startswith("127.0.0.1:") and a != "127.0.0.1:7000" for a in addresses)
-    assert len(set(addresses)) == 3
-    cluster.wait_no_containers(run_id)
+def test_host_port_mode(make_cluster, tmp_path) -> None:
+    # On one machine, the host side of a project network stands in for another
+    # machine's address: containers reach it, and traffic stays on this host.
+    network = f"muster-test-hp-{tmp_path.name[-6:]}".replace("_", "-")
+    podman("network", "create", network)
+    try:
+        info = json.loads(podman("network", "inspect", network).stdout)[0]
+        gateway = info["subnets"][0]["gateway"]
+        cluster = make_cluster(
+            {"a": ["cpu"], "b": ["gpu"]},
+            agent_extra=["--network-mode", "host-port", "--advertise-address", gateway],
+            network=network,
+        )
+        hello(cluster)
+        run_id = cluster.create_run("-f", str(EXAMPLES / "run.yaml"))
+        run = cluster.wait_run(run_id)
+        assert run["status"] == "Succeeded", run
+        addresses = [
+            r["endpointAddresses"]["echo"] for r in run["replicas"] if r["role"] == "worker"
+        ]
+        assert all(a.startswith(f"{gateway}:") and not a.endswith(":7000") for a in addresses)
+        assert len(set(addresses)) == 3
+        cluster.wait_no_containers(run_id)
+    finally:
+        podman("network", "rm", "-f", network, check=False)
 
 
 def test_job_exit_code_fails_the_run(make_cluster) -> None:
@@ -181,7 +193,7 @@ def test_waits_for_capacity_then_succeeds(make_cluster) -> None:
     second = cluster.create_run(*args)
     wait_for(
         lambda: (
-            cluster.run_json(second)["statusReason"]
+            cluster.run_json(second).get("statusReason")
             == "waiting for capacity in pool gpu: 0 of 1 workers placed"
         ),
         20,
