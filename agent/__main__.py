@@ -1,0 +1,21 @@
+"""``muster-agent`` / ``python -m agent``."""
+
+from __future__ import annotations
+
+import asyncio
+
+from agent.app import run_agent
+from agent.config import parse_args
+from agent.logutil import configure
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse flags, run the agent until SIGTERM/SIGINT, return the exit status."""
+    config = parse_args(argv)
+    configure(config.log_level)
+    asyncio.run(run_agent(config))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Wiring: config -> runtime + supervisor + connection, with graceful shutdown.
+
+SIGTERM/SIGINT stop the agent but leave every container running: a restarted
+agent re-adopts them from their labels, so an agent upgrade never interrupts
+runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import signal
+
+from agent.config import AgentConfig
+from agent.connection import AgentConnection, Backoff, Identity
+from agent.logutil import log
+from agent.runtime import Runtime
+from agent.runtime_podman import PodmanRuntime
+from agent.supervisor import Supervisor
+
+_log = logging.getLogger(__name__)
+
+
+def make_runtime(config: AgentConfig) -> PodmanRuntime:
+    """The Podman runtime described by ``config``."""
+    return PodmanRuntime(
+        node_name=config.node_name,
+        url=config.podman_url,
+        network_name=config.network,
+        network_mode=config.network_mode,
+        advertise_address=config.advertise_address,
+        publish_address=config.publish_address,
+        port_range=config.port_range,
+    )
+
+
+def make_identity(config: AgentConfig) -> Identity:
+    """The node description sent in Register."""
+    return Identity(
+        node_name=config.node_name,
+        pools=config.pools,
+        labels=dict(config.labels),
+        cpu_millis=config.cpu_millis,
+        memory_bytes=config.memory_bytes,
+        gpus=config.gpus,
+        advertise_address=config.advertise_address,
+        agent_version=config.agent_version,
+        network_mode=config.network_mode,
+        network_name=config.network,
+    )
+
+
+async def _ensure_network(runtime: Runtime, stop: asyncio.Event, backoff: Backoff) -> None:
+    """Create the run network, retrying while Podman is unreachable."""
+    rng = random.Random()
+    attempt = 0
+    while not stop.is_set():
+        try:
+            await runtime.ensure_network()
+            return
+        except Exception as exc:
+            delay = backoff.delay(attempt, rng)
+            attempt += 1
+            log(_log, logging.ERROR, "podman_unavailable", error=exc, retry_in=f"{delay:.2f}s")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), delay)
+
+
+async def run_agent(
+    config: AgentConfig,
+    *,
+    runtime: Runtime | None = None,
+    stop: asyncio.Event | None = None,
+    backoff: Backoff | None = None,
+) -> None:
+    """Run the agent until ``stop`` is set (or SIGTERM/SIGINT when ``stop`` is None)."""
+    owned_stop = stop is None
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    if owned_stop:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+    runtime = runtime or make_runtime(config)
+    backoff = backoff or Backoff(maximum=config.reconnect_max_seconds)
+    supervisor = Supervisor(
+        runtime, poll_interval=config.poll_interval, probe_interval=config.probe_interval
+    )
+    connection = AgentConnection(config.server, make_identity(config), supervisor, backoff=backoff)
+    log(
+        _log,
+        logging.INFO,
+        "agent_starting",
+        node=config.node_name,
+        server=config.server,
+        network=config.network,
+        network_mode=config.network_mode,
+        version=config.agent_version,
+    )
+    watcher: asyncio.Task[None] | None = None
+    try:
+        await _ensure_network(runtime, stop, backoff)
+        watcher = asyncio.create_task(supervisor.watch(), name="agent-watch")
+        await connection.run(stop)
+    finally:
+        if watcher is not None:
+            watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watcher
+        await supervisor.close()
+        await runtime.close()
+        if owned_stop:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        log(_log, logging.INFO, "agent_stopped", node=config.node_name)

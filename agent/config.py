@@ -1,0 +1,202 @@
+"""Agent settings and the command line that produces them.
+
+Flag errors print one clear line and exit with status 2 (no usage dump), so a
+mistyped flag in a compose file or unit is obvious in the log.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from typing import NoReturn
+
+import psutil
+
+from agent import __version__
+from agent.ports import parse_port_range
+from agent.quantity import parse_cpu_millis, parse_memory_bytes
+from agent.runtime import NetworkMode
+from agent.runtime_podman import DEFAULT_URL
+
+DEFAULT_SERVER = "127.0.0.1:50051"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    """Everything the agent needs to run; built from flags or directly in tests."""
+
+    node_name: str
+    server: str = DEFAULT_SERVER
+    pools: tuple[str, ...] = ()
+    labels: dict[str, str] = field(default_factory=dict)
+    podman_url: str = DEFAULT_URL
+    network: str = "muster"
+    network_mode: NetworkMode = "bridge"
+    advertise_address: str = "127.0.0.1"
+    publish_address: str | None = None
+    port_range: tuple[int, int] = (30000, 32767)
+    cpu_millis: int = 0
+    memory_bytes: int = 0
+    gpus: int = 0
+    poll_interval: float = 0.5
+    probe_interval: float = 0.2
+    reconnect_max_seconds: float = 5.0
+    log_level: str = "INFO"
+    agent_version: str = __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _label(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"label '{text}' must look like KEY=VALUE")
+    return key, value
+
+
+def _port_range(text: str) -> tuple[int, int]:
+    try:
+        return parse_port_range(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _cpu(text: str) -> int:
+    try:
+        millis = parse_cpu_millis(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if millis <= 0:
+        raise argparse.ArgumentTypeError(f"cpu '{text}' must be positive")
+    return millis
+
+
+def _memory(text: str) -> int:
+    try:
+        size = parse_memory_bytes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"memory '{text}' must be positive")
+    return size
+
+
+def _gpus(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"gpus '{text}' must be a whole number") from None
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"gpus '{text}' must not be negative")
+    return count
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"'{text}' must be positive")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``muster-agent`` command line."""
+    p = _Parser(
+        prog="muster-agent",
+        description="muster node agent: runs this node's share of runs on Podman.",
+    )
+    p.add_argument(
+        "--server",
+        default=os.environ.get("MUSTER_SERVER", DEFAULT_SERVER),
+        help="control plane HOST:PORT (env MUSTER_SERVER; default %(default)s)",
+    )
+    p.add_argument("--node-name", default=socket.gethostname(), help="default: hostname")
+    p.add_argument(
+        "--pool", action="append", default=[], dest="pools", help="node pool (repeatable)"
+    )
+    p.add_argument(
+        "--label",
+        action="append",
+        default=[],
+        type=_label,
+        dest="labels",
+        help="node label KEY=VALUE (repeatable)",
+    )
+    p.add_argument("--podman-url", default=DEFAULT_URL, help="Podman API (default %(default)s)")
+    p.add_argument("--network", default="muster", help="Podman bridge network for run containers")
+    p.add_argument(
+        "--network-mode",
+        choices=["bridge", "host-port"],
+        default="bridge",
+        help="bridge: workers reached by DNS alias; host-port: endpoints on host ports",
+    )
+    p.add_argument(
+        "--advertise-address",
+        default="127.0.0.1",
+        help="address jobs use for host-port endpoints (default %(default)s)",
+    )
+    p.add_argument(
+        "--publish-address",
+        default=None,
+        help="host address to bind host ports on (default: the advertise address if it is "
+        "local, else 0.0.0.0)",
+    )
+    p.add_argument(
+        "--port-range",
+        type=_port_range,
+        default=(30000, 32767),
+        help="host ports for host-port mode, LO-HI (default 30000-32767)",
+    )
+    p.add_argument("--cpus", type=_cpu, help="allocatable CPU (2, 1.5, 500m); default: all cores")
+    p.add_argument("--memory", type=_memory, help="allocatable memory (4Gi, 1G); default: all RAM")
+    p.add_argument("--gpus", type=_gpus, default=0, help="allocatable GPUs (default 0)")
+    p.add_argument(
+        "--poll-interval",
+        type=_positive_float,
+        default=0.5,
+        help="seconds between container state polls (default %(default)s)",
+    )
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        type=str.upper,
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="default %(default)s",
+    )
+    p.add_argument("--version", action="version", version=f"muster-agent {__version__}")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> AgentConfig:
+    """Parse flags into an :class:`AgentConfig`; exits 2 with one line on errors."""
+    parser = build_parser()
+    ns = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if not ns.node_name.strip():
+        parser.error("--node-name must not be empty")
+    if not ns.server.strip():
+        parser.error("--server must not be empty")
+    return AgentConfig(
+        node_name=ns.node_name,
+        server=ns.server,
+        pools=tuple(dict.fromkeys(ns.pools)),
+        labels=dict(ns.labels),
+        podman_url=ns.podman_url,
+        network=ns.network,
+        network_mode=ns.network_mode,
+        advertise_address=ns.advertise_address,
+        publish_address=ns.publish_address,
+        port_range=ns.port_range,
+        cpu_millis=ns.cpus if ns.cpus is not None else (psutil.cpu_count() or 1) * 1000,
+        memory_bytes=ns.memory if ns.memory is not None else psutil.virtual_memory().total,
+        gpus=ns.gpus,
+        poll_interval=ns.poll_interval,
+        log_level=ns.log_level,
+    )

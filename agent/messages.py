@@ -1,0 +1,104 @@
+"""Conversions between ``muster.v1`` messages and the runtime's dataclasses.
+
+Kept in one place so the wire format never leaks into the runtimes and the
+runtimes' types never leak onto the wire.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from agent.runtime import ContainerSpec, EndpointTarget, NetworkMode, Role, State
+from muster.v1 import agent_pb2, node_pb2, run_pb2
+
+ROLE_TO_PB: dict[Role, int] = {
+    "job": run_pb2.REPLICA_ROLE_JOB,
+    "worker": run_pb2.REPLICA_ROLE_WORKER,
+}
+_ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in ROLE_TO_PB.items()}
+
+WireState = State | str  # plus "removed", which only exists on the wire
+STATE_TO_PB: dict[str, int] = {
+    "creating": run_pb2.CONTAINER_STATE_CREATING,
+    "running": run_pb2.CONTAINER_STATE_RUNNING,
+    "exited": run_pb2.CONTAINER_STATE_EXITED,
+    "failed": run_pb2.CONTAINER_STATE_FAILED,
+    "removed": run_pb2.CONTAINER_STATE_REMOVED,
+}
+NETWORK_MODE_TO_PB: dict[NetworkMode, int] = {
+    "bridge": node_pb2.NETWORK_MODE_BRIDGE,
+    "host-port": node_pb2.NETWORK_MODE_HOST_PORT,
+}
+
+
+class BadAssignment(ValueError):
+    """A StartContainer the agent cannot act on (e.g. unknown role)."""
+
+
+def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
+    """Build a :class:`ContainerSpec` from a StartContainer assignment."""
+    role = _ROLE_FROM_PB.get(msg.role)
+    if role is None:
+        raise BadAssignment(f"container {msg.container_name}: unknown role {msg.role}")
+    if not msg.container_name or not msg.image:
+        raise BadAssignment("StartContainer needs container_name and image")
+    return ContainerSpec(
+        run_id=msg.run_id,
+        role=role,
+        replica=msg.replica,
+        name=msg.container_name,
+        hostname=msg.hostname or msg.container_name,
+        image=msg.image,
+        command=list(msg.command),
+        args=list(msg.args),
+        working_dir=msg.working_dir,
+        env=dict(msg.env),
+        cpu_limit_millis=msg.cpu_limit_millis,
+        memory_limit_bytes=msg.memory_limit_bytes,
+        endpoints={e.name: e.port for e in msg.endpoints},
+    )
+
+
+@dataclass(frozen=True)
+class Status:
+    """The agent's last word about one container (what ContainerStatus carries).
+
+    Comparing two ``Status`` values tells whether anything worth sending changed.
+    """
+
+    run_id: int
+    role: Role
+    replica: int
+    name: str
+    state: WireState
+    ready: bool = False
+    exit_code: int | None = None
+    message: str = ""
+    endpoints: tuple[tuple[str, str], ...] = field(default=())
+    """(endpoint name, address) pairs, set once a worker is ready."""
+
+    def to_pb(self) -> agent_pb2.ContainerStatus:
+        """Render as a ContainerStatus stamped with the current time."""
+        time = Timestamp()
+        time.GetCurrentTime()
+        msg = agent_pb2.ContainerStatus(
+            run_id=self.run_id,
+            role=ROLE_TO_PB[self.role],  # type: ignore[arg-type]
+            replica=self.replica,
+            container_name=self.name,
+            state=STATE_TO_PB[self.state],  # type: ignore[arg-type]
+            ready=self.ready,
+            message=self.message,
+            endpoints=[agent_pb2.EndpointAddress(name=n, address=a) for n, a in self.endpoints],
+            time=time,
+        )
+        if self.exit_code is not None:
+            msg.exit_code = self.exit_code
+        return msg
+
+
+def addresses(targets: list[EndpointTarget]) -> tuple[tuple[str, str], ...]:
+    """(name, address) pairs for :attr:`Status.endpoints`."""
+    return tuple((t.name, t.address) for t in targets)

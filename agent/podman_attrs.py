@@ -1,0 +1,87 @@
+"""Decoding Podman's container JSON (inspect and list forms) into ContainerInfo.
+
+Separate from the runtime so the (version-sensitive) shapes of Podman's JSON
+live in one place and can be unit-tested without a Podman socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from agent.runtime import LABEL_NODE, ContainerInfo, State, identity_from_labels
+
+_STATES: dict[str, State] = {
+    "configured": "creating",
+    "created": "creating",
+    "initialized": "creating",
+    "running": "running",
+    "paused": "running",
+    "stopping": "running",
+    "exited": "exited",
+    "stopped": "exited",
+    "removing": "exited",
+}
+
+
+def podman_state(status: str) -> State:
+    """Map a Podman state to the agent's; anything unexpected is ``failed``."""
+    return _STATES.get(status.lower(), "failed")
+
+
+def info_from_inspect(
+    attrs: Mapping[str, Any], node: str, network_name: str
+) -> ContainerInfo | None:
+    """Decode ``podman inspect`` output; ``None`` unless it is a muster container of ``node``."""
+    config = attrs.get("Config") or {}
+    labels = config.get("Labels") or {}
+    ident = identity_from_labels(labels)
+    if ident is None or labels.get(LABEL_NODE) != node:
+        return None
+    state_attrs = attrs.get("State") or {}
+    state = podman_state(str(state_attrs.get("Status", "")))
+    settings = attrs.get("NetworkSettings") or {}
+    network = (settings.get("Networks") or {}).get(network_name) or {}
+    by_port: dict[int, int] = {}
+    for key, bindings in (settings.get("Ports") or {}).items():
+        for binding in bindings or []:
+            if binding.get("HostPort"):
+                by_port[int(str(key).split("/")[0])] = int(binding["HostPort"])
+    return ContainerInfo(
+        name=str(attrs.get("Name", "")).lstrip("/"),
+        run_id=ident.run_id,
+        role=ident.role,
+        replica=ident.replica,
+        state=state,
+        exit_code=int(state_attrs.get("ExitCode", 0)) if state == "exited" else None,
+        hostname=ident.hostname or str(config.get("Hostname", "")),
+        ip=network.get("IPAddress") or None,
+        host_ports={n: by_port[p] for n, p in ident.endpoints.items() if p in by_port},
+        endpoints=ident.endpoints,
+    )
+
+
+def info_from_list(attrs: Mapping[str, Any]) -> ContainerInfo | None:
+    """Decode one ``podman ps`` (libpod list) entry; the list result carries no IP."""
+    ident = identity_from_labels(attrs.get("Labels") or {})
+    if ident is None:
+        return None
+    names = attrs.get("Names") or [""]
+    state = podman_state(str(attrs.get("State", "")))
+    by_port = {
+        int(p["container_port"]): int(p["host_port"])
+        for p in attrs.get("Ports") or []
+        if p.get("host_port")
+    }
+    return ContainerInfo(
+        name=str(names[0]),
+        run_id=ident.run_id,
+        role=ident.role,
+        replica=ident.replica,
+        state=state,
+        exit_code=int(attrs.get("ExitCode", 0)) if state == "exited" else None,
+        hostname=ident.hostname,
+        ip=None,
+        host_ports={n: by_port[p] for n, p in ident.endpoints.items() if p in by_port},
+        endpoints=ident.endpoints,
+    )

@@ -1,0 +1,217 @@
+"""The container runtime interface the agent drives, and the data it exchanges.
+
+The agent logic (``supervisor``) only talks to a :class:`Runtime`, so the same
+logic runs against real Podman (``runtime_podman``) and against a scriptable
+in-memory fake (``runtime_fake``) in tests and scale simulations.
+
+Contract every implementation keeps:
+
+* ``start`` is idempotent by container name: an existing container is left as
+  it is (a created-but-never-started one is started), never duplicated.
+* ``start`` never pulls: a missing image raises :class:`ImageNotFound`.
+* ``start`` either leaves a started container behind or raises and leaves
+  nothing behind, so a failed start can simply be retried.
+* ``list_managed`` returns only containers of *this* node (label
+  ``muster.node``), because several agents may share one Podman host.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+Role = Literal["job", "worker"]
+"""Replica role, also the value of the ``muster.role`` label."""
+
+State = Literal["creating", "running", "exited", "failed"]
+"""Container state as the agent reports it."""
+
+NetworkMode = Literal["bridge", "host-port"]
+"""``bridge``: shared Podman network with DNS aliases. ``host-port``: endpoints
+published on host ports allocated by the agent."""
+
+LABEL_RUN_ID = "muster.run-id"
+LABEL_ROLE = "muster.role"
+LABEL_REPLICA = "muster.replica"
+LABEL_NODE = "muster.node"
+LABEL_HOSTNAME = "muster.hostname"
+# Declared endpoints as JSON, so a restarted agent can probe and report the
+# addresses of containers it re-adopts without asking the control plane.
+LABEL_ENDPOINTS = "muster.endpoints"
+
+
+class RuntimeFailure(Exception):
+    """A runtime operation failed; ``str()`` is a message fit for the user."""
+
+
+class ImageNotFound(RuntimeFailure):
+    """The image is not present on the node (the agent never pulls)."""
+
+    def __init__(self, image: str, node: str) -> None:
+        super().__init__(
+            f"image '{image}' not found on node '{node}'; build or load it there "
+            "(no registry pulls)"
+        )
+        self.image = image
+        self.node = node
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything needed to create one replica's container."""
+
+    run_id: int
+    role: Role
+    replica: int
+    name: str
+    hostname: str
+    image: str
+    command: list[str] = field(default_factory=list)
+    args: list[str] = field(default_factory=list)
+    working_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    cpu_limit_millis: int = 0
+    memory_limit_bytes: int = 0
+    endpoints: dict[str, int] = field(default_factory=dict)
+    """Endpoint name -> container port, in declaration order (workers only)."""
+
+
+@dataclass
+class ContainerInfo:
+    """What the runtime observed about one managed container."""
+
+    name: str
+    run_id: int
+    role: Role
+    replica: int
+    state: State
+    exit_code: int | None = None
+    hostname: str = ""
+    ip: str | None = None
+    """Address on the run network; ``None`` when unknown (list results omit it)."""
+    host_ports: dict[str, int] = field(default_factory=dict)
+    """Endpoint name -> published host port (host-port mode only)."""
+    endpoints: dict[str, int] = field(default_factory=dict)
+    """Declared endpoint name -> container port."""
+
+
+@dataclass(frozen=True)
+class EndpointTarget:
+    """One endpoint: where the agent probes it and the address the job uses."""
+
+    name: str
+    port: int
+    """Declared container port."""
+    probe_host: str | None
+    """Host the agent connects to for readiness; ``None`` if not known yet."""
+    probe_port: int
+    address: str
+    """``host:port`` as the job must use it."""
+
+
+class Runtime(Protocol):
+    """A container runtime on one node. All methods are safe to await on the loop."""
+
+    @property
+    def node_name(self) -> str:
+        """Name of the node (label ``muster.node`` on every container)."""
+        ...
+
+    @property
+    def network_name(self) -> str:
+        """The Podman network run containers join."""
+        ...
+
+    @property
+    def network_mode(self) -> NetworkMode:
+        """How worker endpoints are exposed."""
+        ...
+
+    async def ensure_network(self) -> None:
+        """Create the run network (bridge, DNS on) if it does not exist."""
+        ...
+
+    async def image_exists(self, image: str) -> bool:
+        """Whether ``image`` is present locally."""
+        ...
+
+    async def start(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create and start ``spec`` idempotently by name; see the module contract."""
+        ...
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        """Full detail (including ``ip``) of one managed container, or ``None``."""
+        ...
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        """Every container of this node carrying ``muster.run-id``."""
+        ...
+
+    async def remove_run(self, run_id: int) -> list[ContainerInfo]:
+        """Stop (short timeout) and remove every container of ``run_id``.
+
+        Idempotent; returns what was removed.
+        """
+        ...
+
+    def endpoint_targets(self, info: ContainerInfo) -> list[EndpointTarget]:
+        """Probe targets and job-facing addresses of ``info``'s endpoints, in order."""
+        ...
+
+    async def probe(self, target: EndpointTarget) -> bool:
+        """Whether ``target`` accepts a TCP connection right now."""
+        ...
+
+    async def close(self) -> None:
+        """Release client resources (containers keep running)."""
+        ...
+
+
+def container_labels(spec: ContainerSpec, node: str) -> dict[str, str]:
+    """The labels that make a container re-adoptable after any restart."""
+    return {
+        LABEL_RUN_ID: str(spec.run_id),
+        LABEL_ROLE: spec.role,
+        LABEL_REPLICA: str(spec.replica),
+        LABEL_NODE: node,
+        LABEL_HOSTNAME: spec.hostname,
+        LABEL_ENDPOINTS: json.dumps(spec.endpoints, separators=(",", ":")),
+    }
+
+
+@dataclass(frozen=True)
+class LabelIdentity:
+    """Run/role/replica/endpoints decoded from a container's labels."""
+
+    run_id: int
+    role: Role
+    replica: int
+    hostname: str
+    endpoints: dict[str, int]
+
+
+def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
+    """Decode muster labels; ``None`` when they are missing or malformed.
+
+    Malformed labels (someone else's container, a hand edit) must not crash
+    the agent's watch loop, so they are ignored instead.
+    """
+    try:
+        run_id = int(labels[LABEL_RUN_ID])
+        role = labels.get(LABEL_ROLE, "")
+        if role not in ("job", "worker"):
+            return None
+        replica = int(labels.get(LABEL_REPLICA, "0"))
+        raw = json.loads(labels.get(LABEL_ENDPOINTS) or "{}")
+        endpoints = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+    except (KeyError, ValueError, TypeError):
+        return None
+    return LabelIdentity(
+        run_id=run_id,
+        role=role,  # type: ignore[arg-type]  # checked above
+        replica=replica,
+        hostname=labels.get(LABEL_HOSTNAME, ""),
+        endpoints=endpoints,
+    )

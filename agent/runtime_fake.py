@@ -1,0 +1,250 @@
+"""A deterministic in-memory :class:`~agent.runtime.Runtime` for tests and simulations.
+
+No Podman, no sockets, no threads: state changes only when the agent calls the
+runtime or when a test scripts one, so tests assert exact message sequences.
+It is importable on its own (stdlib + ``agent.runtime`` + ``agent.probe``) so
+control-plane tests can drive real agents over fake containers.
+
+Scripting (all synchronous, call from the test):
+
+* ``remove_image(img)`` / ``add_image(img)``: make ``start`` raise ImageNotFound.
+  By default every image exists (``all_images_exist=True``).
+* ``fail_next_start(name, message)``: the next ``start`` of ``name`` fails.
+* ``hold_endpoints = True``: new containers' endpoints do not accept until
+  ``open_endpoint(name, endpoint)``; ``close_endpoint`` closes one again.
+* ``exit(name, code)``, ``kill(name)`` (exit 137), ``vanish(name)`` (removed
+  behind the agent's back), ``exit_on_start[name] = code``.
+* ``add_existing(spec, state=..., exit_code=...)``: a container that was
+  already there (e.g. before an agent restart).
+
+Counters (``create_count``, ``probe_count``, ``list_count``, ``started_names``)
+let tests prove that restarts never duplicate containers and that polling or
+probing has stopped.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field, replace
+
+from agent import probe as probing
+from agent.runtime import (
+    ContainerInfo,
+    ContainerSpec,
+    EndpointTarget,
+    ImageNotFound,
+    NetworkMode,
+    RuntimeFailure,
+    State,
+)
+
+
+@dataclass
+class FakeContainer:
+    """One fake container and its scripted endpoint state."""
+
+    spec: ContainerSpec
+    state: State
+    exit_code: int | None = None
+    ip: str = ""
+    host_ports: dict[str, int] = field(default_factory=dict)
+    open_endpoints: set[str] = field(default_factory=set)
+
+
+class FakeRuntime:
+    """In-memory runtime; see the module docstring for the scripting API."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str = "fake-node",
+        network_name: str = "muster",
+        network_mode: NetworkMode = "bridge",
+        advertise_address: str = "127.0.0.1",
+        port_range: tuple[int, int] = (30000, 32767),
+        all_images_exist: bool = True,
+    ) -> None:
+        """Create an empty fake node."""
+        self._node = node_name
+        self._network = network_name
+        self._mode: NetworkMode = network_mode
+        self._advertise = advertise_address
+        self._ports = itertools.count(port_range[0])
+        self._ips = itertools.count(2)
+        self.all_images_exist = all_images_exist
+        self.images: set[str] = set()
+        self.missing_images: set[str] = set()
+        self.containers: dict[str, FakeContainer] = {}
+        self.hold_endpoints = False
+        self.exit_on_start: dict[str, int] = {}
+        self._fail_next: dict[str, str] = {}
+        self.network_created = False
+        self.create_count = 0
+        self.probe_count = 0
+        self.list_count = 0
+        self.started_names: list[str] = []
+        self.closed = False
+
+    # -- Runtime properties -------------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        """Node name."""
+        return self._node
+
+    @property
+    def network_name(self) -> str:
+        """Network name (only recorded)."""
+        return self._network
+
+    @property
+    def network_mode(self) -> NetworkMode:
+        """Network mode, which decides endpoint addresses."""
+        return self._mode
+
+    # -- scripting ------------------------------------------------------------------
+
+    def add_image(self, image: str) -> None:
+        """Make ``image`` present."""
+        self.images.add(image)
+        self.missing_images.discard(image)
+
+    def remove_image(self, image: str) -> None:
+        """Make ``image`` absent."""
+        self.images.discard(image)
+        self.missing_images.add(image)
+
+    def fail_next_start(self, name: str, message: str) -> None:
+        """The next ``start(name)`` raises :class:`RuntimeFailure` with ``message``."""
+        self._fail_next[name] = message
+
+    def open_endpoint(self, name: str, endpoint: str) -> None:
+        """Let ``endpoint`` of container ``name`` accept connections."""
+        self.containers[name].open_endpoints.add(endpoint)
+
+    def close_endpoint(self, name: str, endpoint: str) -> None:
+        """Make ``endpoint`` of container ``name`` refuse connections."""
+        self.containers[name].open_endpoints.discard(endpoint)
+
+    def exit(self, name: str, code: int) -> None:
+        """The container's process exits with ``code``."""
+        container = self.containers[name]
+        container.state, container.exit_code = "exited", code
+        container.open_endpoints.clear()
+
+    def kill(self, name: str) -> None:
+        """Kill the container externally (SIGKILL: exit code 137)."""
+        self.exit(name, 137)
+
+    def vanish(self, name: str) -> None:
+        """Remove the container behind the agent's back."""
+        self.containers.pop(name, None)
+
+    def add_existing(
+        self, spec: ContainerSpec, state: State = "running", exit_code: int | None = None
+    ) -> FakeContainer:
+        """Register a container that exists before the agent looks (endpoints open)."""
+        container = self._new(spec)
+        container.state, container.exit_code = state, exit_code
+        if state == "running":
+            container.open_endpoints = set(spec.endpoints)
+        self.containers[spec.name] = container
+        return container
+
+    # -- Runtime methods --------------------------------------------------------------
+
+    async def ensure_network(self) -> None:
+        """Record that the network exists."""
+        self.network_created = True
+
+    async def image_exists(self, image: str) -> bool:
+        """Scripted image presence."""
+        if image in self.missing_images:
+            return False
+        return self.all_images_exist or image in self.images
+
+    async def start(self, spec: ContainerSpec) -> ContainerInfo:
+        """Idempotent by name; scripted failures and exits apply."""
+        existing = self.containers.get(spec.name)
+        if existing is not None:
+            if existing.state == "creating":
+                existing.state = "running"
+            return self._info(existing)
+        if not await self.image_exists(spec.image):
+            raise ImageNotFound(spec.image, self._node)
+        if spec.name in self._fail_next:
+            raise RuntimeFailure(self._fail_next.pop(spec.name))
+        container = self._new(spec)
+        container.state = "running"
+        if not self.hold_endpoints:
+            container.open_endpoints = set(spec.endpoints)
+        self.containers[spec.name] = container
+        self.create_count += 1
+        self.started_names.append(spec.name)
+        if spec.name in self.exit_on_start:
+            self.exit(spec.name, self.exit_on_start[spec.name])
+        return self._info(container)
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        """Current info of ``name`` or ``None``."""
+        container = self.containers.get(name)
+        return None if container is None else self._info(container)
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        """Every fake container, in creation order."""
+        self.list_count += 1
+        return [self._info(c) for c in self.containers.values()]
+
+    async def remove_run(self, run_id: int) -> list[ContainerInfo]:
+        """Drop every container of ``run_id``."""
+        removed = [c for c in self.containers.values() if c.spec.run_id == run_id]
+        for container in removed:
+            del self.containers[container.spec.name]
+        return [self._info(c) for c in removed]
+
+    def endpoint_targets(self, info: ContainerInfo) -> list[EndpointTarget]:
+        """Same address rules as the Podman runtime."""
+        return probing.endpoint_targets(info, self._mode, self._advertise, "0.0.0.0")
+
+    async def probe(self, target: EndpointTarget) -> bool:
+        """Scripted: an endpoint accepts iff its container runs and it is open."""
+        self.probe_count += 1
+        for container in self.containers.values():
+            if self._matches(container, target):
+                return container.state == "running" and target.name in container.open_endpoints
+        return False
+
+    async def close(self) -> None:
+        """Nothing to release; recorded for tests."""
+        self.closed = True
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _new(self, spec: ContainerSpec) -> FakeContainer:
+        n = next(self._ips)
+        container = FakeContainer(
+            spec=replace(spec), state="creating", ip=f"10.99.{n // 250}.{n % 250 + 2}"
+        )
+        if self._mode == "host-port" and spec.role == "worker":
+            container.host_ports = {name: next(self._ports) for name in spec.endpoints}
+        return container
+
+    def _matches(self, container: FakeContainer, target: EndpointTarget) -> bool:
+        if self._mode == "bridge":
+            return container.ip == target.probe_host and target.name in container.spec.endpoints
+        return container.host_ports.get(target.name) == target.probe_port
+
+    def _info(self, container: FakeContainer) -> ContainerInfo:
+        spec = container.spec
+        return ContainerInfo(
+            name=spec.name,
+            run_id=spec.run_id,
+            role=spec.role,
+            replica=spec.replica,
+            state=container.state,
+            exit_code=container.exit_code if container.state == "exited" else None,
+            hostname=spec.hostname,
+            ip=container.ip,
+            host_ports=dict(container.host_ports),
+            endpoints=dict(spec.endpoints),
+        )

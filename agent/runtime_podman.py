@@ -1,0 +1,421 @@
+"""The :class:`~agent.runtime.Runtime` on a real Podman API socket (podman-py).
+
+podman-py is blocking (HTTP over a unix socket), so every call runs in a
+dedicated thread pool: the event loop never waits on Podman, and a slow stop
+(several seconds) cannot starve the default executor that other code uses.
+Each pool thread has its own ``PodmanClient`` because podman-py does not
+promise thread safety.
+
+Networking (both modes): every run container joins the agent's bridge network
+(created with DNS on if missing), so a job container can always reach a worker
+on the same node by its hostname, which is also its network alias. In
+host-port mode a worker's endpoints are additionally published on host ports
+the agent allocates from its port range, bound on the publish address, and the
+addresses handed to jobs are ``<advertise address>:<host port>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import re
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+import psutil
+from podman import PodmanClient
+from podman.errors import APIError, NotFound
+
+from agent import probe as probing
+from agent.logutil import log
+from agent.podman_attrs import info_from_inspect, info_from_list
+from agent.ports import PortAllocator, port_is_free
+from agent.runtime import (
+    LABEL_NODE,
+    LABEL_RUN_ID,
+    ContainerInfo,
+    ContainerSpec,
+    EndpointTarget,
+    ImageNotFound,
+    NetworkMode,
+    RuntimeFailure,
+    container_labels,
+)
+
+DEFAULT_URL = "unix:///run/podman/podman.sock"
+CPU_PERIOD_US = 100_000
+_T = TypeVar("_T")
+_ADDR_IN_USE = re.compile(r"address already in use|port is already allocated", re.I)
+_log = logging.getLogger(__name__)
+
+
+def _explain(exc: Exception) -> str:
+    """The most useful one-line text of a podman-py error."""
+    text = getattr(exc, "explanation", None) or str(exc)
+    return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+class PodmanRuntime:
+    """Runs muster containers through the Podman REST API."""
+
+    def __init__(
+        self,
+        *,
+        node_name: str,
+        url: str = DEFAULT_URL,
+        network_name: str = "muster",
+        network_mode: NetworkMode = "bridge",
+        advertise_address: str = "127.0.0.1",
+        publish_address: str | None = None,
+        port_range: tuple[int, int] = (30000, 32767),
+        stop_timeout: int = 2,
+        ulimits: Mapping[str, int] | None = None,
+        max_threads: int = 16,
+    ) -> None:
+        """Configure the runtime; nothing is contacted until the first call.
+
+        ``publish_address`` is where host ports are bound in host-port mode;
+        by default the advertise address when it belongs to this host, else
+        all interfaces. ``ulimits`` (e.g. ``{"nofile": 4096}``) are set per
+        container, for hosts whose Podman default limits cannot be applied.
+        """
+        self._node = node_name
+        self._url = url
+        self._network = network_name
+        self._mode: NetworkMode = network_mode
+        self._advertise = advertise_address
+        self._publish = (
+            publish_address if publish_address is not None else _default_publish(advertise_address)
+        )
+        self._stop_timeout = stop_timeout
+        self._ulimits = dict(ulimits or {})
+        self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="podman")
+        self._local = threading.local()
+        self._clients: list[PodmanClient] = []
+        self._clients_lock = threading.Lock()
+        bind_host = self._publish or "0.0.0.0"
+        self._ports = PortAllocator(*port_range, is_free=lambda p: port_is_free(bind_host, p))
+        self._ports_by_name: dict[str, list[int]] = {}
+        self._ports_lock = threading.Lock()
+        self._ports_synced = False
+        self._network_ready = False
+
+    # -- Runtime properties -------------------------------------------------
+
+    @property
+    def node_name(self) -> str:
+        """Node name, stamped on every container as ``muster.node``."""
+        return self._node
+
+    @property
+    def network_name(self) -> str:
+        """Bridge network every run container joins."""
+        return self._network
+
+    @property
+    def network_mode(self) -> NetworkMode:
+        """``bridge`` or ``host-port``."""
+        return self._mode
+
+    @property
+    def publish_address(self) -> str:
+        """Host address host ports are bound on (``0.0.0.0`` = all)."""
+        return self._publish
+
+    # -- plumbing ---------------------------------------------------------------
+
+    def _client(self) -> PodmanClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            client = PodmanClient(base_url=self._url)
+            self._local.client = client
+            with self._clients_lock:
+                self._clients.append(client)
+        return client
+
+    async def _call(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, functools.partial(fn, *args))
+
+    # -- Runtime methods ------------------------------------------------------
+
+    async def ensure_network(self) -> None:
+        """Create the bridge network with DNS if missing (races with other agents are fine)."""
+        await self._call(self._ensure_network_sync)
+
+    async def image_exists(self, image: str) -> bool:
+        """Whether ``image`` is in local storage (never pulls)."""
+        return await self._call(lambda: self._client().images.exists(image))
+
+    async def start(self, spec: ContainerSpec) -> ContainerInfo:
+        """Create and start ``spec`` (idempotent by name, never pulls)."""
+        return await self._call(self._start_sync, spec)
+
+    async def inspect(self, name: str) -> ContainerInfo | None:
+        """Full detail of one container of this node, ``None`` if absent/foreign."""
+        return await self._call(self._inspect_sync, name)
+
+    async def list_managed(self) -> list[ContainerInfo]:
+        """All containers of this node (one API call, no IPs)."""
+        return await self._call(self._list_sync)
+
+    async def remove_run(self, run_id: int) -> list[ContainerInfo]:
+        """Stop (short timeout) and remove every container of ``run_id``, in parallel."""
+        infos = [i for i in await self.list_managed() if i.run_id == run_id]
+        results = await asyncio.gather(
+            *(self._call(self._remove_sync, i.name) for i in infos), return_exceptions=True
+        )
+        for info, result in zip(infos, results, strict=True):
+            if isinstance(result, BaseException):
+                log(_log, logging.WARNING, "remove_failed", name=info.name, error=result)
+        return [i for i, r in zip(infos, results, strict=True) if not isinstance(r, BaseException)]
+
+    def endpoint_targets(self, info: ContainerInfo) -> list[EndpointTarget]:
+        """See :func:`agent.probe.endpoint_targets`."""
+        return probing.endpoint_targets(info, self._mode, self._advertise, self._publish)
+
+    async def probe(self, target: EndpointTarget) -> bool:
+        """Non-blocking TCP connect to the target."""
+        if target.probe_host is None:
+            return False
+        return await probing.tcp_accepts(target.probe_host, target.probe_port)
+
+    async def close(self) -> None:
+        """Close clients and the thread pool; containers keep running."""
+        await asyncio.to_thread(self._executor.shutdown, True)
+        with self._clients_lock:
+            clients, self._clients = self._clients, []
+        for client in clients:
+            client.close()
+
+    # -- blocking implementations (executor threads only) -------------------------
+
+    def _ensure_network_sync(self) -> None:
+        client = self._client()
+        if client.networks.exists(self._network):
+            attrs = client.networks.get(self._network).attrs
+            if not attrs.get("dns_enabled", True):
+                log(
+                    _log,
+                    logging.WARNING,
+                    "network_without_dns",
+                    network=self._network,
+                    hint="workers will not resolve by hostname; use a network created by the agent",
+                )
+        else:
+            try:
+                client.networks.create(
+                    self._network,
+                    driver="bridge",
+                    dns_enabled=True,
+                    labels={"muster.managed": "true"},
+                )
+                log(_log, logging.INFO, "network_created", network=self._network)
+            except APIError as exc:
+                if exc.status_code != 409:  # 409: another agent created it first
+                    raise RuntimeFailure(
+                        f"cannot create network '{self._network}': {_explain(exc)}"
+                    ) from exc
+        self._network_ready = True
+
+    def _start_sync(self, spec: ContainerSpec) -> ContainerInfo:
+        client = self._client()
+        existing = self._get_sync(spec.name)
+        if existing is not None:
+            return self._adopt_existing_sync(existing)
+        if not client.images.exists(spec.image):
+            raise ImageNotFound(spec.image, self._node)
+        if not self._network_ready:
+            self._ensure_network_sync()
+        publish = self._mode == "host-port" and spec.role == "worker" and bool(spec.endpoints)
+        attempts = 3 if publish else 1
+        for attempt in range(attempts):
+            host_ports = self._allocate_ports(spec) if publish else {}
+            try:
+                return self._create_and_start_sync(spec, host_ports)
+            except _PortTaken:
+                self._ports.release(host_ports.values())
+                if attempt == attempts - 1:
+                    raise RuntimeFailure(
+                        f"could not publish endpoints of {spec.name}: host ports kept being taken"
+                    ) from None
+            except BaseException:
+                self._ports.release(host_ports.values())
+                raise
+        raise AssertionError("unreachable")
+
+    def _adopt_existing_sync(self, container: Any) -> ContainerInfo:
+        """Idempotent start: leave an existing container, but start a never-started one."""
+        if container.attrs.get("State", {}).get("Status") in ("created", "configured"):
+            try:
+                container.start()
+            except APIError as exc:
+                raise RuntimeFailure(f"start {container.name}: {_explain(exc)}") from exc
+            container.reload()
+        info = info_from_inspect(container.attrs, self._node, self._network)
+        if info is None:
+            raise RuntimeFailure(
+                f"a container named {container.name} exists but is not managed by node "
+                f"'{self._node}'"
+            )
+        return info
+
+    def _allocate_ports(self, spec: ContainerSpec) -> dict[str, int]:
+        with self._ports_lock:
+            synced = self._ports_synced
+        if not synced:
+            self._list_sync()  # reserve ports of containers that existed before this agent
+        ports: dict[str, int] = {}
+        try:
+            for name in spec.endpoints:
+                ports[name] = self._ports.allocate()
+        except Exception as exc:
+            self._ports.release(ports.values())
+            raise RuntimeFailure(str(exc)) from exc
+        return ports
+
+    def _create_and_start_sync(
+        self, spec: ContainerSpec, host_ports: dict[str, int]
+    ) -> ContainerInfo:
+        client = self._client()
+        kwargs: dict[str, Any] = {
+            "name": spec.name,
+            "hostname": spec.hostname,
+            "labels": container_labels(spec, self._node),
+            "environment": dict(spec.env),
+            "init": True,
+            "stop_timeout": self._stop_timeout,
+            "networks": {self._network: {"aliases": [spec.hostname]}},
+        }
+        if spec.command:
+            kwargs["entrypoint"] = list(spec.command)
+        if spec.args:
+            kwargs["command"] = list(spec.args)
+        if spec.working_dir:
+            kwargs["working_dir"] = spec.working_dir
+        if spec.cpu_limit_millis > 0:
+            # podman-py ignores nano_cpus; quota/period is the same limit.
+            kwargs["cpu_period"] = CPU_PERIOD_US
+            kwargs["cpu_quota"] = spec.cpu_limit_millis * CPU_PERIOD_US // 1000
+        if spec.memory_limit_bytes > 0:
+            kwargs["mem_limit"] = spec.memory_limit_bytes
+        if self._ulimits:
+            kwargs["ulimits"] = [
+                {"Name": k, "Soft": v, "Hard": v} for k, v in self._ulimits.items()
+            ]
+        if host_ports:
+            bind = self._publish if self._publish not in ("", "0.0.0.0") else None
+            kwargs["ports"] = {
+                f"{spec.endpoints[name]}/tcp": (bind, hp) if bind else hp
+                for name, hp in host_ports.items()
+            }
+        try:
+            try:
+                container = client.containers.create(spec.image, **kwargs)
+            except APIError as exc:
+                if "network not found" not in _explain(exc).lower():
+                    raise
+                # Someone removed the network under a running agent: recreate, retry once.
+                self._ensure_network_sync()
+                container = client.containers.create(spec.image, **kwargs)
+        except APIError as exc:
+            if exc.status_code == 409:  # created concurrently (another start of the same name)
+                existing = self._get_sync(spec.name)
+                if existing is not None:
+                    return self._adopt_existing_sync(existing)
+            raise RuntimeFailure(f"create {spec.name}: {_explain(exc)}") from exc
+        try:
+            container.start()
+        except APIError as exc:
+            # Leave nothing behind so the start can be retried cleanly.
+            self._force_remove_sync(container)
+            if host_ports and _ADDR_IN_USE.search(_explain(exc)):
+                raise _PortTaken() from exc
+            raise RuntimeFailure(f"start {spec.name}: {_explain(exc)}") from exc
+        if host_ports:
+            with self._ports_lock:
+                self._ports_by_name[spec.name] = list(host_ports.values())
+        container.reload()
+        info = info_from_inspect(container.attrs, self._node, self._network)
+        assert info is not None  # we just labelled it
+        return info
+
+    def _force_remove_sync(self, container: Any) -> None:
+        try:
+            container.remove(force=True)
+        except (APIError, NotFound) as exc:
+            log(_log, logging.WARNING, "cleanup_failed", name=container.name, error=_explain(exc))
+
+    def _get_sync(self, name: str) -> Any | None:
+        try:
+            return self._client().containers.get(name)
+        except NotFound:
+            return None
+
+    def _inspect_sync(self, name: str) -> ContainerInfo | None:
+        container = self._get_sync(name)
+        return (
+            None
+            if container is None
+            else info_from_inspect(container.attrs, self._node, self._network)
+        )
+
+    def _list_sync(self) -> list[ContainerInfo]:
+        with self._ports_lock:
+            before = set(self._ports_by_name)
+        containers = self._client().containers.list(
+            all=True,
+            # List form: podman-py stringifies list values inside a dict filter.
+            filters=[f"label={LABEL_RUN_ID}", f"label={LABEL_NODE}={self._node}"],
+        )
+        infos = [i for c in containers if (i := info_from_list(c.attrs)) is not None]
+        self._sync_ports(infos, before)
+        return infos
+
+    def _sync_ports(self, infos: list[ContainerInfo], before: set[str]) -> None:
+        """Reserve ports of adopted containers; release those of vanished ones.
+
+        Only names recorded *before* the list call are released, so a container
+        created while the list was in flight keeps its ports.
+        """
+        seen = {i.name for i in infos}
+        with self._ports_lock:
+            for name in before - seen:
+                self._ports.release(self._ports_by_name.pop(name, []))
+            for info in infos:
+                if info.host_ports and info.name not in self._ports_by_name:
+                    self._ports_by_name[info.name] = list(info.host_ports.values())
+                    self._ports.reserve(info.host_ports.values())
+            self._ports_synced = True
+
+    def _remove_sync(self, name: str) -> None:
+        container = self._get_sync(name)
+        if container is None:
+            return
+        if container.attrs.get("State", {}).get("Status") in ("running", "paused", "stopping"):
+            try:
+                # ignore=True: a container that exits meanwhile answers 304, not an error.
+                container.stop(timeout=self._stop_timeout, ignore=True)
+            except Exception as exc:  # gone meanwhile, or odd reply: removal still follows
+                log(_log, logging.DEBUG, "stop_skipped", name=name, error=_explain(exc))
+        try:
+            container.remove(force=True)
+        except NotFound:
+            pass
+        with self._ports_lock:
+            self._ports.release(self._ports_by_name.pop(name, []))
+
+
+class _PortTaken(Exception):
+    """A host port was grabbed between allocation and container start."""
+
+
+def _default_publish(advertise: str) -> str:
+    """Bind on the advertise address when it is one of this host's, else everywhere."""
+    local = {
+        addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
+    }
+    return advertise if advertise in local else "0.0.0.0"

@@ -1,0 +1,394 @@
+"""Container lifecycle on one node: start, probe, watch, tear down, report.
+
+The supervisor outlives gRPC streams. It keeps the agent's last reported
+:class:`~agent.messages.Status` of every container present on the node, so a
+new stream can begin with a complete Register snapshot, and it sends a status
+to the current stream (if any) only when something changed. Messages produced
+while disconnected are dropped on purpose: the next Register carries the
+current truth, which is all the control plane needs to reconcile.
+
+Who may report a container, so that sequences stay ordered:
+
+* while a start is in flight, only the start task (CREATING, then RUNNING or
+  EXITED or FAILED);
+* while a run is being torn down, only the teardown task (REMOVED);
+* otherwise the watcher (state changes seen by polling ``list_managed``) and
+  the probe task (readiness of a running worker).
+
+A poll result that started before such a task touched a container is stale for
+that container and ignored, so a slow ``list_managed`` never resurrects a
+removed container or reports a just-started one as vanished.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine
+from dataclasses import replace
+from typing import Any
+
+from agent.logutil import log
+from agent.messages import BadAssignment, Status, addresses, spec_from_start
+from agent.runtime import ContainerInfo, ContainerSpec, EndpointTarget, Runtime, RuntimeFailure
+from muster.v1 import agent_pb2
+
+Sink = Callable[[agent_pb2.ContainerStatus], None]
+_log = logging.getLogger(__name__)
+
+
+def _needs_probe(info: ContainerInfo | ContainerSpec) -> bool:
+    """Workers with endpoints are ready only once every endpoint accepts."""
+    return info.role == "worker" and bool(info.endpoints)
+
+
+def not_accepting(target: EndpointTarget) -> str:
+    """The probe message naming the first endpoint that does not accept yet."""
+    return f"endpoint '{target.name}' (port {target.port}) not accepting connections yet"
+
+
+class Supervisor:
+    """Owns every container of this node on behalf of the control plane."""
+
+    def __init__(
+        self,
+        runtime: Runtime,
+        *,
+        poll_interval: float = 0.5,
+        probe_interval: float = 0.2,
+    ) -> None:
+        """``poll_interval``: watch period; ``probe_interval``: readiness retry period."""
+        self._rt = runtime
+        self._poll_interval = poll_interval
+        self._probe_interval = probe_interval
+        self._statuses: dict[str, Status] = {}
+        self._starts: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._teardowns: dict[int, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+        self._touched: dict[str, int] = {}
+        self._clock = 0
+        self._reconcile_lock = asyncio.Lock()
+        self._sink: Sink | None = None
+        self._watch_failing = False
+
+    # -- stream attachment ----------------------------------------------------------
+
+    def attach(self, sink: Sink) -> None:
+        """Send future status changes to ``sink`` (the current stream)."""
+        self._sink = sink
+
+    def detach(self) -> None:
+        """Stop sending (the stream ended); changes keep being tracked."""
+        self._sink = None
+
+    def snapshot(self) -> list[agent_pb2.ContainerStatus]:
+        """Current status of every container present, for Register."""
+        return [s.to_pb() for s in self._statuses.values()]
+
+    @property
+    def statuses(self) -> dict[str, Status]:
+        """Read-only view of the last status per container (for tests and debugging)."""
+        return dict(self._statuses)
+
+    # -- commands from the control plane ----------------------------------------------
+
+    def handle_start(self, msg: agent_pb2.StartContainer) -> None:
+        """Start a replica in the background (idempotent by container name)."""
+        try:
+            spec = spec_from_start(msg)
+        except BadAssignment as exc:
+            log(_log, logging.WARNING, "bad_assignment", error=exc)
+            return
+        if spec.name in self._starts:
+            log(_log, logging.DEBUG, "start_in_progress", name=spec.name)
+            return
+        if spec.run_id in self._teardowns:
+            log(_log, logging.WARNING, "start_ignored_during_teardown", name=spec.name)
+            return
+        task = self._spawn(self._start(spec), f"start {spec.name}")
+        self._starts[spec.name] = (spec.run_id, task)
+        task.add_done_callback(lambda _t, name=spec.name: self._starts.pop(name, None))
+
+    def handle_teardown(self, run_id: int) -> None:
+        """Remove every container of ``run_id`` in the background (idempotent)."""
+        if run_id in self._teardowns:
+            return
+        task = self._spawn(self._teardown(run_id), f"teardown {run_id}")
+        self._teardowns[run_id] = task
+        task.add_done_callback(lambda _t: self._teardowns.pop(run_id, None))
+
+    # -- watching -----------------------------------------------------------------------
+
+    async def watch(self) -> None:
+        """Poll the runtime forever and report every state change."""
+        while True:
+            try:
+                await self.reconcile()
+                if self._watch_failing:
+                    self._watch_failing = False
+                    log(_log, logging.INFO, "watch_recovered")
+            except Exception as exc:
+                if not self._watch_failing:  # log transitions, not every poll
+                    self._watch_failing = True
+                    log(_log, logging.WARNING, "watch_failed", error=exc)
+            await asyncio.sleep(self._poll_interval)
+
+    async def reconcile(self) -> None:
+        """List the node's containers once and report what changed since last time."""
+        async with self._reconcile_lock:
+            self._clock += 1
+            started_at = self._clock
+            infos = await self._rt.list_managed()
+            ready = await self._probe_adopted(infos, started_at)
+            self._apply(infos, started_at, ready)
+
+    async def _probe_adopted(self, infos: list[ContainerInfo], started_at: int) -> set[str]:
+        """One probe round for running workers seen for the first time.
+
+        Re-adopted workers (agent restart) that already serve are then
+        registered as ready at once instead of flapping through not-ready.
+        """
+        fresh = [
+            i
+            for i in infos
+            if i.name not in self._statuses and i.state == "running" and _needs_probe(i)
+        ]
+        results = await asyncio.gather(
+            *(self._probe_once(i.name) for i in fresh), return_exceptions=True
+        )
+        return {i.name for i, ok in zip(fresh, results, strict=True) if ok is True}
+
+    async def _probe_once(self, name: str) -> bool:
+        info = await self._rt.inspect(name)
+        if info is None or info.state != "running":
+            return False
+        for target in self._rt.endpoint_targets(info):
+            if not await self._rt.probe(target):
+                return False
+        return True
+
+    def _apply(self, infos: list[ContainerInfo], started_at: int, ready: set[str]) -> None:
+        seen: set[str] = set()
+        for info in infos:
+            seen.add(info.name)
+            if self._owned_elsewhere(info.name, info.run_id, started_at):
+                continue
+            prev = self._statuses.get(info.name)
+            if prev is not None and prev.state == info.state and prev.exit_code == info.exit_code:
+                continue
+            if prev is None:
+                log(_log, logging.INFO, "container_adopted", name=info.name, state=info.state)
+            self._track(info, ready=info.name in ready)
+        for name, prev in list(self._statuses.items()):
+            if name in seen or self._owned_elsewhere(name, prev.run_id, started_at):
+                continue
+            self._forget(name)
+            self._send(
+                replace(
+                    prev,
+                    state="removed",
+                    ready=False,
+                    endpoints=(),
+                    message="container was removed outside the agent",
+                )
+            )
+
+    def _owned_elsewhere(self, name: str, run_id: int, started_at: int) -> bool:
+        """Whether a start/teardown owns ``name`` or touched it after the poll began."""
+        return (
+            name in self._starts
+            or run_id in self._teardowns
+            or self._touched.get(name, 0) >= started_at
+        )
+
+    # -- start and readiness --------------------------------------------------------------
+
+    async def _start(self, spec: ContainerSpec) -> None:
+        current = self._statuses.get(spec.name)
+        if current is not None and current.state != "creating":
+            # Already known: the control plane may have missed our last word.
+            self._send(current)
+            if current.state == "running" and not current.ready:
+                self._ensure_probe(spec.name)
+            return
+        self._set(Status(spec.run_id, spec.role, spec.replica, spec.name, "creating"))
+        log(_log, logging.INFO, "start_container", name=spec.name, image=spec.image)
+        try:
+            info = await self._rt.start(spec)
+        except RuntimeFailure as exc:
+            self._fail(spec, str(exc))
+            return
+        except Exception as exc:  # any runtime/transport error: report, never crash
+            self._fail(spec, f"{type(exc).__name__}: {exc}")
+            return
+        self._touch(spec.name)
+        self._track(info, ready=False)
+
+    def _fail(self, spec: ContainerSpec, message: str) -> None:
+        log(_log, logging.WARNING, "start_failed", name=spec.name, error=message)
+        self._touch(spec.name)
+        self._forget(spec.name)
+        self._send(
+            Status(spec.run_id, spec.role, spec.replica, spec.name, "failed", message=message)
+        )
+
+    def _track(self, info: ContainerInfo, *, ready: bool) -> None:
+        """Record and report ``info`` as the container's new state."""
+        base = Status(info.run_id, info.role, info.replica, info.name, info.state)
+        if info.state == "running":
+            if not _needs_probe(info):
+                self._set(replace(base, ready=True))
+            elif ready:
+                targets = self._rt.endpoint_targets(info)
+                self._set(replace(base, ready=True, endpoints=addresses(targets)))
+            else:
+                self._set(base)
+                self._ensure_probe(info.name)
+            return
+        self._stop_probe(info.name)
+        if info.state == "exited":
+            self._set(replace(base, exit_code=info.exit_code))
+        elif info.state == "failed":
+            self._set(replace(base, message="container is in an unexpected state"))
+        else:
+            self._set(base)
+
+    def _ensure_probe(self, name: str) -> None:
+        if name not in self._probes:
+            task = self._spawn(self._probe_until_ready(name), f"probe {name}")
+            self._probes[name] = task
+            task.add_done_callback(
+                lambda t: self._probes.pop(name, None) if self._probes.get(name) is t else None
+            )
+
+    def _stop_probe(self, name: str) -> None:
+        task = self._probes.pop(name, None)
+        if task is not None:
+            task.cancel()
+
+    async def _probe_until_ready(self, name: str) -> None:
+        """Probe until every endpoint accepts; stop if the container stops running."""
+        info: ContainerInfo | None = None
+        failing = False
+        while True:
+            status = self._statuses.get(name)
+            if status is None or status.state != "running" or status.ready:
+                return
+            try:
+                if info is None or (self._rt.network_mode == "bridge" and info.ip is None):
+                    info = await self._rt.inspect(name)
+                closed = None
+                targets = self._rt.endpoint_targets(info) if info is not None else []
+                for target in targets:
+                    if not await self._rt.probe(target):
+                        closed = target
+                        break
+            except Exception as exc:  # runtime hiccup: keep probing, log once per streak
+                log(
+                    _log,
+                    logging.DEBUG if failing else logging.WARNING,
+                    "probe_error",
+                    name=name,
+                    error=exc,
+                )
+                failing = True
+                await asyncio.sleep(self._probe_interval)
+                continue
+            failing = False
+            status = self._statuses.get(name)
+            if status is None or status.state != "running" or info is None:
+                await asyncio.sleep(self._probe_interval)
+                continue
+            if closed is None:
+                log(_log, logging.INFO, "container_ready", name=name)
+                self._set(replace(status, ready=True, message="", endpoints=addresses(targets)))
+                return
+            self._set(replace(status, ready=False, message=not_accepting(closed)))
+            await asyncio.sleep(self._probe_interval)
+
+    # -- teardown ---------------------------------------------------------------------------
+
+    async def _teardown(self, run_id: int) -> None:
+        log(_log, logging.INFO, "teardown_run", run_id=run_id)
+        # A start already in flight finishes first, so nothing is created after removal.
+        pending = [task for rid, task in self._starts.values() if rid == run_id]
+        await asyncio.gather(*pending, return_exceptions=True)
+        for name, status in list(self._statuses.items()):
+            if status.run_id == run_id:
+                self._stop_probe(name)
+        try:
+            removed = await self._rt.remove_run(run_id)
+        except Exception as exc:
+            log(_log, logging.ERROR, "teardown_failed", run_id=run_id, error=exc)
+            return
+        gone: dict[str, Status] = {
+            name: replace(status, state="removed", ready=False, message="", endpoints=())
+            for name, status in self._statuses.items()
+            if status.run_id == run_id
+        }
+        for i in removed:
+            gone.setdefault(
+                i.name,
+                Status(i.run_id, i.role, i.replica, i.name, "removed", exit_code=i.exit_code),
+            )
+        for name, status in gone.items():
+            self._touch(name)
+            self._forget(name)
+            self._send(status)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+
+    def _set(self, status: Status) -> None:
+        """Record ``status`` and send it if it differs from the last one."""
+        if self._statuses.get(status.name) == status:
+            return
+        self._statuses[status.name] = status
+        self._send(status)
+
+    def _send(self, status: Status) -> None:
+        log(
+            _log,
+            logging.INFO,
+            "container_status",
+            name=status.name,
+            state=status.state,
+            ready=status.ready,
+            exit_code=status.exit_code,
+            message=status.message or None,
+        )
+        if self._sink is not None:
+            self._sink(status.to_pb())
+
+    def _forget(self, name: str) -> None:
+        self._stop_probe(name)
+        self._statuses.pop(name, None)
+
+    def _touch(self, name: str) -> None:
+        self._clock += 1
+        self._touched[name] = self._clock
+        if len(self._touched) > 10_000:  # bound memory; old touches are irrelevant
+            for key in list(self._touched)[:5_000]:
+                del self._touched[key]
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._background.add(task)
+        task.add_done_callback(self._finished)
+        return task
+
+    def _finished(self, task: asyncio.Task[Any]) -> None:
+        self._background.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log(_log, logging.ERROR, "task_crashed", task=task.get_name(), error=task.exception())
+
+    async def close(self) -> None:
+        """Cancel every background task (containers keep running)."""
+        self.detach()
+        tasks = list(self._background)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
