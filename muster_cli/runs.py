@@ -224,7 +224,52 @@ def run_show(ctx: click.Context, run_id: int, fmt: str, leaf_server: str | None)
     """Show a run with its replicas and events."""
     with channel(address(ctx, leaf_server)) as ch:
         reply = pb_grpc.RunServiceStub(ch).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
-    click.echo(dump(to_dict(reply.run), "yaml" if fmt == "table" else fmt))
+    click.echo(describe(reply.run) if fmt == "table" else dump(to_dict(reply.run), fmt))
+
+
+def _time(ts: Any) -> str:
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%d %H:%M:%S") if ts.seconds else "-"
+
+
+def _target_text(t: pb.RunCodeTarget) -> str:
+    spec = t.resolved_codespec
+    name = f"{spec.name} (version {spec.version})" if t.codespec.named else "(inline)"
+    pool = f" in pool {t.node_pool}" if t.node_pool else ""
+    return f"{name} x{t.replicas}{pool}"
+
+
+def describe(r: pb.Run) -> str:
+    """A person's view of a run: summary, replicas table, events (-o yaml has everything)."""
+    lines = [f"run {r.id}: {status_text(r)}" + (f" - {r.status_reason}" if r.status_reason else "")]
+    lines.append(f"  job:      {_target_text(r.job)}")
+    if r.HasField("worker"):
+        lines.append(f"  workers:  {_target_text(r.worker)}")
+    lines.append(
+        f"  created:  {_time(r.created_at)}   started: {_time(r.started_at)}   "
+        f"finished: {_time(r.finished_at)}"
+    )
+    if r.tags:
+        lines.append("  tags:     " + ", ".join(f"{k}={v}" for k, v in sorted(r.tags.items())))
+    rows = []
+    for rep in r.replicas:
+        role = "worker" if rep.role == pb.REPLICA_ROLE_WORKER else "job"
+        rows.append(
+            (
+                f"{role}-{rep.index}",
+                rep.node_name or "-",
+                enum_text(pb.ContainerState.Name(rep.state)),
+                "yes" if rep.ready else "no",
+                rep.exit_code if rep.HasField("exit_code") else "-",
+                " ".join(f"{k}={v}" for k, v in sorted(rep.endpoint_addresses.items())) or "-",
+            )
+        )
+    lines += ["", table(["REPLICA", "NODE", "STATE", "READY", "EXIT", "ADDRESSES"], rows), ""]
+    lines.append("EVENTS")
+    lines += [
+        f"  {e.time.ToDatetime(tzinfo=UTC).strftime('%H:%M:%S.%f')[:-3]}  {e.message}"
+        for e in r.events
+    ]
+    return "\n".join(lines)
 
 
 @run.command("cancel", context_settings=CONTEXT)

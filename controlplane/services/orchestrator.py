@@ -257,12 +257,19 @@ class Orchestrator:
         """A container changed state on node `name`."""
         async with self._lock:
             run = self._runs.get(report.run_id)
-            if run is None:
-                link = self._links.get(name)
-                if link is not None and report.observation.state in ("running", "creating"):
-                    link.teardown(report.run_id)
+            if run is not None:
+                await self._commit(run, sm.observe(run, name, report.observation, self._clock()))
                 return
-            await self._commit(run, sm.observe(run, name, report.observation, self._clock()))
+            # A finished (or unknown) run: record how its containers ended, and
+            # remove any that still run.
+            finished = await self._store.get_run(report.run_id)
+            if finished is not None and finished.terminal:
+                sm.observe(finished, name, report.observation, self._clock())
+                await self._store.save_run(finished)
+                await self._notify(finished.id)
+            link = self._links.get(name)
+            if link is not None and report.observation.state in ("running", "creating"):
+                link.teardown(report.run_id)
 
     # -- nodes -------------------------------------------------------------
 

@@ -55,6 +55,14 @@ def test_three_workers_in_gpu_pool_job_in_cpu_pool(make_cluster) -> None:
     assert events.index("job released") > max(events.index(f"worker {i} ready") for i in range(3))
     assert "startedAt" in run and "finishedAt" in run
     cluster.wait_no_containers(run_id)
+    wait_for(
+        lambda: {r["state"] for r in cluster.run_json(run_id)["replicas"]} == {"removed"},
+        10,
+        "the run to record every container as removed",
+    )
+    shown = cluster.cli("run", "show", str(run_id), check=True).stdout
+    assert shown.startswith(f"run {run_id}: Succeeded")
+    assert f"worker-2  {cluster.node('b')}  removed  yes" in shown
 
 
 def test_host_port_mode(make_cluster, tmp_path) -> None:
