@@ -226,6 +226,20 @@ else
   log "buf installed in $(elapsed "$t0") s"
 fi
 
+# ------------------------------------------------- 5b. Node.js example client
+NODE_EX="$REPO/examples/node"
+NODE_STAMP="$NODE_EX/node_modules/.muster-lock-hash"
+NODE_HASH=$(sha256sum "$NODE_EX/package-lock.json" | cut -d' ' -f1)
+if [ -f "$NODE_STAMP" ] && [ "$(cat "$NODE_STAMP")" = "$NODE_HASH" ]; then
+  log "examples/node dependencies present"
+else
+  log "npm ci in examples/node (@grpc/grpc-js, @grpc/proto-loader)"
+  t0=$(now)
+  (cd "$NODE_EX" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$NODE_HASH" >"$NODE_STAMP"
+  log "examples/node ready in $(elapsed "$t0") s"
+fi
+
 # ------------------------------------------------------------- 6. venv
 VENV="$REPO/.venv"
 STAMP="$VENV/.muster-pyproject.sha256"
