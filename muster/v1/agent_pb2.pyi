@@ -115,20 +115,22 @@ class Heartbeat(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "time", "stream", "text")
+    __slots__ = ("run_id", "role", "replica", "time", "stream", "text", "sequence")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
     time: _timestamp_pb2.Timestamp
     stream: _run_pb2.LogStream
     text: str
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[_Union[_run_pb2.LogStream, str]] = ..., text: _Optional[str] = ...) -> None: ...
+    sequence: int
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[_Union[_run_pb2.LogStream, str]] = ..., text: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class LogBatch(_message.Message):
     __slots__ = ("entries",)

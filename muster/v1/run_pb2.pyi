@@ -254,20 +254,22 @@ class WatchRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class LogLine(_message.Message):
-    __slots__ = ("time", "role", "replica", "stream", "text", "source")
+    __slots__ = ("time", "role", "replica", "stream", "text", "source", "sequence")
     TIME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     role: ReplicaRole
     replica: int
     stream: LogStream
     text: str
     source: str
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., replica: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    sequence: int
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., replica: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class GetRunLogsRequest(_message.Message):
     __slots__ = ("run_id", "follow", "since", "tail")
