@@ -17,6 +17,7 @@ from controlplane.api.codespecs import CodespecServicer
 from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.services.codespecs import CodespecService
+from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
@@ -72,9 +73,10 @@ async def start(listen: str, db_path: str | Path, settings: Settings | None = No
     await orchestrator.load()
     server = grpc.aio.server()
     codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
-    run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store), server)
+    logs = LogService(store, orchestrator)
+    run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store, logs), server)
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(orchestrator), server)
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(orchestrator, logs), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

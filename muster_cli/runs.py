@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import re
 import sys
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -15,24 +15,12 @@ from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
 from muster_cli.client import channel, fail
+from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, table, to_dict
 from muster_cli.specfile import load_run
+from muster_cli.timeparse import parse_duration, parse_since
 
-_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Canceled"]
-
-
-def parse_duration(text: str) -> int:
-    """Seconds from `90`, `90s`, `10m`, `2h`, `1h30m` or `1d`."""
-    if text.isdigit():
-        return int(text)
-    match = _DURATION.match(text)
-    if not text or not match or not any(match.groups()):
-        raise click.BadParameter(
-            f"'{text}' is not a duration; use e.g. 300, 90s, 10m, 2h", param_hint="--timeout"
-        )
-    d, h, m, s = (int(g or 0) for g in match.groups())
-    return ((d * 24 + h) * 60 + m) * 60 + s
 
 
 def _reference(name: str, version: int | None) -> str:
@@ -118,6 +106,8 @@ def run_create(
     """Create a run; prints its id."""
     _, created = _create(ctx, leaf_server, file, flags)
     click.echo(created.id if fmt == "table" else dump(to_dict(created), fmt))
+    if fmt == "table" and sys.stderr.isatty():
+        click.echo(progress_line(created), err=True)
 
 
 def status_text(run: pb.Run) -> str:
@@ -183,18 +173,92 @@ def finish(run: pb.Run, fmt: str) -> None:
 
 @run.command("exec", context_settings=CONTEXT)
 @run_options
+@click.option("--logs", "with_logs", is_flag=True, help="Stream the run's logs while it runs.")
+@click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel the run without asking.")
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
 def run_exec(
-    ctx: click.Context, file: str | None, fmt: str, leaf_server: str | None, **flags: Any
+    ctx: click.Context,
+    file: str | None,
+    fmt: str,
+    leaf_server: str | None,
+    with_logs: bool,
+    cancel_on_exit: bool,
+    **flags: Any,
 ) -> None:
-    """Create a run and wait for it to end; exit code 0 only if it succeeded."""
+    """Create a run and wait for it to end; exit code 0 only if it succeeded.
+
+    Progress goes to stderr in a terminal; with -o json|yaml only the final run
+    is printed. On Ctrl-C it asks whether to cancel the run (or cancels at once
+    with --cancel-on-exit).
+    """
     server, created = _create(ctx, leaf_server, file, flags)
     show = fmt == "table" and sys.stderr.isatty()
-    if fmt == "table":
+    if show:
         click.echo(f"run {created.id} created", err=True)
-    finish(follow(server, created.id, show), fmt)
+    log_thread = None
+    if with_logs:
+        log_thread = threading.Thread(
+            target=stream_logs,
+            args=(server, created.id),
+            kwargs={
+                "follow": True,
+                "since": None,
+                "tail": 0,
+                "timestamps": False,
+                "out": sys.stdout if fmt == "table" else sys.stderr,
+            },
+            daemon=True,
+        )
+        log_thread.start()
+    try:
+        final = follow(server, created.id, show)
+        if log_thread is not None:
+            log_thread.join(timeout=30)
+    except KeyboardInterrupt:
+        interrupted(server, created.id, cancel_on_exit)
+    finish(final, fmt)
+
+
+def interrupted(server: str, run_id: int, cancel_on_exit: bool) -> None:
+    """Ctrl-C during exec: cancel (asking first unless told), then exit 130."""
+    cancel = cancel_on_exit
+    if not cancel and sys.stdin.isatty():
+        cancel = click.confirm(f"\ncancel run {run_id}?", default=False, err=True)
+    if cancel:
+        with channel(server) as ch:
+            pb_grpc.RunServiceStub(ch).CancelRun(pb.CancelRunRequest(run_id=run_id), timeout=30)
+        fail(f"run {run_id} canceled", 130)
+    fail(f"stopped waiting; run {run_id} continues (muster run cancel {run_id} stops it)", 130)
+
+
+@run.command("logs", context_settings=CONTEXT)
+@click.argument("run_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
+@click.option("--since", help="Only lines at or after a time (RFC 3339) or a duration ago (10m).")
+@click.option("--tail", type=click.IntRange(min=0), default=0, help="Only the last N lines.")
+@click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
+@server_option
+@click.pass_context
+def run_logs(
+    ctx: click.Context,
+    run_id: int,
+    follow: bool,
+    since: str | None,
+    tail: int,
+    timestamps: bool,
+    leaf_server: str | None,
+) -> None:
+    """Print the merged logs of a run's job and workers, in time order."""
+    stream_logs(
+        address(ctx, leaf_server),
+        run_id,
+        follow=follow,
+        since=parse_since(since) if since else None,
+        tail=tail,
+        timestamps=timestamps,
+    )
 
 
 @run.command("watch", context_settings=CONTEXT)

@@ -14,9 +14,15 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from controlplane.api.convert import node_from_register, report_from_pb, start_to_pb
+from controlplane.api.convert import (
+    log_lines_from_pb,
+    node_from_register,
+    report_from_pb,
+    start_to_pb,
+)
 from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
+from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
 from muster.v1 import agent_pb2 as pb
 from muster.v1 import agent_pb2_grpc as pb_grpc
@@ -48,8 +54,9 @@ class GrpcAgentLink:
 class AgentServicer(pb_grpc.AgentServiceServicer):
     """Serves Connect streams."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, logs: LogService) -> None:
         self._orchestrator = orchestrator
+        self._logs = logs
         self._links: dict[str, GrpcAgentLink] = {}
 
     async def Connect(
@@ -107,6 +114,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             elif kind == "container_status":
                 await self._orchestrator.report(name, report_from_pb(message.container_status))
             elif kind == "log_batch":
-                pass  # stored by the logs capability (issue 4)
+                await self._logs.ingest(log_lines_from_pb(message.log_batch))
             else:
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)

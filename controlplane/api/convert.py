@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
 from controlplane.core.containers import ContainerSpec
+from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Observation, Run, Target, container_name, hostname
 from controlplane.services.orchestrator import Report
@@ -272,4 +273,41 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         cpu_limit_millis=spec.cpu_limit_millis,
         memory_limit_bytes=spec.memory_limit_bytes,
         endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
+    )
+
+
+# -- logs ----------------------------------------------------------------------
+
+STREAM_TO_PB = {"stdout": run_pb.LOG_STREAM_STDOUT, "stderr": run_pb.LOG_STREAM_STDERR}
+STREAM_FROM_PB = {v: k for k, v in STREAM_TO_PB.items()}
+
+
+def log_lines_from_pb(batch: agent_pb.LogBatch) -> list[LogLine]:
+    """LogBatch -> lines (entries with an unknown role or stream are dropped)."""
+    return [
+        LogLine(
+            run_id=e.run_id,
+            role=ROLE_FROM_PB[e.role],
+            replica=e.replica,
+            stream=STREAM_FROM_PB[e.stream],
+            sequence=e.sequence,
+            time_ns=e.time.seconds * 1_000_000_000 + e.time.nanos,
+            text=e.text,
+        )
+        for e in batch.entries
+        if e.role in ROLE_FROM_PB and e.stream in STREAM_FROM_PB
+    ]
+
+
+def log_line_to_pb(stored: StoredLine, single: bool) -> run_pb.LogLine:
+    """Stored line -> LogLine message."""
+    ln = stored.line
+    return run_pb.LogLine(
+        time=Timestamp(seconds=ln.time_ns // 1_000_000_000, nanos=ln.time_ns % 1_000_000_000),
+        role=ROLE_TO_PB[ln.role],
+        replica=ln.replica,
+        stream=STREAM_TO_PB[ln.stream],
+        text=ln.text,
+        source=ln.source(single),
+        sequence=ln.sequence,
     )

@@ -10,12 +10,14 @@ from controlplane.api.convert import (
     STATUS_FROM_PB,
     STATUS_TO_PB,
     from_timestamp,
+    log_line_to_pb,
     run_request_from_pb,
     run_to_pb,
 )
 from controlplane.api.errors import grpc_errors
 from controlplane.core.errors import InvalidArgument
 from controlplane.services import paging
+from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.services.requests import validate_tags
 from controlplane.store.base import Store
@@ -32,9 +34,10 @@ def _run_id(value: int) -> int:
 class RunServicer(pb_grpc.RunServiceServicer):
     """Translates RunService calls to the orchestrator and the store."""
 
-    def __init__(self, orchestrator: Orchestrator, store: Store) -> None:
+    def __init__(self, orchestrator: Orchestrator, store: Store, logs: LogService) -> None:
         self._orchestrator = orchestrator
         self._store = store
+        self._logs = logs
 
     @grpc_errors
     async def CreateRun(
@@ -101,6 +104,20 @@ class RunServicer(pb_grpc.RunServiceServicer):
     ) -> AsyncIterator[pb.WatchRunResponse]:
         async for run in self._orchestrator.watch(_run_id(request.run_id)):
             yield pb.WatchRunResponse(run=run_to_pb(run))
+
+    @grpc_errors
+    async def GetRunLogs(
+        self, request: pb.GetRunLogsRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GetRunLogsResponse]:
+        run = await self._orchestrator.get_run(_run_id(request.run_id))
+        single = len(run.replicas) == 1
+        since = None
+        if request.HasField("since"):
+            since = request.since.seconds * 1_000_000_000 + request.since.nanos
+        async for chunk in self._logs.read(
+            run.id, follow=request.follow, since_ns=since, tail=request.tail
+        ):
+            yield pb.GetRunLogsResponse(lines=[log_line_to_pb(s, single) for s in chunk])
 
     @grpc_errors
     async def CancelRun(

@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Literal, Protocol
 
 from controlplane.core.codespec import Codespec
+from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Run
 
@@ -83,3 +84,30 @@ class Store(Protocol):
 
     async def list_nodes(self) -> list[Node]:
         """Every known node, by name."""
+
+    async def append_logs(self, lines: list[LogLine]) -> int:
+        """Store lines of existing runs; a line already stored (same run, role,
+        replica, stream, sequence) is ignored. Returns how many were new."""
+
+    async def last_log_id(self, run_id: int) -> int:
+        """The arrival id of the newest stored line of the run (0 if none)."""
+
+    async def read_logs(
+        self,
+        run_id: int,
+        *,
+        since_ns: int | None,
+        max_id: int | None,
+        after: tuple[int, str, int, str, int] | None,
+        limit: int,
+    ) -> list[StoredLine]:
+        """Lines in time order, at or after `since_ns`, arrived no later than
+        `max_id`, strictly after the key `after` (ts, role, replica, stream, seq)."""
+
+    async def tail_logs(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> list[StoredLine]:
+        """The last `count` lines in time order."""
+
+    async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
+        """Lines that arrived after `after_id`, in arrival order."""

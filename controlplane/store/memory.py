@@ -8,6 +8,7 @@ from typing import Any
 
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import Conflict
+from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
@@ -23,6 +24,8 @@ class MemoryStore:
         # Runs and nodes are kept as documents so callers never share mutable state.
         self._runs: dict[int, dict[str, Any]] = {}
         self._nodes: dict[str, dict[str, Any]] = {}
+        self._logs: list[StoredLine] = []
+        self._log_keys: set[tuple[int, str, int, str, int]] = set()
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -122,3 +125,52 @@ class MemoryStore:
 
     async def list_nodes(self) -> list[Node]:
         return [node_from_doc(d) for _, d in sorted(self._nodes.items())]
+
+    async def append_logs(self, lines: list[LogLine]) -> int:
+        added = 0
+        for ln in lines:
+            key = (ln.run_id, ln.role, ln.replica, ln.stream, ln.sequence)
+            if ln.run_id in self._runs and key not in self._log_keys:
+                self._log_keys.add(key)
+                self._logs.append(StoredLine(len(self._logs) + 1, ln))
+                added += 1
+        return added
+
+    async def last_log_id(self, run_id: int) -> int:
+        return max((s.id for s in self._logs if s.line.run_id == run_id), default=0)
+
+    def _selected(self, run_id: int, since_ns: int | None, max_id: int | None) -> list[StoredLine]:
+        chosen = [
+            s
+            for s in self._logs
+            if s.line.run_id == run_id
+            and (since_ns is None or s.line.time_ns >= since_ns)
+            and (max_id is None or s.id <= max_id)
+        ]
+        return sorted(chosen, key=lambda s: _time_key(s.line))
+
+    async def read_logs(
+        self,
+        run_id: int,
+        *,
+        since_ns: int | None,
+        max_id: int | None,
+        after: tuple[int, str, int, str, int] | None,
+        limit: int,
+    ) -> list[StoredLine]:
+        chosen = self._selected(run_id, since_ns, max_id)
+        if after is not None:
+            chosen = [s for s in chosen if _time_key(s.line) > after]
+        return chosen[:limit]
+
+    async def tail_logs(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> list[StoredLine]:
+        return self._selected(run_id, since_ns, max_id)[-count:] if count else []
+
+    async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
+        return [s for s in self._logs if s.line.run_id == run_id and s.id > after_id][:limit]
+
+
+def _time_key(ln: LogLine) -> tuple[int, str, int, str, int]:
+    return (ln.time_ns, ln.role, ln.replica, ln.stream, ln.sequence)

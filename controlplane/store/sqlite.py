@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from controlplane.core.codespec import Codespec, from_document, to_document
 from controlplane.core.errors import Conflict
+from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
@@ -58,6 +59,20 @@ MIGRATIONS: list[str] = [
         name    TEXT PRIMARY KEY,
         doc     TEXT NOT NULL
     );
+    """,
+    """
+    CREATE TABLE logs (
+        id        INTEGER PRIMARY KEY,   -- arrival order
+        run_id    INTEGER NOT NULL,
+        role      TEXT    NOT NULL,
+        replica   INTEGER NOT NULL,
+        stream    TEXT    NOT NULL,
+        sequence  INTEGER NOT NULL,
+        ts        INTEGER NOT NULL,      -- nanoseconds since the epoch
+        text      TEXT    NOT NULL,
+        UNIQUE (run_id, role, replica, stream, sequence)
+    );
+    CREATE INDEX logs_time ON logs (run_id, ts, role, replica, stream, sequence);
     """,
 ]
 
@@ -349,6 +364,105 @@ class SqliteStore:
         def q() -> list[Node]:
             rows = self._db.execute("SELECT doc FROM nodes ORDER BY name").fetchall()
             return [node_from_doc(json.loads(r["doc"])) for r in rows]
+
+        return await self._call(q)
+
+    # -- logs ----------------------------------------------------------------
+
+    async def append_logs(self, lines: list[LogLine]) -> int:
+        rows = [
+            (ln.run_id, ln.role, ln.replica, ln.stream, ln.sequence, ln.time_ns, ln.text, ln.run_id)
+            for ln in lines
+        ]
+
+        def tx(conn: sqlite3.Connection) -> int:
+            before = conn.total_changes
+            conn.executemany(
+                "INSERT OR IGNORE INTO logs (run_id, role, replica, stream, sequence, ts, text) "
+                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                rows,
+            )
+            return conn.total_changes - before
+
+        return await self._call(self._tx, tx)
+
+    @staticmethod
+    def _line(row: sqlite3.Row) -> StoredLine:
+        return StoredLine(
+            row["id"],
+            LogLine(
+                row["run_id"],
+                row["role"],
+                row["replica"],
+                row["stream"],
+                row["sequence"],
+                row["ts"],
+                row["text"],
+            ),
+        )
+
+    async def last_log_id(self, run_id: int) -> int:
+        def q() -> int:
+            row = self._db.execute(
+                "SELECT MAX(id) AS m FROM logs WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            return row["m"] or 0
+
+        return await self._call(q)
+
+    async def read_logs(
+        self,
+        run_id: int,
+        *,
+        since_ns: int | None,
+        max_id: int | None,
+        after: tuple[int, str, int, str, int] | None,
+        limit: int,
+    ) -> list[StoredLine]:
+        def q() -> list[StoredLine]:
+            sql = "SELECT * FROM logs WHERE run_id = ?"
+            params: list[Any] = [run_id]
+            if since_ns is not None:
+                sql += " AND ts >= ?"
+                params.append(since_ns)
+            if max_id is not None:
+                sql += " AND id <= ?"
+                params.append(max_id)
+            if after is not None:
+                sql += " AND (ts, role, replica, stream, sequence) > (?, ?, ?, ?, ?)"
+                params += list(after)
+            sql += " ORDER BY ts, role, replica, stream, sequence LIMIT ?"
+            params.append(limit)
+            return [self._line(r) for r in self._db.execute(sql, params).fetchall()]
+
+        return await self._call(q)
+
+    async def tail_logs(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> list[StoredLine]:
+        def q() -> list[StoredLine]:
+            sql = "SELECT * FROM logs WHERE run_id = ?"
+            params: list[Any] = [run_id]
+            if since_ns is not None:
+                sql += " AND ts >= ?"
+                params.append(since_ns)
+            if max_id is not None:
+                sql += " AND id <= ?"
+                params.append(max_id)
+            sql += " ORDER BY ts DESC, role DESC, replica DESC, stream DESC, sequence DESC LIMIT ?"
+            params.append(count)
+            rows = self._db.execute(sql, params).fetchall()
+            return [self._line(r) for r in reversed(rows)]
+
+        return await self._call(q)
+
+    async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
+        def q() -> list[StoredLine]:
+            rows = self._db.execute(
+                "SELECT * FROM logs WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+                (run_id, after_id, limit),
+            ).fetchall()
+            return [self._line(r) for r in rows]
 
         return await self._call(q)
 

@@ -1,0 +1,119 @@
+"""Run logs: ingest batches from agents, serve merged reads and live follows.
+
+Reads are in time order (time, then role, replica, stream, line number).
+A follow first sends what is stored in time order, then new lines as they
+arrive, and ends once the run has ended and its logs are complete: every
+container that was placed has been removed (agents ship a container's last
+lines before reporting it removed), or `complete_after` has passed since the
+run ended, for nodes that never come back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
+
+from controlplane.core.errors import InvalidArgument
+from controlplane.core.logs import LogLine, StoredLine
+from controlplane.core.runs import Run
+from controlplane.services.orchestrator import Orchestrator
+from controlplane.store.base import Store
+
+CHUNK = 1000
+
+
+def logs_complete(run: Run, now: datetime, complete_after: timedelta) -> bool:
+    """Whether no more lines can arrive for the run."""
+    if not run.terminal:
+        return False
+    if run.finished_at is not None and now - run.finished_at >= complete_after:
+        return True
+    return all(
+        r.state in ("removed", "failed") or not r.node or r.state == "pending" for r in run.replicas
+    )
+
+
+class LogService:
+    """Stores and serves log lines."""
+
+    def __init__(
+        self,
+        store: Store,
+        orchestrator: Orchestrator,
+        complete_after: timedelta = timedelta(seconds=15),
+    ) -> None:
+        self._store = store
+        self._orchestrator = orchestrator
+        self._complete_after = complete_after
+        self._arrived = asyncio.Condition()
+
+    async def ingest(self, lines: list[LogLine]) -> int:
+        """Store a batch (duplicates ignored) and wake followers."""
+        added = await self._store.append_logs(lines)
+        if added:
+            async with self._arrived:
+                self._arrived.notify_all()
+        return added
+
+    async def read(
+        self, run_id: int, *, follow: bool, since_ns: int | None, tail: int
+    ) -> AsyncIterator[list[StoredLine]]:
+        """Batches of lines; with `follow`, keeps going until the logs are complete."""
+        if tail < 0:
+            raise InvalidArgument("tail", "must not be negative")
+        await self._orchestrator.get_run(run_id)  # NotFound for unknown runs
+        max_id = await self._store.last_log_id(run_id)
+        if tail:
+            lines = await self._store.tail_logs(
+                run_id, count=tail, since_ns=since_ns, max_id=max_id
+            )
+            for start in range(0, len(lines), CHUNK):
+                yield lines[start : start + CHUNK]
+        else:
+            after = None
+            while True:
+                chunk = await self._store.read_logs(
+                    run_id, since_ns=since_ns, max_id=max_id, after=after, limit=CHUNK
+                )
+                if not chunk:
+                    break
+                yield chunk
+                last = chunk[-1].line
+                after = (last.time_ns, last.role, last.replica, last.stream, last.sequence)
+        if follow:
+            async for chunk in self._follow(run_id, max_id, since_ns):
+                yield chunk
+
+    async def _follow(
+        self, run_id: int, after_id: int, since_ns: int | None
+    ) -> AsyncIterator[list[StoredLine]]:
+        while True:
+            # Read the run before the lines: if it is complete now, the lines
+            # read next are the last ones.
+            run = await self._orchestrator.get_run(run_id)
+            complete = logs_complete(run, datetime.now(run.created_at.tzinfo), self._complete_after)
+            while True:
+                chunk = await self._store.new_logs(run_id, after_id=after_id, limit=CHUNK)
+                if not chunk:
+                    break
+                after_id = chunk[-1].id
+                fresh = [s for s in chunk if since_ns is None or s.line.time_ns >= since_ns]
+                if fresh:
+                    yield sorted(
+                        fresh,
+                        key=lambda s: (
+                            s.line.time_ns,
+                            s.line.role,
+                            s.line.replica,
+                            s.line.stream,
+                            s.line.sequence,
+                        ),
+                    )
+            if complete:
+                return
+            async with self._arrived:
+                try:
+                    await asyncio.wait_for(self._arrived.wait(), 0.5)
+                except TimeoutError:
+                    pass

@@ -1,0 +1,98 @@
+"""`muster run logs`, and the log follower `run exec --logs` uses."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC
+from typing import TextIO
+
+import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from muster.v1 import run_pb2 as pb
+from muster.v1 import run_pb2_grpc as pb_grpc
+from muster_cli.client import fail
+
+RECONNECT_SLACK_NS = 2_000_000_000  # re-read this far back after a reconnect
+GIVE_UP_AFTER = 60.0
+
+
+def _ns(ts: Timestamp) -> int:
+    return ts.seconds * 1_000_000_000 + ts.nanos
+
+
+class LogPrinter:
+    """Prints merged lines once each, with optional prefixes and timestamps."""
+
+    def __init__(self, prefixed: bool, timestamps: bool, out: TextIO) -> None:
+        self.prefixed = prefixed
+        self.timestamps = timestamps
+        self.out = out
+        self.seen: set[tuple[str, int, int]] = set()
+        self.last_ns = 0
+
+    def emit(self, line: pb.LogLine) -> None:
+        key = (line.source, line.stream, line.sequence)
+        if key in self.seen:
+            return
+        self.seen.add(key)
+        self.last_ns = max(self.last_ns, _ns(line.time))
+        parts = []
+        if self.timestamps:
+            when = line.time.ToDatetime(tzinfo=UTC)
+            parts.append(when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{line.time.nanos:09d}Z")
+        if self.prefixed:
+            parts.append(f"[{line.source}]")
+        parts.append(line.text)
+        self.out.write(" ".join(parts) + "\n")
+
+
+def stream_logs(
+    server: str,
+    run_id: int,
+    *,
+    follow: bool,
+    since: Timestamp | None,
+    tail: int,
+    timestamps: bool,
+    prefixed: bool | None = None,
+    out: TextIO = sys.stdout,
+) -> None:
+    """Print a run's logs; with `follow`, until the run's logs are complete,
+    reconnecting (without repeating a line) if the control plane restarts."""
+    printer: LogPrinter | None = None
+    failing_since: float | None = None
+    request = pb.GetRunLogsRequest(run_id=run_id, follow=follow, tail=tail)
+    if since is not None:
+        request.since.CopyFrom(since)
+    while True:
+        try:
+            with grpc.insecure_channel(server) as ch:
+                stub = pb_grpc.RunServiceStub(ch)
+                if printer is None:
+                    run = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).run
+                    many = len(run.replicas) > 1 if prefixed is None else prefixed
+                    printer = LogPrinter(many, timestamps, out)
+                for reply in stub.GetRunLogs(request):
+                    failing_since = None
+                    for line in reply.lines:
+                        printer.emit(line)
+                    out.flush()
+            return
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            if code != grpc.StatusCode.UNAVAILABLE or not follow:
+                if code == grpc.StatusCode.UNAVAILABLE:
+                    fail(f"cannot reach the muster control plane at {server}")
+                fail(err.details() or code.name)  # type: ignore[attr-defined]
+            failing_since = failing_since or time.monotonic()
+            if time.monotonic() - failing_since > GIVE_UP_AFTER:
+                fail(f"lost the control plane at {server} while following run {run_id}")
+            if printer is not None and printer.last_ns:
+                resume = Timestamp()
+                resume_ns = max(0, printer.last_ns - RECONNECT_SLACK_NS)
+                resume.seconds, resume.nanos = divmod(resume_ns, 1_000_000_000)
+                request.since.CopyFrom(resume)
+                request.tail = 0
+            time.sleep(0.5)
