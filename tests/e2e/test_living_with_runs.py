@@ -1,0 +1,200 @@
+"""Following and steering runs on real Podman (issue 4): merged logs that
+outlive containers and control plane restarts, follow, a chatty container,
+cancel, timeouts, exec and watch."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import BIN
+from tests.e2e.conftest import EXAMPLES, wait_for
+
+pytestmark = pytest.mark.podman
+
+BUSYBOX = "localhost/muster-busybox:latest"
+PYTHON = "localhost/muster-python:latest"
+
+
+def shell(cluster, name: str, script: str, *flags: str, image: str = BUSYBOX) -> None:
+    cluster.cli(
+        "codespec",
+        "create",
+        name,
+        "--image",
+        image,
+        *flags,
+        "--command",
+        "--",
+        "sh",
+        "-c",
+        script,
+        check=True,
+    )
+
+
+def test_merged_logs_outlive_containers_and_restarts(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]})
+    shell(cluster, "greeter", "echo hello-from-worker; sleep 300", "-k", "worker")
+    shell(cluster, "hello", "sleep 1; echo hello-from-job")
+    run_id = cluster.create_run(
+        "-c",
+        "hello",
+        "--node-pool",
+        "cpu",
+        "--worker-codespec",
+        "greeter",
+        "--worker-replicas",
+        "2",
+        "--worker-node-pool",
+        "gpu",
+    )
+    assert cluster.wait_run(run_id)["status"] == "Succeeded"
+    cluster.wait_no_containers(run_id)
+
+    def logs(*args: str) -> list[str]:
+        return cluster.cli("run", "logs", str(run_id), *args, check=True).stdout.splitlines()
+
+    merged = logs()
+    assert sorted(merged[:2]) == ["[worker-0] hello-from-worker", "[worker-1] hello-from-worker"]
+    assert merged[2:] == ["[job] hello-from-job"]
+    cluster.restart_control_plane()
+    assert logs() == merged
+    assert logs("--tail", "1") == ["[job] hello-from-job"]
+    stamped = logs("--timestamps")
+    pattern = r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z \[(job|worker-\d)\] hello-from-\w+$"
+    assert len(stamped) == 3 and all(re.match(pattern, line) for line in stamped)
+    job_time = stamped[2].split()[0]
+    assert logs("--since", job_time) == ["[job] hello-from-job"]
+
+
+def test_follow_receives_lines_as_produced_and_ends_with_the_run(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    shell(cluster, "ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done")
+    run_id = cluster.create_run("-c", "ticker")
+    follower = subprocess.Popen(
+        [str(BIN / "muster"), "--server", cluster.server, "run", "logs", "-f", str(run_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        first = follower.stdout.readline().strip()
+        status_at_first_line = cluster.run_json(run_id)["status"]
+        rest = follower.stdout.read().splitlines()
+        assert follower.wait(timeout=30) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert first == "tick-1"
+    assert status_at_first_line in ("Pending", "Running")  # printed while it ran
+    assert [first, *rest] == [f"tick-{i}" for i in range(1, 7)]
+    assert cluster.run_json(run_id)["status"] == "Succeeded"
+
+
+def test_a_hundred_thousand_lines_arrive_complete_and_in_order(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    cluster.cli(
+        "codespec",
+        "create",
+        "chatty",
+        "--image",
+        PYTHON,
+        "--command",
+        "--",
+        "python3",
+        "-c",
+        "import sys\nfor i in range(100000): sys.stdout.write(f'line {i}\\n')",
+        check=True,
+    )
+    started = time.monotonic()
+    run_id = cluster.create_run("-c", "chatty")
+    assert cluster.wait_run(run_id, timeout=120)["status"] == "Succeeded"
+    cluster.wait_no_containers(run_id, timeout=60)
+    shipped = time.monotonic() - started
+    out = cluster.cli("run", "logs", str(run_id), check=True, timeout=120).stdout.splitlines()
+    assert out == [f"line {i}" for i in range(100_000)]
+    print(f"\n100,000 lines: run to removed {shipped:.1f}s ({100_000 / shipped:,.0f} lines/s)")
+
+
+def test_cancel_running_and_pending_runs(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]}, cp_args=["--readiness-timeout", "300"])
+    cluster.codespec("hello-worker", EXAMPLES / "worker.yaml")
+    shell(cluster, "sleeper", "sleep 300")
+    running = cluster.create_run(
+        "-c",
+        "sleeper",
+        "--node-pool",
+        "cpu",
+        "--worker-codespec",
+        "hello-worker",
+        "--worker-replicas",
+        "2",
+        "--worker-node-pool",
+        "gpu",
+    )
+    cluster.wait_run(running, statuses={"Running"})
+    assert cluster.cli("run", "cancel", str(running), check=True).stdout == (
+        f"run {running} canceled\n"
+    )
+    assert cluster.run_json(running)["status"] == "Canceled"
+    cluster.wait_no_containers(running, timeout=10)
+
+    cluster.cli(
+        "codespec",
+        "create",
+        "mute",
+        "-k",
+        "worker",
+        "--image",
+        BUSYBOX,
+        "--endpoint",
+        "http=8080",
+        "--command",
+        "--",
+        "sleep",
+        "300",
+        check=True,
+    )
+    pending = cluster.create_run("-c", "sleeper", "--worker-codespec", "mute")
+    wait_for(lambda: cluster.containers(pending), 20, "the pending run's worker container")
+    assert cluster.run_json(pending)["status"] == "Pending"
+    cluster.cli("run", "cancel", str(pending), check=True)
+    assert cluster.run_json(pending)["status"] == "Canceled"
+    cluster.wait_no_containers(pending, timeout=10)
+    again = cluster.cli("run", "cancel", str(pending))
+    assert again.returncode == 1 and "already finished" in again.stderr
+    assert cluster.run_json(pending)["status"] == "Canceled"
+
+
+def test_timeout_fails_and_tears_down(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    shell(cluster, "sleeper", "sleep 300")
+    run_id = cluster.create_run("-c", "sleeper", "--timeout", "5")
+    run = cluster.wait_run(run_id, timeout=30)
+    assert run["status"] == "Failed"
+    assert "timed out after 5s" in run["statusReason"]
+    cluster.wait_no_containers(run_id, timeout=10)
+
+
+def test_exec_with_logs_and_watch(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    shell(cluster, "ok", "echo all-good")
+    shell(cluster, "bad", "echo about-to-fail; exit 4")
+    good = cluster.cli("run", "exec", "-c", "ok", "--logs")
+    assert good.returncode == 0 and good.stdout.splitlines() == ["all-good"]
+    bad = cluster.cli("run", "exec", "-c", "bad", "--logs")
+    assert bad.returncode == 1 and bad.stdout.splitlines() == ["about-to-fail"]
+    assert re.search(r"run \d+ failed: job exited with code 4", bad.stderr)
+    as_json = cluster.cli("run", "exec", "-c", "ok", "-o", "json")
+    assert as_json.returncode == 0 and json.loads(as_json.stdout)["status"] == "Succeeded"
+
+    run_id = cluster.create_run("-c", "bad")
+    watched = cluster.cli("run", "watch", str(run_id))
+    assert watched.returncode == 1
+    assert watched.stdout.splitlines()[-1] == (f"run {run_id}: Failed - job exited with code 4")
