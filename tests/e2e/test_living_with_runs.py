@@ -198,3 +198,26 @@ def test_exec_with_logs_and_watch(make_cluster) -> None:
     watched = cluster.cli("run", "watch", str(run_id))
     assert watched.returncode == 1
     assert watched.stdout.splitlines()[-1] == (f"run {run_id}: Failed - job exited with code 4")
+
+
+def test_follow_survives_a_control_plane_restart(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    shell(cluster, "ticker", "for i in $(seq 1 12); do echo tick-$i; sleep 0.5; done")
+    run_id = cluster.create_run("-c", "ticker")
+    follower = subprocess.Popen(
+        [str(BIN / "muster"), "--server", cluster.server, "run", "logs", "-f", str(run_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert follower.stdout is not None
+        lines = [follower.stdout.readline().strip()]
+        cluster.restart_control_plane()  # the follower reconnects by itself
+        lines += follower.stdout.read().splitlines()
+        assert follower.wait(timeout=60) == 0
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+    assert lines == [f"tick-{i}" for i in range(1, 13)]  # every line, none twice
+    assert cluster.wait_run(run_id)["status"] == "Succeeded"
