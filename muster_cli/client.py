@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 
@@ -43,3 +43,20 @@ def channel(address: str) -> Iterator[grpc.Channel]:
         fail(detail)
     finally:
         ch.close()
+
+
+def collect_pages(call: Callable[..., Any], field: str, limit: int, **request: Any) -> list[Any]:
+    """Follow next_page_token until `limit` items (or the end) are collected.
+
+    `call(page_size=..., page_token=..., **request)` returns a list response
+    whose repeated `field` holds the items.
+    """
+    items: list[Any] = []
+    token = ""
+    while len(items) < limit:
+        reply = call(page_size=min(limit - len(items), 1000), page_token=token, **request)
+        items.extend(getattr(reply, field))
+        token = reply.next_page_token
+        if not token:
+            break
+    return items

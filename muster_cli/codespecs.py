@@ -9,7 +9,7 @@ import click
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
 from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
-from muster_cli.client import channel, fail
+from muster_cli.client import channel, collect_pages, fail
 from muster_cli.output import dump, table, to_dict
 from muster_cli.specfile import load_codespec
 
@@ -138,24 +138,15 @@ def codespec_list(
 ) -> None:
     """List codespecs (latest version of each)."""
     order_pb = cpb.CODESPEC_ORDER_NAME if order == "name" else cpb.CODESPEC_ORDER_NEWEST_FIRST
-    items: list[cpb.Codespec] = []
-    token = ""
     with channel(address(ctx, leaf_server)) as ch:
         stub = cgrpc.CodespecServiceStub(ch)
-        while len(items) < limit:
-            reply = stub.ListCodespecs(
-                cpb.ListCodespecsRequest(
-                    prefix=prefix,
-                    order=order_pb,
-                    page_size=min(limit - len(items), 1000),
-                    page_token=token,
-                ),
-                timeout=30,
-            )
-            items.extend(reply.codespecs)
-            token = reply.next_page_token
-            if not token:
-                break
+        items = collect_pages(
+            lambda **r: stub.ListCodespecs(cpb.ListCodespecsRequest(**r), timeout=30),
+            "codespecs",
+            limit,
+            prefix=prefix,
+            order=order_pb,
+        )
     if fmt != "table":
         click.echo(dump([to_dict(s) for s in items], fmt))
         return

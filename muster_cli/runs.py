@@ -14,7 +14,7 @@ import grpc
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
-from muster_cli.client import channel, fail
+from muster_cli.client import channel, collect_pages, fail
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, table, to_dict
 from muster_cli.specfile import load_run
@@ -373,24 +373,15 @@ def run_list(
     leaf_server: str | None,
 ) -> None:
     """List runs, newest first."""
-    runs: list[pb.Run] = []
-    token = ""
     with channel(address(ctx, leaf_server)) as ch:
         stub = pb_grpc.RunServiceStub(ch)
-        while len(runs) < limit:
-            reply = stub.ListRuns(
-                pb.ListRunsRequest(
-                    page_size=min(limit - len(runs), 1000),
-                    page_token=token,
-                    statuses=_status_values(statuses),
-                    tags=key_values(tag, "--tag"),
-                ),
-                timeout=30,
-            )
-            runs.extend(reply.runs)
-            token = reply.next_page_token
-            if not token:
-                break
+        runs = collect_pages(
+            lambda **r: stub.ListRuns(pb.ListRunsRequest(**r), timeout=30),
+            "runs",
+            limit,
+            statuses=_status_values(statuses),
+            tags=key_values(tag, "--tag"),
+        )
     if fmt != "table":
         click.echo(dump([to_dict(r) for r in runs], fmt))
         return

@@ -410,6 +410,17 @@ class SqliteStore:
 
         return await self._call(q)
 
+    @staticmethod
+    def _log_filter(run_id: int, since_ns: int | None, max_id: int | None) -> tuple[str, list[Any]]:
+        sql, params = "run_id = ?", [run_id]
+        if since_ns is not None:
+            sql += " AND ts >= ?"
+            params.append(since_ns)
+        if max_id is not None:
+            sql += " AND id <= ?"
+            params.append(max_id)
+        return sql, params
+
     async def read_logs(
         self,
         run_id: int,
@@ -420,20 +431,16 @@ class SqliteStore:
         limit: int,
     ) -> list[StoredLine]:
         def q() -> list[StoredLine]:
-            sql = "SELECT * FROM logs WHERE run_id = ?"
-            params: list[Any] = [run_id]
-            if since_ns is not None:
-                sql += " AND ts >= ?"
-                params.append(since_ns)
-            if max_id is not None:
-                sql += " AND id <= ?"
-                params.append(max_id)
+            where, params = self._log_filter(run_id, since_ns, max_id)
             if after is not None:
-                sql += " AND (ts, role, replica, stream, sequence) > (?, ?, ?, ?, ?)"
+                where += " AND (ts, role, replica, stream, sequence) > (?, ?, ?, ?, ?)"
                 params += list(after)
-            sql += " ORDER BY ts, role, replica, stream, sequence LIMIT ?"
-            params.append(limit)
-            return [self._line(r) for r in self._db.execute(sql, params).fetchall()]
+            rows = self._db.execute(
+                f"SELECT * FROM logs WHERE {where} "
+                "ORDER BY ts, role, replica, stream, sequence LIMIT ?",
+                [*params, limit],
+            ).fetchall()
+            return [self._line(r) for r in rows]
 
         return await self._call(q)
 
@@ -441,17 +448,12 @@ class SqliteStore:
         self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
     ) -> list[StoredLine]:
         def q() -> list[StoredLine]:
-            sql = "SELECT * FROM logs WHERE run_id = ?"
-            params: list[Any] = [run_id]
-            if since_ns is not None:
-                sql += " AND ts >= ?"
-                params.append(since_ns)
-            if max_id is not None:
-                sql += " AND id <= ?"
-                params.append(max_id)
-            sql += " ORDER BY ts DESC, role DESC, replica DESC, stream DESC, sequence DESC LIMIT ?"
-            params.append(count)
-            rows = self._db.execute(sql, params).fetchall()
+            where, params = self._log_filter(run_id, since_ns, max_id)
+            rows = self._db.execute(
+                f"SELECT * FROM logs WHERE {where} ORDER BY ts DESC, role DESC, replica DESC, "
+                "stream DESC, sequence DESC LIMIT ?",
+                [*params, count],
+            ).fetchall()
             return [self._line(r) for r in reversed(rows)]
 
         return await self._call(q)

@@ -26,6 +26,8 @@ from tests.conftest import BIN, REPO, Process, run_cli, start_process
 
 EXAMPLES = REPO / "examples" / "distributed"
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
+BUSYBOX = "localhost/muster-busybox:latest"
+PYTHON = "localhost/muster-python:latest"
 TERMINAL = {"Succeeded", "Failed", "Canceled"}
 
 
@@ -103,6 +105,42 @@ class Cluster:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120):
         return run_cli(*args, server=self.server, check=check, timeout=timeout)
+
+    def shell_codespec(self, name: str, script: str, *flags: str, image: str = BUSYBOX) -> None:
+        """A codespec whose command is `sh -c SCRIPT` (job unless flags say -k worker)."""
+        self.cli(
+            "codespec",
+            "create",
+            name,
+            "--image",
+            image,
+            *flags,
+            "--command",
+            "--",
+            "sh",
+            "-c",
+            script,
+            check=True,
+        )
+
+    def follow_logs(self, run_id: int, during: Callable[[], None] = lambda: None) -> list[str]:
+        """`muster run logs -f`: the first line, then `during()`, then the rest until it ends."""
+        follower = subprocess.Popen(
+            [str(BIN / "muster"), "--server", self.server, "run", "logs", "-f", str(run_id)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            assert follower.stdout is not None
+            lines = [follower.stdout.readline().rstrip("\n")]
+            during()
+            lines += follower.stdout.read().splitlines()
+            assert follower.wait(timeout=60) == 0
+            return lines
+        finally:
+            if follower.poll() is None:
+                follower.kill()
+                follower.wait()
 
     def codespec(self, name: str, file: str | Path, *flags: str) -> None:
         self.cli("codespec", "create", name, "-f", str(file), *flags, check=True)

@@ -7,28 +7,9 @@ import json
 
 import pytest
 
-from tests.e2e.conftest import EXAMPLES, podman, wait_for
+from tests.e2e.conftest import BUSYBOX, EXAMPLES, podman, wait_for
 
 pytestmark = pytest.mark.podman
-
-BUSYBOX = "localhost/muster-busybox:latest"
-
-
-def shell_job(cluster, name: str, script: str, *flags: str) -> None:
-    cluster.cli(
-        "codespec",
-        "create",
-        name,
-        "--image",
-        BUSYBOX,
-        *flags,
-        "--command",
-        "--",
-        "sh",
-        "-c",
-        script,
-        check=True,
-    )
 
 
 def hello(cluster) -> None:
@@ -94,7 +75,7 @@ def test_host_port_mode(make_cluster, tmp_path) -> None:
 
 def test_job_exit_code_fails_the_run(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    shell_job(cluster, "three", "echo bye; exit 3")
+    cluster.shell_codespec("three", "echo bye; exit 3")
     run_id = cluster.create_run("-c", "three")
     run = cluster.wait_run(run_id)
     assert (run["status"], run["statusReason"]) == ("Failed", "job exited with code 3")
@@ -107,7 +88,7 @@ def test_job_exit_code_fails_the_run(make_cluster) -> None:
 def test_worker_killed_while_job_waits(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]})
     cluster.codespec("hello-worker", EXAMPLES / "worker.yaml")
-    shell_job(cluster, "waiter", "sleep 300")
+    cluster.shell_codespec("waiter", "sleep 300")
     run_id = cluster.create_run(
         "-c",
         "waiter",
@@ -156,7 +137,7 @@ def test_endpoint_never_opens_fails_after_readiness_timeout(make_cluster) -> Non
         "300",
         check=True,
     )
-    shell_job(cluster, "j", "true")
+    cluster.shell_codespec("j", "true")
     run_id = cluster.create_run("-c", "j", "--worker-codespec", "mute")
     run = cluster.wait_run(run_id, timeout=30)
     assert run["status"] == "Failed"
@@ -186,7 +167,7 @@ def test_waits_for_capacity_then_succeeds(make_cluster) -> None:
         "300",
         check=True,
     )
-    shell_job(cluster, "brief", "sleep 3")
+    cluster.shell_codespec("brief", "sleep 3")
     args = [
         "-c",
         "brief",

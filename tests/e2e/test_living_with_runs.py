@@ -6,41 +6,19 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 import time
 
 import pytest
 
-from tests.conftest import BIN
-from tests.e2e.conftest import EXAMPLES, wait_for
+from tests.e2e.conftest import BUSYBOX, EXAMPLES, PYTHON, wait_for
 
 pytestmark = pytest.mark.podman
-
-BUSYBOX = "localhost/muster-busybox:latest"
-PYTHON = "localhost/muster-python:latest"
-
-
-def shell(cluster, name: str, script: str, *flags: str, image: str = BUSYBOX) -> None:
-    cluster.cli(
-        "codespec",
-        "create",
-        name,
-        "--image",
-        image,
-        *flags,
-        "--command",
-        "--",
-        "sh",
-        "-c",
-        script,
-        check=True,
-    )
 
 
 def test_merged_logs_outlive_containers_and_restarts(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]})
-    shell(cluster, "greeter", "echo hello-from-worker; sleep 300", "-k", "worker")
-    shell(cluster, "hello", "sleep 1; echo hello-from-job")
+    cluster.shell_codespec("greeter", "echo hello-from-worker; sleep 300", "-k", "worker")
+    cluster.shell_codespec("hello", "sleep 1; echo hello-from-job")
     run_id = cluster.create_run(
         "-c",
         "hello",
@@ -74,23 +52,14 @@ def test_merged_logs_outlive_containers_and_restarts(make_cluster) -> None:
 
 def test_follow_receives_lines_as_produced_and_ends_with_the_run(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    shell(cluster, "ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done")
+    cluster.shell_codespec("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done")
     run_id = cluster.create_run("-c", "ticker")
-    follower = subprocess.Popen(
-        [str(BIN / "muster"), "--server", cluster.server, "run", "logs", "-f", str(run_id)],
-        stdout=subprocess.PIPE,
-        text=True,
+    statuses: list[str] = []
+    lines = cluster.follow_logs(
+        run_id, during=lambda: statuses.append(cluster.run_json(run_id)["status"])
     )
-    try:
-        assert follower.stdout is not None
-        first = follower.stdout.readline().strip()
-        status_at_first_line = cluster.run_json(run_id)["status"]
-        rest = follower.stdout.read().splitlines()
-        assert follower.wait(timeout=30) == 0
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
+    first, rest = lines[0], lines[1:]
+    status_at_first_line = statuses[0]
     assert first == "tick-1"
     assert status_at_first_line in ("Pending", "Running")  # printed while it ran
     assert [first, *rest] == [f"tick-{i}" for i in range(1, 7)]
@@ -125,7 +94,7 @@ def test_a_hundred_thousand_lines_arrive_complete_and_in_order(make_cluster) -> 
 def test_cancel_running_and_pending_runs(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]}, cp_args=["--readiness-timeout", "300"])
     cluster.codespec("hello-worker", EXAMPLES / "worker.yaml")
-    shell(cluster, "sleeper", "sleep 300")
+    cluster.shell_codespec("sleeper", "sleep 300")
     running = cluster.create_run(
         "-c",
         "sleeper",
@@ -174,7 +143,7 @@ def test_cancel_running_and_pending_runs(make_cluster) -> None:
 
 def test_timeout_fails_and_tears_down(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    shell(cluster, "sleeper", "sleep 300")
+    cluster.shell_codespec("sleeper", "sleep 300")
     run_id = cluster.create_run("-c", "sleeper", "--timeout", "5")
     run = cluster.wait_run(run_id, timeout=30)
     assert run["status"] == "Failed"
@@ -184,8 +153,8 @@ def test_timeout_fails_and_tears_down(make_cluster) -> None:
 
 def test_exec_with_logs_and_watch(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    shell(cluster, "ok", "echo all-good")
-    shell(cluster, "bad", "echo about-to-fail; exit 4")
+    cluster.shell_codespec("ok", "echo all-good")
+    cluster.shell_codespec("bad", "echo about-to-fail; exit 4")
     good = cluster.cli("run", "exec", "-c", "ok", "--logs")
     assert good.returncode == 0 and good.stdout.splitlines() == ["all-good"]
     bad = cluster.cli("run", "exec", "-c", "bad", "--logs")
@@ -202,22 +171,9 @@ def test_exec_with_logs_and_watch(make_cluster) -> None:
 
 def test_follow_survives_a_control_plane_restart(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    shell(cluster, "ticker", "for i in $(seq 1 12); do echo tick-$i; sleep 0.5; done")
+    cluster.shell_codespec("ticker", "for i in $(seq 1 12); do echo tick-$i; sleep 0.5; done")
     run_id = cluster.create_run("-c", "ticker")
-    follower = subprocess.Popen(
-        [str(BIN / "muster"), "--server", cluster.server, "run", "logs", "-f", str(run_id)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert follower.stdout is not None
-        lines = [follower.stdout.readline().strip()]
-        cluster.restart_control_plane()  # the follower reconnects by itself
-        lines += follower.stdout.read().splitlines()
-        assert follower.wait(timeout=60) == 0
-    finally:
-        if follower.poll() is None:
-            follower.kill()
-            follower.wait()
+    # the follower reconnects by itself after the restart
+    lines = cluster.follow_logs(run_id, during=cluster.restart_control_plane)
     assert lines == [f"tick-{i}" for i in range(1, 13)]  # every line, none twice
     assert cluster.wait_run(run_id)["status"] == "Succeeded"
