@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import subprocess
 import time
 
 import pytest
 
+from tests.conftest import BIN
 from tests.e2e.conftest import BUSYBOX, EXAMPLES, PYTHON, wait_for
 
 pytestmark = pytest.mark.podman
@@ -177,3 +180,40 @@ def test_follow_survives_a_control_plane_restart(make_cluster) -> None:
     lines = cluster.follow_logs(run_id, during=cluster.restart_control_plane)
     assert lines == [f"tick-{i}" for i in range(1, 13)]  # every line, none twice
     assert cluster.wait_run(run_id)["status"] == "Succeeded"
+
+
+def test_ctrl_c_with_cancel_on_exit_cancels_the_run(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    cluster.shell_codespec("sleeper", "sleep 300")
+    proc = subprocess.Popen(
+        [
+            str(BIN / "muster"),
+            "--server",
+            cluster.server,
+            "run",
+            "exec",
+            "-c",
+            "sleeper",
+            "--cancel-on-exit",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        run = wait_for(
+            lambda: json.loads(cluster.cli("run", "list", "-o", "json").stdout),
+            20,
+            "the run to be created",
+        )[0]
+        cluster.wait_run(int(run["id"]), statuses={"Running"})
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert f"run {run['id']} canceled" in err
+    assert cluster.run_json(int(run["id"]))["status"] == "Canceled"
+    cluster.wait_no_containers(int(run["id"]), timeout=10)
