@@ -28,6 +28,12 @@ from muster.v1 import agent_pb2, agent_pb2_grpc, node_pb2
 
 _log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_SECONDS = 5.0
+LOG_WINDOW = 8
+"""Log batches that may wait in a stream's outbox at once; more wait in their followers.
+
+Bounds the agent's memory under a log flood, and keeps heartbeats and status
+changes (which share the outbox) from queueing behind a long run of batches.
+"""
 
 
 @dataclass(frozen=True)
@@ -149,15 +155,22 @@ class AgentConnection:
         async with grpc.aio.insecure_channel(self._server) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+            window = asyncio.Semaphore(LOG_WINDOW)
+
+            async def send_logs(batch: agent_pb2.LogBatch) -> None:
+                await window.acquire()  # released once _drain hands the batch to gRPC
+                outbox.put_nowait(agent_pb2.ConnectRequest(log_batch=batch))
+
             # Refresh the view of the node first; between the snapshot and
             # attaching the sink there is no await, so no change is lost or
             # sent before Register.
             await self._sup.reconcile()
             outbox.put_nowait(agent_pb2.ConnectRequest(register=self.register_message()))
             self._sup.attach(
-                lambda status: outbox.put_nowait(agent_pb2.ConnectRequest(container_status=status))
+                lambda status: outbox.put_nowait(agent_pb2.ConnectRequest(container_status=status)),
+                logs=send_logs,
             )
-            call = stub.Connect(self._drain(outbox))
+            call = stub.Connect(self._drain(outbox, window))
             heartbeat: asyncio.Task[None] | None = None
             try:
                 async for response in call:
@@ -194,10 +207,13 @@ class AgentConnection:
 
     @staticmethod
     async def _drain(
-        outbox: asyncio.Queue[agent_pb2.ConnectRequest],
+        outbox: asyncio.Queue[agent_pb2.ConnectRequest], window: asyncio.Semaphore
     ) -> AsyncIterator[agent_pb2.ConnectRequest]:
         while True:
-            yield await outbox.get()
+            msg = await outbox.get()
+            yield msg
+            if msg.HasField("log_batch"):
+                window.release()
 
     @staticmethod
     async def _heartbeat(outbox: asyncio.Queue[agent_pb2.ConnectRequest], interval: float) -> None:

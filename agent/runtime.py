@@ -13,12 +13,14 @@ Contract every implementation keeps:
   nothing behind, so a failed start can simply be retried.
 * ``list_managed`` returns only containers of *this* node (label
   ``muster.node``), because several agents may share one Podman host.
+* ``follow_logs`` yields every line a container wrote, from its very first,
+  exactly once and in order within each stream; calling it again starts over.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -27,6 +29,9 @@ Role = Literal["job", "worker"]
 
 State = Literal["creating", "running", "exited", "failed"]
 """Container state as the agent reports it."""
+
+LogStreamName = Literal["stdout", "stderr"]
+"""Which output stream a log line came from."""
 
 NetworkMode = Literal["bridge", "host-port"]
 """``bridge``: shared Podman network with DNS aliases. ``host-port``: endpoints
@@ -111,6 +116,17 @@ class EndpointTarget:
     """``host:port`` as the job must use it."""
 
 
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    """One line of container output, as the runtime recorded it."""
+
+    stream: LogStreamName
+    time_ns: int
+    """When the container wrote it (the runtime's timestamp), ns since the epoch."""
+    text: str
+    """The line without its newline, decoded as UTF-8 (invalid bytes replaced)."""
+
+
 class Runtime(Protocol):
     """A container runtime on one node. All methods are safe to await on the loop."""
 
@@ -147,6 +163,27 @@ class Runtime(Protocol):
 
     async def list_managed(self) -> list[ContainerInfo]:
         """Every container of this node carrying ``muster.run-id``."""
+        ...
+
+    async def stop_run(self, run_id: int) -> None:
+        """Stop (short timeout) every running container of ``run_id``, keeping them.
+
+        Idempotent. Stopped containers keep their logs, so log followers can
+        read to the end before :meth:`remove_run` deletes them.
+        """
+        ...
+
+    def follow_logs(self, name: str) -> AsyncIterator[list[LogLine]]:
+        """Every stdout/stderr line of container ``name``, in chunks, from the first.
+
+        Each line is yielded exactly once, in order within its stream (stdout
+        and stderr may interleave in any order). A last line without a newline
+        is yielded once the container has stopped. The iterator ends when the
+        container has stopped and every line was yielded, or when the container
+        no longer exists. It never blocks the event loop, and it only reads on
+        as fast as the consumer takes chunks (backpressure). Closing it early
+        releases everything it holds; a new call starts again from the first line.
+        """
         ...
 
     async def remove_run(self, run_id: int) -> list[ContainerInfo]:

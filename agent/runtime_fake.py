@@ -16,15 +16,23 @@ Scripting (all synchronous, call from the test):
   behind the agent's back), ``exit_on_start[name] = code``.
 * ``add_existing(spec, state=..., exit_code=...)``: a container that was
   already there (e.g. before an agent restart).
+* ``write_log(name, stream, text)``: the container writes ``text`` to ``stream``
+  (newlines end lines; a rest without newline is completed by a later write,
+  or becomes a line of its own when the container stops). ``follow_logs``
+  yields lines in chunks of at most ``log_chunk_lines`` and ends once the
+  container stopped and every line was yielded, or when it is removed.
 
-Counters (``create_count``, ``probe_count``, ``list_count``, ``started_names``)
-let tests prove that restarts never duplicate containers and that polling or
-probing has stopped.
+Counters (``create_count``, ``probe_count``, ``list_count``, ``started_names``,
+``log_follows``) let tests prove that restarts never duplicate containers and
+that polling or probing has stopped.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
+import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from agent import probe as probing
@@ -33,6 +41,8 @@ from agent.runtime import (
     ContainerSpec,
     EndpointTarget,
     ImageNotFound,
+    LogLine,
+    LogStreamName,
     NetworkMode,
     RuntimeFailure,
     State,
@@ -49,6 +59,10 @@ class FakeContainer:
     ip: str = ""
     host_ports: dict[str, int] = field(default_factory=dict)
     open_endpoints: set[str] = field(default_factory=set)
+    logs: list[LogLine] = field(default_factory=list)
+    """Complete lines written so far, both streams, in writing order."""
+    partial: dict[LogStreamName, tuple[int, str]] = field(default_factory=dict)
+    """Per stream: time and text of a line still waiting for its newline."""
 
 
 class FakeRuntime:
@@ -84,6 +98,10 @@ class FakeRuntime:
         self.list_count = 0
         self.started_names: list[str] = []
         self.closed = False
+        self.log_chunk_lines = 1000
+        self.log_follows: list[str] = []
+        """Names passed to ``follow_logs``, in call order."""
+        self._log_event = asyncio.Event()
 
     # -- Runtime properties -------------------------------------------------------
 
@@ -127,10 +145,14 @@ class FakeRuntime:
         self.containers[name].open_endpoints.discard(endpoint)
 
     def exit(self, name: str, code: int) -> None:
-        """The container's process exits with ``code``."""
+        """The container's process exits with ``code`` (a pending partial line ends)."""
         container = self.containers[name]
+        for stream, (time_ns, text) in container.partial.items():
+            container.logs.append(LogLine(stream, time_ns, text))
+        container.partial.clear()
         container.state, container.exit_code = "exited", code
         container.open_endpoints.clear()
+        self._logs_changed()
 
     def kill(self, name: str) -> None:
         """Kill the container externally (SIGKILL: exit code 137)."""
@@ -139,6 +161,27 @@ class FakeRuntime:
     def vanish(self, name: str) -> None:
         """Remove the container behind the agent's back."""
         self.containers.pop(name, None)
+        self._logs_changed()
+
+    def write_log(
+        self, name: str, stream: LogStreamName, text: str, *, time_ns: int | None = None
+    ) -> None:
+        """Container ``name`` writes ``text`` to ``stream`` (at ``time_ns``, default now)."""
+        if stream not in ("stdout", "stderr"):
+            raise ValueError(f"stream must be 'stdout' or 'stderr', not {stream!r}")
+        container = self.containers[name]
+        now = time.time_ns() if time_ns is None else time_ns
+        started, pending = container.partial.pop(stream, (now, ""))
+        *complete, rest = (pending + text).split("\n")
+        for i, line in enumerate(complete):
+            container.logs.append(LogLine(stream, started if i == 0 else now, line))
+        if rest:
+            container.partial[stream] = (started if not complete else now, rest)
+        self._logs_changed()
+
+    def log_lines(self, name: str) -> list[LogLine]:
+        """The complete lines ``name`` has written so far."""
+        return list(self.containers[name].logs)
 
     def add_existing(
         self, spec: ContainerSpec, state: State = "running", exit_code: int | None = None
@@ -195,11 +238,35 @@ class FakeRuntime:
         self.list_count += 1
         return [self._info(c) for c in self.containers.values()]
 
+    async def stop_run(self, run_id: int) -> None:
+        """Running containers of ``run_id`` exit with 143 (SIGTERM)."""
+        for name, container in list(self.containers.items()):
+            if container.spec.run_id == run_id and container.state == "running":
+                self.exit(name, 143)
+
+    async def follow_logs(self, name: str) -> AsyncIterator[list[LogLine]]:
+        """Lines of ``name`` from the first; ends once it stopped and all were yielded."""
+        self.log_follows.append(name)
+        container = self.containers.get(name)
+        if container is None:
+            return
+        sent = 0
+        while self.containers.get(name) is container:
+            if sent < len(container.logs):
+                chunk = container.logs[sent : sent + self.log_chunk_lines]
+                sent += len(chunk)
+                yield chunk
+                continue
+            if container.state not in ("running", "creating"):
+                return
+            await self._log_event.wait()
+
     async def remove_run(self, run_id: int) -> list[ContainerInfo]:
         """Drop every container of ``run_id``."""
         removed = [c for c in self.containers.values() if c.spec.run_id == run_id]
         for container in removed:
             del self.containers[container.spec.name]
+        self._logs_changed()
         return [self._info(c) for c in removed]
 
     def endpoint_targets(self, info: ContainerInfo) -> list[EndpointTarget]:
@@ -219,6 +286,11 @@ class FakeRuntime:
         self.closed = True
 
     # -- helpers ----------------------------------------------------------------------
+
+    def _logs_changed(self) -> None:
+        """Wake every ``follow_logs`` waiting for output or for the end."""
+        event, self._log_event = self._log_event, asyncio.Event()
+        event.set()
 
     def _new(self, spec: ContainerSpec) -> FakeContainer:
         n = next(self._ips)

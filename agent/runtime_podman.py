@@ -12,17 +12,35 @@ on the same node by its hostname, which is also its network alias. In
 host-port mode a worker's endpoints are additionally published on host ports
 the agent allocates from its port range, bound on the publish address, and the
 addresses handed to jobs are ``<advertise address>:<host port>``.
+
+Logs: Podman 4.3 loses lines when its log API *follows* a container (seen
+here: ``podman logs -f`` of a 100,000-line container returns a different,
+incomplete count each time, even once the container has exited), while a
+plain read returns every line. So :meth:`PodmanRuntime.follow_logs` polls with
+plain reads over consecutive, non-overlapping time windows ``[since, until)``
+(nanosecond bounds, which Podman's ``since``/``until`` honour although its
+output timestamps have whole seconds only). ``until`` trails the clock by
+``log_settle`` seconds, so conmon (which stamps a line and writes it within
+microseconds) has written every line of a window before the window is read;
+once the container has stopped, a last read without ``until`` takes the rest.
+Each read streams in a reader thread of its own pool and hands lines to the
+event loop through a bounded queue, so a slow consumer slows the reader down
+and nothing is dropped; Podman keeps the lines in its log file meanwhile.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
+import queue
 import re
 import threading
-from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psutil
@@ -32,6 +50,7 @@ from podman.errors import APIError, NotFound
 from agent import probe as probing
 from agent.logutil import log
 from agent.podman_attrs import info_from_inspect, info_from_list
+from agent.podman_logs import NS, LogDecoder, format_rfc3339_ns, parse_rfc3339_ns
 from agent.ports import PortAllocator, port_is_free
 from agent.runtime import (
     LABEL_NODE,
@@ -40,6 +59,7 @@ from agent.runtime import (
     ContainerSpec,
     EndpointTarget,
     ImageNotFound,
+    LogLine,
     NetworkMode,
     RuntimeFailure,
     container_labels,
@@ -50,6 +70,12 @@ CPU_PERIOD_US = 100_000
 _T = TypeVar("_T")
 _ADDR_IN_USE = re.compile(r"address already in use|port is already allocated", re.I)
 _log = logging.getLogger(__name__)
+# Podman states in which a container may still write output.
+_LIVE_STATES = frozenset(
+    {"running", "paused", "stopping", "created", "configured", "initialized", "restarting"}
+)
+LOG_CHUNK_LINES = 500
+"""Lines per chunk a log reader hands to the event loop."""
 
 
 def _explain(exc: Exception) -> str:
@@ -74,6 +100,9 @@ class PodmanRuntime:
         stop_timeout: int = 2,
         ulimits: Mapping[str, int] | None = None,
         max_threads: int = 16,
+        log_threads: int = 32,
+        log_settle: float = 0.5,
+        log_poll: tuple[float, float] = (0.1, 2.0),
     ) -> None:
         """Configure the runtime; nothing is contacted until the first call.
 
@@ -81,6 +110,9 @@ class PodmanRuntime:
         by default the advertise address when it belongs to this host, else
         all interfaces. ``ulimits`` (e.g. ``{"nofile": 4096}``) are set per
         container, for hosts whose Podman default limits cannot be applied.
+        ``log_settle``: how far log windows trail the clock (see the module
+        docstring); ``log_poll``: the shortest and longest pause between two
+        log reads of one container (short while lines flow, growing when idle).
         """
         self._node = node_name
         self._url = url
@@ -93,6 +125,13 @@ class PodmanRuntime:
         self._stop_timeout = stop_timeout
         self._ulimits = dict(ulimits or {})
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="podman")
+        # Log reads get their own pool: a reader held back by a slow consumer
+        # must never delay a start, stop or status poll.
+        self._log_executor = ThreadPoolExecutor(log_threads, thread_name_prefix="podman-logs")
+        self._log_settle_ns = int(log_settle * NS)
+        self._log_poll = log_poll
+        self._handoffs: set[_Handoff] = set()
+        self._log_wakers: dict[str, set[asyncio.Event]] = {}
         self._local = threading.local()
         self._clients: list[PodmanClient] = []
         self._clients_lock = threading.Lock()
@@ -173,6 +212,95 @@ class PodmanRuntime:
                 log(_log, logging.WARNING, "remove_failed", name=info.name, error=result)
         return [i for i, r in zip(infos, results, strict=True) if not isinstance(r, BaseException)]
 
+    async def stop_run(self, run_id: int) -> None:
+        """Stop (short timeout) every running container of ``run_id``, in parallel.
+
+        Log readers of the run's containers then look again at once, instead
+        of after their idle pause, so a teardown waits for them only briefly.
+        """
+        mine = [i for i in await self.list_managed() if i.run_id == run_id]
+        running = [i for i in mine if i.state == "running"]
+        results = await asyncio.gather(
+            *(self._call(self._stop_sync, i.name) for i in running), return_exceptions=True
+        )
+        for info, result in zip(running, results, strict=True):
+            if isinstance(result, BaseException):
+                log(_log, logging.WARNING, "stop_failed", name=info.name, error=result)
+        for info in mine:
+            for waker in self._log_wakers.get(info.name, ()):
+                waker.set()
+
+    async def follow_logs(self, name: str) -> AsyncIterator[list[LogLine]]:
+        """Every line of ``name`` from the first; see the module docstring for how."""
+        cursor = _LogCursor()
+        shortest, longest = self._log_poll
+        pause = shortest
+        failures = 0
+        waker = asyncio.Event()
+        self._log_wakers.setdefault(name, set()).add(waker)
+        try:
+            while True:
+                waker.clear()
+                item: _ReadDone | None = None
+                async with contextlib.aclosing(self._read_log_once(name, cursor)) as chunks:
+                    async for chunk in chunks:
+                        if isinstance(chunk, _ReadDone):
+                            item = chunk
+                        else:
+                            yield chunk
+                assert item is not None  # a read always ends with its _ReadDone
+                if isinstance(item.result, BaseException):
+                    failures += 1
+                    delay = min(5.0, shortest * 2**failures)
+                    log(
+                        _log,
+                        logging.WARNING if failures == 1 else logging.DEBUG,
+                        "log_read_failed",
+                        name=name,
+                        error=_explain(item.result)
+                        if isinstance(item.result, Exception)
+                        else item.result,
+                        retry_in=f"{delay:.2f}s",
+                    )
+                    await _sleep(delay, waker)
+                    continue
+                failures = 0
+                read = item.result
+                if read.finished:
+                    return
+                if read.settle_in is not None:  # stopped: read the rest once it has settled
+                    await asyncio.sleep(max(0.01, read.settle_in))
+                    continue
+                pause = shortest if read.lines else min(longest, pause * 2)
+                # Each read makes Podman scan the whole log file: never spend more
+                # than about half of the time reading one container's log.
+                await _sleep(max(pause, read.busy), waker)
+        finally:
+            wakers = self._log_wakers.get(name)
+            if wakers is not None:
+                wakers.discard(waker)
+                if not wakers:
+                    del self._log_wakers[name]
+
+    async def _read_log_once(
+        self, name: str, cursor: _LogCursor
+    ) -> AsyncIterator[list[LogLine] | _ReadDone]:
+        """One window read in a reader thread: its chunks, then its ``_ReadDone``."""
+        loop = asyncio.get_running_loop()
+        handoff = _Handoff(loop)
+        self._handoffs.add(handoff)
+        future = loop.run_in_executor(self._log_executor, self._log_reader, name, cursor, handoff)
+        future.add_done_callback(_retrieve)
+        try:
+            while True:
+                item = await handoff.get()
+                yield item
+                if isinstance(item, _ReadDone):
+                    return
+        finally:
+            handoff.close()
+            self._handoffs.discard(handoff)
+
     def endpoint_targets(self, info: ContainerInfo) -> list[EndpointTarget]:
         """See :func:`agent.probe.endpoint_targets`."""
         return probing.endpoint_targets(info, self._mode, self._advertise, self._publish)
@@ -184,7 +312,10 @@ class PodmanRuntime:
         return await probing.tcp_accepts(target.probe_host, target.probe_port)
 
     async def close(self) -> None:
-        """Close clients and the thread pool; containers keep running."""
+        """Close clients and the thread pools; containers keep running."""
+        for handoff in list(self._handoffs):
+            handoff.close()
+        await asyncio.to_thread(self._log_executor.shutdown, True)
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._clients_lock:
             clients, self._clients = self._clients, []
@@ -391,22 +522,213 @@ class PodmanRuntime:
                     self._ports.reserve(info.host_ports.values())
             self._ports_synced = True
 
-    def _remove_sync(self, name: str) -> None:
+    def _stop_sync(self, name: str) -> Any | None:
+        """Stop ``name`` if it runs; return the container (``None`` if absent)."""
         container = self._get_sync(name)
         if container is None:
-            return
+            return None
         if container.attrs.get("State", {}).get("Status") in ("running", "paused", "stopping"):
             try:
                 # ignore=True: a container that exits meanwhile answers 304, not an error.
                 container.stop(timeout=self._stop_timeout, ignore=True)
             except Exception as exc:  # gone meanwhile, or odd reply: removal still follows
                 log(_log, logging.DEBUG, "stop_skipped", name=name, error=_explain(exc))
+        return container
+
+    def _remove_sync(self, name: str) -> None:
+        container = self._stop_sync(name)
+        if container is None:
+            return
         try:
             container.remove(force=True)
         except NotFound:
             pass
         with self._ports_lock:
             self._ports.release(self._ports_by_name.pop(name, []))
+
+    # -- logs (log reader threads only) ---------------------------------------------
+
+    def _log_reader(self, name: str, cursor: _LogCursor, handoff: _Handoff) -> None:
+        """One read of ``name``'s next log window; always ends with a ``_ReadDone``."""
+        result: _Read | BaseException
+        try:
+            result = self._read_log_window(name, cursor, handoff)
+        except _Abandoned:
+            return
+        except Exception as exc:
+            result = exc
+        try:
+            handoff.put(_ReadDone(result))
+        except _Abandoned:
+            pass
+
+    def _read_log_window(self, name: str, cursor: _LogCursor, handoff: _Handoff) -> _Read:
+        began = time.monotonic()
+        client = self._client()
+        try:
+            container = client.containers.get(name)
+        except NotFound:
+            return self._logs_gone(cursor, handoff, began)
+        state = container.attrs.get("State") or {}
+        now = time.time_ns()
+        final, settle_in = False, None
+        if str(state.get("Status", "")).lower() not in _LIVE_STATES:
+            try:
+                ready_at = parse_rfc3339_ns(str(state.get("FinishedAt", ""))) + self._log_settle_ns
+            except ValueError:
+                ready_at = 0
+            final = now >= ready_at
+            settle_in = None if final else (ready_at - now) / NS
+        until = None if final else now - self._log_settle_ns
+        if until is not None and cursor.since is not None and until <= cursor.since:
+            return _Read(False, 0, time.monotonic() - began, settle_in)
+        params: dict[str, Any] = {"stdout": True, "stderr": True, "timestamps": True}
+        if cursor.since is not None:
+            # Podman keeps lines strictly after ``since`` and strictly before ``until``.
+            params["since"] = format_rfc3339_ns(cursor.since - 1)
+        if until is not None:
+            params["until"] = format_rfc3339_ns(until)
+        decoder = cursor.decoder
+        decoder.begin(skip=cursor.frames_done)
+        out: list[LogLine] = []
+        lines = 0
+        waited = 0.0
+        try:
+            try:
+                response = client.api.get(
+                    f"/containers/{container.id}/logs", params=params, stream=True
+                )
+                response.raise_for_status()
+            except NotFound:
+                return self._logs_gone(cursor, handoff, began)
+            try:
+                for data in response.iter_content(chunk_size=65536):
+                    decoder.feed(data, out)
+                    if len(out) >= LOG_CHUNK_LINES:
+                        lines += len(out)
+                        waited += handoff.put(out)
+                        out = []
+            finally:
+                response.close()
+            if final:
+                decoder.finish(out)
+        finally:
+            # Hand over what was decoded even when the read failed, and remember
+            # how far this window got, so that the retry skips exactly that.
+            cursor.frames_done = max(cursor.frames_done, decoder.frames)
+            if out:
+                lines += len(out)
+                waited += handoff.put(out)
+        cursor.since, cursor.frames_done = until, 0
+        return _Read(final, lines, time.monotonic() - began - waited, None)
+
+    @staticmethod
+    def _logs_gone(cursor: _LogCursor, handoff: _Handoff, began: float) -> _Read:
+        """The container was removed: its partial lines are all that is left."""
+        out: list[LogLine] = []
+        cursor.decoder.finish(out)
+        if out:
+            handoff.put(out)
+        return _Read(True, len(out), time.monotonic() - began, None)
+
+
+@dataclass
+class _LogCursor:
+    """Where one container's log reading stands between two reads."""
+
+    decoder: LogDecoder = field(default_factory=LogDecoder)
+    since: int | None = None
+    """Start (ns, inclusive) of the next window; ``None``: from the first line."""
+    frames_done: int = 0
+    """Frames of the current window already handed over by a failed read."""
+
+
+@dataclass(frozen=True)
+class _Read:
+    """What one window read found."""
+
+    finished: bool
+    """The container stopped (or is gone) and everything was handed over."""
+    lines: int
+    busy: float
+    """Seconds the read took, not counting waits for the consumer."""
+    settle_in: float | None
+    """Stopped, but the last read must wait this many seconds more."""
+
+
+@dataclass(frozen=True)
+class _ReadDone:
+    """Marks the end of one read in the handoff queue."""
+
+    result: _Read | BaseException
+
+
+class _Abandoned(Exception):
+    """The consumer of a log read went away; the reader thread stops."""
+
+
+class _Handoff:
+    """A bounded queue from one reader thread to the event loop.
+
+    ``put`` blocks the thread while the queue is full (backpressure, never a
+    drop) and gives up once the consumer closed the queue; ``get`` awaits
+    without blocking the loop.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int = 8) -> None:
+        """A queue whose consumer runs on ``loop``."""
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
+        self._loop = loop
+        self._ready = asyncio.Event()
+        self._closed = threading.Event()
+
+    def put(self, item: Any) -> float:
+        """(Reader thread) enqueue ``item``; return the seconds spent waiting for room."""
+        began = time.monotonic()
+        while True:
+            if self._closed.is_set():
+                raise _Abandoned()
+            try:
+                self._queue.put(item, timeout=0.2)
+                break
+            except queue.Full:
+                continue
+        try:
+            self._loop.call_soon_threadsafe(self._ready.set)
+        except RuntimeError:  # the loop is closed: nobody will ever read
+            self._closed.set()
+            raise _Abandoned() from None
+        return time.monotonic() - began
+
+    async def get(self) -> Any:
+        """(Event loop) the next item, waiting for one if needed."""
+        while True:
+            try:
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            self._ready.clear()
+            try:  # an item may have arrived between the two checks
+                return self._queue.get_nowait()
+            except queue.Empty:
+                pass
+            await self._ready.wait()
+
+    def close(self) -> None:
+        """(Event loop) the consumer is gone: make the reader stop."""
+        self._closed.set()
+
+
+async def _sleep(seconds: float, waker: asyncio.Event) -> None:
+    """Sleep ``seconds``, or less if ``waker`` is set meanwhile."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(waker.wait(), seconds)
+
+
+def _retrieve(future: Future[Any] | asyncio.Future[Any]) -> None:
+    """Mark a reader's outcome as seen (it is reported through the handoff)."""
+    if not future.cancelled():
+        future.exception()
 
 
 class _PortTaken(Exception):

@@ -18,6 +18,14 @@ Who may report a container, so that sequences stay ordered:
 A poll result that started before such a task touched a container is stale for
 that container and ignored, so a slow ``list_managed`` never resurrects a
 removed container or reports a just-started one as vanished.
+
+Logs (:mod:`agent.logship`): every container that runs or ran is followed
+from its first line while a stream is attached. A container's REMOVED is sent
+only after all of its lines: teardown stops the run's containers, waits (up to
+``log_flush_timeout``) until their followers have handed over their last
+batch, and only then removes them; a container removed behind the agent's
+back is reported once its follower has read what was left (or after a short
+deadline).
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from agent.logship import LogShipper, LogSink
 from agent.logutil import log
 from agent.messages import BadAssignment, Status, addresses, spec_from_start
 from agent.runtime import ContainerInfo, ContainerSpec, EndpointTarget, Runtime, RuntimeFailure
@@ -57,15 +66,33 @@ class Supervisor:
         *,
         poll_interval: float = 0.5,
         probe_interval: float = 0.2,
+        log_batch_lines: int = 500,
+        log_batch_seconds: float = 0.1,
+        log_flush_timeout: float = 15.0,
+        vanished_log_timeout: float = 5.0,
     ) -> None:
-        """``poll_interval``: watch period; ``probe_interval``: readiness retry period."""
+        """``poll_interval``: watch period; ``probe_interval``: readiness retry period.
+
+        ``log_batch_lines``/``log_batch_seconds`` bound a LogBatch;
+        ``log_flush_timeout`` is how long a teardown waits for the logs of the
+        stopped containers before removing them anyway; ``vanished_log_timeout``
+        the same for a container removed behind the agent's back.
+        """
         self._rt = runtime
         self._poll_interval = poll_interval
         self._probe_interval = probe_interval
+        self._log_flush_timeout = log_flush_timeout
+        self._vanished_log_timeout = vanished_log_timeout
+        self.logs = LogShipper(
+            runtime, batch_lines=log_batch_lines, batch_seconds=log_batch_seconds
+        )
+        """The log shipper (one follower per container for the current stream)."""
         self._statuses: dict[str, Status] = {}
         self._starts: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._teardowns: dict[int, asyncio.Task[None]] = {}
+        self._vanishing: dict[str, asyncio.Task[None]] = {}
+        self._ship_logs = False
         self._background: set[asyncio.Task[Any]] = set()
         self._touched: dict[str, int] = {}
         self._clock = 0
@@ -75,13 +102,23 @@ class Supervisor:
 
     # -- stream attachment ----------------------------------------------------------
 
-    def attach(self, sink: Sink) -> None:
-        """Send future status changes to ``sink`` (the current stream)."""
+    def attach(self, sink: Sink, logs: LogSink | None = None) -> None:
+        """Send future status changes to ``sink`` and log batches to ``logs``.
+
+        With ``logs``, every container that runs or ran is shipped from its
+        first line again (the control plane drops lines it already has).
+        """
         self._sink = sink
+        self._ship_logs = logs is not None
+        if logs is not None:
+            self.logs.attach(logs)
+            for status in self._statuses.values():
+                self.logs.follow(status)
 
     def detach(self) -> None:
         """Stop sending (the stream ended); changes keep being tracked."""
         self._sink = None
+        self.logs.detach()
 
     def snapshot(self) -> list[agent_pb2.ContainerStatus]:
         """Current status of every container present, for Register."""
@@ -185,7 +222,7 @@ class Supervisor:
             if name in seen or self._owned_elsewhere(name, prev.run_id, started_at):
                 continue
             self._forget(name)
-            self._send(
+            self._report_vanished(
                 replace(
                     prev,
                     state="removed",
@@ -194,6 +231,22 @@ class Supervisor:
                     message="container was removed outside the agent",
                 )
             )
+
+    def _report_vanished(self, status: Status) -> None:
+        """Send REMOVED once the follower has shipped what it could still read."""
+        name = status.name
+        if name in self._vanishing:
+            return
+
+        async def report() -> None:
+            if self._ship_logs and not await self.logs.flush([name], self._vanished_log_timeout):
+                log(_log, logging.WARNING, "log_flush_timeout", name=name)
+            self.logs.forget(name)
+            self._send(status)
+
+        task = self._spawn(report(), f"vanished {name}")
+        self._vanishing[name] = task
+        task.add_done_callback(lambda _t: self._vanishing.pop(name, None))
 
     def _owned_elsewhere(self, name: str, run_id: int, started_at: int) -> bool:
         """Whether a start/teardown owns ``name`` or touched it after the poll began."""
@@ -206,6 +259,9 @@ class Supervisor:
     # -- start and readiness --------------------------------------------------------------
 
     async def _start(self, spec: ContainerSpec) -> None:
+        vanishing = self._vanishing.get(spec.name)
+        if vanishing is not None:  # its REMOVED goes first
+            await asyncio.wait({vanishing})
         current = self._statuses.get(spec.name)
         if current is not None and current.state != "creating":
             # Already known: the control plane may have missed our last word.
@@ -315,9 +371,17 @@ class Supervisor:
         # A start already in flight finishes first, so nothing is created after removal.
         pending = [task for rid, task in self._starts.values() if rid == run_id]
         await asyncio.gather(*pending, return_exceptions=True)
-        for name, status in list(self._statuses.items()):
-            if status.run_id == run_id:
-                self._stop_probe(name)
+        names = [name for name, status in self._statuses.items() if status.run_id == run_id]
+        for name in names:
+            self._stop_probe(name)
+        # Stop, let the log followers read to the end, then remove: the logs
+        # live in the containers, and all of them go out before REMOVED.
+        try:
+            await self._rt.stop_run(run_id)
+        except Exception as exc:  # removal (which stops too) is still attempted
+            log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
+        if self._ship_logs and not await self.logs.flush(names, self._log_flush_timeout):
+            log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
         try:
             removed = await self._rt.remove_run(run_id)
         except Exception as exc:
@@ -336,6 +400,7 @@ class Supervisor:
         for name, status in gone.items():
             self._touch(name)
             self._forget(name)
+            self.logs.forget(name)
             self._send(status)
 
     # -- bookkeeping ----------------------------------------------------------------------------
@@ -346,6 +411,7 @@ class Supervisor:
             return
         self._statuses[status.name] = status
         self._send(status)
+        self.logs.follow(status)
 
     def _send(self, status: Status) -> None:
         log(
@@ -384,8 +450,9 @@ class Supervisor:
             log(_log, logging.ERROR, "task_crashed", task=task.get_name(), error=task.exception())
 
     async def close(self) -> None:
-        """Cancel every background task (containers keep running)."""
+        """Cancel every background task and log follower (containers keep running)."""
         self.detach()
+        await self.logs.close()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()

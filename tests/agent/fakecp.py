@@ -25,6 +25,8 @@ class Stream:
     """One Connect stream as the fake control plane saw it."""
 
     received: list[agent_pb2.ConnectRequest] = field(default_factory=list)
+    arrivals: list[float] = field(default_factory=list)
+    """Loop time at which each message of ``received`` arrived."""
     outbox: asyncio.Queue[agent_pb2.ConnectResponse | None] = field(default_factory=asyncio.Queue)
     closed: bool = False
 
@@ -45,6 +47,37 @@ class Stream:
     def heartbeats(self) -> list[agent_pb2.Heartbeat]:
         """Heartbeat messages in arrival order."""
         return [m.heartbeat for m in self.received if m.HasField("heartbeat")]
+
+    @property
+    def heartbeat_arrivals(self) -> list[float]:
+        """Loop times at which heartbeats arrived."""
+        return [
+            t for m, t in zip(self.received, self.arrivals, strict=True) if m.HasField("heartbeat")
+        ]
+
+    @property
+    def log_batches(self) -> list[agent_pb2.LogBatch]:
+        """LogBatch messages in arrival order."""
+        return [m.log_batch for m in self.received if m.HasField("log_batch")]
+
+    def log_entries(self, container: str | None = None) -> list[agent_pb2.LogEntry]:
+        """Every LogEntry in arrival order (of one container: ``muster-run-R-role-i``)."""
+        entries = [e for m in self.received if m.HasField("log_batch") for e in m.log_batch.entries]
+        if container is None:
+            return entries
+        return [e for e in entries if container_of(e) == container]
+
+    def log_count(self, container: str | None = None) -> int:
+        """Number of LogEntry messages received (cheap enough to poll per message)."""
+        if container is None:
+            return sum(len(m.log_batch.entries) for m in self.received if m.HasField("log_batch"))
+        return len(self.log_entries(container))
+
+
+def container_of(entry: agent_pb2.LogEntry) -> str:
+    """The deterministic container name a log entry belongs to."""
+    role = "job" if entry.role == run_pb2.REPLICA_ROLE_JOB else "worker"
+    return f"muster-run-{entry.run_id}-{role}-{entry.replica}"
 
 
 class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
@@ -107,8 +140,10 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self, request_iterator: AsyncIterator[agent_pb2.ConnectRequest], stream: Stream
     ) -> None:
         try:
+            loop = asyncio.get_running_loop()
             async for request in request_iterator:
                 stream.received.append(request)
+                stream.arrivals.append(loop.time())
                 if request.HasField("register"):
                     stream.outbox.put_nowait(
                         agent_pb2.ConnectResponse(
@@ -204,4 +239,6 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
                 f"ready={s.ready} exit={s.exit_code if s.HasField('exit_code') else '-'} "
                 f"msg={s.message!r})"
             )
+        if kind == "log_batch":
+            return f"log_batch({len(msg.log_batch.entries)})"
         return str(kind)

@@ -21,7 +21,7 @@ pytestmark = pytest.mark.podman
 def test_merged_logs_outlive_containers_and_restarts(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"], "b": ["gpu"]})
     cluster.shell_codespec("greeter", "echo hello-from-worker; sleep 300", "-k", "worker")
-    cluster.shell_codespec("hello", "sleep 1; echo hello-from-job")
+    cluster.shell_codespec("hello", "sleep 2; echo hello-from-job")
     run_id = cluster.create_run(
         "-c",
         "hello",

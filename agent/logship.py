@@ -1,0 +1,239 @@
+"""Log shipping: every managed container's output, as LogBatch messages on the stream.
+
+For each container the agent starts or adopts, a *follower* task reads the
+container's lines from the runtime (:meth:`~agent.runtime.Runtime.follow_logs`,
+from the very first line), numbers them per stream (``sequence``, 0-based,
+stdout and stderr counted separately) and ships them in batches of at most
+``batch_lines`` lines, or whatever arrived within ``batch_seconds``.
+
+Followers belong to one Connect stream (a *session*). When the stream breaks,
+they are cancelled, and the next stream starts new ones that read every
+container from its first line again: the control plane ignores lines it
+already has (it deduplicates by run, role, replica, stream and sequence), so
+no batch lost with a broken stream is ever missing, and no line waits in the
+agent for a stream that may never come.
+
+Backpressure, never loss: the sink (the connection) accepts a batch only when
+its window of unsent batches has room, so a follower that produces faster than
+the stream sends simply waits, and so does the runtime's reader behind it.
+
+Ordering: a follower's task ends only after its last batch was handed to the
+sink, so :meth:`LogShipper.flush` lets the supervisor send a container's
+REMOVED strictly after all of its lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+
+from agent.logutil import log
+from agent.messages import ROLE_TO_PB, Status
+from agent.runtime import LogLine, Runtime
+from muster.v1 import agent_pb2, run_pb2
+
+LogSink = Callable[[agent_pb2.LogBatch], Awaitable[None]]
+"""Hands one batch to the current stream; returns once the stream accepted it."""
+
+FOLLOWED_STATES = frozenset({"running", "exited", "failed"})
+"""States in which a container has (or had) a process whose output is followed."""
+
+_STREAM_TO_PB = {"stdout": run_pb2.LOG_STREAM_STDOUT, "stderr": run_pb2.LOG_STREAM_STDERR}
+_NS = 1_000_000_000
+_log = logging.getLogger(__name__)
+
+
+class LogShipper:
+    """Runs one follower per container for the current stream."""
+
+    def __init__(
+        self, runtime: Runtime, *, batch_lines: int = 500, batch_seconds: float = 0.1
+    ) -> None:
+        """``batch_lines``/``batch_seconds``: a batch is sent when either is reached."""
+        self._rt = runtime
+        self._batch_lines = batch_lines
+        self._batch_seconds = batch_seconds
+        self._sink: LogSink | None = None
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._session_changed = asyncio.Event()
+        self.sessions = 0
+        """Sessions attached so far (tests and debugging)."""
+
+    # -- sessions -------------------------------------------------------------------
+
+    def attach(self, sink: LogSink) -> None:
+        """A new stream: ship from now on to ``sink`` (followers start with :meth:`follow`)."""
+        self._stop_all()
+        self._sink = sink
+        self.sessions += 1
+        self._notify()
+
+    def detach(self) -> None:
+        """The stream ended: cancel every follower (the next stream re-reads from the start)."""
+        self._stop_all()
+        self._sink = None
+        self._notify()
+
+    @property
+    def attached(self) -> bool:
+        """Whether a stream is attached."""
+        return self._sink is not None
+
+    def following(self, name: str) -> bool:
+        """Whether a follower of the current stream exists for ``name`` (running or done)."""
+        return name in self._followers
+
+    # -- containers -----------------------------------------------------------------
+
+    def follow(self, status: Status) -> None:
+        """Ship ``status``'s container from its first line, unless already done this stream."""
+        if self._sink is None or status.name in self._followers:
+            return
+        if status.state not in FOLLOWED_STATES:
+            return
+        task = asyncio.get_running_loop().create_task(
+            self._follow(status, self._sink), name=f"logs {status.name}"
+        )
+        self._followers[status.name] = task
+        task.add_done_callback(self._finished)
+
+    def forget(self, name: str) -> None:
+        """The container is gone: drop its follower (cancelled if still running)."""
+        task = self._followers.pop(name, None)
+        if task is not None and not task.done():
+            task.cancel()
+            self._stopping.add(task)
+            task.add_done_callback(self._stopping.discard)
+
+    async def flush(self, names: Iterable[str], within: float) -> bool:
+        """Wait until every line of ``names`` was handed to the current stream.
+
+        That is: a stream is attached, and the follower of each name that has
+        one has read to the end and handed over its last batch. Should the
+        stream break meanwhile, the wait goes on with the next stream's
+        followers, which start over. Returns ``False`` after ``within`` seconds.
+        """
+        wanted = set(names)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while True:
+            busy: list[asyncio.Task[None]] = []
+            if self._sink is not None:
+                busy = [
+                    task
+                    for name in wanted
+                    if (task := self._followers.get(name)) is not None and not task.done()
+                ]
+                if not busy:
+                    return True
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            changed = loop.create_task(self._session_changed.wait())
+            try:
+                await asyncio.wait(
+                    [*busy, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+            finally:
+                changed.cancel()
+
+    async def close(self) -> None:
+        """Cancel every follower and wait for them to end."""
+        self.detach()
+        for task in list(self._stopping):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    # -- following --------------------------------------------------------------------
+
+    async def _follow(self, status: Status, sink: LogSink) -> None:
+        """Read ``status``'s container to its end, shipping numbered lines in batches."""
+        loop = asyncio.get_running_loop()
+        role = ROLE_TO_PB[status.role]
+        counts = {run_pb2.LOG_STREAM_STDOUT: 0, run_pb2.LOG_STREAM_STDERR: 0}
+        batch = agent_pb2.LogBatch()
+        send_at = 0.0
+        lines: AsyncIterator[list[LogLine]] = aiter(self._rt.follow_logs(status.name))
+        upcoming: asyncio.Future[list[LogLine]] | None = None
+        shipped = 0
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(lines))
+                if len(batch.entries):
+                    done, _ = await asyncio.wait({upcoming}, timeout=send_at - loop.time())
+                    if not done:  # the batch is old enough: send it while more may come
+                        shipped += len(batch.entries)
+                        await sink(batch)
+                        batch = agent_pb2.LogBatch()
+                        continue
+                else:
+                    await asyncio.wait({upcoming})
+                arrived, upcoming = upcoming, None
+                try:
+                    chunk = arrived.result()
+                except StopAsyncIteration:
+                    break
+                for line in chunk:
+                    if not len(batch.entries):
+                        send_at = loop.time() + self._batch_seconds
+                    stream = _STREAM_TO_PB[line.stream]
+                    sequence = counts[stream]
+                    counts[stream] = sequence + 1
+                    entry = batch.entries.add(
+                        run_id=status.run_id,
+                        role=role,  # type: ignore[arg-type]
+                        replica=status.replica,
+                        stream=stream,
+                        sequence=sequence,
+                    )
+                    try:
+                        entry.text = line.text
+                    except ValueError:  # lone surrogates cannot go on the wire
+                        entry.text = line.text.encode("utf-8", "replace").decode("utf-8")
+                    entry.time.seconds, entry.time.nanos = divmod(line.time_ns, _NS)
+                    if len(batch.entries) >= self._batch_lines:
+                        shipped += len(batch.entries)
+                        await sink(batch)
+                        batch = agent_pb2.LogBatch()
+            if len(batch.entries):
+                shipped += len(batch.entries)
+                await sink(batch)
+            log(_log, logging.DEBUG, "logs_shipped", name=status.name, lines=shipped)
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
+                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+                    await upcoming
+            aclose = getattr(lines, "aclose", None)
+            if aclose is not None:
+                with contextlib.suppress(Exception):
+                    await aclose()
+
+    # -- bookkeeping ------------------------------------------------------------------------
+
+    def _stop_all(self) -> None:
+        followers, self._followers = self._followers, {}
+        for task in followers.values():
+            if not task.done():
+                task.cancel()
+                self._stopping.add(task)
+                task.add_done_callback(self._stopping.discard)
+
+    def _notify(self) -> None:
+        event, self._session_changed = self._session_changed, asyncio.Event()
+        event.set()
+
+    @staticmethod
+    def _finished(task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and task.exception() is not None:
+            log(
+                _log,
+                logging.ERROR,
+                "log_follower_crashed",
+                task=task.get_name(),
+                error=task.exception(),
+            )
