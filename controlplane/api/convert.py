@@ -299,7 +299,7 @@ def log_lines_from_pb(batch: agent_pb.LogBatch) -> list[LogLine]:
     ]
 
 
-def log_line_to_pb(stored: StoredLine, single: bool) -> run_pb.LogLine:
+def log_line_to_pb(stored: StoredLine, single_job: bool) -> run_pb.LogLine:
     """Stored line -> LogLine message."""
     ln = stored.line
     return run_pb.LogLine(
@@ -308,6 +308,6 @@ def log_line_to_pb(stored: StoredLine, single: bool) -> run_pb.LogLine:
         replica=ln.replica,
         stream=STREAM_TO_PB[ln.stream],
         text=ln.text,
-        source=ln.source(single),
+        source=ln.source(single_job),
         sequence=ln.sequence,
     )

@@ -110,14 +110,14 @@ class RunServicer(pb_grpc.RunServiceServicer):
         self, request: pb.GetRunLogsRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GetRunLogsResponse]:
         run = await self._orchestrator.get_run(_run_id(request.run_id))
-        single = len(run.replicas) == 1
+        single_job = run.job.replicas == 1
         since = None
         if request.HasField("since"):
             since = request.since.seconds * 1_000_000_000 + request.since.nanos
         async for chunk in self._logs.read(
             run.id, follow=request.follow, since_ns=since, tail=request.tail
         ):
-            yield pb.GetRunLogsResponse(lines=[log_line_to_pb(s, single) for s in chunk])
+            yield pb.GetRunLogsResponse(lines=[log_line_to_pb(s, single_job) for s in chunk])
 
     @grpc_errors
     async def CancelRun(

@@ -17,10 +17,10 @@ class LogLine:
     time_ns: int  # nanoseconds since the epoch, as the container runtime stamped it
     text: str
 
-    def source(self, single: bool) -> str:
-        """Prefix label in merged output: "job", "worker-1"; "job" for a lone job
-        replica, so that single-container runs read naturally."""
-        if self.role == "job" and single:
+    def source(self, single_job: bool) -> str:
+        """Prefix label in merged output: `worker-1`, and `job` when the run has
+        one job replica (`job-0`, `job-1`, ... when it has several)."""
+        if self.role == "job" and single_job:
             return "job"
         return f"{self.role}-{self.replica}"
 
