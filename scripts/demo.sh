@@ -57,9 +57,9 @@ $MUSTER codespec create hello-worker -f examples/distributed/worker.yaml
 log "muster codespec create hello-job -f examples/distributed/job.yaml"
 $MUSTER codespec create hello-job -f examples/distributed/job.yaml
 
-log "muster run exec -f examples/distributed/run.yaml"
+log "muster run exec -f examples/distributed/run.yaml --logs"
 status=0
-$MUSTER run exec -f examples/distributed/run.yaml || status=$?
+$MUSTER run exec -f examples/distributed/run.yaml --logs || status=$?
 RUN_ID=$($MUSTER run list --limit 1 -o json | .venv/bin/python -c 'import json,sys; print(json.load(sys.stdin)[0]["id"])')
 log "muster run show $RUN_ID (replicas, endpoint addresses, events)"
 $MUSTER run show "$RUN_ID"
