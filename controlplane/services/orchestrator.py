@@ -30,6 +30,7 @@ from controlplane.services.requests import RunRequest, resolve_target, timeout_o
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
+RESCHEDULE_EVERY = timedelta(seconds=5)
 
 
 class AgentLink(Protocol):
@@ -80,6 +81,8 @@ class Orchestrator:
         self._nodes: dict[str, Node] = {}
         self._links: dict[str, AgentLink] = {}
         self._wake = asyncio.Event()
+        self._schedule_due = True
+        self._last_schedule: datetime | None = None
         self._changed = asyncio.Condition()
         self._versions: dict[int, int] = {}
 
@@ -111,7 +114,9 @@ class Orchestrator:
                 log.exception("event=tick_failed")
 
     def wake(self) -> None:
-        """Ask for a reconcile round now."""
+        """Ask for a reconcile round now, with scheduling: something changed
+        that may let a pending run fit (a new run, freed capacity, a node)."""
+        self._schedule_due = True
         self._wake.set()
 
     # -- runs --------------------------------------------------------------
@@ -320,6 +325,7 @@ class Orchestrator:
             if status == node.status or (status == "Ready" and node.status == "Lost"):
                 continue
             node.status = status
+            self._schedule_due = True
             await self._store.save_node(node)
             log.warning("event=node_status node=%s status=%s", node.name, status)
             if status == "Lost":
@@ -329,6 +335,12 @@ class Orchestrator:
                         await self._commit(run, actions)
 
     async def _schedule(self, now: datetime) -> None:
+        """Place what fits. Placement only changes when something changed, so
+        rounds run on wake-ups, plus a periodic one for anti-starvation aging."""
+        periodic = self._last_schedule is None or now - self._last_schedule >= RESCHEDULE_EVERY
+        if not (self._schedule_due or periodic):
+            return
+        self._schedule_due, self._last_schedule = False, now
         pending = [r for r in self._runs.values() if not r.placed]
         if not pending:
             return
