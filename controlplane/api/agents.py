@@ -57,7 +57,6 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
     def __init__(self, orchestrator: Orchestrator, logs: LogService) -> None:
         self._orchestrator = orchestrator
         self._logs = logs
-        self._links: dict[str, GrpcAgentLink] = {}
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: grpc.aio.ServicerContext
@@ -78,16 +77,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         name = register.node_name
         link = GrpcAgentLink(name)
-        previous = self._links.get(name)
-        if previous is not None:
-            previous.close()
-        self._links[name] = link
         interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
         yield pb.ConnectResponse(registered=pb.Registered(heartbeat_interval_seconds=interval))
         reports = [report_from_pb(c) for c in register.containers]
-        await self._orchestrator.connect(node_from_register(register), link, reports)
-        reader = asyncio.create_task(self._read(name, request_iterator))
+        reader: asyncio.Task[None] | None = None
         try:
+            await self._orchestrator.connect(node_from_register(register), link, reports)
+            reader = asyncio.create_task(self._read(name, request_iterator))
             while True:
                 get = asyncio.ensure_future(link.queue.get())
                 done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -99,14 +95,23 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     break
                 yield message
         finally:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await reader
-            if self._links.get(name) is link:
-                del self._links[name]
+            if reader is not None:
+                reader.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reader
             await self._orchestrator.disconnect(name, link)
 
     async def _read(self, name: str, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+        try:
+            await self._consume(name, requests)
+        except asyncio.CancelledError:
+            raise
+        except grpc.aio.AioRpcError as exc:
+            log.info("event=agent_stream_ended node=%s code=%s", name, exc.code().name)
+        except Exception:
+            log.exception("event=agent_stream_failed node=%s", name)
+
+    async def _consume(self, name: str, requests: AsyncIterator[pb.ConnectRequest]) -> None:
         async for message in requests:
             kind = message.WhichOneof("message")
             if kind == "heartbeat":

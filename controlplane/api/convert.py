@@ -9,6 +9,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
 from controlplane.core.containers import ContainerSpec
+from controlplane.core.errors import InvalidArgument
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Observation, Run, Target, container_name, hostname
@@ -36,9 +37,19 @@ def timestamp(value: datetime | None) -> Timestamp | None:
     return ts
 
 
-def from_timestamp(ts: Timestamp) -> datetime:
-    """Timestamp -> aware UTC datetime."""
-    return ts.ToDatetime(tzinfo=UTC)
+MIN_SECONDS, MAX_SECONDS = -62_135_596_800, 253_402_300_799  # 0001-01-01 .. 9999-12-31
+
+
+def check_timestamp(ts: Timestamp, field: str) -> Timestamp:
+    """Reject timestamps outside what protobuf allows (years 1-9999)."""
+    if not MIN_SECONDS <= ts.seconds <= MAX_SECONDS or not 0 <= ts.nanos < 1_000_000_000:
+        raise InvalidArgument(field, "the timestamp is out of range (years 1 to 9999)")
+    return ts
+
+
+def from_timestamp(ts: Timestamp, field: str = "time") -> datetime:
+    """Timestamp -> aware UTC datetime (InvalidArgument if out of range)."""
+    return check_timestamp(ts, field).ToDatetime(tzinfo=UTC)
 
 
 def _quantities(q: pb.ResourceQuantities) -> Quantities:

@@ -9,6 +9,7 @@ import grpc
 from controlplane.api.convert import (
     STATUS_FROM_PB,
     STATUS_TO_PB,
+    check_timestamp,
     from_timestamp,
     log_line_to_pb,
     run_request_from_pb,
@@ -64,14 +65,16 @@ class RunServicer(pb_grpc.RunServiceServicer):
         if len(statuses) != len(set(request.statuses)):
             raise InvalidArgument("statuses", "unknown status value")
         validate_tags(dict(request.tags))
-        since = from_timestamp(request.since) if request.HasField("since") else None
+        since = from_timestamp(request.since, "since") if request.HasField("since") else None
         query = {
             "statuses": sorted(statuses),
             "tags": dict(sorted(request.tags.items())),
             "since": since.isoformat() if since else None,
         }
         before = paging.decode(request.page_token, query)
-        if before is not None and not isinstance(before, int):
+        if before is not None and (
+            not isinstance(before, int) or isinstance(before, bool) or not 0 < before < 2**63
+        ):
             raise InvalidArgument("page_token", "the page token is malformed")
         runs, more = await self._store.list_runs(
             statuses=statuses,
@@ -90,7 +93,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
         self, request: pb.CountRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountRunsResponse:
         validate_tags(dict(request.tags))
-        since = from_timestamp(request.since) if request.HasField("since") else None
+        since = from_timestamp(request.since, "since") if request.HasField("since") else None
         counts = await self._store.count_runs(tags=dict(request.tags), since=since)
         ordered = sorted(counts.items(), key=lambda kv: STATUS_TO_PB[kv[0]])
         return pb.CountRunsResponse(
@@ -113,6 +116,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
         single_job = run.job.replicas == 1
         since = None
         if request.HasField("since"):
+            check_timestamp(request.since, "since")
             since = request.since.seconds * 1_000_000_000 + request.since.nanos
         async for chunk in self._logs.read(
             run.id, follow=request.follow, since_ns=since, tail=request.tail

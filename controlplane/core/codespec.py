@@ -25,6 +25,10 @@ ENDPOINT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 BUFFER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
 MAX_REPLICAS_LIMIT = 10_000
+MAX_CPU = 1_000_000  # cores: far above any machine, far below integer overflow
+MAX_MEMORY = 2**60  # bytes (1 EiB)
+MAX_GPU = 1024
+INT32_MAX = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -87,9 +91,14 @@ def _validate_quantity(value: str | None, path: str) -> Decimal | None:
     if value is None:
         return None
     try:
-        return parse_quantity(value)
+        parsed = parse_quantity(value)
     except QuantityError as exc:
         raise InvalidArgument(path, str(exc)) from None
+    if path.endswith(".cpu") and parsed > MAX_CPU:
+        raise InvalidArgument(path, f"'{value}' is more CPU than any node has (max {MAX_CPU})")
+    if path.endswith(".memory") and parsed > MAX_MEMORY:
+        raise InvalidArgument(path, f"'{value}' is more memory than any node has (max 1Ei)")
+    return parsed
 
 
 def _validate_resources(res: Resources) -> None:
@@ -107,8 +116,8 @@ def _validate_resources(res: Resources) -> None:
                 f"the request ({getattr(res.requests, key)}) exceeds the limit "
                 f"({getattr(res.limits, key)}); lower the request or raise the limit",
             )
-    if res.gpu < 0:
-        raise InvalidArgument("resources.gpu", "must be 0 or more")
+    if not 0 <= res.gpu <= MAX_GPU:
+        raise InvalidArgument("resources.gpu", f"must be between 0 and {MAX_GPU}")
 
 
 def _validate_endpoints(spec: Codespec) -> None:
@@ -245,8 +254,8 @@ def parse_reference(ref: str, path: str = "codespec") -> tuple[str, int | None]:
         )
     validate_name(match["name"], path)
     version = int(match["version"]) if match["version"] else None
-    if version is not None and version < 1:
-        raise InvalidArgument(path, "versions start at 1")
+    if version is not None and not 1 <= version <= INT32_MAX:
+        raise InvalidArgument(path, f"version {version} is out of range; versions start at 1")
     return match["name"], version
 
 

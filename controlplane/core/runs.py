@@ -300,6 +300,12 @@ def _observe_job(run: Run, r: Replica, now: datetime) -> list[Action]:
     return []
 
 
+def fail(run: Run, now: datetime, reason: str) -> list[Action]:
+    """Fail the run for a reason found outside the state machine (e.g. a start
+    that could not even be sent)."""
+    return _finish(run, now, "Failed", reason)
+
+
 def cancel(run: Run, now: datetime) -> list[Action]:
     """User cancel: Canceled at once, then teardown."""
     return _finish(run, now, "Canceled", "canceled by user")

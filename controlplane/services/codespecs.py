@@ -78,9 +78,10 @@ class CodespecService:
         cursor = paging.decode(token, query)
         after = None
         if cursor is not None:
-            if not (isinstance(cursor, list) and len(cursor) == 2):
+            born, name = cursor if isinstance(cursor, list) and len(cursor) == 2 else (None, None)
+            if not isinstance(born, int) or not isinstance(name, str) or abs(born) >= 2**63:
                 raise paging.InvalidArgument("page_token", "the page token is malformed")
-            after = (int(cursor[0]), str(cursor[1]))
+            after = (born, name)
         page: CodespecPage = await self._store.list_codespecs(
             prefix=prefix, order=order, limit=limit, after=after
         )

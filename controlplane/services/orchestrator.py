@@ -42,6 +42,9 @@ class AgentLink(Protocol):
     def teardown(self, run_id: int) -> None:
         """Queue the removal of every container of a run on that node."""
 
+    def close(self) -> None:
+        """End the link's stream (a newer connection of the same node replaced it)."""
+
 
 @dataclass(frozen=True)
 class Report:
@@ -188,18 +191,25 @@ class Orchestrator:
         if run.terminal:
             self._runs.pop(run.id, None)
             self.wake()
-        for action in actions:
-            self._dispatch(run, action)
+        failures = [error for action in actions if (error := self._dispatch(run, action))]
+        if failures and not run.terminal:
+            await self._commit(run, sm.fail(run, self._clock(), failures[0]))
 
-    def _dispatch(self, run: Run, action: Action) -> None:
+    def _dispatch(self, run: Run, action: Action) -> str | None:
+        """Send one action; returns why it could not be sent (a bug, never bad input)."""
         link = self._links.get(action.node)
         if link is None:
             log.info("event=action_deferred node=%s run=%d", action.node, run.id)
-            return  # sent again when the agent re-registers
-        if isinstance(action, StartReplica):
-            link.start(container_spec(run, action.role, action.index))
-        elif isinstance(action, Teardown):
-            link.teardown(action.run_id)
+            return None  # sent again when the agent re-registers
+        try:
+            if isinstance(action, StartReplica):
+                link.start(container_spec(run, action.role, action.index))
+            elif isinstance(action, Teardown):
+                link.teardown(action.run_id)
+        except Exception as exc:
+            log.exception("event=dispatch_failed node=%s run=%d", action.node, run.id)
+            return f"could not send {action} to {action.node}: {exc}"
+        return None
 
     # -- agents ------------------------------------------------------------
 
@@ -211,6 +221,9 @@ class Orchestrator:
             node.registered_at = known.registered_at if known else now
             node.last_heartbeat, node.status = now, "Ready"
             self._nodes[node.name] = node
+            replaced = self._links.get(node.name)
+            if replaced is not None and replaced is not link:
+                replaced.close()  # the newest connection of a node wins
             self._links[node.name] = link
             await self._store.save_node(node)
             await self._reconcile_node(node.name, link, containers, now)

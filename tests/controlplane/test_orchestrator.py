@@ -30,12 +30,16 @@ class FakeLink:
     def __init__(self) -> None:
         self.started: list[ContainerSpec] = []
         self.torn_down: list[int] = []
+        self.closed = False
 
     def start(self, spec: ContainerSpec) -> None:
         self.started.append(spec)
 
     def teardown(self, run_id: int) -> None:
         self.torn_down.append(run_id)
+
+    def close(self) -> None:
+        self.closed = True
 
 
 SETTINGS = Settings(liveness=Liveness(timedelta(seconds=10), timedelta(seconds=30)))
@@ -114,7 +118,7 @@ async def test_capacity_wait_then_placement(world) -> None:
 
 
 async def test_reconnect_resends_unstarted_and_adopts_running(world) -> None:
-    orch, store, _, _links, _ = world
+    orch, store, _, links, _ = world
     run = await orch.create_run(request())
     await tick(orch)
     await report(orch, "b", run.id, "worker", 0, "running", ready=True)
@@ -122,7 +126,9 @@ async def test_reconnect_resends_unstarted_and_adopts_running(world) -> None:
     adopted = [Report(run.id, Observation("worker", 0, "running", True))]
     await orch.connect(Node("b", ("gpu",), Capacity(4000, 2**33, 0)), fresh, adopted)
     assert [s.index for s in fresh.started] == [1]  # only the one not yet running
-    assert (await store.get_run(run.id)).status == "Pending"
+    assert fresh.torn_down == [] and links["b"].closed and not fresh.closed
+    stored = await store.get_run(run.id)
+    assert stored.status == "Pending" and stored.replica("worker", 0).ready
 
 
 async def test_restart_keeps_runs_and_tears_down_leftovers(world) -> None:
@@ -159,6 +165,32 @@ async def test_cancel_finished_run_is_failed_precondition(world) -> None:
     orch, store, *_ = world
     run = await orch.create_run(request())
     await orch.cancel_run(run.id)
+    before = await store.get_run(run.id)
     with pytest.raises(FailedPrecondition, match="already finished"):
         await orch.cancel_run(run.id)
-    assert (await store.get_run(run.id)).status == "Canceled"
+    assert await store.get_run(run.id) == before  # nothing changed
+
+
+async def test_reconnect_without_a_running_container_fails_its_run(world) -> None:
+    orch, store, _, _, _ = world
+    run = await orch.create_run(request())
+    await tick(orch)
+    for i in range(2):
+        await report(orch, "b", run.id, "worker", i, "running", ready=True)
+    only_one = [Report(run.id, Observation("worker", 0, "running", True))]
+    await orch.connect(Node("b", ("gpu",), Capacity(4000, 2**33, 0)), FakeLink(), only_one)
+    stored = await store.get_run(run.id)
+    assert (stored.status, stored.status_reason) == ("Failed", "worker 1 exited unexpectedly")
+
+
+async def test_a_start_that_cannot_be_sent_fails_only_that_run(world) -> None:
+    orch, store, _, links, _ = world
+
+    def broken(spec: ContainerSpec) -> None:
+        raise ValueError("Value out of range")
+
+    links["b"].start = broken  # type: ignore[method-assign]
+    run = await orch.create_run(request())
+    await tick(orch)
+    stored = await store.get_run(run.id)
+    assert stored.status == "Failed" and "Value out of range" in stored.status_reason
