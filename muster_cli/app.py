@@ -10,6 +10,13 @@ import click
 from muster_cli.client import server_address
 from muster_cli.output import FORMATS
 
+INT32 = 2**31 - 1
+INT64 = 2**63 - 1
+# Bounded integer types, so an out-of-range number is a usage error, not a traceback.
+COUNT = click.IntRange(0, INT32)
+POSITIVE = click.IntRange(1, INT32)
+RUN_ID = click.IntRange(1, INT64)
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -50,10 +57,9 @@ def key_values(pairs: tuple[str, ...], flag: str, cast: Callable[[str], Any] = s
             raise click.BadParameter(f"'{pair}' is not KEY=VALUE", param_hint=flag)
         try:
             out[key] = cast(value)
-        except ValueError:
-            raise click.BadParameter(
-                f"'{value}' in '{pair}' is not a number", param_hint=flag
-            ) from None
+        except ValueError as exc:
+            detail = str(exc) if "range" in str(exc) else "not a number"
+            raise click.BadParameter(f"'{value}' in '{pair}': {detail}", param_hint=flag) from None
     return out
 
 

@@ -8,7 +8,16 @@ import click
 
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
-from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
+from muster_cli.app import (
+    CONTEXT,
+    COUNT,
+    POSITIVE,
+    address,
+    cli,
+    format_option,
+    key_values,
+    server_option,
+)
 from muster_cli.client import channel, collect_pages, fail
 from muster_cli.output import dump, table, to_dict
 from muster_cli.specfile import load_codespec
@@ -25,7 +34,7 @@ def codespec() -> None:
 @click.option("-f", "--file", "file", help="Codespec YAML file (flags override its values).")
 @click.option("--image", help="Container image (must exist on the nodes).")
 @click.option("-k", "--kind", type=click.Choice(["job", "worker"]), help="Kind (default job).")
-@click.option("--max-replicas", type=click.IntRange(min=1), help="Upper bound on replicas.")
+@click.option("--max-replicas", type=POSITIVE, help="Upper bound on replicas.")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable.")
 @click.option("--endpoint", multiple=True, metavar="NAME=PORT", help="Worker endpoint.")
 @click.option("-i", "--input", "inputs", multiple=True, help="Input buffer name.")
@@ -34,7 +43,7 @@ def codespec() -> None:
 @click.option("--memory-request", help="Memory request, e.g. 512Mi.")
 @click.option("--cpu-limit", help="CPU limit.")
 @click.option("--memory-limit", help="Memory limit.")
-@click.option("--gpu", type=click.IntRange(min=0), help="GPUs per replica.")
+@click.option("--gpu", type=COUNT, help="GPUs per replica.")
 @click.option("--working-dir", help="Working directory in the container.")
 @click.option(
     "--command",
@@ -73,6 +82,14 @@ def codespec_create(
         click.echo(dump(to_dict(reply.codespec), fmt))
 
 
+def port_number(text: str) -> int:
+    """A TCP port for --endpoint NAME=PORT."""
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} is out of range (1-65535)")
+    return port
+
+
 def apply_codespec_flags(spec: cpb.Codespec, flags: dict[str, Any], extra: tuple[str, ...]) -> None:
     """Flags override values read from a file."""
     if flags["image"]:
@@ -82,7 +99,7 @@ def apply_codespec_flags(spec: cpb.Codespec, flags: dict[str, Any], extra: tuple
     if flags["max_replicas"] is not None:
         spec.max_replicas = flags["max_replicas"]
     spec.env.update(key_values(flags["env"], "--env"))
-    spec.endpoints.update(key_values(flags["endpoint"], "--endpoint", int))
+    spec.endpoints.update(key_values(flags["endpoint"], "--endpoint", port_number))
     if flags["inputs"]:
         spec.buffers.ClearField("inputs")
         spec.buffers.inputs.extend(flags["inputs"])
@@ -111,7 +128,7 @@ def apply_codespec_flags(spec: cpb.Codespec, flags: dict[str, Any], extra: tuple
 
 @codespec.command("show", context_settings=CONTEXT)
 @click.argument("name")
-@click.option("--version", type=click.IntRange(min=1), help="Exact version (default latest).")
+@click.option("--version", type=POSITIVE, help="Exact version (default latest).")
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
@@ -129,7 +146,7 @@ def codespec_show(
 @codespec.command("list", context_settings=CONTEXT)
 @click.option("--prefix", default="", help="Only names starting with this.")
 @click.option("--order", type=click.Choice(["newest", "name"]), default="newest", show_default=True)
-@click.option("--limit", type=click.IntRange(min=1), default=1000, show_default=True)
+@click.option("--limit", type=POSITIVE, default=1000, show_default=True)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> None:
         fail(exc.format_message())
     except SpecError as exc:
         fail(str(exc))
+    except (ValueError, OverflowError) as exc:  # a value protobuf cannot hold
+        fail(f"invalid value: {exc}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,18 @@ import grpc
 
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
-from muster_cli.app import CONTEXT, address, cli, format_option, key_values, server_option
+from muster_cli.app import (
+    CONTEXT,
+    COUNT,
+    INT32,
+    POSITIVE,
+    RUN_ID,
+    address,
+    cli,
+    format_option,
+    key_values,
+    server_option,
+)
 from muster_cli.client import channel, collect_pages, fail
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, table, to_dict
@@ -49,7 +60,12 @@ def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
     if flags["worker_node_pool"]:
         run.worker.node_pool = flags["worker_node_pool"]
     if flags["timeout"]:
-        run.timeout_seconds = parse_duration(flags["timeout"])
+        seconds = parse_duration(flags["timeout"])
+        if not 1 <= seconds <= INT32:
+            raise click.BadParameter(
+                f"'{flags['timeout']}' is out of range", param_hint="--timeout"
+            )
+        run.timeout_seconds = seconds
     run.tags.update(key_values(flags["tag"], "--tag"))
     if not run.job.codespec.WhichOneof("reference"):
         raise click.UsageError("the job needs a codespec: use -c NAME or -f FILE")
@@ -63,14 +79,12 @@ def run_options(fn: Any) -> Any:
     options = [
         click.option("-f", "--file", "file", help="Run YAML file (flags override its values)."),
         click.option("-c", "--codespec", help="Job codespec name."),
-        click.option("--version", type=click.IntRange(min=1), help="Job codespec version."),
-        click.option("-r", "--replicas", type=int, help="Job replicas (default 1)."),
+        click.option("--version", type=POSITIVE, help="Job codespec version."),
+        click.option("-r", "--replicas", type=POSITIVE, help="Job replicas (default 1)."),
         click.option("--node-pool", help="Node pool of the job."),
         click.option("--worker-codespec", help="Worker codespec name."),
-        click.option(
-            "--worker-version", type=click.IntRange(min=1), help="Worker codespec version."
-        ),
-        click.option("--worker-replicas", type=int, help="Worker replicas (default 1)."),
+        click.option("--worker-version", type=POSITIVE, help="Worker codespec version."),
+        click.option("--worker-replicas", type=POSITIVE, help="Worker replicas (default 1)."),
         click.option("--worker-node-pool", help="Node pool of the workers."),
         click.option("--timeout", help="Run timeout: seconds or 90s, 10m, 2h (default 12h)."),
         click.option("--tag", multiple=True, metavar="K=V", help="Tag (repeatable)."),
@@ -234,10 +248,10 @@ def interrupted(server: str, run_id: int, cancel_on_exit: bool) -> None:
 
 
 @run.command("logs", context_settings=CONTEXT)
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
 @click.option("--since", help="Only lines at or after a time (RFC 3339) or a duration ago (10m).")
-@click.option("--tail", type=click.IntRange(min=0), default=0, help="Only the last N lines.")
+@click.option("--tail", type=COUNT, default=0, help="Only the last N lines.")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
 @server_option
 @click.pass_context
@@ -262,7 +276,7 @@ def run_logs(
 
 
 @run.command("watch", context_settings=CONTEXT)
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @server_option
 @click.pass_context
 def run_watch(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
@@ -280,7 +294,7 @@ def run_watch(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
 
 
 @run.command("show", context_settings=CONTEXT)
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
@@ -337,7 +351,7 @@ def describe(r: pb.Run) -> str:
 
 
 @run.command("cancel", context_settings=CONTEXT)
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=RUN_ID)
 @server_option
 @click.pass_context
 def run_cancel(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
@@ -360,7 +374,7 @@ def _status_values(names: tuple[str, ...]) -> list[int]:
     help="Only these statuses (repeatable).",
 )
 @click.option("--tag", multiple=True, metavar="K=V", help="Only runs with all these tags.")
-@click.option("--limit", type=click.IntRange(min=1), default=100, show_default=True)
+@click.option("--limit", type=POSITIVE, default=100, show_default=True)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context

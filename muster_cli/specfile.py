@@ -69,6 +69,8 @@ def check(value: Any, schema: Any, path: str) -> Any:
     if schema == INT:
         if isinstance(value, bool) or not isinstance(value, int):
             raise SpecError(f"{where}: expected an integer, got {_type(value)}")
+        if not -(2**31) <= value < 2**31:
+            raise SpecError(f"{where}: {value} is out of range")
         return value
     if schema == SCALAR:
         if isinstance(value, bool):

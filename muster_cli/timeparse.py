@@ -34,6 +34,8 @@ def parse_since(text: str) -> Timestamp:
     except ValueError:
         try:
             when = datetime.now(UTC) - timedelta(seconds=parse_duration(text))
+        except OverflowError:
+            raise click.BadParameter(f"'{text}' is too far back", param_hint="--since") from None
         except click.BadParameter:
             raise click.BadParameter(
                 f"'{text}' is neither a time (2026-11-25T10:00:00Z) nor a duration (10m)",

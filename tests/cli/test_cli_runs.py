@@ -117,3 +117,23 @@ def test_run_errors(cp_process) -> None:
     assert bad_timeout.returncode == 2 and "not a duration" in bad_timeout.stderr
     old_version = run_cli("run", "create", "-c", "j", "--version", "3", server=srv)
     assert old_version.returncode == 1 and "codespec 'j' was not found" in old_version.stderr
+
+
+def test_out_of_range_numbers_are_one_line_usage_errors(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("job:\n  codespec: j\n  replicas: 99999999999\n")
+    cases = [
+        ("run", "create", "-c", "j", "--timeout", "99999999999"),
+        ("run", "create", "-c", "j", "-r", "99999999999"),
+        ("run", "show", "99999999999999999999"),
+        ("run", "logs", "1", "--tail", "99999999999"),
+        ("run", "logs", "1", "--since", "99999999999d"),
+        ("codespec", "create", "x", "--image", "i", "--endpoint", "a=999999999999"),
+        ("codespec", "show", "x", "--version", "99999999999"),
+        ("run", "create", "-f", str(big)),
+    ]
+    for args in cases:
+        result = run_cli(*args, server="127.0.0.1:1")
+        assert result.returncode in (1, 2), args
+        lines = result.stderr.strip().splitlines()
+        assert (len(lines) == 1 and "range" in lines[0]) or "too far" in lines[0], (args, lines)
