@@ -136,4 +136,4 @@ def test_out_of_range_numbers_are_one_line_usage_errors(tmp_path: Path) -> None:
         result = run_cli(*args, server="127.0.0.1:1")
         assert result.returncode in (1, 2), args
         lines = result.stderr.strip().splitlines()
-        assert (len(lines) == 1 and "range" in lines[0]) or "too far" in lines[0], (args, lines)
+        assert len(lines) == 1 and ("range" in lines[0] or "too far" in lines[0]), (args, lines)
