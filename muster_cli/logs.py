@@ -14,12 +14,7 @@ from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
 from muster_cli.client import fail
 
-RECONNECT_SLACK_NS = 2_000_000_000  # re-read this far back after a reconnect
 GIVE_UP_AFTER = 60.0
-
-
-def _ns(ts: Timestamp) -> int:
-    return ts.seconds * 1_000_000_000 + ts.nanos
 
 
 class LogPrinter:
@@ -30,14 +25,12 @@ class LogPrinter:
         self.timestamps = timestamps
         self.out = out
         self.seen: set[tuple[str, int, int]] = set()
-        self.last_ns = 0
 
     def emit(self, line: pb.LogLine) -> None:
         key = (line.source, line.stream, line.sequence)
         if key in self.seen:
             return
         self.seen.add(key)
-        self.last_ns = max(self.last_ns, _ns(line.time))
         parts = []
         if self.timestamps:
             when = line.time.ToDatetime(tzinfo=UTC)
@@ -60,7 +53,8 @@ def stream_logs(
     out: TextIO = sys.stdout,
 ) -> None:
     """Print a run's logs; with `follow`, until the run's logs are complete,
-    reconnecting (without repeating a line) if the control plane restarts."""
+    reconnecting if the control plane restarts, without missing or repeating
+    a line (the server's resume point, plus a printed-lines filter)."""
     printer: LogPrinter | None = None
     failing_since: float | None = None
     request = pb.GetRunLogsRequest(run_id=run_id, follow=follow, tail=tail)
@@ -79,6 +73,8 @@ def stream_logs(
                     for line in reply.lines:
                         printer.emit(line)
                     out.flush()
+                    if reply.resume_after:
+                        request.resume_after = reply.resume_after
             return
         except grpc.RpcError as err:
             code = err.code()  # type: ignore[attr-defined]
@@ -89,10 +85,7 @@ def stream_logs(
             failing_since = failing_since or time.monotonic()
             if time.monotonic() - failing_since > GIVE_UP_AFTER:
                 fail(f"lost the control plane at {server} while following run {run_id}")
-            if printer is not None and printer.last_ns:
-                resume = Timestamp()
-                resume_ns = max(0, printer.last_ns - RECONNECT_SLACK_NS)
-                resume.seconds, resume.nanos = divmod(resume_ns, 1_000_000_000)
-                request.since.CopyFrom(resume)
-                request.tail = 0
+            # With a resume point the server continues exactly where it was; without
+            # one (cut off while sending stored lines) the request starts over and
+            # the printer skips what it already printed.
             time.sleep(0.5)

@@ -118,10 +118,16 @@ class RunServicer(pb_grpc.RunServiceServicer):
         if request.HasField("since"):
             check_timestamp(request.since, "since")
             since = request.since.seconds * 1_000_000_000 + request.since.nanos
-        async for chunk in self._logs.read(
-            run.id, follow=request.follow, since_ns=since, tail=request.tail
+        async for chunk, resume_after in self._logs.read(
+            run.id,
+            follow=request.follow,
+            since_ns=since,
+            tail=request.tail,
+            resume_after=request.resume_after,
         ):
-            yield pb.GetRunLogsResponse(lines=[log_line_to_pb(s, single_job) for s in chunk])
+            yield pb.GetRunLogsResponse(
+                lines=[log_line_to_pb(s, single_job) for s in chunk], resume_after=resume_after
+            )
 
     @grpc_errors
     async def CancelRun(

@@ -57,37 +57,53 @@ class LogService:
         return added
 
     async def read(
-        self, run_id: int, *, follow: bool, since_ns: int | None, tail: int
-    ) -> AsyncIterator[list[StoredLine]]:
-        """Batches of lines; with `follow`, keeps going until the logs are complete."""
+        self, run_id: int, *, follow: bool, since_ns: int | None, tail: int, resume_after: int = 0
+    ) -> AsyncIterator[tuple[list[StoredLine], int]]:
+        """Batches of lines, each with a resume point (0 while none is safe yet);
+        with `follow`, keeps going until the logs are complete."""
         if tail < 0:
             raise InvalidArgument("tail", "must not be negative")
+        if resume_after < 0:
+            raise InvalidArgument("resume_after", "must not be negative")
         await self._orchestrator.get_run(run_id)  # NotFound for unknown runs
+        if resume_after:
+            async for batch in self._follow(run_id, resume_after, since_ns):
+                yield batch
+            return
         max_id = await self._store.last_log_id(run_id)
+        async for chunk in self._stored(run_id, since_ns, tail, max_id):
+            yield chunk, 0
+        if follow:
+            yield [], max_id  # everything up to max_id is sent: a safe resume point
+            async for batch in self._follow(run_id, max_id, since_ns):
+                yield batch
+
+    async def _stored(
+        self, run_id: int, since_ns: int | None, tail: int, max_id: int
+    ) -> AsyncIterator[list[StoredLine]]:
+        """What is stored now, in time order."""
         if tail:
             lines = await self._store.tail_logs(
                 run_id, count=tail, since_ns=since_ns, max_id=max_id
             )
             for start in range(0, len(lines), CHUNK):
                 yield lines[start : start + CHUNK]
-        else:
-            after = None
-            while True:
-                chunk = await self._store.read_logs(
-                    run_id, since_ns=since_ns, max_id=max_id, after=after, limit=CHUNK
-                )
-                if not chunk:
-                    break
-                yield chunk
-                last = chunk[-1].line
-                after = (last.time_ns, last.role, last.replica, last.stream, last.sequence)
-        if follow:
-            async for chunk in self._follow(run_id, max_id, since_ns):
-                yield chunk
+            return
+        after = None
+        while True:
+            chunk = await self._store.read_logs(
+                run_id, since_ns=since_ns, max_id=max_id, after=after, limit=CHUNK
+            )
+            if not chunk:
+                return
+            yield chunk
+            last = chunk[-1].line
+            after = (last.time_ns, last.role, last.replica, last.stream, last.sequence)
 
     async def _follow(
         self, run_id: int, after_id: int, since_ns: int | None
-    ) -> AsyncIterator[list[StoredLine]]:
+    ) -> AsyncIterator[tuple[list[StoredLine], int]]:
+        """New lines in arrival order (sorted by time within a batch) until complete."""
         while True:
             # Read the run before the lines: if it is complete now, the lines
             # read next are the last ones.
@@ -99,17 +115,7 @@ class LogService:
                     break
                 after_id = chunk[-1].id
                 fresh = [s for s in chunk if since_ns is None or s.line.time_ns >= since_ns]
-                if fresh:
-                    yield sorted(
-                        fresh,
-                        key=lambda s: (
-                            s.line.time_ns,
-                            s.line.role,
-                            s.line.replica,
-                            s.line.stream,
-                            s.line.sequence,
-                        ),
-                    )
+                yield sorted(fresh, key=lambda s: _order(s.line)), after_id
             if complete:
                 return
             async with self._arrived:
@@ -117,3 +123,7 @@ class LogService:
                     await asyncio.wait_for(self._arrived.wait(), 0.5)
                 except TimeoutError:
                     pass
+
+
+def _order(line: LogLine) -> tuple[int, str, int, str, int]:
+    return (line.time_ns, line.role, line.replica, line.stream, line.sequence)

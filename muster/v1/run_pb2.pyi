@@ -272,22 +272,26 @@ class LogLine(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., replica: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
 
 class GetRunLogsRequest(_message.Message):
-    __slots__ = ("run_id", "follow", "since", "tail")
+    __slots__ = ("run_id", "follow", "since", "tail", "resume_after")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     SINCE_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     follow: bool
     since: _timestamp_pb2.Timestamp
     tail: int
-    def __init__(self, run_id: _Optional[int] = ..., follow: _Optional[bool] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tail: _Optional[int] = ...) -> None: ...
+    resume_after: int
+    def __init__(self, run_id: _Optional[int] = ..., follow: _Optional[bool] = ..., since: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., tail: _Optional[int] = ..., resume_after: _Optional[int] = ...) -> None: ...
 
 class GetRunLogsResponse(_message.Message):
-    __slots__ = ("lines",)
+    __slots__ = ("lines", "resume_after")
     LINES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_AFTER_FIELD_NUMBER: _ClassVar[int]
     lines: _containers.RepeatedCompositeFieldContainer[LogLine]
-    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ...) -> None: ...
+    resume_after: int
+    def __init__(self, lines: _Optional[_Iterable[_Union[LogLine, _Mapping]]] = ..., resume_after: _Optional[int] = ...) -> None: ...
 
 class CancelRunRequest(_message.Message):
     __slots__ = ("run_id",)

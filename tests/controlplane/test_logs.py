@@ -97,11 +97,13 @@ async def test_follow_gets_new_lines_and_ends_when_logs_complete(tmp_path: Path)
     await logs.ingest([line(run.id, "job", 0, 0, 1)])
 
     received: list[str] = []
+    resumes: list[int] = []
     two = asyncio.Event()
 
     async def reader() -> None:
-        async for chunk in logs.read(run.id, follow=True, since_ns=None, tail=0):
+        async for chunk, resume in logs.read(run.id, follow=True, since_ns=None, tail=0):
             received.extend(s.line.text for s in chunk)
+            resumes.append(resume)
             if len(received) >= 2:
                 two.set()
 
@@ -117,3 +119,14 @@ async def test_follow_gets_new_lines_and_ends_when_logs_complete(tmp_path: Path)
     async with asyncio.timeout(5):
         await task
     assert received == ["job0-stdout-0", "job0-stdout-1", "job0-stdout-2"]
+    assert resumes[0] == 0 and resumes[-1] == await store.last_log_id(run.id)
+    # a follow resumed from a mid-way point gets exactly the lines after it
+    resumed = [
+        s.line.text
+        async for chunk, _ in logs.read(
+            run.id, follow=True, since_ns=None, tail=0, resume_after=resumes[1]
+        )
+        for s in chunk
+    ]
+    after = await store.new_logs(run.id, after_id=resumes[1], limit=100)
+    assert resumed == [s.line.text for s in after] and resumed[-1] == "job0-stdout-2"
