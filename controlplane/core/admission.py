@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from controlplane.core.capacity import request_of
 from controlplane.core.errors import FailedPrecondition, InvalidArgument
 from controlplane.core.runs import Target
 from controlplane.core.scheduler import NodeView
@@ -51,7 +50,7 @@ def check_fits(target: Target, role: str, nodes: Sequence[NodeView]) -> None:
     members = [n for n in nodes if n.in_pool(pool)]
     if not members:
         return  # no node registered yet: the run waits for one
-    each = request_of(target.codespec)
+    each = target.request
     where = f"pool '{pool}'" if pool else "the cluster"
     if each.gpus and not any(n.allocatable.gpus for n in members):
         raise FailedPrecondition(

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import Literal
 
+from controlplane.core.capacity import Capacity, request_of
 from controlplane.core.codespec import Codespec
 
 Status = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
@@ -29,6 +31,11 @@ class Target:
     reference: str  # what the user asked for: "name", "name/versions/N" or "" (inline)
     node_pool: str = ""
     replicas: int = 1
+
+    @cached_property
+    def request(self) -> Capacity:
+        """What one replica reserves; the snapshot is immutable, so parse it once."""
+        return request_of(self.codespec)
 
 
 @dataclass

@@ -46,14 +46,16 @@ class LogService:
         self._store = store
         self._orchestrator = orchestrator
         self._complete_after = complete_after
-        self._arrived = asyncio.Condition()
+        self._arrived: dict[int, asyncio.Event] = {}  # run id -> set when lines arrive
 
     async def ingest(self, lines: list[LogLine]) -> int:
         """Store a batch (duplicates ignored) and wake followers."""
         added = await self._store.append_logs(lines)
         if added:
-            async with self._arrived:
-                self._arrived.notify_all()
+            for run_id in {ln.run_id for ln in lines}:
+                event = self._arrived.pop(run_id, None)
+                if event is not None:
+                    event.set()  # wakes this run's followers only
         return added
 
     async def read(
@@ -118,11 +120,12 @@ class LogService:
                 yield sorted(fresh, key=lambda s: _order(s.line)), after_id
             if complete:
                 return
-            async with self._arrived:
-                try:
-                    await asyncio.wait_for(self._arrived.wait(), 0.5)
-                except TimeoutError:
-                    pass
+            event = self._arrived.setdefault(run_id, asyncio.Event())
+            try:
+                # New lines wake us; the timeout re-checks whether the run ended.
+                await asyncio.wait_for(event.wait(), 0.5)
+            except TimeoutError:
+                pass
 
 
 def _order(line: LogLine) -> tuple[int, str, int, str, int]:

@@ -19,7 +19,7 @@ from typing import Protocol
 
 from controlplane.core import runs as sm
 from controlplane.core.admission import admit
-from controlplane.core.capacity import Capacity, request_of
+from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
 from controlplane.core.errors import FailedPrecondition, NotFound
 from controlplane.core.nodes import Liveness, Node
@@ -86,8 +86,7 @@ class Orchestrator:
         self._wake = asyncio.Event()
         self._schedule_due = True
         self._last_schedule: datetime | None = None
-        self._changed = asyncio.Condition()
-        self._versions: dict[int, int] = {}
+        self._changes: dict[int, asyncio.Event] = {}  # run id -> set on its next change
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -135,11 +134,11 @@ class Orchestrator:
             else None
         )
         async with self._lock:
-            admit(job, worker, [self._view(n) for n in self._nodes.values()])
+            admit(job, worker, self._views())
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags)
             run = await self._store.insert_run(run)
             self._runs[run.id] = run
-            await self._notify(run.id)
+            self._notify(run.id)
         log.info("event=run_created run=%d workers=%d", run.id, len(run.workers))
         self.wake()
         return run
@@ -166,28 +165,29 @@ class Orchestrator:
         return run
 
     async def watch(self, run_id: int) -> AsyncIterator[Run]:
-        """The run now and after every change, ending with its terminal state."""
-        seen = -1
+        """The run now and after every change, ending with its terminal state.
+
+        The change event is taken before the run is read, so a change that
+        lands between reading and waiting is never missed (changes that land
+        together are seen as one)."""
         while True:
-            async with self._changed:
-                await self._changed.wait_for(
-                    lambda seen=seen: self._versions.get(run_id, 0) != seen
-                )
-                seen = self._versions.get(run_id, 0)
+            changed = self._changes.setdefault(run_id, asyncio.Event())
             run = await self.get_run(run_id)
             yield run
             if run.terminal:
                 return
+            await changed.wait()
 
-    async def _notify(self, run_id: int) -> None:
-        async with self._changed:
-            self._versions[run_id] = self._versions.get(run_id, 0) + 1
-            self._changed.notify_all()
+    def _notify(self, run_id: int) -> None:
+        """Wake the run's watchers (and forget the event: no growth per run)."""
+        event = self._changes.pop(run_id, None)
+        if event is not None:
+            event.set()
 
     async def _commit(self, run: Run, actions: list[Action]) -> None:
         """Persist first, then tell watchers, then act."""
         await self._store.save_run(run)
-        await self._notify(run.id)
+        self._notify(run.id)
         if run.terminal:
             self._runs.pop(run.id, None)
             self.wake()
@@ -284,7 +284,7 @@ class Orchestrator:
             if finished is not None and finished.terminal:
                 sm.observe(finished, name, report.observation, self._clock())
                 await self._store.save_run(finished)
-                await self._notify(finished.id)
+                self._notify(finished.id)
             link = self._links.get(name)
             if link is not None and report.observation.state in ("running", "creating"):
                 link.teardown(report.run_id)
@@ -293,31 +293,36 @@ class Orchestrator:
 
     def nodes(self) -> list[tuple[Node, Capacity, int]]:
         """Every node with what is allocated on it and its replica count."""
+        allocated, counts = self._allocations()
         return [
-            (n, self._allocated(n.name), self._replica_count(n.name))
+            (n, allocated.get(n.name, Capacity()), counts.get(n.name, 0))
             for n in sorted(self._nodes.values(), key=lambda n: n.name)
         ]
 
-    def _allocated(self, name: str) -> Capacity:
-        total = Capacity()
+    def _allocations(self) -> tuple[dict[str, Capacity], dict[str, int]]:
+        """Requests reserved and replicas placed per node, in one pass over active runs."""
+        allocated: dict[str, Capacity] = {}
+        counts: dict[str, int] = {}
         for run in self._runs.values():
             for r in run.replicas:
-                if r.node == name:
+                if r.node:
                     target = run.worker if r.role == "worker" else run.job
-                    total = total + request_of(target.codespec)  # type: ignore[union-attr]
-        return total
+                    allocated[r.node] = allocated.get(r.node, Capacity()) + target.request  # type: ignore[union-attr]
+                    counts[r.node] = counts.get(r.node, 0) + 1
+        return allocated, counts
 
-    def _replica_count(self, name: str) -> int:
-        return sum(1 for run in self._runs.values() for r in run.replicas if r.node == name)
-
-    def _view(self, node: Node) -> NodeView:
-        return NodeView(
-            name=node.name,
-            pools=frozenset(node.pools),
-            allocatable=node.allocatable,
-            allocated=self._allocated(node.name),
-            schedulable=node.status == "Ready" and node.name in self._links,
-        )
+    def _views(self) -> list[NodeView]:
+        allocated, _ = self._allocations()
+        return [
+            NodeView(
+                name=node.name,
+                pools=frozenset(node.pools),
+                allocatable=node.allocatable,
+                allocated=allocated.get(node.name, Capacity()),
+                schedulable=node.status == "Ready" and node.name in self._links,
+            )
+            for node in self._nodes.values()
+        ]
 
     # -- the reconcile round -----------------------------------------------
 
@@ -362,19 +367,14 @@ class Orchestrator:
             parts = []
             if run.worker is not None:
                 parts.append(
-                    Demand(
-                        "worker",
-                        run.worker.node_pool,
-                        run.worker.replicas,
-                        request_of(run.worker.codespec),
-                    )
+                    Demand("worker", run.worker.node_pool, run.worker.replicas, run.worker.request)
                 )
-            parts.append(
-                Demand("job", run.job.node_pool, run.job.replicas, request_of(run.job.codespec))
-            )
+            parts.append(Demand("job", run.job.node_pool, run.job.replicas, run.job.request))
             demands.append(PendingRun(run.id, run.created_at, tuple(parts)))
-        views = [self._view(n) for n in self._nodes.values()]
-        decision = schedule(views, demands, now, self.settings.starvation_after)
+        # Pure CPU work on immutable views: off the event loop, so streams keep flowing.
+        decision = await asyncio.to_thread(
+            schedule, self._views(), demands, now, self.settings.starvation_after
+        )
         for run_id, assignment in decision.placements.items():
             run = self._runs[run_id]
             await self._commit(run, sm.place(run, assignment, now))

@@ -74,6 +74,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX logs_time ON logs (run_id, ts, role, replica, stream, sequence);
     """,
+    """
+    CREATE INDEX logs_arrival ON logs (run_id, id);  -- follows read new lines by arrival
+    """,
 ]
 
 
