@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
@@ -60,3 +61,34 @@ def collect_pages(call: Callable[..., Any], field: str, limit: int, **request: A
         if not token:
             break
     return items
+
+
+class Reconnect:
+    """The retry policy of long-lived streams (watch, logs -f): UNAVAILABLE is
+    retried until `give_up` seconds pass without progress; anything else is a
+    one-line error."""
+
+    def __init__(self, server: str, what: str, give_up: float = 60.0) -> None:
+        self.server, self.what, self.give_up = server, what, give_up
+        self._failing_since: float | None = None
+        self._connected_once = False
+
+    def progress(self) -> None:
+        """The stream delivered something: the give-up clock restarts."""
+        self._failing_since = None
+        self._connected_once = True
+
+    def failed(self, err: grpc.RpcError) -> None:
+        """Return to retry after a pause, or exit with one clear line."""
+        code = err.code()  # type: ignore[attr-defined]
+        if code != grpc.StatusCode.UNAVAILABLE:
+            fail(err.details() or code.name)  # type: ignore[attr-defined]
+        if not self._connected_once:
+            fail(
+                f"cannot reach the muster control plane at {self.server}; is it running? "
+                "Set --server or MUSTER_SERVER"
+            )
+        self._failing_since = self._failing_since or time.monotonic()
+        if time.monotonic() - self._failing_since > self.give_up:
+            fail(f"lost the control plane at {self.server} while {self.what}")
+        time.sleep(0.5)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
 from datetime import UTC
 from typing import TextIO
 
@@ -12,9 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
-from muster_cli.client import fail
-
-GIVE_UP_AFTER = 60.0
+from muster_cli.client import Reconnect, fail
 
 
 class LogPrinter:
@@ -56,7 +53,7 @@ def stream_logs(
     reconnecting if the control plane restarts, without missing or repeating
     a line (the server's resume point, plus a printed-lines filter)."""
     printer: LogPrinter | None = None
-    failing_since: float | None = None
+    retry = Reconnect(server, f"following run {run_id}")
     request = pb.GetRunLogsRequest(run_id=run_id, follow=follow, tail=tail)
     if since is not None:
         request.since.CopyFrom(since)
@@ -66,10 +63,11 @@ def stream_logs(
                 stub = pb_grpc.RunServiceStub(ch)
                 if printer is None:
                     run = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).run
+                    retry.progress()
                     many = len(run.replicas) > 1 if prefixed is None else prefixed
                     printer = LogPrinter(many, timestamps, out)
                 for reply in stub.GetRunLogs(request):
-                    failing_since = None
+                    retry.progress()
                     for line in reply.lines:
                         printer.emit(line)
                     out.flush()
@@ -77,15 +75,9 @@ def stream_logs(
                         request.resume_after = reply.resume_after
             return
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
-            if code != grpc.StatusCode.UNAVAILABLE or not follow:
-                if code == grpc.StatusCode.UNAVAILABLE:
-                    fail(f"cannot reach the muster control plane at {server}")
-                fail(err.details() or code.name)  # type: ignore[attr-defined]
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() - failing_since > GIVE_UP_AFTER:
-                fail(f"lost the control plane at {server} while following run {run_id}")
+            if not follow and err.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+                fail(f"cannot reach the muster control plane at {server}")
+            retry.failed(err)  # a follow reconnects
             # With a resume point the server continues exactly where it was; without
             # one (cut off while sending stored lines) the request starts over and
             # the printer skips what it already printed.
-            time.sleep(0.5)

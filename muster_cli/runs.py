@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,7 +25,7 @@ from muster_cli.app import (
     key_values,
     server_option,
 )
-from muster_cli.client import channel, collect_pages, fail
+from muster_cli.client import Reconnect, channel, collect_pages, fail
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, table, to_dict
 from muster_cli.specfile import load_run
@@ -141,36 +141,34 @@ def progress_line(run: pb.Run) -> str:
     return " - ".join(parts)
 
 
-def follow(server: str, run_id: int, show: bool) -> pb.Run:
-    """Watch until the run ends (reconnecting if the control plane restarts)."""
+TERMINAL = (pb.RUN_STATUS_SUCCEEDED, pb.RUN_STATUS_FAILED, pb.RUN_STATUS_CANCELED)
+
+
+def follow(server: str, run_id: int, emit: Callable[[str], None]) -> pb.Run:
+    """Watch until the run ends, calling `emit` with each new progress line
+    (reconnecting if the control plane restarts)."""
     last_line, last = "", None
-    deadline_after_failure = 60.0
-    failing_since: float | None = None
+    retry = Reconnect(server, f"watching run {run_id}")
     while True:
         try:
             with grpc.insecure_channel(server) as ch:
                 stub = pb_grpc.RunServiceStub(ch)
                 for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
-                    failing_since = None
+                    retry.progress()
                     last = reply.run
                     line = progress_line(last)
-                    if show and line != last_line:
-                        stamp = datetime.now(UTC).strftime("%H:%M:%S")
-                        click.echo(f"[{stamp}] {line}", err=True)
+                    if line != last_line:
+                        emit(line)
                         last_line = line
-                if last is not None and last.status in (
-                    pb.RUN_STATUS_SUCCEEDED,
-                    pb.RUN_STATUS_FAILED,
-                    pb.RUN_STATUS_CANCELED,
-                ):
-                    return last
+            if last is not None and last.status in TERMINAL:
+                return last
         except grpc.RpcError as err:
-            if err.code() != grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
-                fail(err.details() or err.code().name)  # type: ignore[attr-defined]
-            failing_since = failing_since or time.monotonic()
-            if time.monotonic() - failing_since > deadline_after_failure:
-                fail(f"lost the control plane at {server} while watching run {run_id}")
-            time.sleep(1)
+            retry.failed(err)
+
+
+def stamped_to_stderr(line: str) -> None:
+    """Progress for a person: time-stamped lines on stderr."""
+    click.echo(f"[{datetime.now(UTC).strftime('%H:%M:%S')}] {line}", err=True)
 
 
 def finish(run: pb.Run, fmt: str) -> None:
@@ -227,7 +225,7 @@ def run_exec(
         )
         log_thread.start()
     try:
-        final = follow(server, created.id, show)
+        final = follow(server, created.id, stamped_to_stderr if show else lambda _: None)
         if log_thread is not None:
             log_thread.join(timeout=30)
     except KeyboardInterrupt:
@@ -281,15 +279,7 @@ def run_logs(
 @click.pass_context
 def run_watch(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
     """Print one line per change until the run ends; exit code reflects the outcome."""
-    server = address(ctx, leaf_server)
-    last_line = ""
-    with channel(server) as ch:
-        for reply in pb_grpc.RunServiceStub(ch).WatchRun(pb.WatchRunRequest(run_id=run_id)):
-            line = progress_line(reply.run)
-            if line != last_line:
-                click.echo(line)
-                last_line = line
-            final = reply.run
+    final = follow(address(ctx, leaf_server), run_id, click.echo)
     sys.exit(0 if final.status == pb.RUN_STATUS_SUCCEEDED else 1)
 
 
