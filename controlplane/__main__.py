@@ -68,7 +68,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="a node without heartbeats this long is Lost; its runs fail",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if not (1 <= args.heartbeat_interval < args.node_not_ready_after < args.node_lost_after):
+        parser.error(
+            "need 1 <= --heartbeat-interval < --node-not-ready-after < --node-lost-after "
+            "(whole seconds for the interval)"
+        )
+    if args.readiness_timeout <= 0:
+        parser.error("--readiness-timeout must be positive")
+    return args
 
 
 def configure_logging(level: str) -> None:

@@ -18,17 +18,14 @@ from __future__ import annotations
 import json
 import os
 import secrets
-import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import BIN, REPO, run_cli
+from tests.conftest import BIN, REPO, free_port, run_cli, wait_for
 
 COMPOSE_FILE = REPO / "compose.yaml"
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
@@ -50,24 +47,6 @@ def podman(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
     return subprocess.run(
         ["podman", *args], capture_output=True, text=True, check=check, timeout=timeout
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.3):
-    """Poll ``predicate`` until it returns something truthy, or fail after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_containers(label: str | None = None) -> list[str]:

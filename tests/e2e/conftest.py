@@ -12,17 +12,15 @@ import json
 import secrets
 import signal
 import subprocess
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 
 from muster.v1 import run_pb2, run_pb2_grpc
-from tests.conftest import BIN, REPO, Process, run_cli, start_process
+from tests.conftest import BIN, REPO, Process, run_cli, start_process, wait_for
 
 EXAMPLES = REPO / "examples" / "distributed"
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
@@ -36,18 +34,6 @@ def podman(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["podman", *args], capture_output=True, text=True, check=check, timeout=120
     )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2):
-    """Poll `predicate` until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 @dataclass

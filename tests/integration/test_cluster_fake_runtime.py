@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import timedelta
@@ -26,14 +25,9 @@ from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
+from tests.conftest import free_port
 
 SETTINGS = Settings(heartbeat_interval=timedelta(seconds=1), liveness=Liveness())
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def until(predicate: Callable[[], object], seconds: float, what: str) -> None:
