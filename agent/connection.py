@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -50,6 +51,8 @@ class Identity:
     agent_version: str = ""
     network_mode: NetworkMode = "bridge"
     network_name: str = "muster"
+    # Distinguishes this process from another agent using the same node name.
+    instance_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 @dataclass(frozen=True)
@@ -104,6 +107,7 @@ class AgentConnection:
             network_mode=NETWORK_MODE_TO_PB[ident.network_mode],  # type: ignore[arg-type]
             network_name=ident.network_name,
             containers=self._sup.snapshot(),
+            instance_id=ident.instance_id,
         )
 
     async def run(self, stop: asyncio.Event) -> None:

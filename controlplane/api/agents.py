@@ -20,8 +20,10 @@ from controlplane.api.convert import (
     report_from_pb,
     start_to_pb,
 )
+from controlplane.api.errors import status_code
 from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
+from controlplane.core.errors import DomainError
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
 from muster.v1 import agent_pb2 as pb
@@ -78,11 +80,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         name = register.node_name
         link = GrpcAgentLink(name)
         interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
-        yield pb.ConnectResponse(registered=pb.Registered(heartbeat_interval_seconds=interval))
         reports = [report_from_pb(c) for c in register.containers]
-        reader: asyncio.Task[None] | None = None
         try:
             await self._orchestrator.connect(node_from_register(register), link, reports)
+        except DomainError as error:
+            log.warning("event=register_refused node=%s reason=%r", name, str(error))
+            await context.abort(status_code(error), str(error))
+        reader: asyncio.Task[None] | None = None
+        try:
+            # Registered goes first; what connect() queued on the link follows.
+            yield pb.ConnectResponse(registered=pb.Registered(heartbeat_interval_seconds=interval))
             reader = asyncio.create_task(self._read(name, request_iterator))
             while True:
                 get = asyncio.ensure_future(link.queue.get())

@@ -249,6 +249,7 @@ def node_from_register(msg: agent_pb.Register) -> Node:
         agent_version=msg.agent_version,
         network_mode=MODE_FROM_PB.get(msg.network_mode, "bridge"),  # type: ignore[arg-type]
         network_name=msg.network_name,
+        instance_id=msg.instance_id,
     )
 
 

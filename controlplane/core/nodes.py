@@ -27,6 +27,7 @@ class Node:
     registered_at: datetime | None = None
     last_heartbeat: datetime | None = None
     status: NodeStatus = "Ready"
+    instance_id: str = ""  # the connected agent process (not persisted)
 
 
 @dataclass(frozen=True)

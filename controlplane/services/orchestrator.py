@@ -21,7 +21,7 @@ from controlplane.core import runs as sm
 from controlplane.core.admission import admit
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
-from controlplane.core.errors import FailedPrecondition, NotFound
+from controlplane.core.errors import AlreadyExists, FailedPrecondition, NotFound
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
@@ -218,6 +218,7 @@ class Orchestrator:
         now = self._clock()
         async with self._lock:
             known = self._nodes.get(node.name)
+            self._refuse_impostor(node, known, now)
             node.registered_at = known.registered_at if known else now
             node.last_heartbeat, node.status = now, "Ready"
             self._nodes[node.name] = node
@@ -229,6 +230,23 @@ class Orchestrator:
             await self._reconcile_node(node.name, link, containers, now)
         log.info("event=agent_connected node=%s containers=%d", node.name, len(containers))
         self.wake()
+
+    def _refuse_impostor(self, node: Node, known: Node | None, now: datetime) -> None:
+        """Two live agents must not share a node name: each would report the
+        other's containers as missing and fail its runs."""
+        if (
+            known is not None
+            and node.name in self._links
+            and known.instance_id
+            and node.instance_id
+            and known.instance_id != node.instance_id
+            and known.last_heartbeat is not None
+            and now - known.last_heartbeat < self.settings.liveness.not_ready
+        ):
+            raise AlreadyExists(
+                f"node name '{node.name}' is in use by another connected agent; give this agent "
+                "another --node-name (or stop the other one)"
+            )
 
     async def _reconcile_node(
         self, name: str, link: AgentLink, containers: list[Report], now: datetime

@@ -74,7 +74,7 @@ class ContainerStatus(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers")
+    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +91,7 @@ class Register(_message.Message):
     NETWORK_MODE_FIELD_NUMBER: _ClassVar[int]
     NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     pools: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
@@ -100,7 +101,8 @@ class Register(_message.Message):
     network_mode: _node_pb2.NetworkMode
     network_name: str
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
-    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ...) -> None: ...
+    instance_id: str
+    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("heartbeat_interval_seconds",)

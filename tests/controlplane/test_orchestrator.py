@@ -9,7 +9,7 @@ import pytest
 from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Codespec, Quantities, Resources
 from controlplane.core.containers import ContainerSpec
-from controlplane.core.errors import FailedPrecondition
+from controlplane.core.errors import AlreadyExists, FailedPrecondition
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Observation
 from controlplane.services.codespecs import CodespecService
@@ -194,3 +194,14 @@ async def test_a_start_that_cannot_be_sent_fails_only_that_run(world) -> None:
     await tick(orch)
     stored = await store.get_run(run.id)
     assert stored.status == "Failed" and "Value out of range" in stored.status_reason
+
+
+async def test_a_second_live_agent_with_the_same_name_is_refused(world) -> None:
+    orch, *_ = world
+    first = Node("c", ("cpu",), Capacity(1000, 2**30, 0), instance_id="one")
+    await orch.connect(first, FakeLink(), [])
+    same_process = Node("c", ("cpu",), Capacity(1000, 2**30, 0), instance_id="one")
+    await orch.connect(same_process, FakeLink(), [])  # a reconnect of the same agent is fine
+    other = Node("c", ("cpu",), Capacity(1000, 2**30, 0), instance_id="two")
+    with pytest.raises(AlreadyExists, match="node name 'c' is in use by another connected agent"):
+        await orch.connect(other, FakeLink(), [])

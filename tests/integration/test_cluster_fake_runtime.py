@@ -176,3 +176,23 @@ async def test_control_plane_restart_mid_run_adopts_and_finishes(cluster, tmp_pa
     await until(succeeded, 15, "Succeeded after the restart")
     assert (cpu.create_count, gpu.create_count) == creates_before  # nothing started twice
     await until(lambda: not gpu.containers and not cpu.containers, 10, "teardown")
+
+
+async def test_a_second_agent_with_the_same_node_name_is_refused(cluster) -> None:
+    _, fleet, address = cluster
+    first = fleet.add("twin", "cpu")
+    await until(lambda: first.list_count > 0, 10, "the first agent to register")
+    second = fleet.add("twin", "cpu")
+    await setup_codespecs(address)
+    async with grpc.aio.insecure_channel(address) as ch:
+        for _ in range(3):
+            reply = await rgrpc.RunServiceStub(ch).CreateRun(
+                rpb.CreateRunRequest(
+                    run=rpb.Run(
+                        job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j"), node_pool="cpu")
+                    )
+                )
+            )
+    job = f"muster-run-{reply.run.id}-job-0"
+    await until(lambda: job in first.containers, 10, "the job on the first agent")
+    assert second.containers == {}  # the impostor never got work
