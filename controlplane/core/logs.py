@@ -31,3 +31,9 @@ class StoredLine:
 
     id: int
     line: LogLine
+
+
+def time_key(stored: StoredLine) -> tuple[int, int]:
+    """Merged order of log lines: container time, then arrival (container
+    runtimes may stamp whole seconds, and arrival keeps each stream's order)."""
+    return (stored.line.time_ns, stored.id)

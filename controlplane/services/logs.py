@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 from controlplane.core.errors import InvalidArgument
-from controlplane.core.logs import LogLine, StoredLine
+from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.runs import Run
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.store.base import Store
@@ -99,8 +99,7 @@ class LogService:
             if not chunk:
                 return
             yield chunk
-            last = chunk[-1].line
-            after = (last.time_ns, last.role, last.replica, last.stream, last.sequence)
+            after = time_key(chunk[-1])
 
     async def _follow(
         self, run_id: int, after_id: int, since_ns: int | None
@@ -117,7 +116,7 @@ class LogService:
                     break
                 after_id = chunk[-1].id
                 fresh = [s for s in chunk if since_ns is None or s.line.time_ns >= since_ns]
-                yield sorted(fresh, key=lambda s: _order(s.line)), after_id
+                yield sorted(fresh, key=time_key), after_id
             if complete:
                 return
             event = self._arrived.setdefault(run_id, asyncio.Event())
@@ -126,7 +125,3 @@ class LogService:
                 await asyncio.wait_for(event.wait(), 0.5)
             except TimeoutError:
                 pass
-
-
-def _order(line: LogLine) -> tuple[int, str, int, str, int]:
-    return (line.time_ns, line.role, line.replica, line.stream, line.sequence)

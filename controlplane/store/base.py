@@ -98,16 +98,17 @@ class Store(Protocol):
         *,
         since_ns: int | None,
         max_id: int | None,
-        after: tuple[int, str, int, str, int] | None,
+        after: tuple[int, int] | None,
         limit: int,
     ) -> list[StoredLine]:
-        """Lines in time order, at or after `since_ns`, arrived no later than
-        `max_id`, strictly after the key `after` (ts, role, replica, stream, seq)."""
+        """Lines in time order (arrival order breaks ties: container timestamps
+        may be whole seconds), at or after `since_ns`, arrived no later than
+        `max_id`, strictly after the key `after` = (time_ns, id)."""
 
     async def tail_logs(
         self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
     ) -> list[StoredLine]:
-        """The last `count` lines in time order."""
+        """The last `count` lines in the same order as read_logs."""
 
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         """Lines that arrived after `after_id`, in arrival order."""

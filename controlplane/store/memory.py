@@ -8,7 +8,7 @@ from typing import Any
 
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import Conflict
-from controlplane.core.logs import LogLine, StoredLine
+from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
@@ -147,7 +147,7 @@ class MemoryStore:
             and (since_ns is None or s.line.time_ns >= since_ns)
             and (max_id is None or s.id <= max_id)
         ]
-        return sorted(chosen, key=lambda s: _time_key(s.line))
+        return sorted(chosen, key=time_key)
 
     async def read_logs(
         self,
@@ -155,12 +155,12 @@ class MemoryStore:
         *,
         since_ns: int | None,
         max_id: int | None,
-        after: tuple[int, str, int, str, int] | None,
+        after: tuple[int, int] | None,
         limit: int,
     ) -> list[StoredLine]:
         chosen = self._selected(run_id, since_ns, max_id)
         if after is not None:
-            chosen = [s for s in chosen if _time_key(s.line) > after]
+            chosen = [s for s in chosen if time_key(s) > after]
         return chosen[:limit]
 
     async def tail_logs(
@@ -170,7 +170,3 @@ class MemoryStore:
 
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         return [s for s in self._logs if s.line.run_id == run_id and s.id > after_id][:limit]
-
-
-def _time_key(ln: LogLine) -> tuple[int, str, int, str, int]:
-    return (ln.time_ns, ln.role, ln.replica, ln.stream, ln.sequence)

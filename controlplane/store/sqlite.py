@@ -77,6 +77,10 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX logs_arrival ON logs (run_id, id);  -- follows read new lines by arrival
     """,
+    """
+    DROP INDEX logs_time;
+    CREATE INDEX logs_time ON logs (run_id, ts, id);  -- time order, arrival breaks ties
+    """,
 ]
 
 
@@ -430,17 +434,16 @@ class SqliteStore:
         *,
         since_ns: int | None,
         max_id: int | None,
-        after: tuple[int, str, int, str, int] | None,
+        after: tuple[int, int] | None,
         limit: int,
     ) -> list[StoredLine]:
         def q() -> list[StoredLine]:
             where, params = self._log_filter(run_id, since_ns, max_id)
             if after is not None:
-                where += " AND (ts, role, replica, stream, sequence) > (?, ?, ?, ?, ?)"
+                where += " AND (ts, id) > (?, ?)"
                 params += list(after)
             rows = self._db.execute(
-                f"SELECT * FROM logs WHERE {where} "
-                "ORDER BY ts, role, replica, stream, sequence LIMIT ?",
+                f"SELECT * FROM logs WHERE {where} ORDER BY ts, id LIMIT ?",
                 [*params, limit],
             ).fetchall()
             return [self._line(r) for r in rows]
@@ -453,8 +456,7 @@ class SqliteStore:
         def q() -> list[StoredLine]:
             where, params = self._log_filter(run_id, since_ns, max_id)
             rows = self._db.execute(
-                f"SELECT * FROM logs WHERE {where} ORDER BY ts DESC, role DESC, replica DESC, "
-                "stream DESC, sequence DESC LIMIT ?",
+                f"SELECT * FROM logs WHERE {where} ORDER BY ts DESC, id DESC LIMIT ?",
                 [*params, count],
             ).fetchall()
             return [self._line(r) for r in reversed(rows)]

@@ -73,7 +73,7 @@ async def test_dedup_order_tail_since(store) -> None:
         since_ns=None,
         max_id=None,
         limit=10,
-        after=(last.time_ns, last.role, last.replica, last.stream, last.sequence),
+        after=(last.time_ns, page[-1].id),
     )
     assert [s.line.text for s in page + rest] == texts
     tail = await store.tail_logs(run_id, count=2, since_ns=None, max_id=None)
