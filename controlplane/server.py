@@ -34,6 +34,17 @@ from muster.v1 import (
 
 log = logging.getLogger(__name__)
 
+# Agents send keepalive pings (every 10 s, even with no call in flight) so a
+# dead connection is noticed in seconds, not after TCP's ~15 minutes; the
+# server must accept them instead of closing the connection as abusive.
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_ping_strikes", 0),
+    ("grpc.keepalive_time_ms", 20000),
+    ("grpc.keepalive_timeout_ms", 10000),
+]
+
 SERVICE_NAMES = [
     codespec_pb2.DESCRIPTOR.services_by_name["CodespecService"].full_name,
     run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
@@ -71,7 +82,7 @@ async def start(listen: str, db_path: str | Path, settings: Settings | None = No
     codespecs = CodespecService(store)
     orchestrator = Orchestrator(store, codespecs, settings)
     await orchestrator.load()
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SERVER_OPTIONS)
     codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
     logs = LogService(store, orchestrator)
     run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store, logs), server)
