@@ -2,7 +2,9 @@
 
 Each session opens a stream, sends Register (with a fresh snapshot of every
 container on the node), waits for Registered, then heartbeats while it applies
-assignments and forwards the supervisor's status changes. When the stream
+assignments and forwards the supervisor's status changes and, only once
+Registered has arrived, the containers' logs (a rejected session, such as a
+duplicate node name, starts no log followers). When the stream
 breaks or the control plane is unreachable, the agent reconnects with jittered
 exponential backoff; containers are never touched by a reconnect, so the next
 Register simply re-adopts them.
@@ -35,6 +37,18 @@ LOG_WINDOW = 8
 Bounds the agent's memory under a log flood, and keeps heartbeats and status
 changes (which share the outbox) from queueing behind a long run of batches.
 """
+
+CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
+    # Ping every 10 s and give up after 5 s without an answer, so a dead
+    # control plane or a silently dropped connection breaks the stream (and
+    # the agent reconnects) even while nothing else is sent. The control
+    # plane's server is configured to accept pings this often.
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
+)
+"""Options of the agent's channel to the control plane."""
 
 
 @dataclass(frozen=True)
@@ -87,10 +101,6 @@ class AgentConnection:
         self._backoff = backoff or Backoff()
         self._rng = rng or random.Random()
         self._registered = False
-        self.sessions = 0
-        """Streams opened so far (tests and metrics)."""
-        self.registered = asyncio.Event()
-        """Set while a stream is registered, cleared when it breaks."""
 
     def register_message(self) -> agent_pb2.Register:
         """Register for a new stream, with every container currently on the node."""
@@ -155,24 +165,22 @@ class AgentConnection:
 
     async def _session(self) -> None:
         """One stream: Register, then serve until it ends (returns or raises)."""
-        self.sessions += 1
-        async with grpc.aio.insecure_channel(self._server) as channel:
+        async with grpc.aio.insecure_channel(self._server, options=CHANNEL_OPTIONS) as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
-            outbox: asyncio.Queue[agent_pb2.ConnectRequest] = asyncio.Queue()
+            outbox = Outbox()
             window = asyncio.Semaphore(LOG_WINDOW)
 
             async def send_logs(batch: agent_pb2.LogBatch) -> None:
                 await window.acquire()  # released once _drain hands the batch to gRPC
-                outbox.put_nowait(agent_pb2.ConnectRequest(log_batch=batch))
+                outbox.put(agent_pb2.ConnectRequest(log_batch=batch))
 
             # Refresh the view of the node first; between the snapshot and
             # attaching the sink there is no await, so no change is lost or
             # sent before Register.
             await self._sup.reconcile()
-            outbox.put_nowait(agent_pb2.ConnectRequest(register=self.register_message()))
+            outbox.put(agent_pb2.ConnectRequest(register=self.register_message()))
             self._sup.attach(
-                lambda status: outbox.put_nowait(agent_pb2.ConnectRequest(container_status=status)),
-                logs=send_logs,
+                lambda status: outbox.put(agent_pb2.ConnectRequest(container_status=status))
             )
             call = stub.Connect(self._drain(outbox, window))
             heartbeat: asyncio.Task[None] | None = None
@@ -185,8 +193,11 @@ class AgentConnection:
                         if heartbeat is not None:
                             heartbeat.cancel()
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
+                        if not self._registered:
+                            # Logs only for an accepted session: a rejected one
+                            # (say, a duplicate node name) starts no followers.
+                            self._sup.attach_logs(send_logs)
                         self._registered = True
-                        self.registered.set()
                         log(
                             _log,
                             logging.INFO,
@@ -203,7 +214,6 @@ class AgentConnection:
                     else:
                         log(_log, logging.WARNING, "unknown_message", kind=kind)
             finally:
-                self.registered.clear()
                 self._sup.detach()
                 if heartbeat is not None:
                     heartbeat.cancel()
@@ -211,7 +221,7 @@ class AgentConnection:
 
     @staticmethod
     async def _drain(
-        outbox: asyncio.Queue[agent_pb2.ConnectRequest], window: asyncio.Semaphore
+        outbox: Outbox, window: asyncio.Semaphore
     ) -> AsyncIterator[agent_pb2.ConnectRequest]:
         while True:
             msg = await outbox.get()
@@ -220,9 +230,46 @@ class AgentConnection:
                 window.release()
 
     @staticmethod
-    async def _heartbeat(outbox: asyncio.Queue[agent_pb2.ConnectRequest], interval: float) -> None:
+    async def _heartbeat(outbox: Outbox, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            now = Timestamp()
-            now.GetCurrentTime()
-            outbox.put_nowait(agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(time=now)))
+            outbox.heartbeat()
+
+
+class Outbox:
+    """What waits to go out on one stream, in order; at most one heartbeat at a time.
+
+    While the stream is stuck (the control plane stopped reading, or the
+    connection died and keepalive has not noticed yet), heartbeats do not pile
+    up: a heartbeat that is still waiting stands for the next ones too, and it
+    is stamped with the time it actually goes out.
+    """
+
+    def __init__(self) -> None:
+        """An empty outbox."""
+        self._queue: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue()
+        self._heartbeat_waiting = False
+
+    def put(self, msg: agent_pb2.ConnectRequest) -> None:
+        """Queue ``msg``."""
+        self._queue.put_nowait(msg)
+
+    def heartbeat(self) -> None:
+        """Queue a heartbeat unless one is already waiting."""
+        if not self._heartbeat_waiting:
+            self._heartbeat_waiting = True
+            self._queue.put_nowait(None)
+
+    def qsize(self) -> int:
+        """Messages waiting."""
+        return self._queue.qsize()
+
+    async def get(self) -> agent_pb2.ConnectRequest:
+        """The next message (waiting for one); a heartbeat gets the current time."""
+        msg = await self._queue.get()
+        if msg is not None:
+            return msg
+        self._heartbeat_waiting = False
+        now = Timestamp()
+        now.GetCurrentTime()
+        return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(time=now))

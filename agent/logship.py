@@ -59,8 +59,6 @@ class LogShipper:
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
         self._session_changed = asyncio.Event()
-        self.sessions = 0
-        """Sessions attached so far (tests and debugging)."""
 
     # -- sessions -------------------------------------------------------------------
 
@@ -68,7 +66,6 @@ class LogShipper:
         """A new stream: ship from now on to ``sink`` (followers start with :meth:`follow`)."""
         self._stop_all()
         self._sink = sink
-        self.sessions += 1
         self._notify()
 
     def detach(self) -> None:
@@ -76,15 +73,6 @@ class LogShipper:
         self._stop_all()
         self._sink = None
         self._notify()
-
-    @property
-    def attached(self) -> bool:
-        """Whether a stream is attached."""
-        return self._sink is not None
-
-    def following(self, name: str) -> bool:
-        """Whether a follower of the current stream exists for ``name`` (running or done)."""
-        return name in self._followers
 
     # -- containers -----------------------------------------------------------------
 

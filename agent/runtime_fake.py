@@ -10,6 +10,9 @@ Scripting (all synchronous, call from the test):
 * ``remove_image(img)`` / ``add_image(img)``: make ``start`` raise ImageNotFound.
   By default every image exists (``all_images_exist=True``).
 * ``fail_next_start(name, message)``: the next ``start`` of ``name`` fails.
+* ``fail_next_remove(name, times=1)``: the next ``times`` removals of ``name``
+  fail (``remove_run`` leaves it in place and leaves it out of its result,
+  like the Podman runtime when one removal fails).
 * ``hold_endpoints = True``: new containers' endpoints do not accept until
   ``open_endpoint(name, endpoint)``; ``close_endpoint`` closes one again.
 * ``exit(name, code)``, ``kill(name)`` (exit 137), ``vanish(name)`` (removed
@@ -92,6 +95,9 @@ class FakeRuntime:
         self.hold_endpoints = False
         self.exit_on_start: dict[str, int] = {}
         self._fail_next: dict[str, str] = {}
+        self._fail_remove: dict[str, int] = {}
+        self.remove_calls = 0
+        """How many times ``remove_run`` was called."""
         self.network_created = False
         self.create_count = 0
         self.probe_count = 0
@@ -135,6 +141,10 @@ class FakeRuntime:
     def fail_next_start(self, name: str, message: str) -> None:
         """The next ``start(name)`` raises :class:`RuntimeFailure` with ``message``."""
         self._fail_next[name] = message
+
+    def fail_next_remove(self, name: str, times: int = 1) -> None:
+        """The next ``times`` removals of ``name`` fail (it stays)."""
+        self._fail_remove[name] = times
 
     def open_endpoint(self, name: str, endpoint: str) -> None:
         """Let ``endpoint`` of container ``name`` accept connections."""
@@ -262,10 +272,17 @@ class FakeRuntime:
             await self._log_event.wait()
 
     async def remove_run(self, run_id: int) -> list[ContainerInfo]:
-        """Drop every container of ``run_id``."""
-        removed = [c for c in self.containers.values() if c.spec.run_id == run_id]
-        for container in removed:
-            del self.containers[container.spec.name]
+        """Drop every container of ``run_id`` except scripted failures; return the dropped."""
+        self.remove_calls += 1
+        removed: list[FakeContainer] = []
+        for container in [c for c in self.containers.values() if c.spec.run_id == run_id]:
+            name = container.spec.name
+            failures = self._fail_remove.get(name, 0)
+            if failures > 0:
+                self._fail_remove[name] = failures - 1
+                continue
+            del self.containers[name]
+            removed.append(container)
         self._logs_changed()
         return [self._info(c) for c in removed]
 

@@ -38,7 +38,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -68,6 +68,7 @@ from agent.runtime import (
 DEFAULT_URL = "unix:///run/podman/podman.sock"
 CPU_PERIOD_US = 100_000
 _T = TypeVar("_T")
+_NAME_IN_USE = re.compile(r"name .* is already in use", re.I)
 _ADDR_IN_USE = re.compile(r"address already in use|port is already allocated", re.I)
 _log = logging.getLogger(__name__)
 # Podman states in which a container may still write output.
@@ -98,7 +99,6 @@ class PodmanRuntime:
         publish_address: str | None = None,
         port_range: tuple[int, int] = (30000, 32767),
         stop_timeout: int = 2,
-        ulimits: Mapping[str, int] | None = None,
         max_threads: int = 16,
         log_threads: int = 32,
         log_settle: float = 0.5,
@@ -108,9 +108,7 @@ class PodmanRuntime:
 
         ``publish_address`` is where host ports are bound in host-port mode;
         by default the advertise address when it belongs to this host, else
-        all interfaces. ``ulimits`` (e.g. ``{"nofile": 4096}``) are set per
-        container, for hosts whose Podman default limits cannot be applied.
-        ``log_settle``: how far log windows trail the clock (see the module
+        all interfaces. ``log_settle``: how far log windows trail the clock (see the module
         docstring); ``log_poll``: the shortest and longest pause between two
         log reads of one container (short while lines flow, growing when idle).
         """
@@ -123,7 +121,6 @@ class PodmanRuntime:
             publish_address if publish_address is not None else _default_publish(advertise_address)
         )
         self._stop_timeout = stop_timeout
-        self._ulimits = dict(ulimits or {})
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="podman")
         # Log reads get their own pool: a reader held back by a slow consumer
         # must never delay a start, stop or status poll.
@@ -138,6 +135,8 @@ class PodmanRuntime:
         bind_host = self._publish or "0.0.0.0"
         self._ports = PortAllocator(*port_range, is_free=lambda p: port_is_free(bind_host, p))
         self._ports_by_name: dict[str, list[int]] = {}
+        self._published: set[int] = set()
+        """Host ports other containers publish, as last seen (reserved too)."""
         self._ports_lock = threading.Lock()
         self._ports_synced = False
         self._network_ready = False
@@ -366,16 +365,15 @@ class PodmanRuntime:
         for attempt in range(attempts):
             host_ports = self._allocate_ports(spec) if publish else {}
             try:
+                # Owns ``host_ports`` from here: records or releases them.
                 return self._create_and_start_sync(spec, host_ports)
             except _PortTaken:
-                self._ports.release(host_ports.values())
+                # Something else holds them: learn what every container publishes.
+                self._reserve_published_sync()
                 if attempt == attempts - 1:
                     raise RuntimeFailure(
                         f"could not publish endpoints of {spec.name}: host ports kept being taken"
                     ) from None
-            except BaseException:
-                self._ports.release(host_ports.values())
-                raise
         raise AssertionError("unreachable")
 
     def _adopt_existing_sync(self, container: Any) -> ContainerInfo:
@@ -399,6 +397,7 @@ class PodmanRuntime:
             synced = self._ports_synced
         if not synced:
             self._list_sync()  # reserve ports of containers that existed before this agent
+            self._reserve_published_sync()  # and of every other container on the host
         ports: dict[str, int] = {}
         try:
             for name in spec.endpoints:
@@ -420,6 +419,9 @@ class PodmanRuntime:
             "init": True,
             "stop_timeout": self._stop_timeout,
             "networks": {self._network: {"aliases": [spec.hostname]}},
+            # The log reading (see the module docstring) is built and tested on
+            # k8s-file; journald, the default on systemd hosts, rate-limits.
+            "log_config": {"Type": "k8s-file"},
         }
         if spec.command:
             kwargs["entrypoint"] = list(spec.command)
@@ -433,10 +435,6 @@ class PodmanRuntime:
             kwargs["cpu_quota"] = spec.cpu_limit_millis * CPU_PERIOD_US // 1000
         if spec.memory_limit_bytes > 0:
             kwargs["mem_limit"] = spec.memory_limit_bytes
-        if self._ulimits:
-            kwargs["ulimits"] = [
-                {"Name": k, "Soft": v, "Hard": v} for k, v in self._ulimits.items()
-            ]
         if host_ports:
             bind = self._publish if self._publish not in ("", "0.0.0.0") else None
             kwargs["ports"] = {
@@ -445,40 +443,93 @@ class PodmanRuntime:
             }
         try:
             try:
-                container = client.containers.create(spec.image, **kwargs)
+                try:
+                    container = client.containers.create(spec.image, **kwargs)
+                except APIError as exc:
+                    if "network not found" not in _explain(exc).lower():
+                        raise
+                    # Someone removed the network under a running agent: recreate, retry once.
+                    self._ensure_network_sync()
+                    container = client.containers.create(spec.image, **kwargs)
             except APIError as exc:
-                if "network not found" not in _explain(exc).lower():
-                    raise
-                # Someone removed the network under a running agent: recreate, retry once.
-                self._ensure_network_sync()
-                container = client.containers.create(spec.image, **kwargs)
-        except APIError as exc:
-            if exc.status_code == 409:  # created concurrently (another start of the same name)
-                existing = self._get_sync(spec.name)
-                if existing is not None:
-                    return self._adopt_existing_sync(existing)
-            raise RuntimeFailure(f"create {spec.name}: {_explain(exc)}") from exc
+                # Created concurrently (another start of the same name). Podman 4.3
+                # answers 500 "... name ... is already in use" rather than 409.
+                if exc.status_code == 409 or _NAME_IN_USE.search(_explain(exc)):
+                    existing = self._get_sync(spec.name)
+                    if existing is not None:
+                        self._ports.release(host_ports.values())  # it has its own
+                        host_ports = {}
+                        info = self._adopt_existing_sync(existing)
+                        self._record_ports(info.name, info.host_ports.values())
+                        return info
+                raise RuntimeFailure(f"create {spec.name}: {_explain(exc)}") from exc
+        except BaseException:
+            self._ports.release(host_ports.values())  # nothing was created
+            raise
         try:
-            container.start()
-        except APIError as exc:
-            # Leave nothing behind so the start can be retried cleanly.
-            self._force_remove_sync(container)
-            if host_ports and _ADDR_IN_USE.search(_explain(exc)):
-                raise _PortTaken() from exc
-            raise RuntimeFailure(f"start {spec.name}: {_explain(exc)}") from exc
-        if host_ports:
-            with self._ports_lock:
-                self._ports_by_name[spec.name] = list(host_ports.values())
-        container.reload()
-        info = info_from_inspect(container.attrs, self._node, self._network)
-        assert info is not None  # we just labelled it
+            try:
+                container.start()
+            except APIError as exc:
+                if host_ports and _ADDR_IN_USE.search(_explain(exc)):
+                    raise _PortTaken() from exc
+                raise RuntimeFailure(f"start {spec.name}: {_explain(exc)}") from exc
+            container.reload()
+            info = info_from_inspect(container.attrs, self._node, self._network)
+            if info is None:
+                raise RuntimeFailure(f"start {spec.name}: created container lost its labels")
+        except BaseException:
+            # Leave nothing behind so the start can be retried cleanly; the
+            # ports are free again only once the container is really gone.
+            if self._force_remove_sync(container):
+                self._ports.release(host_ports.values())
+            else:
+                self._record_ports(spec.name, host_ports.values())
+            raise
+        self._record_ports(spec.name, host_ports.values())
         return info
 
-    def _force_remove_sync(self, container: Any) -> None:
+    def _record_ports(self, name: str, ports: Iterable[int]) -> None:
+        """``name`` holds ``ports`` until it is removed (reserved in the allocator)."""
+        ports = list(ports)
+        if not ports:
+            return
+        with self._ports_lock:
+            self._ports.reserve(ports)
+            self._ports_by_name[name] = sorted(set(self._ports_by_name.get(name, [])) | set(ports))
+
+    def _reserve_published_sync(self) -> None:
+        """Reserve the host ports every container on the host publishes (any node, any owner)."""
+        try:
+            containers = self._client().containers.list(all=True)
+        except Exception as exc:  # best effort: the free-port check still applies
+            log(_log, logging.WARNING, "port_scan_failed", error=_explain(exc))
+            return
+        published: set[int] = set()
+        for container in containers:
+            for binding in container.attrs.get("Ports") or []:
+                try:
+                    first = int(binding.get("host_port") or 0)
+                    count = max(1, int(binding.get("range") or 1))
+                except (TypeError, ValueError):
+                    continue
+                if first:
+                    published.update(range(first, first + count))
+        with self._ports_lock:
+            ours = {p for ports in self._ports_by_name.values() for p in ports}
+            self._ports.release(self._published - published - ours)
+            self._ports.reserve(published)
+            self._published = published
+
+    def _force_remove_sync(self, container: Any) -> bool:
+        """Remove ``container``; whether it is gone."""
         try:
             container.remove(force=True)
-        except (APIError, NotFound) as exc:
+        except NotFound:
+            return True
+        except Exception as exc:
             log(_log, logging.WARNING, "cleanup_failed", name=container.name, error=_explain(exc))
+            return False
+        return True
 
     def _get_sync(self, name: str) -> Any | None:
         try:

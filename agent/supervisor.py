@@ -11,7 +11,10 @@ Who may report a container, so that sequences stay ordered:
 
 * while a start is in flight, only the start task (CREATING, then RUNNING or
   EXITED or FAILED);
-* while a run is being torn down, only the teardown task (REMOVED);
+* while a run is being torn down, only the teardown task (REMOVED, and only
+  for containers that are really gone; a teardown that left some behind is
+  retried by the watch loop with backoff). A StartContainer for a run being
+  torn down waits until the teardown is over;
 * otherwise the watcher (state changes seen by polling ``list_managed``) and
   the probe task (readiness of a running worker).
 
@@ -20,7 +23,7 @@ that container and ignored, so a slow ``list_managed`` never resurrects a
 removed container or reports a just-started one as vanished.
 
 Logs (:mod:`agent.logship`): every container that runs or ran is followed
-from its first line while a stream is attached. A container's REMOVED is sent
+from its first line while a registered stream is attached. A container's REMOVED is sent
 only after all of its lines: teardown stops the run's containers, waits (up to
 ``log_flush_timeout``) until their followers have handed over their last
 batch, and only then removes them; a container removed behind the agent's
@@ -70,19 +73,23 @@ class Supervisor:
         log_batch_seconds: float = 0.1,
         log_flush_timeout: float = 15.0,
         vanished_log_timeout: float = 5.0,
+        teardown_retry: tuple[float, float] = (1.0, 30.0),
     ) -> None:
         """``poll_interval``: watch period; ``probe_interval``: readiness retry period.
 
         ``log_batch_lines``/``log_batch_seconds`` bound a LogBatch;
         ``log_flush_timeout`` is how long a teardown waits for the logs of the
         stopped containers before removing them anyway; ``vanished_log_timeout``
-        the same for a container removed behind the agent's back.
+        the same for a container removed behind the agent's back;
+        ``teardown_retry``: the first and the longest pause before a teardown
+        that left containers behind is tried again (doubling in between).
         """
         self._rt = runtime
         self._poll_interval = poll_interval
         self._probe_interval = probe_interval
         self._log_flush_timeout = log_flush_timeout
         self._vanished_log_timeout = vanished_log_timeout
+        self._teardown_retry = teardown_retry
         self.logs = LogShipper(
             runtime, batch_lines=log_batch_lines, batch_seconds=log_batch_seconds
         )
@@ -91,6 +98,9 @@ class Supervisor:
         self._starts: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
         self._teardowns: dict[int, asyncio.Task[None]] = {}
+        self._failed_teardowns: dict[int, tuple[int, float]] = {}
+        """Runs whose teardown left containers behind: (failures so far, retry at loop time)."""
+        self._deferred_starts: set[str] = set()
         self._vanishing: dict[str, asyncio.Task[None]] = {}
         self._ship_logs = False
         self._background: set[asyncio.Task[Any]] = set()
@@ -102,18 +112,19 @@ class Supervisor:
 
     # -- stream attachment ----------------------------------------------------------
 
-    def attach(self, sink: Sink, logs: LogSink | None = None) -> None:
-        """Send future status changes to ``sink`` and log batches to ``logs``.
-
-        With ``logs``, every container that runs or ran is shipped from its
-        first line again (the control plane drops lines it already has).
-        """
+    def attach(self, sink: Sink) -> None:
+        """Send future status changes to ``sink`` (logs start with :meth:`attach_logs`)."""
         self._sink = sink
-        self._ship_logs = logs is not None
-        if logs is not None:
-            self.logs.attach(logs)
-            for status in self._statuses.values():
-                self.logs.follow(status)
+
+    def attach_logs(self, logs: LogSink) -> None:
+        """Ship log batches to ``logs``: every container that runs or ran, from its first line.
+
+        The control plane drops lines it already has.
+        """
+        self._ship_logs = True
+        self.logs.attach(logs)
+        for status in self._statuses.values():
+            self.logs.follow(status)
 
     def detach(self) -> None:
         """Stop sending (the stream ended); changes keep being tracked."""
@@ -123,11 +134,6 @@ class Supervisor:
     def snapshot(self) -> list[agent_pb2.ContainerStatus]:
         """Current status of every container present, for Register."""
         return [s.to_pb() for s in self._statuses.values()]
-
-    @property
-    def statuses(self) -> dict[str, Status]:
-        """Read-only view of the last status per container (for tests and debugging)."""
-        return dict(self._statuses)
 
     # -- commands from the control plane ----------------------------------------------
 
@@ -141,12 +147,27 @@ class Supervisor:
         if spec.name in self._starts:
             log(_log, logging.DEBUG, "start_in_progress", name=spec.name)
             return
-        if spec.run_id in self._teardowns:
-            log(_log, logging.WARNING, "start_ignored_during_teardown", name=spec.name)
+        teardown = self._teardowns.get(spec.run_id)
+        if teardown is not None:
+            # The latest command wins: start once the teardown is over. The
+            # deferred start is not in ``_starts``, so the teardown never waits for it.
+            if spec.name not in self._deferred_starts:
+                log(_log, logging.INFO, "start_deferred_until_teardown_ends", name=spec.name)
+                self._deferred_starts.add(spec.name)
+                self._spawn(self._start_after(teardown, msg, spec.name), f"deferred {spec.name}")
             return
         task = self._spawn(self._start(spec), f"start {spec.name}")
         self._starts[spec.name] = (spec.run_id, task)
         task.add_done_callback(lambda _t, name=spec.name: self._starts.pop(name, None))
+
+    async def _start_after(
+        self, teardown: asyncio.Task[None], msg: agent_pb2.StartContainer, name: str
+    ) -> None:
+        try:
+            await asyncio.wait({teardown})
+        finally:
+            self._deferred_starts.discard(name)
+        self.handle_start(msg)
 
     def handle_teardown(self, run_id: int) -> None:
         """Remove every container of ``run_id`` in the background (idempotent)."""
@@ -170,7 +191,16 @@ class Supervisor:
                 if not self._watch_failing:  # log transitions, not every poll
                     self._watch_failing = True
                     log(_log, logging.WARNING, "watch_failed", error=exc)
+            self._retry_teardowns()
             await asyncio.sleep(self._poll_interval)
+
+    def _retry_teardowns(self) -> None:
+        """Start again every failed teardown whose backoff has passed."""
+        now = asyncio.get_running_loop().time()
+        for run_id, (failures, due) in list(self._failed_teardowns.items()):
+            if due <= now and run_id not in self._teardowns:
+                log(_log, logging.INFO, "teardown_retry", run_id=run_id, failures=failures)
+                self.handle_teardown(run_id)
 
     async def reconcile(self) -> None:
         """List the node's containers once and report what changed since last time."""
@@ -382,26 +412,58 @@ class Supervisor:
             log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
         if self._ship_logs and not await self.logs.flush(names, self._log_flush_timeout):
             log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
+        removed: list[ContainerInfo] = []
         try:
             removed = await self._rt.remove_run(run_id)
-        except Exception as exc:
+        except Exception as exc:  # some may be gone anyway: the re-list below tells
             log(_log, logging.ERROR, "teardown_failed", run_id=run_id, error=exc)
-            return
-        gone: dict[str, Status] = {
-            name: replace(status, state="removed", ready=False, message="", endpoints=())
-            for name, status in self._statuses.items()
-            if status.run_id == run_id
-        }
+        # Only containers that are really gone are reported REMOVED: re-list.
+        remaining: set[str] | None
+        try:
+            remaining = {i.name for i in await self._rt.list_managed() if i.run_id == run_id}
+        except Exception as exc:
+            log(_log, logging.WARNING, "teardown_check_failed", run_id=run_id, error=exc)
+            remaining = None
+        gone: dict[str, Status] = {}
+        if remaining is not None:
+            gone = {
+                name: replace(status, state="removed", ready=False, message="", endpoints=())
+                for name, status in self._statuses.items()
+                if status.run_id == run_id and name not in remaining
+            }
         for i in removed:
-            gone.setdefault(
-                i.name,
-                Status(i.run_id, i.role, i.replica, i.name, "removed", exit_code=i.exit_code),
-            )
+            if (remaining is None or i.name not in remaining) and i.name not in gone:
+                prev = self._statuses.get(i.name)
+                gone[i.name] = (
+                    replace(prev, state="removed", ready=False, message="", endpoints=())
+                    if prev is not None
+                    else Status(
+                        i.run_id, i.role, i.replica, i.name, "removed", exit_code=i.exit_code
+                    )
+                )
         for name, status in gone.items():
             self._touch(name)
             self._forget(name)
             self.logs.forget(name)
             self._send(status)
+        if remaining is None or remaining:
+            failures = self._failed_teardowns.get(run_id, (0, 0.0))[0] + 1
+            first, longest = self._teardown_retry
+            delay = min(longest, first * 2 ** min(failures - 1, 30))
+            log(
+                _log,
+                logging.WARNING,
+                "teardown_incomplete",
+                run_id=run_id,
+                left=sorted(remaining) if remaining is not None else "unknown",
+                retry_in=f"{delay:.2f}s",
+            )
+            self._failed_teardowns[run_id] = (
+                failures,
+                asyncio.get_running_loop().time() + delay,
+            )
+        else:
+            self._failed_teardowns.pop(run_id, None)
 
     # -- bookkeeping ----------------------------------------------------------------------------
 

@@ -95,14 +95,26 @@ build_busybox() {
   fi
   t0=$(now)
   if [ "$force" = 1 ] || [ ! -s "$tar" ]; then
-    log "building busybox rootfs from the busybox-static .deb"
     work=$(mktemp -d /tmp/muster-busybox.XXXXXX)
-    (cd "$work" && apt-get download -q -o APT::Sandbox::User=root busybox-static >/dev/null) \
-      || die "apt-get download busybox-static failed (try: apt-get update)"
     local root="$work/rootfs"
-    mkdir -p "$root"
-    dpkg-deb -x "$work"/busybox-static_*.deb "$root"
-    rm -rf "$root/usr/share/doc"
+    mkdir -p "$root/bin"
+    if dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'install ok installed' \
+      && [ -x /bin/busybox ]; then
+      # setup.sh installs busybox-static: its /bin/busybox is the static binary
+      # (no apt lists needed, which a preinstalled machine may not have).
+      log "building busybox rootfs from the installed busybox-static (/bin/busybox)"
+      cp /bin/busybox "$root/bin/busybox"
+    else
+      log "building busybox rootfs from the busybox-static .deb"
+      if ! (cd "$work" && apt-get download -q -o APT::Sandbox::User=root busybox-static >/dev/null 2>&1); then
+        log "apt-get download busybox-static failed: running apt-get update and retrying"
+        apt-get update -q >/dev/null || die "apt-get update failed"
+        (cd "$work" && apt-get download -q -o APT::Sandbox::User=root busybox-static >/dev/null) \
+          || die "apt-get download busybox-static failed"
+      fi
+      dpkg-deb -x "$work"/busybox-static_*.deb "$root"
+      rm -rf "$root/usr/share/doc"
+    fi
     [ -x "$root/bin/busybox" ] || die "busybox-static .deb has no /bin/busybox"
     mkdir -p "$root"/{sbin,usr/bin,usr/sbin,etc,root,tmp,proc,sys,dev,run,var/tmp,home}
     chmod 1777 "$root/tmp" "$root/var/tmp"

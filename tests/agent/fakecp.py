@@ -18,6 +18,12 @@ import grpc
 from muster.v1 import agent_pb2, agent_pb2_grpc, run_pb2
 
 T = TypeVar("T")
+SERVER_OPTIONS = (
+    # Like the control plane's server: accept the agent's keepalive pings.
+    ("grpc.http2.min_recv_ping_interval_without_data_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
+)
+_REJECT = object()
 
 
 @dataclass
@@ -27,7 +33,9 @@ class Stream:
     received: list[agent_pb2.ConnectRequest] = field(default_factory=list)
     arrivals: list[float] = field(default_factory=list)
     """Loop time at which each message of ``received`` arrived."""
-    outbox: asyncio.Queue[agent_pb2.ConnectResponse | None] = field(default_factory=asyncio.Queue)
+    outbox: asyncio.Queue[agent_pb2.ConnectResponse | object | None] = field(
+        default_factory=asyncio.Queue
+    )
     closed: bool = False
 
     @property
@@ -85,6 +93,8 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, heartbeat_seconds: int = 1) -> None:
         self.heartbeat_seconds = heartbeat_seconds
+        self.reject: tuple[grpc.StatusCode, str] | None = None
+        """When set, every Register is answered by ending the stream with this status."""
         self.streams: list[Stream] = []
         self._changed = asyncio.Condition()
         self._server: grpc.aio.Server | None = None
@@ -94,7 +104,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
 
     async def start(self, port: int = 0) -> int:
         """Serve on 127.0.0.1:``port`` (0: any free port); returns the port."""
-        server = grpc.aio.server()
+        server = grpc.aio.server(options=SERVER_OPTIONS)
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self, server)
         self.port = server.add_insecure_port(f"127.0.0.1:{port}")
         await server.start()
@@ -130,6 +140,10 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
                 msg = await stream.outbox.get()
                 if msg is None:
                     return
+                if msg is _REJECT:
+                    assert self.reject is not None
+                    await context.abort(*self.reject)
+                assert isinstance(msg, agent_pb2.ConnectResponse)
                 yield msg
         finally:
             reader.cancel()
@@ -144,7 +158,9 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
             async for request in request_iterator:
                 stream.received.append(request)
                 stream.arrivals.append(loop.time())
-                if request.HasField("register"):
+                if request.HasField("register") and self.reject is not None:
+                    stream.outbox.put_nowait(_REJECT)
+                elif request.HasField("register"):
                     stream.outbox.put_nowait(
                         agent_pb2.ConnectResponse(
                             registered=agent_pb2.Registered(

@@ -260,7 +260,13 @@ async def test_a_sink_that_does_not_take_batches_stops_the_reading() -> None:
     shipper.attach(sink)
     shipper.follow(Status(38, "job", 0, "c", "running"))
     await eventually(lambda: sent, what="a first batch")
-    await asyncio.sleep(0.2)
-    assert len(sent) == 1 and runtime.taken <= 6, "reads stop while the sink is full"
+    # Everything here runs on the loop without timers (the fake runtime has
+    # lines ready at once): once every runnable step has run, the follower
+    # either reads on or waits for the sink. Let each task step many times.
+    taken = runtime.taken
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert runtime.taken == taken, "reads stop while the sink is full"
+    assert len(sent) == 1 and runtime.taken <= 6
     assert not await shipper.flush(["c"], within=0.1)
     await shipper.close()

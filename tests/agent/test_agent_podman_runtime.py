@@ -9,6 +9,7 @@ import urllib.request
 
 import pytest
 
+from agent import runtime_podman
 from agent.runtime import ImageNotFound
 from tests.agent.podman_support import (
     BUSYBOX,
@@ -234,3 +235,86 @@ async def test_network_removed_under_the_agent_is_recreated(podman_node: PodmanN
     await asyncio.to_thread(podman_node.client.networks.get(podman_node.network).remove)
     info = await rt.start(spec(run_id, "job", 1, BUSYBOX, ["sleep"], ["300"]))
     assert info.state == "running" and info.ip
+
+
+async def test_containers_use_the_k8s_file_log_driver(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    job = spec(random_run_id(), "job", 0, BUSYBOX, ["sh", "-c"], ["echo hi"])
+    await rt.start(job)
+    attrs = await podman_node.inspect(job.name)
+    assert attrs["HostConfig"]["LogConfig"]["Type"] == "k8s-file"
+
+
+async def test_host_ports_published_by_any_container_on_the_host_are_not_allocated(
+    podman_node: PodmanNode,
+) -> None:
+    lo = 32000 + secrets.randbelow(600)
+    foreign = f"muster-test-foreign-{secrets.token_hex(4)}"
+
+    def create_foreign() -> None:
+        # Another node's (or nobody's) container, created but not running:
+        # nothing listens on its port yet, but it will need it when it starts.
+        podman_node.client.containers.create(
+            BUSYBOX, ["sleep", "300"], name=foreign, ports={"8000/tcp": ("127.0.0.1", lo)}
+        )
+
+    def remove_foreign() -> None:
+        podman_node.client.containers.get(foreign).remove(force=True)
+
+    await asyncio.to_thread(create_foreign)
+    try:
+        rt = podman_node.runtime(
+            network_mode="host-port", advertise_address="127.0.0.1", port_range=(lo, lo + 1)
+        )
+        w0 = spec(
+            random_run_id(), "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000}
+        )
+        info = await rt.start(w0)
+        assert info.host_ports == {"http": lo + 1}
+    finally:
+        await asyncio.to_thread(remove_foreign)
+
+
+async def test_a_start_that_loses_the_create_race_returns_its_ports(
+    podman_node: PodmanNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lo = 32000 + secrets.randbelow(600)
+    rt = podman_node.runtime(
+        network_mode="host-port", advertise_address="127.0.0.1", port_range=(lo, lo + 40)
+    )
+    w0 = spec(random_run_id(), "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
+    first = await rt.start(w0)
+    # A second start that does not see the container yet: its create gets 409.
+    real_get = rt._get_sync
+    misses: list[str] = []
+
+    def get_late(name: str) -> object:
+        if name == w0.name and not misses:
+            misses.append(name)
+            return None
+        return real_get(name)
+
+    monkeypatch.setattr(rt, "_get_sync", get_late)
+    again = await rt.start(w0)
+    assert misses == [w0.name], "the race was not simulated"
+    assert again.host_ports == first.host_ports
+    assert rt._ports.allocated == set(first.host_ports.values()), "no port leaked"
+
+
+async def test_a_failure_after_the_container_started_removes_it_and_then_frees_its_ports(
+    podman_node: PodmanNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lo = 32000 + secrets.randbelow(600)
+    rt = podman_node.runtime(
+        network_mode="host-port", advertise_address="127.0.0.1", port_range=(lo, lo + 40)
+    )
+    w0 = spec(random_run_id(), "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
+
+    def broken(*_args: object) -> None:
+        raise RuntimeError("inspect went wrong")
+
+    monkeypatch.setattr(runtime_podman, "info_from_inspect", broken)
+    with pytest.raises(RuntimeError, match="inspect went wrong"):
+        await rt.start(w0)
+    assert not await podman_node.exists(w0.name), "nothing is left behind"
+    assert rt._ports.allocated == frozenset()
