@@ -10,6 +10,7 @@ import argparse
 import os
 import socket
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NoReturn
 
@@ -67,24 +68,23 @@ def _port_range(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _cpu(text: str) -> int:
-    try:
-        millis = parse_cpu_millis(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if millis <= 0:
-        raise argparse.ArgumentTypeError(f"cpu '{text}' must be positive")
-    return millis
+def _positive_quantity(parse: Callable[[str], int], what: str) -> Callable[[str], int]:
+    """An argparse type: a quantity parsed by `parse` that must be positive."""
+
+    def convert(text: str) -> int:
+        try:
+            value = parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"{what} '{text}' must be positive")
+        return value
+
+    return convert
 
 
-def _memory(text: str) -> int:
-    try:
-        size = parse_memory_bytes(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    if size <= 0:
-        raise argparse.ArgumentTypeError(f"memory '{text}' must be positive")
-    return size
+_cpu = _positive_quantity(parse_cpu_millis, "cpu")
+_memory = _positive_quantity(parse_memory_bytes, "memory")
 
 
 def _gpus(text: str) -> int:

@@ -109,6 +109,25 @@ class Cluster:
             check=True,
         )
 
+    def mute_worker(self, name: str) -> None:
+        """A worker codespec declaring endpoint http=8080 that never listens."""
+        self.cli(
+            "codespec",
+            "create",
+            name,
+            "-k",
+            "worker",
+            "--image",
+            BUSYBOX,
+            "--endpoint",
+            "http=8080",
+            "--command",
+            "--",
+            "sleep",
+            "300",
+            check=True,
+        )
+
     def follow_logs(self, run_id: int, during: Callable[[], None] = lambda: None) -> list[str]:
         """`muster run logs -f`: the first line, then `during()`, then the rest until it ends."""
         follower = subprocess.Popen(

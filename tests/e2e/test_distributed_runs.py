@@ -121,22 +121,7 @@ def test_missing_image_fails_fast_naming_image_and_node(make_cluster) -> None:
 
 def test_endpoint_never_opens_fails_after_readiness_timeout(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]}, cp_args=["--readiness-timeout", "4"])
-    cluster.cli(
-        "codespec",
-        "create",
-        "mute",
-        "-k",
-        "worker",
-        "--image",
-        BUSYBOX,
-        "--endpoint",
-        "http=8080",
-        "--command",
-        "--",
-        "sleep",
-        "300",
-        check=True,
-    )
+    cluster.mute_worker("mute")
     cluster.shell_codespec("j", "true")
     run_id = cluster.create_run("-c", "j", "--worker-codespec", "mute")
     run = cluster.wait_run(run_id, timeout=30)

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.conftest import BIN
-from tests.e2e.conftest import BUSYBOX, EXAMPLES, PYTHON, wait_for
+from tests.e2e.conftest import EXAMPLES, PYTHON, wait_for
 
 pytestmark = pytest.mark.podman
 
@@ -117,22 +117,7 @@ def test_cancel_running_and_pending_runs(make_cluster) -> None:
     assert cluster.run_json(running)["status"] == "Canceled"
     cluster.wait_no_containers(running, timeout=10)
 
-    cluster.cli(
-        "codespec",
-        "create",
-        "mute",
-        "-k",
-        "worker",
-        "--image",
-        BUSYBOX,
-        "--endpoint",
-        "http=8080",
-        "--command",
-        "--",
-        "sleep",
-        "300",
-        check=True,
-    )
+    cluster.mute_worker("mute")
     pending = cluster.create_run("-c", "sleeper", "--worker-codespec", "mute")
     wait_for(lambda: cluster.containers(pending), 20, "the pending run's worker container")
     assert cluster.run_json(pending)["status"] == "Pending"
