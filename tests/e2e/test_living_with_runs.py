@@ -55,7 +55,7 @@ def test_merged_logs_outlive_containers_and_restarts(make_cluster) -> None:
 
 def test_follow_receives_lines_as_produced_and_ends_with_the_run(make_cluster) -> None:
     cluster = make_cluster({"a": ["cpu"]})
-    cluster.shell_codespec("ticker", "for i in 1 2 3 4 5 6; do echo tick-$i; sleep 0.5; done")
+    cluster.shell_codespec("ticker", "for i in $(seq 1 12); do echo tick-$i; sleep 0.5; done")
     run_id = cluster.create_run("-c", "ticker")
     statuses: list[str] = []
     lines = cluster.follow_logs(
@@ -65,7 +65,7 @@ def test_follow_receives_lines_as_produced_and_ends_with_the_run(make_cluster) -
     status_at_first_line = statuses[0]
     assert first == "tick-1"
     assert status_at_first_line in ("Pending", "Running")  # printed while it ran
-    assert [first, *rest] == [f"tick-{i}" for i in range(1, 7)]
+    assert [first, *rest] == [f"tick-{i}" for i in range(1, 13)]
     assert cluster.run_json(run_id)["status"] == "Succeeded"
 
 
