@@ -56,11 +56,6 @@ class Replica:
         """How events and reasons name it: `worker 2`, `job` or `job 1`."""
         return f"{self.role} {self.index}"
 
-    @property
-    def hostname(self) -> str:
-        """Deterministic hostname, without the run id (see `hostname`)."""
-        return f"{self.role}-{self.index}"
-
 
 def hostname(run_id: int, role: str, index: int) -> str:
     """SPEC §2.3: worker i of run R is `run-R-worker-i`."""

@@ -72,10 +72,6 @@ class Stack:
         return f"127.0.0.1:{self.port}"
 
     @property
-    def control_network(self) -> str:
-        return f"{self.project}_control"
-
-    @property
     def volume(self) -> str:
         return f"{self.project}_controlplane-data"
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -110,8 +109,3 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="newer than this control plane"):
         await SqliteStore.open(path)
-
-
-def test_spec_helper_is_immutable() -> None:
-    a = spec("a", 1)
-    assert replace(a, version=2).version == 2 and a.version == 1
