@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 
 from agent.app import run_agent
 from agent.config import parse_args
+from agent.credentials import JoinError
 from agent.logutil import configure
 
 
@@ -13,7 +15,11 @@ def main(argv: list[str] | None = None) -> int:
     """Parse flags, run the agent until SIGTERM/SIGINT, return the exit status."""
     config = parse_args(argv)
     configure(config.log_level)
-    asyncio.run(run_agent(config))
+    try:
+        asyncio.run(run_agent(config))
+    except JoinError as exc:
+        print(f"muster-agent: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

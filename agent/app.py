@@ -13,8 +13,11 @@ import logging
 import random
 import signal
 
+import grpc
+
 from agent.config import AgentConfig
-from agent.connection import AgentConnection, Backoff, Identity
+from agent.connection import CHANNEL_OPTIONS, AgentConnection, Backoff, ChannelFactory, Identity
+from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
 from agent.logutil import log
 from agent.runtime import Runtime
 from agent.runtime_podman import PodmanRuntime
@@ -68,6 +71,44 @@ async def _ensure_network(runtime: Runtime, stop: asyncio.Event, backoff: Backof
                 await asyncio.wait_for(stop.wait(), delay)
 
 
+class SecureChannels:
+    """mTLS channels with the node's current certificate (swapped on renewal)."""
+
+    def __init__(self, creds: NodeCredentials) -> None:
+        self.creds = creds
+
+    def __call__(self) -> grpc.aio.Channel:
+        return grpc.aio.secure_channel(
+            self.creds.agent_server, self.creds.channel_credentials(), options=CHANNEL_OPTIONS
+        )
+
+    def renewed(self, creds: NodeCredentials) -> None:
+        """Use `creds` from the next connection on."""
+        self.creds = creds
+
+
+async def _secure_channels(
+    config: AgentConfig, stop: asyncio.Event, backoff: Backoff
+) -> tuple[ChannelFactory, Renewer] | None:
+    """Join if needed; None when stopped before the identity was ready."""
+    store = CredentialStore(config.identity_dir)
+    rng = random.Random()
+    creds = await ensure_credentials(
+        store,
+        config.node_name,
+        config.server,
+        config.ca_pem,
+        config.join_token,
+        config.agent_server,
+        stop,
+        lambda attempt: backoff.delay(attempt, rng),
+    )
+    if creds is None:
+        return None
+    channels = SecureChannels(creds)
+    return channels, Renewer(store, creds, channels.renewed)
+
+
 async def run_agent(
     config: AgentConfig,
     *,
@@ -87,7 +128,6 @@ async def run_agent(
     supervisor = Supervisor(
         runtime, poll_interval=config.poll_interval, probe_interval=config.probe_interval
     )
-    connection = AgentConnection(config.server, make_identity(config), supervisor, backoff=backoff)
     log(
         _log,
         logging.INFO,
@@ -98,16 +138,28 @@ async def run_agent(
         network_mode=config.network_mode,
         version=config.agent_version,
     )
-    watcher: asyncio.Task[None] | None = None
+    tasks: list[asyncio.Task[None]] = []
     try:
+        channel: ChannelFactory | None = None
+        renewer: Renewer | None = None
+        if not config.insecure:
+            secured = await _secure_channels(config, stop, backoff)
+            if secured is None:
+                return
+            channel, renewer = secured
+        connection = AgentConnection(
+            config.server, make_identity(config), supervisor, backoff=backoff, channel=channel
+        )
         await _ensure_network(runtime, stop, backoff)
-        watcher = asyncio.create_task(supervisor.watch(), name="agent-watch")
+        tasks.append(asyncio.create_task(supervisor.watch(), name="agent-watch"))
+        if renewer is not None:
+            tasks.append(asyncio.create_task(renewer.run(), name="agent-renew"))
         await connection.run(stop)
     finally:
-        if watcher is not None:
-            watcher.cancel()
+        for task in tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await watcher
+                await task
         await supervisor.close()
         await runtime.close()
         if owned_stop:

@@ -12,6 +12,7 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import NoReturn
 
 import psutil
@@ -21,6 +22,7 @@ from agent.ports import parse_port_range
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
 from agent.runtime import NetworkMode
 from agent.runtime_podman import DEFAULT_URL
+from muster.common.clientconfig import data_home
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 
@@ -47,6 +49,21 @@ class AgentConfig:
     reconnect_max_seconds: float = 5.0
     log_level: str = "INFO"
     agent_version: str = __version__
+    insecure: bool = False
+    state_dir: Path | None = None
+    ca_pem: bytes | None = None
+    join_token: str = ""
+    agent_server: str | None = None
+
+    @property
+    def identity_dir(self) -> Path:
+        """Where the node's key and certificate live."""
+        return self.state_dir or default_state_dir(self.node_name)
+
+
+def default_state_dir(node_name: str) -> Path:
+    """One directory per node name, so several agents on one machine never share."""
+    return data_home() / "muster" / "agents" / node_name
 
 
 class _Parser(argparse.ArgumentParser):
@@ -97,6 +114,13 @@ def _gpus(text: str) -> int:
     return count
 
 
+def _readable(text: str) -> bytes:
+    try:
+        return Path(text).read_bytes()
+    except OSError as exc:
+        raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror}") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -117,6 +141,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--server",
         default=os.environ.get("MUSTER_SERVER", DEFAULT_SERVER),
         help="control plane HOST:PORT (env MUSTER_SERVER; default %(default)s)",
+    )
+    p.add_argument(
+        "--agent-server",
+        default=os.environ.get("MUSTER_AGENT_SERVER") or None,
+        help="control plane agent address HOST:PORT (mTLS); default: learned when joining",
+    )
+    p.add_argument(
+        "--ca-cert",
+        type=_readable,
+        help="cluster CA certificate (PEM) that vouches for the control plane; needed to join",
+    )
+    p.add_argument(
+        "--join-token",
+        default=os.environ.get("MUSTER_JOIN_TOKEN", ""),
+        help="single-use join token (env MUSTER_JOIN_TOKEN); needed only on the first start",
+    )
+    p.add_argument(
+        "--join-token-file", type=Path, help="read the join token from this file instead"
+    )
+    p.add_argument(
+        "--state-dir",
+        type=Path,
+        default=None,
+        help="where the node key and certificate live (default: "
+        "$XDG_DATA_HOME/muster/agents/NODE_NAME)",
+    )
+    p.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext and no node certificate, for a control plane started with --insecure",
     )
     p.add_argument("--node-name", default=socket.gethostname(), help="default: hostname")
     p.add_argument(
@@ -183,7 +237,20 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         parser.error("--node-name must not be empty")
     if not ns.server.strip():
         parser.error("--server must not be empty")
+    join_token = ns.join_token.strip()
+    if ns.join_token_file is not None:
+        try:
+            join_token = ns.join_token_file.read_text().strip()
+        except OSError as exc:
+            parser.error(f"--join-token-file {ns.join_token_file}: {exc.strerror}")
+    if ns.insecure and (join_token or ns.ca_cert):
+        parser.error("--insecure cannot be combined with --join-token or --ca-cert")
     return AgentConfig(
+        insecure=ns.insecure,
+        state_dir=ns.state_dir,
+        ca_pem=ns.ca_cert,
+        join_token=join_token,
+        agent_server=ns.agent_server,
         node_name=ns.node_name,
         server=ns.server,
         pools=tuple(dict.fromkeys(ns.pools)),

@@ -17,7 +17,7 @@ import contextlib
 import logging
 import random
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -82,6 +82,15 @@ class Backoff:
         return base * rng.uniform(0.5, 1.0)
 
 
+ChannelFactory = Callable[[], grpc.aio.Channel]
+"""Opens a new channel to the control plane for each session."""
+
+
+def plaintext(server: str) -> ChannelFactory:
+    """Channels without TLS (a control plane started with --insecure)."""
+    return lambda: grpc.aio.insecure_channel(server, options=CHANNEL_OPTIONS)
+
+
 class AgentConnection:
     """Keeps one Connect stream alive and wires it to a :class:`Supervisor`."""
 
@@ -93,9 +102,12 @@ class AgentConnection:
         *,
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
+        channel: ChannelFactory | None = None,
     ) -> None:
-        """``server`` is ``host:port`` of the control plane."""
+        """``server`` is ``host:port`` of the control plane; ``channel`` opens
+        channels to it (plaintext when not given)."""
         self._server = server
+        self._channel = channel or plaintext(server)
         self._identity = identity
         self._sup = supervisor
         self._backoff = backoff or Backoff()
@@ -165,7 +177,7 @@ class AgentConnection:
 
     async def _session(self) -> None:
         """One stream: Register, then serve until it ends (returns or raises)."""
-        async with grpc.aio.insecure_channel(self._server, options=CHANNEL_OPTIONS) as channel:
+        async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             outbox = Outbox()
             window = asyncio.Semaphore(LOG_WINDOW)

@@ -64,6 +64,7 @@ async def bench(agents: int, runs: int, workers: int) -> None:
                 run_agent(
                     parse_args(
                         [
+                            "--insecure",
                             "--server",
                             address,
                             "--node-name",

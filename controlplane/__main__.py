@@ -10,23 +10,34 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import NoReturn
 
 from controlplane.core.nodes import Liveness
+from controlplane.security.tls import SecurityConfig, host_of, is_loopback
 from controlplane.server import start
 from controlplane.services.orchestrator import Settings
+from muster.common.clientconfig import default_state_dir
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+DEFAULT_AGENT_PORT = 50052
 
 
-def default_db() -> Path:
-    """SQLite file in the user's data directory (created on start)."""
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "muster" / "controlplane.db"
+def default_agent_listen(listen: str) -> str:
+    """The agent address beside the API address: same host, port 50052 (0 stays 0)."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{0 if port == '0' else DEFAULT_AGENT_PORT}"
+
+
+class _Parser(argparse.ArgumentParser):
+    """Flag errors are one line (no usage dump), so they stand out in a log."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="muster-controlplane", description="muster control plane (gRPC)"
     )
     parser.add_argument(
@@ -35,9 +46,43 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help=f"HOST:PORT to serve gRPC on (default {DEFAULT_LISTEN})",
     )
     parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get("MUSTER_STATE_DIR") or default_state_dir()),
+        help="where the database (unless --db), the cluster CA and admin.json live "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
         "--db",
-        default=os.environ.get("MUSTER_DB") or str(default_db()),
-        help="SQLite database file (default: %(default)s)",
+        default=os.environ.get("MUSTER_DB") or None,
+        help="SQLite database file (default: STATE_DIR/controlplane.db)",
+    )
+    parser.add_argument(
+        "--agent-listen",
+        default=os.environ.get("MUSTER_AGENT_LISTEN") or None,
+        metavar="HOST:PORT",
+        help="HOST:PORT for node agents (mTLS); default: the --listen host, port 50052",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext, no authentication; only allowed on a loopback --listen address",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, help="bring your own server certificate chain (PEM)"
+    )
+    parser.add_argument("--tls-key", type=Path, help="the key of --tls-cert (PEM)")
+    parser.add_argument(
+        "--client-ca",
+        type=Path,
+        help="also accept node certificates signed by this CA (PEM), besides the cluster CA",
+    )
+    parser.add_argument(
+        "--tls-san",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="extra DNS name or IP address for the server certificate (repeatable)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
     parser.add_argument(
@@ -76,7 +121,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.readiness_timeout <= 0:
         parser.error("--readiness-timeout must be positive")
+    _check_security_flags(parser, args)
+    args.db = args.db or str(args.state_dir / "controlplane.db")
+    args.agent_listen = args.agent_listen or default_agent_listen(args.listen)
     return args
+
+
+def _check_security_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Plaintext only on loopback, and only when asked for; PKI files complete."""
+    if args.insecure:
+        if not is_loopback(args.listen):
+            parser.error(
+                f"refusing to serve plaintext on {args.listen}: --insecure is only allowed on a "
+                "loopback address (127.0.0.1, ::1, localhost); drop --insecure to use TLS"
+            )
+        if args.tls_cert or args.tls_key or args.client_ca:
+            parser.error("--insecure cannot be combined with --tls-cert, --tls-key or --client-ca")
+        return
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    for flag in ("tls_cert", "tls_key", "client_ca"):
+        path = getattr(args, flag)
+        if path is not None and not path.is_file():
+            parser.error(f"--{flag.replace('_', '-')} {path}: no such file")
+    if host_of(args.listen) == "localhost":
+        args.listen = args.listen.replace("localhost", "127.0.0.1", 1)
 
 
 def configure_logging(level: str) -> None:
@@ -98,15 +167,33 @@ async def serve(args: argparse.Namespace) -> None:
             lost=timedelta(seconds=args.node_lost_after),
         ),
     )
-    plane = await start(args.listen, args.db, settings)
+    security = (
+        None
+        if args.insecure
+        else SecurityConfig(
+            state_dir=args.state_dir,
+            agent_listen=args.agent_listen,
+            extra_names=tuple(args.tls_san),
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            client_ca=args.client_ca,
+        )
+    )
+    plane = await start(args.listen, args.db, settings, security)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    print(
-        f"muster control plane listening on {args.listen.rsplit(':', 1)[0]}:{plane.port}",
-        flush=True,
-    )
+    host = args.listen.rsplit(":", 1)[0]
+    if plane.secure:
+        agent_host = args.agent_listen.rsplit(":", 1)[0]
+        detail = (
+            f"(TLS; agents on {agent_host}:{plane.agent_port} with mTLS; "
+            f"admin credentials in {plane.admin_file})"
+        )
+    else:
+        detail = "(INSECURE: plaintext, no authentication)"
+    print(f"muster control plane listening on {host}:{plane.port} {detail}", flush=True)
     await stop.wait()
     logging.getLogger("controlplane").info("event=shutdown_requested")
     await plane.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,18 +13,27 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from controlplane.api.agents import AgentServicer
+from controlplane.api.agents import AgentServicer, JoinInfo
+from controlplane.api.auth import AuthInterceptor
 from controlplane.api.codespecs import CodespecServicer
 from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
+from controlplane.api.tokens import TokenServicer
+from controlplane.core.errors import DomainError
+from controlplane.security.tls import SecurityConfig, TlsMaterial, host_of, load_material
+from controlplane.services.auth import AuthService
 from controlplane.services.codespecs import CodespecService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
+from muster.common import clientconfig
+from muster.common.clientconfig import ClientConfig
 from muster.v1 import (
     agent_pb2,
     agent_pb2_grpc,
+    auth_pb2,
+    auth_pb2_grpc,
     codespec_pb2,
     codespec_pb2_grpc,
     node_pb2,
@@ -50,12 +60,13 @@ SERVICE_NAMES = [
     run_pb2.DESCRIPTOR.services_by_name["RunService"].full_name,
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
+    auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
 ]
 
 
 @dataclass
 class ControlPlane:
-    """A running control plane; `port` is the bound port (useful with port 0)."""
+    """A running control plane; `port` is the bound API port (useful with port 0)."""
 
     server: grpc.aio.Server
     store: Store
@@ -63,6 +74,14 @@ class ControlPlane:
     port: int
     orchestrator: Orchestrator
     loop_task: asyncio.Task[None]
+    agent_port: int = 0
+    auth: AuthService | None = None
+    admin_file: Path | None = None
+
+    @property
+    def secure(self) -> bool:
+        """Whether TLS and authentication are on."""
+        return self.auth is not None
 
     async def stop(self, grace: float = 5.0) -> None:
         """Stop accepting calls, let running ones finish, then close the store."""
@@ -76,18 +95,74 @@ class ControlPlane:
         log.info("event=stopped")
 
 
-async def start(listen: str, db_path: str | Path, settings: Settings | None = None) -> ControlPlane:
-    """Open the store, load state, register every service and start listening."""
+def _client_address(listen: str, port: int) -> str:
+    """How a client on this machine reaches `listen` (wildcards become loopback)."""
+    host = host_of(listen)
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host in ("::", "[::]"):
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+async def _admin_credentials(
+    auth: AuthService, state_dir: Path, server: str, anchor: bytes
+) -> Path:
+    """Keep `<state-dir>/admin.json` usable: made on first start, its server
+    address and CA refreshed later; left alone once its token was revoked."""
+    path = state_dir / clientconfig.ADMIN_FILE
+    existing: ClientConfig | None = None
+    if path.exists():
+        try:
+            existing = clientconfig.load(path)
+        except clientconfig.ConfigError as exc:
+            log.warning("event=admin_credentials_unreadable error=%r", str(exc))
+    secret = await auth.bootstrap_admin(existing.token if existing else None)
+    token = secret or (existing.token if existing else "")
+    try:
+        auth.authenticate(token)
+    except DomainError:
+        log.warning("event=admin_credentials_revoked file=%s", path)
+        return path
+    fresh = ClientConfig(server, anchor.decode(), token)
+    if fresh != existing:
+        fresh.save(path)
+        log.info("event=admin_credentials_written file=%s", path)
+    return path
+
+
+async def start(
+    listen: str,
+    db_path: str | Path,
+    settings: Settings | None = None,
+    security: SecurityConfig | None = None,
+) -> ControlPlane:
+    """Open the store, load state, register every service and start listening.
+
+    With `security` (the default of the command line), the API is served
+    with TLS and bearer tokens and agents connect on their own mTLS address;
+    without it (`--insecure`), one plaintext address serves everything to
+    everybody."""
     store = await SqliteStore.open(db_path)
     codespecs = CodespecService(store)
     orchestrator = Orchestrator(store, codespecs, settings)
     await orchestrator.load()
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    tls: TlsMaterial | None = None
+    auth: AuthService | None = None
+    if security is not None:
+        tls = await asyncio.to_thread(load_material, security, [listen, security.agent_listen])
+        auth = AuthService(store, tls.ca)
+        await auth.load()
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(auth)])
     codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
     logs = LogService(store, orchestrator)
     run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store, logs), server)
-    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator), server)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(orchestrator, logs), server)
+    node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
+    join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")
+    agent_pb2_grpc.add_AgentServiceServicer_to_server(
+        AgentServicer(orchestrator, logs, auth, join_info), server
+    )
+    auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -99,13 +174,42 @@ async def start(listen: str, db_path: str | Path, settings: Settings | None = No
         ],
         server,
     )
-    port = server.add_insecure_port(listen)
-    if port == 0:
+    try:
+        if tls is None or security is None:
+            port, agent_port = _bind(server.add_insecure_port, listen), 0
+        else:
+            port = _bind(lambda a: server.add_secure_port(a, tls.api_credentials()), listen)
+            agent_port = _bind(
+                lambda a: server.add_secure_port(a, tls.agent_credentials()), security.agent_listen
+            )
+            join_info.agent_port = agent_port
+    except OSError:
         await store.close()
-        raise OSError(f"cannot listen on {listen}")
+        raise
+    admin_file = None
+    if auth is not None and tls is not None and security is not None:
+        admin_file = await _admin_credentials(
+            auth, security.state_dir, _client_address(listen, port), tls.trust_anchor
+        )
     await server.start()
     loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("event=listening address=%s port=%d db=%s", listen, port, db_path)
-    return ControlPlane(server, store, health_servicer, port, orchestrator, loop_task)
+    log.info(
+        "event=listening address=%s port=%d agent_port=%d secure=%s db=%s",
+        listen,
+        port,
+        agent_port,
+        auth is not None,
+        db_path,
+    )
+    return ControlPlane(
+        server, store, health_servicer, port, orchestrator, loop_task, agent_port, auth, admin_file
+    )
+
+
+def _bind(add: Callable[[str], int], address: str) -> int:
+    port = add(address)
+    if port == 0:
+        raise OSError(f"cannot listen on {address}")
+    return port

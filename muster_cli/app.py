@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from muster_cli.client import server_address
+from muster_cli.client import server_address, set_config_flag
 from muster_cli.output import FORMATS
 
 INT32 = 2**31 - 1
@@ -70,7 +70,15 @@ def key_values(pairs: tuple[str, ...], flag: str, cast: Callable[[str], Any] = s
     metavar="HOST:PORT",
     help="Control plane address (default: $MUSTER_SERVER or 127.0.0.1:50051).",
 )
+@click.option(
+    "--config",
+    default=None,
+    metavar="FILE",
+    help="Client credential file (default: $MUSTER_CONFIG, ~/.config/muster/config.json, "
+    "or this machine's control plane admin.json).",
+)
 @click.pass_context
-def cli(ctx: click.Context, server: str | None) -> None:
+def cli(ctx: click.Context, server: str | None, config: str | None) -> None:
     """muster: distributed container jobs on your own Podman hosts."""
     ctx.obj = {"server": server}
+    set_config_flag(config)

@@ -1,22 +1,109 @@
-"""gRPC connection and error reporting shared by every CLI command."""
+"""gRPC connection, credentials and error reporting shared by every CLI command.
+
+Credentials come from one client credential file (see
+`muster.common.clientconfig`), the first that applies of: `--config`,
+`$MUSTER_CONFIG`, `~/.config/muster/config.json` (written by `muster
+login`), and the administrator's file that a control plane on this machine
+wrote into its state directory. `--server`/`$MUSTER_SERVER` override the
+file's address and `$MUSTER_TOKEN` its token. With no file at all, the CLI
+talks plaintext, which only a control plane started with `--insecure` answers.
+"""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
 
+from muster.common import clientconfig
+from muster.common.clientconfig import ClientConfig, ConfigError
+
 DEFAULT_SERVER = "127.0.0.1:50051"
+_config_flag: str | None = None
+
+
+def set_config_flag(path: str | None) -> None:
+    """Remember `--config` for this invocation."""
+    global _config_flag
+    _config_flag = path
+
+
+def user_config_path() -> Path:
+    """Where `muster login` writes by default."""
+    return clientconfig.config_home() / "muster" / "config.json"
+
+
+def config_path() -> Path | None:
+    """The credential file this invocation uses, if any."""
+    explicit = _config_flag or os.environ.get("MUSTER_CONFIG")
+    if explicit:
+        return Path(explicit)
+    for candidate in (
+        user_config_path(),
+        Path(os.environ.get("MUSTER_STATE_DIR") or clientconfig.default_state_dir())
+        / clientconfig.ADMIN_FILE,
+    ):
+        if candidate.is_file() and os.access(candidate, os.R_OK):
+            return candidate
+    return None
+
+
+def client_config() -> ClientConfig | None:
+    """The parsed credential file, or None; a broken file is a one-line error."""
+    path = config_path()
+    if path is None:
+        return None
+    try:
+        return clientconfig.load(path)
+    except ConfigError as exc:
+        fail(str(exc))
 
 
 def server_address(flag: str | None) -> str:
-    """--server, else MUSTER_SERVER, else the local default."""
-    return flag or os.environ.get("MUSTER_SERVER") or DEFAULT_SERVER
+    """--server, else MUSTER_SERVER, else the credential file's, else the local default."""
+    if flag or os.environ.get("MUSTER_SERVER"):
+        return flag or os.environ["MUSTER_SERVER"]
+    config = client_config()
+    return config.server if config else DEFAULT_SERVER
+
+
+def _is_loopback(address: str) -> bool:
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_channel(address: str, config: ClientConfig | None = None) -> grpc.Channel:
+    """A channel to `address` with the credentials in force (TLS and the
+    bearer token, or plaintext with no credential file or `insecure: true`)."""
+    config = config or client_config()
+    token = os.environ.get("MUSTER_TOKEN") or (config.token if config else "")
+    if config is None or config.insecure:
+        if token and not _is_loopback(address):
+            fail(f"refusing to send a token in plaintext to {address}; give a caCert")
+        return grpc.insecure_channel(address)
+    creds = grpc.ssl_channel_credentials(config.ca_pem.encode())
+    if token:
+        creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
+    return grpc.secure_channel(address, creds)
+
+
+def _unreachable(address: str, detail: str) -> str:
+    hint = "is it running? Set --server or MUSTER_SERVER"
+    if config_path() is None:
+        hint += "; no credentials were found: run `muster login` or set MUSTER_CONFIG"
+    return f"cannot reach the muster control plane at {address} ({detail}); {hint}"
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
@@ -28,17 +115,14 @@ def fail(message: str, code: int = 1) -> NoReturn:
 @contextmanager
 def channel(address: str) -> Iterator[grpc.Channel]:
     """A channel whose RPC errors become one clear line and exit code 1."""
-    ch = grpc.insecure_channel(address)
+    ch = open_channel(address)
     try:
         yield ch
     except grpc.RpcError as err:
         code = err.code()  # type: ignore[attr-defined]
         detail = err.details() or code.name  # type: ignore[attr-defined]
         if code == grpc.StatusCode.UNAVAILABLE:
-            fail(
-                f"cannot reach the muster control plane at {address} ({detail}); "
-                "is it running? Set --server or MUSTER_SERVER"
-            )
+            fail(_unreachable(address, detail))
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
             fail(f"the control plane at {address} did not answer in time")
         fail(detail)
@@ -84,10 +168,7 @@ class Reconnect:
         if code != grpc.StatusCode.UNAVAILABLE:
             fail(err.details() or code.name)  # type: ignore[attr-defined]
         if not self._connected_once:
-            fail(
-                f"cannot reach the muster control plane at {self.server}; is it running? "
-                "Set --server or MUSTER_SERVER"
-            )
+            fail(_unreachable(self.server, err.details() or code.name))  # type: ignore[attr-defined]
         self._failing_since = self._failing_since or time.monotonic()
         if time.monotonic() - self._failing_since > self.give_up:
             fail(f"lost the control plane at {self.server} while {self.what}")

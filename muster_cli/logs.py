@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
-from muster_cli.client import Reconnect, fail
+from muster_cli.client import Reconnect, fail, open_channel
 
 
 class LogPrinter:
@@ -59,7 +59,7 @@ def stream_logs(
         request.since.CopyFrom(since)
     while True:
         try:
-            with grpc.insecure_channel(server) as ch:
+            with open_channel(server) as ch:
                 stub = pb_grpc.RunServiceStub(ch)
                 if printer is None:
                     run = stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=30).run

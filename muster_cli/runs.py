@@ -25,7 +25,7 @@ from muster_cli.app import (
     key_values,
     server_option,
 )
-from muster_cli.client import Reconnect, channel, collect_pages, fail
+from muster_cli.client import Reconnect, channel, collect_pages, fail, open_channel
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, table, to_dict
 from muster_cli.specfile import load_run
@@ -151,7 +151,7 @@ def follow(server: str, run_id: int, emit: Callable[[str], None]) -> pb.Run:
     retry = Reconnect(server, f"watching run {run_id}")
     while True:
         try:
-            with grpc.insecure_channel(server) as ch:
+            with open_channel(server) as ch:
                 stub = pb_grpc.RunServiceStub(ch)
                 for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
                     retry.progress()

@@ -11,19 +11,22 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 
+from controlplane.api.auth import current_node
 from controlplane.api.convert import (
     log_lines_from_pb,
     node_from_register,
     report_from_pb,
     start_to_pb,
 )
-from controlplane.api.errors import status_code
+from controlplane.api.errors import grpc_errors, status_code
 from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
-from controlplane.core.errors import DomainError
+from controlplane.core.errors import DomainError, FailedPrecondition, PermissionDenied
+from controlplane.services.auth import AuthService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
 from muster.v1 import agent_pb2 as pb
@@ -53,12 +56,82 @@ class GrpcAgentLink:
         self.queue.put_nowait(_CLOSE)
 
 
-class AgentServicer(pb_grpc.AgentServiceServicer):
-    """Serves Connect streams."""
+@dataclass
+class JoinInfo:
+    """What a joining agent is told besides its certificate (known once listening)."""
 
-    def __init__(self, orchestrator: Orchestrator, logs: LogService) -> None:
+    ca_pem: bytes = b""
+    agent_port: int = 0
+
+
+def check_claims(register: pb.Register) -> None:
+    """Node restriction: with a node certificate, an agent may register only
+    under the certificate's name and claim only the pools it grants."""
+    cert = current_node()
+    if cert is None:
+        return
+    if register.node_name != cert.node:
+        raise PermissionDenied(
+            f"this agent's certificate is for node '{cert.node}'; it may not register as "
+            f"'{register.node_name}'"
+        )
+    extra = sorted(set(register.pools) - set(cert.pools))
+    if extra:
+        raise PermissionDenied(
+            f"node '{cert.node}' may join only pools {', '.join(cert.pools)} (its join token's); "
+            f"not {', '.join(extra)}"
+        )
+
+
+class AgentServicer(pb_grpc.AgentServiceServicer):
+    """Serves Connect streams, joins and certificate renewals."""
+
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        logs: LogService,
+        auth: AuthService | None = None,
+        join_info: JoinInfo | None = None,
+    ) -> None:
         self._orchestrator = orchestrator
         self._logs = logs
+        self._auth = auth
+        self._join_info = join_info or JoinInfo()
+
+    def _secured(self) -> AuthService:
+        if self._auth is None:
+            raise FailedPrecondition(
+                "this control plane runs with --insecure: agents connect without joining "
+                "(start the agent with --insecure)"
+            )
+        return self._auth
+
+    @grpc_errors
+    async def Join(
+        self, request: pb.JoinRequest, context: grpc.aio.ServicerContext
+    ) -> pb.JoinResponse:
+        joined = await self._secured().join(
+            request.join_token,
+            request.node_name,
+            request.csr_pem.encode(),
+            self._orchestrator.knows_node,
+        )
+        return pb.JoinResponse(
+            certificate_pem=joined.certificate_pem.decode(),
+            ca_pem=self._join_info.ca_pem.decode(),
+            agent_port=self._join_info.agent_port,
+            pools=list(joined.pools),
+        )
+
+    @grpc_errors
+    async def RenewCertificate(
+        self, request: pb.RenewCertificateRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RenewCertificateResponse:
+        auth, cert = self._secured(), current_node()
+        assert cert is not None  # the interceptor admits only verified nodes
+        renewed = await auth.renew(cert, request.csr_pem.encode())
+        log.info("event=certificate_renewed node=%s", cert.node)
+        return pb.RenewCertificateResponse(certificate_pem=renewed.decode())
 
     async def Connect(
         self, request_iterator: AsyncIterator[pb.ConnectRequest], context: grpc.aio.ServicerContext
@@ -77,6 +150,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"node_name: '{register.node_name}' is not a valid node name",
             )
+        try:
+            check_claims(register)
+        except DomainError as error:
+            log.warning("event=register_refused node=%s reason=%r", register.node_name, str(error))
+            await context.abort(status_code(error), str(error))
         name = register.node_name
         link = GrpcAgentLink(name)
         interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
@@ -124,8 +202,19 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)
             elif kind == "container_status":
-                await self._orchestrator.report(name, report_from_pb(message.container_status))
+                report = report_from_pb(message.container_status)
+                obs = report.observation
+                if self._orchestrator.placed_on(name, report.run_id, obs.role, obs.index) is False:
+                    log.warning(
+                        "event=report_refused node=%s run=%d replica=%s-%d reason=not_placed_here",
+                        name,
+                        report.run_id,
+                        obs.role,
+                        obs.index,
+                    )
+                    continue
+                await self._orchestrator.report(name, report)
             elif kind == "log_batch":
-                await self._logs.ingest(log_lines_from_pb(message.log_batch))
+                await self._logs.ingest_from(name, log_lines_from_pb(message.log_batch))
             else:
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)

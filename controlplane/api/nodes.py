@@ -4,18 +4,43 @@ from __future__ import annotations
 
 import grpc
 
-from controlplane.api.convert import node_to_pb
+from controlplane.api.convert import node_to_pb, timestamp
 from controlplane.api.errors import grpc_errors
+from controlplane.core.auth import DEFAULT_JOIN_TTL, ttl_of
+from controlplane.core.errors import FailedPrecondition
+from controlplane.services.auth import AuthService
 from controlplane.services.orchestrator import Orchestrator
 from muster.v1 import node_pb2 as pb
 from muster.v1 import node_pb2_grpc as pb_grpc
 
 
 class NodeServicer(pb_grpc.NodeServiceServicer):
-    """Lists nodes with their liveness and allocation."""
+    """Lists nodes with their liveness and allocation; joins and removes them."""
 
-    def __init__(self, orchestrator: Orchestrator) -> None:
+    def __init__(self, orchestrator: Orchestrator, auth: AuthService | None = None) -> None:
         self._orchestrator = orchestrator
+        self._auth = auth
+
+    @grpc_errors
+    async def CreateJoinToken(
+        self, request: pb.CreateJoinTokenRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateJoinTokenResponse:
+        if self._auth is None:
+            raise FailedPrecondition(
+                "this control plane runs with --insecure: agents connect without joining"
+            )
+        ttl = ttl_of(request.ttl_seconds, "ttl_seconds", DEFAULT_JOIN_TTL)
+        secret, token = await self._auth.create_join_token(list(request.pools), ttl)
+        return pb.CreateJoinTokenResponse(
+            join_token=secret, expires_at=timestamp(token.expires_at), pools=list(token.pools)
+        )
+
+    @grpc_errors
+    async def RemoveNode(
+        self, request: pb.RemoveNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RemoveNodeResponse:
+        failed = await self._orchestrator.remove_node(request.name)
+        return pb.RemoveNodeResponse(failed_run_ids=failed)
 
     @grpc_errors
     async def ListNodes(

@@ -31,3 +31,11 @@ class AlreadyExists(DomainError):
 
 class Conflict(Exception):
     """A concurrent writer won an optimistic-concurrency race; the caller retries."""
+
+
+class Unauthenticated(DomainError):
+    """The caller presented no credentials, or ones that are not valid."""
+
+
+class PermissionDenied(DomainError):
+    """The caller is known but may not do this."""

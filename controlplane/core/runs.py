@@ -313,12 +313,13 @@ def cancel(run: Run, now: datetime) -> list[Action]:
     return _finish(run, now, "Canceled", "canceled by user")
 
 
-def node_lost(run: Run, node: str, now: datetime) -> list[Action]:
-    """A node holding replicas of the run stopped heartbeating for too long."""
+def node_lost(run: Run, node: str, now: datetime, how: str = "was lost") -> list[Action]:
+    """A node holding replicas of the run stopped heartbeating for too long
+    (or, with `how` = "was removed", an admin removed it)."""
     on_node = [r.label for r in run.replicas if r.node == node]
     if run.terminal or not on_node:
         return []
-    return _finish(run, now, "Failed", f"node {node} was lost ({', '.join(on_node)} placed there)")
+    return _finish(run, now, "Failed", f"node {node} {how} ({', '.join(on_node)} placed there)")
 
 
 def missing_container(run: Run, node: str, role: str, index: int, now: datetime) -> list[Action]:

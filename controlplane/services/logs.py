@@ -11,6 +11,7 @@ run ended, for nodes that never come back.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
@@ -21,6 +22,7 @@ from controlplane.services.orchestrator import Orchestrator
 from controlplane.store.base import Store
 
 CHUNK = 1000
+log = logging.getLogger(__name__)
 
 
 def logs_complete(run: Run, now: datetime, complete_after: timedelta) -> bool:
@@ -57,6 +59,29 @@ class LogService:
                 if event is not None:
                     event.set()  # wakes this run's followers only
         return added
+
+    async def ingest_from(self, node: str, lines: list[LogLine]) -> int:
+        """Store lines a node shipped, keeping only those of replicas placed on
+        that node: a node may speak only for its own containers."""
+        runs: dict[int, Run | None] = {}
+        kept: list[LogLine] = []
+        for ln in lines:
+            ok = self._orchestrator.placed_on(node, ln.run_id, ln.role, ln.replica)
+            if ok is None:
+                if ln.run_id not in runs:
+                    runs[ln.run_id] = await self._store.get_run(ln.run_id)
+                run = runs[ln.run_id]
+                replica = run.replica(ln.role, ln.replica) if run else None
+                ok = replica is not None and replica.node == node
+            if ok:
+                kept.append(ln)
+        if len(kept) < len(lines):
+            log.warning(
+                "event=logs_refused node=%s lines=%d reason=not_placed_on_node",
+                node,
+                len(lines) - len(kept),
+            )
+        return await self.ingest(kept) if kept else 0
 
     async def read(
         self, run_id: int, *, follow: bool, since_ns: int | None, tail: int, resume_after: int = 0

@@ -307,6 +307,44 @@ class Orchestrator:
             if link is not None and report.observation.state in ("running", "creating"):
                 link.teardown(report.run_id)
 
+    async def remove_node(self, name: str) -> list[int]:
+        """Forget a node for good: record the removal (which revokes its
+        certificates), cut its stream, fail the runs placed on it. Returns
+        the ids of the runs that failed."""
+        async with self._lock:
+            if name not in self._nodes:
+                raise NotFound(f"The node '{name}' was not found; `muster node list` shows them.")
+            now = self._clock()
+            await self._store.delete_node(name, now)
+            del self._nodes[name]
+            link = self._links.pop(name, None)
+            failed = []
+            for run in list(self._runs.values()):
+                actions = sm.node_lost(run, name, now, "was removed")
+                if run.terminal:
+                    failed.append(run.id)
+                    await self._commit(run, actions)
+                    if link is not None:
+                        link.teardown(run.id)  # the last thing the node is told
+            if link is not None:
+                link.close()
+        log.warning("event=node_removed node=%s failed_runs=%d", name, len(failed))
+        self.wake()
+        return failed
+
+    def knows_node(self, name: str) -> bool:
+        """Whether a node of this name has registered and was not removed."""
+        return name in self._nodes
+
+    def placed_on(self, name: str, run_id: int, role: str, index: int) -> bool | None:
+        """Whether that replica of an active run is placed on node `name`
+        (None: the run is not active, ask the store)."""
+        run = self._runs.get(run_id)
+        if run is None:
+            return None
+        replica = run.replica(role, index)
+        return replica is not None and replica.node == name
+
     # -- nodes -------------------------------------------------------------
 
     def nodes(self) -> list[tuple[Node, Capacity, int]]:

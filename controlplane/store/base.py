@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
+from controlplane.core.auth import ApiToken, JoinToken
 from controlplane.core.codespec import Codespec
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
@@ -112,3 +113,26 @@ class Store(Protocol):
 
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         """Lines that arrived after `after_id`, in arrival order."""
+
+    async def delete_node(self, name: str, now: datetime) -> None:
+        """Forget a node and record when it was removed: certificates of that
+        node issued no later than this are refused from then on."""
+
+    async def node_removed_at(self, name: str) -> datetime | None:
+        """When the node was last removed, or None."""
+
+    async def insert_token(self, token: ApiToken) -> None:
+        """Store a new bearer token; AlreadyExists if the name is taken."""
+
+    async def list_tokens(self) -> list[ApiToken]:
+        """Every bearer token, by name."""
+
+    async def revoke_token(self, name: str, now: datetime) -> ApiToken | None:
+        """Mark a token revoked (keeping an earlier revocation time); None if unknown."""
+
+    async def insert_join_token(self, token: JoinToken) -> None:
+        """Store a new join token."""
+
+    async def use_join_token(self, hash: str, node: str, now: datetime) -> JoinToken | None:
+        """Atomically spend a join token: it must exist, be unused and not
+        expired at `now`. Returns it (with `used_by`), or None."""

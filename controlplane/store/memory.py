@@ -3,11 +3,13 @@ tests as the SQLite backend, so services behave the same on both."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from controlplane.core.auth import ApiToken, JoinToken
 from controlplane.core.codespec import Codespec
-from controlplane.core.errors import Conflict
+from controlplane.core.errors import AlreadyExists, Conflict
 from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
@@ -26,6 +28,9 @@ class MemoryStore:
         self._nodes: dict[str, dict[str, Any]] = {}
         self._logs: list[StoredLine] = []
         self._log_keys: set[tuple[int, str, int, str, int]] = set()
+        self._removed: dict[str, datetime] = {}
+        self._tokens: dict[str, ApiToken] = {}
+        self._join_tokens: dict[str, JoinToken] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -125,6 +130,37 @@ class MemoryStore:
 
     async def list_nodes(self) -> list[Node]:
         return [node_from_doc(d) for _, d in sorted(self._nodes.items())]
+
+    async def delete_node(self, name: str, now: datetime) -> None:
+        self._nodes.pop(name, None)
+        self._removed[name] = now
+
+    async def node_removed_at(self, name: str) -> datetime | None:
+        return self._removed.get(name)
+
+    async def insert_token(self, token: ApiToken) -> None:
+        if token.name in self._tokens or any(t.hash == token.hash for t in self._tokens.values()):
+            raise AlreadyExists(f"a token named '{token.name}' exists already; choose another name")
+        self._tokens[token.name] = token
+
+    async def list_tokens(self) -> list[ApiToken]:
+        return [t for _, t in sorted(self._tokens.items())]
+
+    async def revoke_token(self, name: str, now: datetime) -> ApiToken | None:
+        token = self._tokens.get(name)
+        if token is not None and token.revoked_at is None:
+            token = self._tokens[name] = replace(token, revoked_at=now)
+        return token
+
+    async def insert_join_token(self, token: JoinToken) -> None:
+        self._join_tokens[token.hash] = token
+
+    async def use_join_token(self, hash: str, node: str, now: datetime) -> JoinToken | None:
+        token = self._join_tokens.get(hash)
+        if token is None or token.used_by or now >= token.expires_at:
+            return None
+        token = self._join_tokens[hash] = replace(token, used_by=node)
+        return token
 
     async def append_logs(self, lines: list[LogLine]) -> int:
         added = 0

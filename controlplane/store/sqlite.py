@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+from controlplane.core.auth import ApiToken, JoinToken, Role
 from controlplane.core.codespec import Codespec, from_document, to_document
-from controlplane.core.errors import Conflict
+from controlplane.core.errors import AlreadyExists, Conflict
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
@@ -81,6 +82,27 @@ MIGRATIONS: list[str] = [
     DROP INDEX logs_time;
     CREATE INDEX logs_time ON logs (run_id, ts, id);  -- time order, arrival breaks ties
     """,
+    """
+    CREATE TABLE tokens (
+        name        TEXT PRIMARY KEY,
+        role        INTEGER NOT NULL,
+        hash        TEXT    NOT NULL UNIQUE,  -- SHA-256 of the secret (the secret is not kept)
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER,
+        revoked_at  INTEGER
+    );
+    CREATE TABLE join_tokens (
+        hash        TEXT PRIMARY KEY,
+        pools       TEXT    NOT NULL,         -- JSON list
+        created_at  INTEGER NOT NULL,
+        expires_at  INTEGER NOT NULL,
+        used_by     TEXT    NOT NULL DEFAULT ''
+    );
+    CREATE TABLE removed_nodes (
+        name        TEXT PRIMARY KEY,
+        removed_at  INTEGER NOT NULL
+    );
+    """,
 ]
 
 
@@ -88,6 +110,14 @@ def to_micros(ts: datetime) -> int:
     """UTC datetime -> integer microseconds (exact, sortable)."""
     delta = ts.astimezone(UTC) - datetime(1970, 1, 1, tzinfo=UTC)
     return (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+
+
+def _maybe_micros(ts: datetime | None) -> int | None:
+    return None if ts is None else to_micros(ts)
+
+
+def _maybe_time(value: int | None) -> datetime | None:
+    return None if value is None else from_micros(value)
 
 
 def from_micros(value: int) -> datetime:
@@ -373,6 +403,115 @@ class SqliteStore:
             return [node_from_doc(json.loads(r["doc"])) for r in rows]
 
         return await self._call(q)
+
+    async def delete_node(self, name: str, now: datetime) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            conn.execute("DELETE FROM nodes WHERE name = ?", (name,))
+            conn.execute(
+                "INSERT INTO removed_nodes (name, removed_at) VALUES (?, ?) "
+                "ON CONFLICT (name) DO UPDATE SET removed_at = excluded.removed_at",
+                (name, to_micros(now)),
+            )
+
+        await self._call(self._tx, tx)
+
+    async def node_removed_at(self, name: str) -> datetime | None:
+        def q() -> datetime | None:
+            row = self._db.execute(
+                "SELECT removed_at FROM removed_nodes WHERE name = ?", (name,)
+            ).fetchone()
+            return from_micros(row["removed_at"]) if row else None
+
+        return await self._call(q)
+
+    # -- tokens --------------------------------------------------------------
+
+    @staticmethod
+    def _token(row: sqlite3.Row) -> ApiToken:
+        return ApiToken(
+            name=row["name"],
+            role=Role(row["role"]),
+            hash=row["hash"],
+            created_at=from_micros(row["created_at"]),
+            expires_at=_maybe_time(row["expires_at"]),
+            revoked_at=_maybe_time(row["revoked_at"]),
+        )
+
+    async def insert_token(self, token: ApiToken) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            try:
+                conn.execute(
+                    "INSERT INTO tokens (name, role, hash, created_at, expires_at, revoked_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (
+                        token.name,
+                        int(token.role),
+                        token.hash,
+                        to_micros(token.created_at),
+                        _maybe_micros(token.expires_at),
+                        _maybe_micros(token.revoked_at),
+                    ),
+                )
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(
+                    f"a token named '{token.name}' exists already; choose another name"
+                ) from None
+
+        await self._call(self._tx, tx)
+
+    async def list_tokens(self) -> list[ApiToken]:
+        def q() -> list[ApiToken]:
+            rows = self._db.execute("SELECT * FROM tokens ORDER BY name").fetchall()
+            return [self._token(r) for r in rows]
+
+        return await self._call(q)
+
+    async def revoke_token(self, name: str, now: datetime) -> ApiToken | None:
+        def tx(conn: sqlite3.Connection) -> ApiToken | None:
+            conn.execute(
+                "UPDATE tokens SET revoked_at = COALESCE(revoked_at, ?) WHERE name = ?",
+                (to_micros(now), name),
+            )
+            row = conn.execute("SELECT * FROM tokens WHERE name = ?", (name,)).fetchone()
+            return self._token(row) if row else None
+
+        return await self._call(self._tx, tx)
+
+    async def insert_join_token(self, token: JoinToken) -> None:
+        await self._call(
+            self._tx,
+            lambda conn: conn.execute(
+                "INSERT INTO join_tokens (hash, pools, created_at, expires_at, used_by) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (
+                    token.hash,
+                    json.dumps(list(token.pools)),
+                    to_micros(token.created_at),
+                    to_micros(token.expires_at),
+                    token.used_by,
+                ),
+            ),
+        )
+
+    async def use_join_token(self, hash: str, node: str, now: datetime) -> JoinToken | None:
+        def tx(conn: sqlite3.Connection) -> JoinToken | None:
+            spent = conn.execute(
+                "UPDATE join_tokens SET used_by = ? "
+                "WHERE hash = ? AND used_by = '' AND expires_at > ?",
+                (node, hash, to_micros(now)),
+            ).rowcount
+            if not spent:
+                return None
+            row = conn.execute("SELECT * FROM join_tokens WHERE hash = ?", (hash,)).fetchone()
+            return JoinToken(
+                hash=row["hash"],
+                pools=tuple(json.loads(row["pools"])),
+                created_at=from_micros(row["created_at"]),
+                expires_at=from_micros(row["expires_at"]),
+                used_by=row["used_by"],
+            )
+
+        return await self._call(self._tx, tx)
 
     # -- logs ----------------------------------------------------------------
 

@@ -40,6 +40,16 @@ class AgentServiceStub:
                 request_serializer=muster_dot_v1_dot_agent__pb2.ConnectRequest.SerializeToString,
                 response_deserializer=muster_dot_v1_dot_agent__pb2.ConnectResponse.FromString,
                 _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/muster.v1.AgentService/Join',
+                request_serializer=muster_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+                _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/muster.v1.AgentService/RenewCertificate',
+                request_serializer=muster_dot_v1_dot_agent__pb2.RenewCertificateRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_agent__pb2.RenewCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -57,6 +67,23 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Join(self, request, context):
+        """Join exchanges a single-use join token and a certificate signing request
+        for a node certificate. It is served on the API address (TLS, no client
+        certificate); every other method needs the node certificate (mTLS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewCertificate(self, request, context):
+        """RenewCertificate signs a new key of an already joined node. It needs the
+        node's current, valid certificate.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -64,6 +91,16 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=muster_dot_v1_dot_agent__pb2.ConnectRequest.FromString,
                     response_serializer=muster_dot_v1_dot_agent__pb2.ConnectResponse.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=muster_dot_v1_dot_agent__pb2.JoinRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_agent__pb2.JoinResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=muster_dot_v1_dot_agent__pb2.RenewCertificateRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_agent__pb2.RenewCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -94,6 +131,60 @@ class AgentService:
             '/muster.v1.AgentService/Connect',
             muster_dot_v1_dot_agent__pb2.ConnectRequest.SerializeToString,
             muster_dot_v1_dot_agent__pb2.ConnectResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.AgentService/Join',
+            muster_dot_v1_dot_agent__pb2.JoinRequest.SerializeToString,
+            muster_dot_v1_dot_agent__pb2.JoinResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.AgentService/RenewCertificate',
+            muster_dot_v1_dot_agent__pb2.RenewCertificateRequest.SerializeToString,
+            muster_dot_v1_dot_agent__pb2.RenewCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,6 +40,16 @@ class NodeServiceStub:
                 request_serializer=muster_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=muster_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.CreateJoinToken = channel.unary_unary(
+                '/muster.v1.NodeService/CreateJoinToken',
+                request_serializer=muster_dot_v1_dot_node__pb2.CreateJoinTokenRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_node__pb2.CreateJoinTokenResponse.FromString,
+                _registered_method=True)
+        self.RemoveNode = channel.unary_unary(
+                '/muster.v1.NodeService/RemoveNode',
+                request_serializer=muster_dot_v1_dot_node__pb2.RemoveNodeRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_node__pb2.RemoveNodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -53,6 +63,22 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateJoinToken(self, request, context):
+        """CreateJoinToken makes a single-use token with which one agent obtains a
+        node certificate for the given pools. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNode(self, request, context):
+        """RemoveNode revokes a node's certificates, cuts its agent's stream, fails
+        the runs placed on it and forgets it. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -60,6 +86,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=muster_dot_v1_dot_node__pb2.ListNodesRequest.FromString,
                     response_serializer=muster_dot_v1_dot_node__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'CreateJoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateJoinToken,
+                    request_deserializer=muster_dot_v1_dot_node__pb2.CreateJoinTokenRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_node__pb2.CreateJoinTokenResponse.SerializeToString,
+            ),
+            'RemoveNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNode,
+                    request_deserializer=muster_dot_v1_dot_node__pb2.RemoveNodeRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_node__pb2.RemoveNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -90,6 +126,60 @@ class NodeService:
             '/muster.v1.NodeService/ListNodes',
             muster_dot_v1_dot_node__pb2.ListNodesRequest.SerializeToString,
             muster_dot_v1_dot_node__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateJoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.NodeService/CreateJoinToken',
+            muster_dot_v1_dot_node__pb2.CreateJoinTokenRequest.SerializeToString,
+            muster_dot_v1_dot_node__pb2.CreateJoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.NodeService/RemoveNode',
+            muster_dot_v1_dot_node__pb2.RemoveNodeRequest.SerializeToString,
+            muster_dot_v1_dot_node__pb2.RemoveNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,

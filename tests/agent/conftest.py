@@ -76,6 +76,7 @@ def agent_config(server: str, **overrides: object) -> AgentConfig:
         memory_bytes=8 * 2**30,
         gpus=2,
         advertise_address="10.1.2.3",
+        insecure=True,
         **FAST,  # type: ignore[arg-type]
     )
     return replace(base, **overrides)  # type: ignore[arg-type]

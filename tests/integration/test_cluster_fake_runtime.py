@@ -56,6 +56,7 @@ class Fleet:
         runtime = FakeRuntime(node_name=name)
         config = parse_args(
             [
+                "--insecure",
                 "--server",
                 self.address,
                 "--node-name",

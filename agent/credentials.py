@@ -1,0 +1,246 @@
+"""The agent's node identity: join once, then connect with a node certificate
+and renew it before it expires.
+
+State directory (mode 0700; key and certificate 0600):
+  node.key, node.crt   the node's key and certificate (subject = node name)
+  ca.crt               the CA that vouches for the control plane
+  agent.json           where the agent address (mTLS) is, learned at join time
+
+On first start the agent makes its own key (it never leaves the machine),
+sends a signing request with a single-use join token over TLS to the API
+address (the server verified with --ca-cert), and stores what comes back.
+Afterwards it uses only the certificate, on the control plane's agent address.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import grpc
+
+from agent.logutil import log
+from muster.common.pki import (
+    NodeCert,
+    key_pem,
+    new_key,
+    node_csr,
+    parse_node_cert,
+    utcnow,
+    write_private,
+)
+from muster.v1 import agent_pb2, agent_pb2_grpc
+
+_log = logging.getLogger(__name__)
+RENEW_RETRY_SECONDS = 60.0
+
+
+class JoinError(RuntimeError):
+    """The agent cannot get or use a node certificate; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    """Key, certificate and CA in PEM, plus where to connect with them."""
+
+    key: bytes
+    cert: bytes
+    ca: bytes
+    agent_server: str
+
+    @property
+    def info(self) -> NodeCert:
+        """What the certificate says."""
+        return parse_node_cert(self.cert)
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        """mTLS: verify the control plane with the CA, present the node certificate."""
+        return grpc.ssl_channel_credentials(self.ca, self.key, self.cert)
+
+
+def _host(server: str) -> str:
+    return server.rsplit(":", 1)[0] if ":" in server else server
+
+
+class CredentialStore:
+    """The files of one node's identity in its state directory."""
+
+    def __init__(self, state_dir: Path) -> None:
+        self.dir = state_dir
+
+    def load(self) -> NodeCredentials | None:
+        """What is stored, or None before the first join."""
+        files = [self.dir / n for n in ("node.key", "node.crt", "ca.crt", "agent.json")]
+        if not all(f.exists() for f in files):
+            return None
+        meta = json.loads(files[3].read_text())
+        return NodeCredentials(
+            files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes(), meta["agentServer"]
+        )
+
+    def save(self, creds: NodeCredentials) -> None:
+        """Write every file (the certificate last, so a crash leaves the old pair usable)."""
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_private(self.dir / "ca.crt", creds.ca)
+        write_private(
+            self.dir / "agent.json", json.dumps({"agentServer": creds.agent_server}).encode()
+        )
+        write_private(self.dir / "node.key.new", creds.key)
+        write_private(self.dir / "node.crt.new", creds.cert)
+        (self.dir / "node.key.new").replace(self.dir / "node.key")
+        (self.dir / "node.crt.new").replace(self.dir / "node.crt")
+
+
+async def join(
+    server: str, ca_pem: bytes, token: str, node_name: str, agent_server: str | None
+) -> NodeCredentials:
+    """Spend a join token on a node certificate (one call, server verified by `ca_pem`)."""
+    key = new_key()
+    request = agent_pb2.JoinRequest(
+        join_token=token, node_name=node_name, csr_pem=node_csr(key, node_name).decode()
+    )
+    async with grpc.aio.secure_channel(server, grpc.ssl_channel_credentials(ca_pem)) as channel:
+        reply = await agent_pb2_grpc.AgentServiceStub(channel).Join(request, timeout=30)
+    return NodeCredentials(
+        key_pem(key),
+        reply.certificate_pem.encode(),
+        reply.ca_pem.encode() or ca_pem,
+        agent_server or f"{_host(server)}:{reply.agent_port}",
+    )
+
+
+FATAL_JOIN = {
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.FAILED_PRECONDITION,
+}
+
+
+async def ensure_credentials(
+    store: CredentialStore,
+    node_name: str,
+    server: str,
+    ca_pem: bytes | None,
+    join_token: str,
+    agent_server: str | None,
+    stop: asyncio.Event,
+    delay: Callable[[int], float],
+) -> NodeCredentials | None:
+    """The stored identity, or a new one from a join (retried while the
+    control plane is unreachable). None if `stop` is set first."""
+    creds = store.load()
+    if creds is not None:
+        info = creds.info
+        if info.node != node_name:
+            raise JoinError(
+                f"{store.dir} holds the certificate of node '{info.node}', not '{node_name}'; "
+                "use another --state-dir or --node-name"
+            )
+        if utcnow() < info.not_after:
+            if agent_server and agent_server != creds.agent_server:
+                creds = NodeCredentials(creds.key, creds.cert, creds.ca, agent_server)
+            return creds
+        if not join_token:
+            raise JoinError(
+                f"the certificate of node '{node_name}' expired at "
+                f"{info.not_after:%Y-%m-%d %H:%M}Z; remove the node (muster node remove) "
+                "and join again with a new --join-token"
+            )
+    if not join_token:
+        raise JoinError(
+            f"no node certificate in {store.dir}: join first with --join-token "
+            "(an admin makes one with `muster node join-token create --pool POOL`)"
+        )
+    if ca_pem is None:
+        raise JoinError("--ca-cert is needed to join (the cluster CA from the control plane)")
+    attempt = 0
+    while not stop.is_set():
+        try:
+            creds = await join(server, ca_pem, join_token, node_name, agent_server)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() in FATAL_JOIN:
+                raise JoinError(f"joining {server} failed: {exc.details()}") from None
+            wait = delay(attempt)
+            attempt += 1
+            log(
+                _log,
+                logging.WARNING,
+                "join_retry",
+                server=server,
+                error=exc.details(),
+                retry_in=f"{wait:.2f}s",
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), wait)
+            continue
+        store.save(creds)
+        log(
+            _log,
+            logging.INFO,
+            "joined",
+            node=node_name,
+            pools=",".join(creds.info.pools),
+            agent_server=creds.agent_server,
+        )
+        return creds
+    return None
+
+
+class Renewer:
+    """Renews the node certificate once two thirds of its life have passed."""
+
+    def __init__(
+        self,
+        store: CredentialStore,
+        creds: NodeCredentials,
+        on_renewed: Callable[[NodeCredentials], None],
+        clock: Callable[[], datetime] = utcnow,
+        renew: Callable[[NodeCredentials, bytes], Awaitable[bytes]] | None = None,
+    ) -> None:
+        self._store = store
+        self.creds = creds
+        self._on_renewed = on_renewed
+        self._clock = clock
+        self._renew = renew or _renew_call
+
+    async def run(self) -> None:
+        """Forever: wait until renewal is due, renew, repeat (retrying failures)."""
+        while True:
+            info = self.creds.info
+            wait = (info.renew_due(self._clock()) - self._clock()).total_seconds()
+            if wait > 0:
+                await asyncio.sleep(min(wait, 3600.0))
+                continue
+            try:
+                await self.renew_now()
+            except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
+                log(_log, logging.WARNING, "certificate_renewal_failed", error=exc)
+                await asyncio.sleep(RENEW_RETRY_SECONDS * random.uniform(0.5, 1.0))
+
+    async def renew_now(self) -> NodeCredentials:
+        """Get a certificate for a new key, store it and hand it on."""
+        key = new_key()
+        cert = await self._renew(self.creds, node_csr(key, self.creds.info.node))
+        fresh = NodeCredentials(key_pem(key), cert, self.creds.ca, self.creds.agent_server)
+        self._store.save(fresh)
+        self.creds = fresh
+        self._on_renewed(fresh)
+        log(_log, logging.INFO, "certificate_renewed", not_after=fresh.info.not_after.isoformat())
+        return fresh
+
+
+async def _renew_call(creds: NodeCredentials, csr: bytes) -> bytes:
+    async with grpc.aio.secure_channel(creds.agent_server, creds.channel_credentials()) as channel:
+        reply = await agent_pb2_grpc.AgentServiceStub(channel).RenewCertificate(
+            agent_pb2.RenewCertificateRequest(csr_pem=csr.decode()), timeout=30
+        )
+    return reply.certificate_pem.encode()
