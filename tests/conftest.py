@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -61,12 +62,37 @@ async def channel(control_plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel
 
 @dataclass
 class Process:
-    """A control plane running as a real `muster-controlplane` process."""
+    """A control plane running as a real `muster-controlplane` process.
+
+    Secure (the default): TLS and tokens on `address`, mTLS for agents on
+    `agent_address`, and the admin credential file `config` in its state
+    directory. Insecure: one plaintext address, `config` is None."""
 
     proc: subprocess.Popen[str]
     address: str
     db: Path
     extra: list[str] | None = None
+    agent_address: str = ""
+    config: Path | None = None
+
+    @property
+    def secure(self) -> bool:
+        return self.config is not None
+
+    @property
+    def state_dir(self) -> Path:
+        return self.db.parent / "state"
+
+    @property
+    def ca_cert(self) -> Path:
+        return self.state_dir / "pki" / "ca.crt"
+
+    def env(self) -> dict[str, str]:
+        """What a client process needs to reach this control plane as admin."""
+        env = {"MUSTER_SERVER": self.address}
+        if self.config is not None:
+            env["MUSTER_CONFIG"] = str(self.config)
+        return env
 
     def stop(self) -> None:
         """SIGTERM, then wait; SIGKILL only if it hangs."""
@@ -78,9 +104,26 @@ class Process:
                 self.proc.kill()
                 self.proc.wait(timeout=5)
 
+    def restart(self) -> Process:
+        """Stop, then start again on the same addresses, database and state."""
+        self.stop()
+        agent_port = int(self.agent_address.rsplit(":", 1)[1]) if self.agent_address else 0
+        return start_process(
+            self.db,
+            int(self.address.rsplit(":", 1)[1]),
+            extra=self.extra,
+            secure=self.secure,
+            agent_port=agent_port,
+        )
+
 
 def start_process(
-    db: Path, port: int = 0, timeout: float = 15.0, extra: list[str] | None = None
+    db: Path,
+    port: int = 0,
+    timeout: float = 15.0,
+    extra: list[str] | None = None,
+    secure: bool = True,
+    agent_port: int = 0,
 ) -> Process:
     """Start `muster-controlplane` and wait until it prints its address.
 
@@ -88,6 +131,11 @@ def start_process(
     """
     db.parent.mkdir(parents=True, exist_ok=True)
     log = open(db.parent / "controlplane.log", "a")
+    security = (
+        ["--state-dir", str(db.parent / "state"), "--agent-listen", f"127.0.0.1:{agent_port}"]
+        if secure
+        else ["--insecure"]
+    )
     proc = subprocess.Popen(
         [
             str(BIN / "muster-controlplane"),
@@ -95,6 +143,7 @@ def start_process(
             f"127.0.0.1:{port}",
             "--db",
             str(db),
+            *security,
             *(extra or []),
         ],
         stdout=subprocess.PIPE,
@@ -110,7 +159,16 @@ def start_process(
         proc.wait()
         raise RuntimeError(f"control plane did not start: {line!r}")
     log.close()
-    return Process(proc, match.group(1), db, extra)
+    agents = re.search(r"agents on (\S+)", line)
+    config = re.search(r"admin credentials in (\S+?)\)", line)
+    return Process(
+        proc,
+        match.group(1),
+        db,
+        extra,
+        agents.group(1) if agents else "",
+        Path(config.group(1)) if config else None,
+    )
 
 
 @pytest.fixture
@@ -123,12 +181,39 @@ def cp_process(tmp_path: Path) -> Iterator[Process]:
         process.stop()
 
 
+def secure_test_channel(cp: Process) -> grpc.Channel:
+    """A blocking gRPC channel to a control plane process, as its admin."""
+    if cp.config is None:
+        return grpc.insecure_channel(cp.address)
+    config = json.loads(cp.config.read_text())
+    creds = grpc.composite_channel_credentials(
+        grpc.ssl_channel_credentials(config["caCert"].encode()),
+        grpc.access_token_call_credentials(config["token"]),
+    )
+    return grpc.secure_channel(cp.address, creds)
+
+
+def isolated_env(tmp: Path | None = None) -> dict[str, str]:
+    """The environment without any credential file of the machine's own user
+    (say, one left by the demo): a test says which control plane it means."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MUSTER_")}
+    nowhere = str(tmp or Path("/nonexistent/muster-tests"))
+    env.update(XDG_CONFIG_HOME=nowhere, MUSTER_STATE_DIR=nowhere)
+    return env
+
+
 def run_cli(
-    *args: str, server: str | None = None, check: bool = False, timeout: float = 60
+    *args: str,
+    server: str | Process | None = None,
+    check: bool = False,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> subprocess.CompletedProcess[str]:
-    """Run the real `muster` command."""
-    env = dict(os.environ)
-    if server:
+    """Run the real `muster` command against `server` (a Process: as its admin)."""
+    env = {**isolated_env(), **(env or {})}
+    if isinstance(server, Process):
+        env.update(server.env())
+    elif server:
         env["MUSTER_SERVER"] = server
     result = subprocess.run(
         [str(BIN / "muster"), *args], capture_output=True, text=True, env=env, timeout=timeout

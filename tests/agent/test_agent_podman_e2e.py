@@ -58,7 +58,7 @@ async def test_agent_process_lifecycle_on_podman(
 ) -> None:
     agent = AgentProcess(
         [
-            "--server", fake_cp.address,
+            "--insecure", "--server", fake_cp.address,
             "--node-name", podman_node.node,
             "--network", podman_node.network,
             "--podman-url", PODMAN_URL,

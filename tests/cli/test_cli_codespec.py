@@ -11,7 +11,7 @@ from tests.conftest import run_cli, start_process
 
 
 def test_create_prints_version_and_is_idempotent(cp_process) -> None:
-    srv = cp_process.address
+    srv = cp_process
     args = ["codespec", "create", "demo", "--image", "localhost/x:1", "-e", "A=1"]
     assert run_cli(*args, server=srv).stdout == "1\n"
     assert run_cli(*args, server=srv).stdout == "1\n"
@@ -22,7 +22,7 @@ def test_create_prints_version_and_is_idempotent(cp_process) -> None:
 
 
 def test_bad_input_one_line_nonzero_nothing_stored(cp_process, tmp_path: Path) -> None:
-    srv = cp_process.address
+    srv = cp_process
     unknown = tmp_path / "unknown.yaml"
     unknown.write_text("image: x\nresources:\n  request:\n    cpu: 1\n")
     broken = tmp_path / "broken.yaml"
@@ -65,7 +65,7 @@ def test_bad_input_one_line_nonzero_nothing_stored(cp_process, tmp_path: Path) -
 
 
 def test_missing_version_names_latest(cp_process) -> None:
-    srv = cp_process.address
+    srv = cp_process
     run_cli("codespec", "create", "x", "--image", "i", server=srv, check=True)
     result = run_cli("codespec", "show", "x", "--version", "7", server=srv)
     assert result.returncode == 1
@@ -75,7 +75,7 @@ def test_missing_version_names_latest(cp_process) -> None:
 
 
 def test_file_flags_override_and_outputs(cp_process, tmp_path: Path) -> None:
-    srv = cp_process.address
+    srv = cp_process
     spec = tmp_path / "worker.yaml"
     spec.write_text(
         yaml.safe_dump(
@@ -191,7 +191,7 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
             "i",
             "-e",
             "A=1",
-            server=first.address,
+            server=first,
             check=True,
         )
         run_cli(
@@ -202,7 +202,7 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
             "i",
             "-e",
             "A=2",
-            server=first.address,
+            server=first,
             check=True,
         )
     finally:
@@ -219,14 +219,14 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
                 "1",
                 "-o",
                 "json",
-                server=second.address,
+                server=second,
                 check=True,
             ).stdout
         )
         assert shown["env"] == {"A": "1"}
         assert (
             run_cli(
-                "codespec", "create", "keep", "--image", "i", "-e", "A=2", server=second.address
+                "codespec", "create", "keep", "--image", "i", "-e", "A=2", server=second
             ).stdout
             == "2\n"
         )

@@ -12,7 +12,7 @@ from tests.conftest import run_cli
 
 
 def test_runs_wait_list_count_and_cancel(cp_process, tmp_path: Path) -> None:
-    srv = cp_process.address
+    srv = cp_process
     run_cli("codespec", "create", "j", "--image", "img", server=srv, check=True)
     ids = [
         int(
@@ -62,7 +62,7 @@ def test_runs_wait_list_count_and_cancel(cp_process, tmp_path: Path) -> None:
 
 
 def test_inline_codespecs_and_strict_run_files(cp_process, tmp_path: Path) -> None:
-    srv = cp_process.address
+    srv = cp_process
     good = tmp_path / "run.yaml"
     good.write_text(
         yaml.safe_dump(
@@ -108,7 +108,7 @@ def test_inline_codespecs_and_strict_run_files(cp_process, tmp_path: Path) -> No
 
 
 def test_run_errors(cp_process) -> None:
-    srv = cp_process.address
+    srv = cp_process
     missing = run_cli("run", "show", "99", server=srv)
     assert missing.returncode == 1 and "The run '99' was not found." in missing.stderr
     no_codespec = run_cli("run", "create", server=srv)

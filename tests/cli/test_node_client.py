@@ -35,7 +35,7 @@ def test_node_client_creates_codespec(cp_process, node_client) -> None:
     assert create("from-node").stdout == "1\n"  # identical: no new version
     shown = json.loads(
         run_cli(
-            "codespec", "show", "from-node", "-o", "json", server=cp_process.address, check=True
+            "codespec", "show", "from-node", "-o", "json", server=cp_process, check=True
         ).stdout
     )
     assert shown["env"] == {"FROM": "node"} and shown["kind"] == "job"

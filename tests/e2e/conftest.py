@@ -20,7 +20,16 @@ import grpc
 import pytest
 
 from muster.v1 import run_pb2, run_pb2_grpc
-from tests.conftest import BIN, REPO, Process, run_cli, start_process, wait_for
+from tests.conftest import (
+    BIN,
+    REPO,
+    Process,
+    isolated_env,
+    run_cli,
+    secure_test_channel,
+    start_process,
+    wait_for,
+)
 
 EXAMPLES = REPO / "examples" / "distributed"
 PODMAN_SOCKET = Path("/run/podman/podman.sock")
@@ -47,6 +56,7 @@ class Cluster:
     cp_args: list[str]
     agents: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     agent_args: dict[str, list[str]] = field(default_factory=dict)
+    agent_pools: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def server(self) -> str:
@@ -56,6 +66,22 @@ class Cluster:
         """Node names are unique per test so labels find exactly this test's containers."""
         return f"{self.tag}-{short}"
 
+    def join_token(self, *pools: str) -> str:
+        """A single-use join token for these pools, made by the admin."""
+        flags = [a for p in pools for a in ("--pool", p)]
+        return self.cli("node", "join-token", "create", *flags, check=True).stdout.strip()
+
+    def agent_security(self, name: str, pools: list[str]) -> list[str]:
+        """Flags that give an agent its node identity: a join token on the
+        first start, the stored certificate afterwards."""
+        if not self.cp.secure:
+            return ["--insecure"]
+        state = self.tmp / f"agent-state-{name}"
+        flags = ["--state-dir", str(state), "--ca-cert", str(self.cp.ca_cert)]
+        if not (state / "node.crt").exists():
+            flags += ["--join-token", self.join_token(*(pools or ["default"]))]
+        return flags
+
     def start_agent(self, short: str, pools: list[str] | None = None, *extra: str) -> None:
         """Start an agent; without pools, restart it with the flags it had before."""
         name = self.node(short)
@@ -64,10 +90,12 @@ class Cluster:
         else:
             pool_flags = [a for p in pools for a in ("--pool", p)]
             args = ["--node-name", name, "--network", self.network, *pool_flags, *extra]
+            self.agent_pools[name] = pools
         self.agent_args[name] = args
+        security = self.agent_security(name, self.agent_pools.get(name, []))
         log = open(self.tmp / f"agent-{name}.log", "a")
         self.agents[name] = subprocess.Popen(
-            [str(BIN / "muster-agent"), "--server", self.server, *args],
+            [str(BIN / "muster-agent"), "--server", self.server, *security, *args],
             stdout=log,
             stderr=subprocess.STDOUT,
             text=True,
@@ -86,11 +114,15 @@ class Cluster:
         return wait_for(ready, timeout, f"{count} ready nodes")
 
     def nodes(self) -> list[dict]:
-        out = run_cli("node", "list", "-o", "json", server=self.server, check=True).stdout
+        out = self.cli("node", "list", "-o", "json", check=True).stdout
         return [n for n in json.loads(out) if n["name"].startswith(self.tag)]
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120):
-        return run_cli(*args, server=self.server, check=check, timeout=timeout)
+        return run_cli(*args, server=self.cp, check=check, timeout=timeout)
+
+    def channel(self) -> grpc.Channel:
+        """A gRPC channel as the admin (TLS and token, or plaintext when insecure)."""
+        return secure_test_channel(self.cp)
 
     def shell_codespec(self, name: str, script: str, *flags: str, image: str = BUSYBOX) -> None:
         """A codespec whose command is `sh -c SCRIPT` (job unless flags say -k worker)."""
@@ -134,6 +166,7 @@ class Cluster:
             [str(BIN / "muster"), "--server", self.server, "run", "logs", "-f", str(run_id)],
             stdout=subprocess.PIPE,
             text=True,
+            env={**isolated_env(), **self.cp.env()},
         )
         try:
             assert follower.stdout is not None
@@ -151,7 +184,7 @@ class Cluster:
         self.cli("codespec", "create", name, "-f", str(file), *flags, check=True)
 
     def get_run(self, run_id: int) -> run_pb2.Run:
-        with grpc.insecure_channel(self.server) as ch:
+        with self.channel() as ch:
             return (
                 run_pb2_grpc.RunServiceStub(ch)
                 .GetRun(run_pb2.GetRunRequest(run_id=run_id), timeout=10)
@@ -190,9 +223,7 @@ class Cluster:
         )
 
     def restart_control_plane(self) -> None:
-        port = self.server.rsplit(":", 1)[1]
-        self.cp.stop()
-        self.cp = start_process(self.cp.db, int(port), extra=self.cp_args)
+        self.cp = self.cp.restart()
 
     def close(self) -> None:
         for name in list(self.agents):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import BIN
+from tests.conftest import BIN, isolated_env
 from tests.e2e.conftest import EXAMPLES, PYTHON, wait_for
 
 pytestmark = pytest.mark.podman
@@ -184,6 +184,7 @@ def test_ctrl_c_with_cancel_on_exit_cancels_the_run(make_cluster) -> None:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        env={**isolated_env(), **cluster.cp.env()},
     )
     try:
         run = wait_for(
