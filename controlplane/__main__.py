@@ -37,9 +37,7 @@ class _Parser(argparse.ArgumentParser):
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = _Parser(
-        prog="muster-controlplane", description="muster control plane (gRPC)"
-    )
+    parser = _Parser(prog="muster-controlplane", description="muster control plane (gRPC)")
     parser.add_argument(
         "--listen",
         default=os.environ.get("MUSTER_LISTEN", DEFAULT_LISTEN),

@@ -225,9 +225,7 @@ def test_restart_loses_nothing(tmp_path: Path) -> None:
         )
         assert shown["env"] == {"A": "1"}
         assert (
-            run_cli(
-                "codespec", "create", "keep", "--image", "i", "-e", "A=2", server=second
-            ).stdout
+            run_cli("codespec", "create", "keep", "--image", "i", "-e", "A=2", server=second).stdout
             == "2\n"
         )
     finally:

@@ -34,9 +34,7 @@ def test_node_client_creates_codespec(cp_process, node_client) -> None:
     assert (first.returncode, first.stdout) == (0, "1\n"), first.stderr
     assert create("from-node").stdout == "1\n"  # identical: no new version
     shown = json.loads(
-        run_cli(
-            "codespec", "show", "from-node", "-o", "json", server=cp_process, check=True
-        ).stdout
+        run_cli("codespec", "show", "from-node", "-o", "json", server=cp_process, check=True).stdout
     )
     assert shown["env"] == {"FROM": "node"} and shown["kind"] == "job"
     bad = create("Bad Name")
