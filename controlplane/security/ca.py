@@ -194,26 +194,7 @@ class ClusterCA:
 
         Valid from `now` (whole seconds), so that a certificate issued after a
         node's removal can be told from the ones it revoked."""
-        try:
-            csr = x509.load_pem_x509_csr(csr_pem)
-        except ValueError as exc:
-            raise CsrError(f"the certificate signing request is not valid PEM: {exc}") from None
-        try:
-            valid = csr.is_signature_valid
-        except InvalidSignature:
-            valid = False
-        if not valid:
-            raise CsrError("the certificate signing request's signature does not verify")
-        public_key = csr.public_key()
-        if (
-            not isinstance(public_key, ec.EllipticCurvePublicKey)
-            or public_key.curve.name != "secp256r1"
-        ):
-            raise CsrError("the certificate signing request must be for an ECDSA P-256 key")
-        if common_name(csr.subject) != node:
-            raise CsrError(
-                f"the signing request names '{common_name(csr.subject)}', not the node '{node}'"
-            )
+        public_key = check_csr(csr_pem, node)
         uris: list[x509.GeneralName] = [
             x509.UniformResourceIdentifier(POOL_URI_PREFIX + p) for p in pools
         ]
@@ -226,3 +207,28 @@ class ClusterCA:
             lifetime,
         )
         return cert_pem(cert)
+
+
+def check_csr(csr_pem: bytes, node: str) -> ec.EllipticCurvePublicKey:
+    """The public key of a signing request for `node`, or CsrError saying what is wrong."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CsrError(f"the certificate signing request is not valid PEM: {exc}") from None
+    try:
+        valid = csr.is_signature_valid
+    except InvalidSignature:
+        valid = False
+    if not valid:
+        raise CsrError("the certificate signing request's signature does not verify")
+    public_key = csr.public_key()
+    if (
+        not isinstance(public_key, ec.EllipticCurvePublicKey)
+        or public_key.curve.name != "secp256r1"
+    ):
+        raise CsrError("the certificate signing request must be for an ECDSA P-256 key")
+    if common_name(csr.subject) != node:
+        raise CsrError(
+            f"the signing request names '{common_name(csr.subject)}', not the node '{node}'"
+        )
+    return public_key

@@ -34,7 +34,7 @@ from controlplane.core.errors import (
     PermissionDenied,
     Unauthenticated,
 )
-from controlplane.security.ca import ClusterCA, CsrError
+from controlplane.security.ca import ClusterCA, CsrError, check_csr
 from controlplane.services.codespecs import utcnow
 from controlplane.store.base import Store
 from muster.common.pki import NodeCert, parse_node_cert
@@ -185,6 +185,10 @@ class AuthService:
                 f"node '{node}' has joined already; to join it again, first remove it with "
                 f"`muster node remove {node}`"
             )
+        try:
+            check_csr(csr_pem, node)  # before the token is spent: bad input changes nothing
+        except CsrError as exc:
+            raise InvalidArgument("csr_pem", str(exc)) from None
         now = self._clock()
         token = await self._store.use_join_token(secret_hash(secret), node, now)
         if token is None:
