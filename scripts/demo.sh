@@ -4,6 +4,9 @@
 # (node demo-cpu in pool cpu, node demo-gpu in pool gpu), then runs
 # examples/distributed/run.yaml: 3 workers in pool gpu, the job in pool cpu.
 # The job checks the TYGER_* discovery variables and asks every worker who it is.
+# Secure by default: the control plane makes its CA, TLS certificate and admin
+# credentials (.data/demo/admin.json) on first start; each agent joins once with
+# a single-use join token and then connects with its node certificate (mTLS).
 # Everything this script starts is stopped when it exits.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -15,7 +18,9 @@ bash scripts/setup.sh
 DATA="$REPO/.data/demo"
 mkdir -p "$DATA"
 PORT=${MUSTER_DEMO_PORT:-50051}
+AGENT_PORT=${MUSTER_DEMO_AGENT_PORT:-50052}
 export MUSTER_SERVER="127.0.0.1:$PORT"
+export MUSTER_CONFIG="$DATA/admin.json"   # the admin credentials the control plane writes
 MUSTER=.venv/bin/muster
 PIDS=()
 
@@ -25,18 +30,37 @@ cleanup() {
 }
 trap cleanup EXIT
 
-if (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; then
-  echo "[demo] error: port $PORT is in use; set MUSTER_DEMO_PORT to a free port" >&2
-  exit 1
-fi
+for p in "$PORT:MUSTER_DEMO_PORT" "$AGENT_PORT:MUSTER_DEMO_AGENT_PORT"; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/${p%%:*}") 2>/dev/null; then
+    echo "[demo] error: port ${p%%:*} is in use; set ${p#*:} to a free port" >&2
+    exit 1
+  fi
+done
 
-log "starting the control plane on $MUSTER_SERVER (db $DATA/controlplane.db, log $DATA/controlplane.log)"
-.venv/bin/muster-controlplane --listen "$MUSTER_SERVER" --db "$DATA/controlplane.db" \
-  >"$DATA/controlplane.out" 2>"$DATA/controlplane.log" &
+log "starting the control plane on $MUSTER_SERVER, TLS (state, db and CA in $DATA, log $DATA/controlplane.log)"
+.venv/bin/muster-controlplane --listen "$MUSTER_SERVER" --agent-listen "127.0.0.1:$AGENT_PORT" \
+  --state-dir "$DATA" >"$DATA/controlplane.out" 2>"$DATA/controlplane.log" &
 PIDS+=($!)
+deadline=$((SECONDS + 30))
+until [ -s "$MUSTER_CONFIG" ] && $MUSTER whoami >/dev/null 2>&1; do
+  if [ $SECONDS -gt $deadline ]; then
+    echo "[demo] error: the control plane did not start; see $DATA/controlplane.log" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+log "signed in as $($MUSTER whoami) with $MUSTER_CONFIG"
+
 for node in cpu gpu; do
-  log "starting agent demo-$node (pool $node, log $DATA/agent-$node.log)"
-  .venv/bin/muster-agent --server "$MUSTER_SERVER" --node-name "demo-$node" --pool "$node" \
+  state="$DATA/agents/demo-$node"
+  join=()
+  if [ ! -s "$state/node.crt" ]; then
+    log "muster node join-token create --pool $node   (single use, for agent demo-$node)"
+    join=(--join-token "$($MUSTER node join-token create --pool "$node")")
+  fi
+  log "starting agent demo-$node (pool $node, identity in $state, log $DATA/agent-$node.log)"
+  .venv/bin/muster-agent --server "$MUSTER_SERVER" --ca-cert "$DATA/pki/ca.crt" \
+    --state-dir "$state" "${join[@]}" --node-name "demo-$node" --pool "$node" \
     >"$DATA/agent-$node.log" 2>&1 &
   PIDS+=($!)
 done
