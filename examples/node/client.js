@@ -1,8 +1,10 @@
-// Loads the muster.v1 API from ../../proto at run time (no generated code).
+// Loads the muster.v1 API from ../../proto at run time (no generated code) and makes its
+// clients with the credentials of credentials.js: TLS and the bearer token, like the CLI.
 "use strict";
 const path = require("path");
 const grpc = require("@grpc/grpc-js");
 const protoLoader = require("@grpc/proto-loader");
+const { CredentialError, fail, resolve } = require("./credentials");
 
 const PROTO_ROOT = path.resolve(__dirname, "..", "..", "proto");
 
@@ -14,14 +16,28 @@ function loadApi() {
   return grpc.loadPackageDefinition(definition).muster.v1;
 }
 
-function clients(address) {
+// Clients of `address` with channel credentials `creds` (see credentials.resolve).
+function clients(address, creds) {
   const api = loadApi();
-  const creds = grpc.credentials.createInsecure();
   return {
     codespecs: new api.CodespecService(address, creds),
     runs: new api.RunService(address, creds),
     nodes: new api.NodeService(address, creds),
   };
+}
+
+// Finds the credentials (a missing or broken file is one error line and exit 1) and makes
+// the clients: { address, configFile, codespecs, runs, nodes }.
+function connect({ server, config } = {}) {
+  let target;
+  try {
+    target = resolve({ server, config });
+  } catch (err) {
+    if (err instanceof CredentialError) fail(err.message);
+    throw err;
+  }
+  const { address, configFile, credentials } = target;
+  return { address, configFile, ...clients(address, credentials) };
 }
 
 function call(client, method, request) {
@@ -30,4 +46,4 @@ function call(client, method, request) {
   );
 }
 
-module.exports = { clients, call };
+module.exports = { clients, connect, call };

@@ -1,5 +1,6 @@
-// Usage: node distributed-run.js [--server HOST:PORT] [--workers N] [--worker-pool POOL]
-//                                [--job-pool POOL] [--image IMAGE] [--timeout SECONDS]
+// Usage: node distributed-run.js [--server HOST:PORT] [--config FILE] [--workers N]
+//                                [--worker-pool POOL] [--job-pool POOL] [--image IMAGE]
+//                                [--timeout SECONDS]
 //
 // A distributed run from Node.js, through the gRPC API loaded from ../../proto at run time:
 //   1. CodespecService.CreateCodespec: a worker codespec (answers its hostname on endpoint
@@ -8,10 +9,19 @@
 //   2. RunService.CreateRun: the job plus N workers, each part in its node pool.
 //   3. RunService.WatchRun: print every status change until the run ends.
 // Exits 0 only if the run Succeeded; 1 otherwise (the run is canceled if the deadline passes);
-// 2 on a usage error. The server comes from --server, else MUSTER_SERVER, else 127.0.0.1:50051.
+// 2 on a usage error.
+//
+// Credentials are found like the `muster` CLI finds them (see credentials.js): the client
+// credential file given by --config, else $MUSTER_CONFIG, else ~/.config/muster/config.json
+// (`muster login`), else the admin.json of a control plane on this machine
+// ($MUSTER_STATE_DIR, default ~/.local/share/muster); it gives the server, the CA that
+// signed the server's TLS certificate and the bearer token. --server, else MUSTER_SERVER,
+// overrides the file's server; MUSTER_TOKEN overrides its token. With no file at all the
+// client talks plaintext (a control plane started with --insecure) to 127.0.0.1:50051.
 "use strict";
 const { status: grpcStatus } = require("@grpc/grpc-js");
-const { clients, call } = require("./client");
+const { connect, call } = require("./client");
+const { describeError } = require("./credentials");
 
 const WORKER_SCRIPT = `
 import os, socket, socketserver
@@ -46,15 +56,16 @@ const TERMINAL = new Set(["RUN_STATUS_SUCCEEDED", "RUN_STATUS_FAILED", "RUN_STAT
 function usage(message) {
   console.error(`error: ${message}`);
   console.error(
-    "usage: node distributed-run.js [--server HOST:PORT] [--workers N] [--worker-pool POOL]" +
-      " [--job-pool POOL] [--image IMAGE] [--timeout SECONDS]",
+    "usage: node distributed-run.js [--server HOST:PORT] [--config FILE] [--workers N]" +
+      " [--worker-pool POOL] [--job-pool POOL] [--image IMAGE] [--timeout SECONDS]",
   );
   process.exit(2);
 }
 
 function parseArgs(argv) {
   const opts = {
-    server: process.env.MUSTER_SERVER || "127.0.0.1:50051",
+    server: undefined, // --server, else MUSTER_SERVER, else the credential file's
+    config: undefined, // --config, else MUSTER_CONFIG, else the CLI's default files
     workers: 3,
     workerPool: "gpu",
     jobPool: "cpu",
@@ -63,6 +74,7 @@ function parseArgs(argv) {
   };
   const names = {
     "--server": "server",
+    "--config": "config",
     "--workers": "workers",
     "--worker-pool": "workerPool",
     "--job-pool": "jobPool",
@@ -87,7 +99,6 @@ function parseArgs(argv) {
 }
 
 const statusName = (s) => s.replace(/^RUN_STATUS_/, "").toLowerCase().replace(/^./, (c) => c.toUpperCase());
-const codeName = (code) => Object.keys(grpcStatus).find((k) => grpcStatus[k] === code) || String(code);
 
 // Watches a run until it ends; resolves with the last Run seen.
 function watch(runs, runId, deadline) {
@@ -112,7 +123,7 @@ function watch(runs, runId, deadline) {
 
 async function main() {
   const opts = parseArgs(process.argv.slice(2));
-  const { codespecs, runs } = clients(opts.server);
+  const { address, configFile, codespecs, runs } = connect({ server: opts.server, config: opts.config });
   const deadline = Date.now() + opts.timeout * 1000;
   let runId = null;
   try {
@@ -164,7 +175,7 @@ async function main() {
     }
     console.log(`run ${runId} succeeded`);
   } catch (err) {
-    console.error(`error: ${err.details || err.message} (${codeName(err.code)})`);
+    console.error(`error: ${describeError(err, address, configFile)}`);
     process.exitCode = 1;
     if (runId !== null && err.code === grpcStatus.DEADLINE_EXCEEDED) {
       // Leave nothing running behind us.
