@@ -138,7 +138,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     f"{details.method.rsplit('/', 1)[-1]} needs role {need.label} or higher"
                 ),
             )
-        return self._with_principal(handler, principal)
+        return self._with_principal(handler, principal, secret)
 
     @staticmethod
     def _refuse(
@@ -152,11 +152,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         )
         return _refusal(handler, error)
 
-    @staticmethod
     def _with_principal(
-        handler: grpc.RpcMethodHandler, principal: Principal
+        self, handler: grpc.RpcMethodHandler, principal: Principal, secret: str
     ) -> grpc.RpcMethodHandler:
+        """Make the caller known to the servicer; a long stream (watch, logs -f)
+        re-checks the token before each message, so revocation and expiry end it."""
         behavior = _behavior(handler)
+        auth = self._auth
+        assert auth is not None
 
         async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _principal.set(principal)
@@ -165,6 +168,10 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         async def stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
             _principal.set(principal)
             async for item in behavior(request, context):
+                try:
+                    auth.authenticate(secret)
+                except Unauthenticated as error:
+                    await context.abort(status_code(error), str(error))
                 yield item
 
         return _same_shape(handler, unary, stream)

@@ -202,3 +202,25 @@ async def test_bad_token_requests_are_refused_and_store_nothing(secure: Secure) 
         assert err.value.code() == grpc.StatusCode.NOT_FOUND
         names = [t.name for t in (await stub.ListTokens(tpb.ListTokensRequest())).tokens]
     assert names == ["admin"]
+
+
+async def test_a_revoked_token_ends_its_open_watch_stream(secure: Secure) -> None:
+    from muster.v1 import run_pb2 as rpb
+    from muster.v1 import run_pb2_grpc as rgrpc
+
+    secret = await secure.token("watcher", "reader")
+    async with secure.channel() as admin:
+        await cgrpc.CodespecServiceStub(admin).CreateCodespec(
+            codespec_pb2.CreateCodespecRequest(codespec=codespec_pb2.Codespec(name="j", image="i"))
+        )
+        run = rpb.Run(job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j")))
+        run_id = (await rgrpc.RunServiceStub(admin).CreateRun(rpb.CreateRunRequest(run=run))).run.id
+        async with secure.channel(secret) as ch:
+            watch = rgrpc.RunServiceStub(ch).WatchRun(rpb.WatchRunRequest(run_id=run_id))
+            first = await watch.read()
+            assert first.run.status == rpb.RUN_STATUS_PENDING
+            await tgrpc.TokenServiceStub(admin).RevokeToken(tpb.RevokeTokenRequest(name="watcher"))
+            await rgrpc.RunServiceStub(admin).CancelRun(rpb.CancelRunRequest(run_id=run_id))
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await asyncio.wait_for(watch.read(), 10)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
