@@ -36,6 +36,8 @@ def make_runtime(config: AgentConfig) -> PodmanRuntime:
         advertise_address=config.advertise_address,
         publish_address=config.publish_address,
         port_range=config.port_range,
+        pids_limit=config.pids_limit,
+        log_max_size=config.container_log_max_size,
     )
 
 

@@ -21,7 +21,12 @@ from agent import __version__
 from agent.ports import parse_port_range
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
 from agent.runtime import NetworkMode
-from agent.runtime_podman import DEFAULT_URL
+from agent.runtime_podman import (
+    DEFAULT_LOG_MAX_SIZE,
+    DEFAULT_PIDS_LIMIT,
+    DEFAULT_URL,
+    MIN_LOG_MAX_SIZE,
+)
 from muster.common.clientconfig import data_home
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -54,6 +59,8 @@ class AgentConfig:
     ca_pem: bytes | None = None
     join_token: str = ""
     agent_server: str | None = None
+    pids_limit: int = DEFAULT_PIDS_LIMIT
+    container_log_max_size: int = DEFAULT_LOG_MAX_SIZE
 
     @property
     def identity_dir(self) -> Path:
@@ -112,6 +119,29 @@ def _gpus(text: str) -> int:
     if count < 0:
         raise argparse.ArgumentTypeError(f"gpus '{text}' must not be negative")
     return count
+
+
+def _pids_limit(text: str) -> int:
+    try:
+        limit = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"pids limit '{text}' must be a whole number") from None
+    if limit < 1:
+        raise argparse.ArgumentTypeError(f"pids limit '{text}' must be at least 1")
+    return limit
+
+
+def _log_max_size(text: str) -> int:
+    try:
+        size = parse_memory_bytes(text)
+    except ValueError as exc:
+        # parse_memory_bytes words its errors as "memory '...' ...".
+        raise argparse.ArgumentTypeError("log size " + str(exc).removeprefix("memory ")) from None
+    if size < MIN_LOG_MAX_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"log size '{text}' must be at least {MIN_LOG_MAX_SIZE // 2**10}Ki"
+        )
+    return size
 
 
 def _readable(text: str) -> bytes:
@@ -213,6 +243,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory", type=_memory, help="allocatable memory (4Gi, 1G); default: all RAM")
     p.add_argument("--gpus", type=_gpus, default=0, help="allocatable GPUs (default 0)")
     p.add_argument(
+        "--pids-limit",
+        type=_pids_limit,
+        default=DEFAULT_PIDS_LIMIT,
+        metavar="N",
+        help="most processes/threads one run container may have (default %(default)s)",
+    )
+    p.add_argument(
+        "--container-log-max-size",
+        type=_log_max_size,
+        default=DEFAULT_LOG_MAX_SIZE,
+        metavar="SIZE",
+        help=f"cap on each run container's log file (100Mi, 1G; at least "
+        f"{MIN_LOG_MAX_SIZE // 2**10}Ki; default {DEFAULT_LOG_MAX_SIZE // 2**20}Mi); "
+        "past it the file is truncated and unread lines are lost",
+    )
+    p.add_argument(
         "--poll-interval",
         type=_positive_float,
         default=0.5,
@@ -264,6 +310,8 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         cpu_millis=ns.cpus if ns.cpus is not None else (psutil.cpu_count() or 1) * 1000,
         memory_bytes=ns.memory if ns.memory is not None else psutil.virtual_memory().total,
         gpus=ns.gpus,
+        pids_limit=ns.pids_limit,
+        container_log_max_size=ns.container_log_max_size,
         poll_interval=ns.poll_interval,
         log_level=ns.log_level,
     )

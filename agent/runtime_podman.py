@@ -26,6 +26,18 @@ once the container has stopped, a last read without ``until`` takes the rest.
 Each read streams in a reader thread of its own pool and hands lines to the
 event loop through a bounded queue, so a slow consumer slows the reader down
 and nothing is dropped; Podman keeps the lines in its log file meanwhile.
+
+Hardening: every run container is created with no-new-privileges, a pids
+limit, Podman's default capability set minus NET_RAW, and a size cap on its
+k8s-file log. podman-py's ``security_opt`` is *not* the way to the first: it
+sends the list as SELinux label options, which Podman ignores without SELinux
+(the container then runs with ``NoNewPrivs: 0``), so the runtime sets the
+specgen field ``no_new_privileges`` instead. The log cap is enforced by
+conmon: a write that would take the file past the cap first truncates it to
+nothing. Below the cap the file is untouched, so the reads above see every
+line; past it, the lines written before the truncation and not yet read are
+lost, and reading carries on with the newer lines (the windows are by time,
+not by file offset).
 """
 
 from __future__ import annotations
@@ -70,6 +82,14 @@ CPU_PERIOD_US = 100_000
 _T = TypeVar("_T")
 _NAME_IN_USE = re.compile(r"name .* is already in use", re.I)
 _ADDR_IN_USE = re.compile(r"address already in use|port is already allocated", re.I)
+DEFAULT_PIDS_LIMIT = 4096
+"""Processes (threads count too) one run container may have at once."""
+DEFAULT_LOG_MAX_SIZE = 100 * 2**20
+"""Bytes a run container's log file may grow to before conmon truncates it."""
+MIN_LOG_MAX_SIZE = 16 * 2**10
+"""Smallest accepted log cap: more than one conmon write (8 KiB plus framing)."""
+DROPPED_CAPABILITIES = ("CAP_NET_RAW",)
+"""Dropped from Podman's default capability set (raw sockets: spoofing, sniffing)."""
 _log = logging.getLogger(__name__)
 # Podman states in which a container may still write output.
 _LIVE_STATES = frozenset(
@@ -103,6 +123,8 @@ class PodmanRuntime:
         log_threads: int = 32,
         log_settle: float = 0.5,
         log_poll: tuple[float, float] = (0.1, 2.0),
+        pids_limit: int = DEFAULT_PIDS_LIMIT,
+        log_max_size: int = DEFAULT_LOG_MAX_SIZE,
     ) -> None:
         """Configure the runtime; nothing is contacted until the first call.
 
@@ -111,7 +133,17 @@ class PodmanRuntime:
         all interfaces. ``log_settle``: how far log windows trail the clock (see the module
         docstring); ``log_poll``: the shortest and longest pause between two
         log reads of one container (short while lines flow, growing when idle).
+        ``pids_limit`` and ``log_max_size`` (bytes) apply to every run
+        container (see the module docstring).
         """
+        if pids_limit < 1:
+            raise ValueError(f"pids_limit must be at least 1, not {pids_limit}")
+        if log_max_size < MIN_LOG_MAX_SIZE:
+            raise ValueError(
+                f"log_max_size must be at least {MIN_LOG_MAX_SIZE} bytes, not {log_max_size}"
+            )
+        self._pids_limit = pids_limit
+        self._log_max_size = log_max_size
         self._node = node_name
         self._url = url
         self._network = network_name
@@ -162,6 +194,16 @@ class PodmanRuntime:
     def publish_address(self) -> str:
         """Host address host ports are bound on (``0.0.0.0`` = all)."""
         return self._publish
+
+    @property
+    def pids_limit(self) -> int:
+        """The pids limit of every run container."""
+        return self._pids_limit
+
+    @property
+    def log_max_size(self) -> int:
+        """The size cap (bytes) of every run container's log file."""
+        return self._log_max_size
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -421,7 +463,13 @@ class PodmanRuntime:
             "networks": {self._network: {"aliases": [spec.hostname]}},
             # The log reading (see the module docstring) is built and tested on
             # k8s-file; journald, the default on systemd hosts, rate-limits.
-            "log_config": {"Type": "k8s-file"},
+            # ``size`` goes to Podman as bytes (conmon's --log-size-max).
+            "log_config": {"Type": "k8s-file", "Config": {"size": self._log_max_size}},
+            # Hardening (module docstring). Not security_opt=["no-new-privileges"]:
+            # podman-py sends that as SELinux options and Podman drops it.
+            "no_new_privileges": True,
+            "cap_drop": list(DROPPED_CAPABILITIES),
+            "pids_limit": self._pids_limit,
         }
         if spec.command:
             kwargs["entrypoint"] = list(spec.command)

@@ -8,6 +8,7 @@ import socket
 import psutil
 import pytest
 
+from agent.app import make_runtime
 from agent.config import parse_args
 from agent.connection import Backoff
 from agent.ports import PortAllocator, PortsExhausted, parse_port_range, port_is_free
@@ -29,6 +30,8 @@ def test_flags_map_to_config() -> None:
             "--cpus", "1500m",
             "--memory", "4Gi",
             "--gpus", "2",
+            "--pids-limit", "512",
+            "--container-log-max-size", "20Mi",
             "--log-level", "debug",
         ]
     )  # fmt: skip
@@ -42,6 +45,7 @@ def test_flags_map_to_config() -> None:
     assert config.port_range == (31000, 31099)
     assert (config.cpu_millis, config.memory_bytes, config.gpus) == (1500, 4 * 2**30, 2)
     assert config.log_level == "DEBUG"
+    assert (config.pids_limit, config.container_log_max_size) == (512, 20 * 2**20)
 
 
 def test_defaults_come_from_the_machine_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -56,6 +60,31 @@ def test_defaults_come_from_the_machine_and_environment(monkeypatch: pytest.Monk
     assert config.podman_url == "unix:///run/podman/podman.sock"
     assert config.port_range == (30000, 32767)
     assert config.pools == ()
+    assert config.pids_limit == 4096
+    assert config.container_log_max_size == 100 * 2**20
+
+
+@pytest.mark.parametrize(
+    ("argv", "pids", "size"),
+    [
+        (["--pids-limit", "1"], 1, 100 * 2**20),
+        (["--container-log-max-size", "16Ki"], 4096, 16 * 2**10),
+        (["--container-log-max-size", "1G"], 4096, 10**9),
+        (["--container-log-max-size", "1048576"], 4096, 2**20),
+    ],
+)
+def test_container_hardening_flags(argv: list[str], pids: int, size: int) -> None:
+    config = parse_args(argv)
+    assert (config.pids_limit, config.container_log_max_size) == (pids, size)
+
+
+async def test_the_runtime_gets_the_hardening_settings() -> None:
+    config = parse_args(["--pids-limit", "99", "--container-log-max-size", "5Mi"])
+    runtime = make_runtime(config)
+    try:
+        assert (runtime.pids_limit, runtime.log_max_size) == (99, 5 * 2**20)
+    finally:
+        await runtime.close()
 
 
 @pytest.mark.parametrize(
@@ -70,6 +99,18 @@ def test_defaults_come_from_the_machine_and_environment(monkeypatch: pytest.Monk
         (["--port-range", "abc"], "must look like LO-HI"),
         (["--network-mode", "overlay"], "invalid choice: 'overlay'"),
         (["--node-name", " "], "--node-name must not be empty"),
+        (["--pids-limit", "0"], "argument --pids-limit: pids limit '0' must be at least 1"),
+        (["--pids-limit", "-5"], "pids limit '-5' must be at least 1"),
+        (["--pids-limit", "many"], "pids limit 'many' must be a whole number"),
+        (["--pids-limit", "1.5"], "pids limit '1.5' must be a whole number"),
+        (
+            ["--container-log-max-size", "100Mx"],
+            "argument --container-log-max-size: log size '100Mx' has unknown suffix 'Mx'",
+        ),
+        (["--container-log-max-size", "lots"], "log size 'lots' is not a quantity"),
+        (["--container-log-max-size=-1Mi"], "log size '-1Mi' is not a quantity"),
+        (["--container-log-max-size", "0"], "log size '0' must be at least 16Ki"),
+        (["--container-log-max-size", "1Ki"], "log size '1Ki' must be at least 16Ki"),
     ],
 )
 def test_bad_flags_exit_2_with_one_clear_line(
