@@ -224,7 +224,9 @@ class Renewer:
                 await self.renew_now()
             except (grpc.aio.AioRpcError, OSError, ValueError) as exc:
                 log(_log, logging.WARNING, "certificate_renewal_failed", error=exc)
-                await asyncio.sleep(RENEW_RETRY_SECONDS * random.uniform(0.5, 1.0))
+            # Also after a success: a certificate that is due at once (say, one
+            # cut short by the CA's own expiry) must not be renewed in a loop.
+            await asyncio.sleep(RENEW_RETRY_SECONDS * random.uniform(0.5, 1.0))
 
     async def renew_now(self) -> NodeCredentials:
         """Get a certificate for a new key, store it and hand it on."""
