@@ -17,7 +17,7 @@
 # wheelhouse is the whole build context and `podman build` installs from it offline.
 #
 # Idempotent: the images carry the label muster.source-hash (sources, pyproject.toml,
-# Containerfile, this script, base image id); when both images carry the current hash,
+# deploy/, this script, base image id); when both images carry the current hash,
 # nothing is done (about a second). Dependency wheelhouses are cached in .data/deploy/.
 # Run as root (rootful Podman, like the agents that use its socket).
 set -euo pipefail
@@ -82,7 +82,8 @@ source_hash() {
     (
       find "${SOURCES[@]}" -type f ! -path '*/__pycache__/*' ! -name '*.pyc' -print0 |
         LC_ALL=C sort -z | xargs -0 sha256sum
-      sha256sum pyproject.toml deploy/Containerfile scripts/build-images.sh
+      find deploy -type f -print0 | LC_ALL=C sort -z | xargs -0 sha256sum
+      sha256sum pyproject.toml scripts/build-images.sh
     )
   } | sha256sum | cut -c1-16
 }
@@ -151,6 +152,7 @@ else
     sort -rn | tail -n +4 | cut -d' ' -f2- | xargs -r rm -rf
 fi
 cp "$deps"/*.whl "$context/wheelhouse/"
+cp -r deploy "$context/deploy" # scripts the Containerfile installs
 
 # --------------------------------------------------------------------- build
 # Every stage has the label muster.build=deploy: the prune below removes only our dangling layers.

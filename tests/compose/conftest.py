@@ -5,8 +5,12 @@ run in file order). Everything of the stack has names unique to this session:
 the compose project ``muster-test-<tag>``, the run network
 ``muster-test-<tag>-runs``, the node names ``<tag>-cpu-1``... and a free port on
 127.0.0.1. Teardown removes all of it even when a test fails: the project's
-containers, pod, networks and volume, and every run container labelled with one
+containers, pod, networks and volumes, and every run container labelled with one
 of the stack's node names; then it checks that nothing is left.
+
+The stack is secure like any muster deployment: the tests talk to it as its
+administrator, with a copy of the admin.json that the control plane wrote into
+its volume (MUSTER_CONFIG), at the published port (MUSTER_SERVER).
 
 Run container names are deterministic per run id (``muster-run-1-worker-0``),
 so the stack refuses to start while another muster test has run containers on
@@ -33,6 +37,9 @@ CP_IMAGE = "localhost/muster-controlplane:latest"
 AGENT_IMAGE = "localhost/muster-agent:latest"
 TERMINAL = {"Succeeded", "Failed", "Canceled"}
 SHORT_NODES = ("cpu-1", "cpu-2", "gpu-1")
+SERVICES = ("controlplane", "join", *(f"agent-{n}" for n in SHORT_NODES))
+# The named volumes of compose.yaml: all of them survive `down`, none `down -v`.
+VOLUMES = ("controlplane-data", "join-tokens", *(f"agent-{n}" for n in SHORT_NODES))
 # Short liveness for the test: heartbeats every second, NotReady after 3 s, Lost after 8 s.
 TEST_SETTINGS = {
     "MUSTER_HEARTBEAT_INTERVAL": "1",
@@ -66,14 +73,19 @@ class Stack:
     port: int
     env: dict[str, str]
     log: Path
+    config: Path  # the admin credentials, copied out of the control plane's volume
 
     @property
     def server(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    @property
-    def volume(self) -> str:
-        return f"{self.project}_controlplane-data"
+    def volume(self, name: str = "controlplane-data") -> str:
+        return f"{self.project}_{name}"
+
+    def volume_dir(self, name: str) -> Path:
+        """Where one of the stack's named volumes lives on this host."""
+        mountpoint = podman("volume", "inspect", "--format", "{{.Mountpoint}}", self.volume(name))
+        return Path(mountpoint.stdout.strip())
 
     @property
     def pod(self) -> str:
@@ -107,8 +119,22 @@ class Stack:
 
     # -- the muster CLI against the stack ------------------------------------------
 
+    def fetch_credentials(self, timeout: float = 60) -> dict:
+        """Copy admin.json out of the control plane's volume (it is written on the
+        first start) into `config`; returns its content."""
+        source = self.volume_dir("controlplane-data") / "admin.json"
+        wait_for(source.is_file, timeout, f"the control plane to write {source}")
+        text = source.read_text()
+        self.config.touch(mode=0o600)
+        self.config.write_text(text)
+        return json.loads(text)
+
+    def client_env(self) -> dict[str, str]:
+        """What a client on this host needs to reach the stack as its admin."""
+        return {"MUSTER_CONFIG": str(self.config), "MUSTER_SERVER": self.server}
+
     def cli(self, *args: str, check: bool = True, timeout: float = 120):
-        return run_cli(*args, server=self.server, check=check, timeout=timeout)
+        return run_cli(*args, check=check, timeout=timeout, env=self.client_env())
 
     def nodes(self) -> dict[str, dict]:
         try:
@@ -143,7 +169,7 @@ class Stack:
 
     def save_logs(self) -> None:
         """Each service's log next to compose.log, for post-mortems."""
-        for service in ("controlplane", *(f"agent-{n}" for n in SHORT_NODES)):
+        for service in SERVICES:
             logs = podman("logs", self.container(service), check=False)
             if logs.returncode == 0:
                 (self.log.parent / f"{service}.log").write_text(logs.stdout + logs.stderr)
@@ -237,10 +263,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         MUSTER_CONTROLPLANE_IMAGE=CP_IMAGE,
         MUSTER_AGENT_IMAGE=AGENT_IMAGE,
     )
-    log = tmp_path_factory.mktemp("compose") / "compose.log"
-    s = Stack(tag, project, f"{project}-runs", port, env, log)
+    tmp = tmp_path_factory.mktemp("compose")
+    s = Stack(tag, project, f"{project}-runs", port, env, tmp / "compose.log", tmp / "admin.json")
     try:
         s.compose("up", "-d")
+        s.fetch_credentials()
         s.wait_ready([s.node(n) for n in SHORT_NODES])
         yield s
     finally:

@@ -1,6 +1,8 @@
 """compose.yaml for real: a control plane and three agents (two in pool cpu, one in
 pool gpu) in containers, driving the host's Podman through its socket; checked
-from the host with the `muster` CLI and the Node.js client.
+from the host with the `muster` CLI and the Node.js client, as the administrator.
+The API takes TLS and tokens only; the agents joined with the join tokens that the
+one-shot `join` service made, and keep their certificates across restarts.
 
 The tests share one stack and run in file order; the last ones bring it down and
 check that nothing of it is left.
@@ -10,12 +12,17 @@ from __future__ import annotations
 
 import json
 import shutil
+import stat
 import subprocess
 
+import grpc
 import pytest
+from cryptography import x509
 
-from tests.compose.conftest import SHORT_NODES, Stack, podman, wait_for
-from tests.conftest import REPO
+from muster.common.pki import new_key, node_csr, parse_node_cert
+from muster.v1 import agent_pb2, agent_pb2_grpc, node_pb2, node_pb2_grpc
+from tests.compose.conftest import SHORT_NODES, VOLUMES, Stack, podman, wait_for
+from tests.conftest import REPO, isolated_env, run_cli
 
 pytestmark = [pytest.mark.podman, pytest.mark.timeout(600)]
 
@@ -43,8 +50,33 @@ print("done")
 """
 
 
+POOLS = {"cpu-1": ("cpu",), "cpu-2": ("cpu",), "gpu-1": ("gpu",)}
+
+
 def replicas(run: dict, role: str) -> list[dict]:
     return [r for r in run.get("replicas", []) if r["role"] == role]
+
+
+def node_cert(stack: Stack, short: str) -> bytes:
+    """The certificate in the agent's own state volume."""
+    return (stack.volume_dir(f"agent-{short}") / "node.crt").read_bytes()
+
+
+def rpc_error(call, *args) -> grpc.RpcError:
+    """The error that `call(*args)`, which must fail, raises."""
+    with pytest.raises(grpc.RpcError) as err:
+        call(*args)
+    return err.value
+
+
+def join_as(stack: Stack, token: str, node: str) -> None:
+    """What an agent does on its first start: spend `token` on a certificate for `node`."""
+    ca = json.loads(stack.config.read_text())["caCert"].encode()
+    request = agent_pb2.JoinRequest(
+        join_token=token, node_name=node, csr_pem=node_csr(new_key(), node).decode()
+    )
+    with grpc.secure_channel(stack.server, grpc.ssl_channel_credentials(ca)) as channel:
+        agent_pb2_grpc.AgentServiceStub(channel).Join(request, timeout=10)
 
 
 def big_request(stack: Stack) -> str:
@@ -108,9 +140,68 @@ def test_three_ready_nodes_in_two_pools(stack: Stack) -> None:
     table = stack.cli("node", "list").stdout
     for name in nodes:
         assert name in table
-    # The API is published on the loopback address only.
+    # The API is published on the loopback address only; the agents' port is not at all.
     ports = podman("port", stack.container("controlplane")).stdout.split()
     assert ports == ["50051/tcp", "->", stack.server], ports
+
+
+def test_api_takes_only_tls_with_a_token(stack: Stack) -> None:
+    ca = json.loads(stack.config.read_text())["caCert"].encode()
+    request = node_pb2.ListNodesRequest()
+
+    def list_nodes(channel: grpc.Channel, metadata: tuple = ()) -> None:
+        with channel:
+            node_pb2_grpc.NodeServiceStub(channel).ListNodes(request, timeout=10, metadata=metadata)
+
+    # A plaintext client does not even get a connection.
+    err = rpc_error(list_nodes, grpc.insecure_channel(stack.server))
+    assert err.code() == grpc.StatusCode.UNAVAILABLE, err
+    # TLS, the server verified by the cluster CA (as 127.0.0.1), but no token or a wrong one.
+    tls = grpc.ssl_channel_credentials(ca)
+    err = rpc_error(list_nodes, grpc.secure_channel(stack.server, tls))
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    bogus = (("authorization", "Bearer mst_not-a-token"),)
+    err = rpc_error(list_nodes, grpc.secure_channel(stack.server, tls), bogus)
+    assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    # The CLI without credentials says what is missing.
+    bare = run_cli("node", "list", server=stack.server, timeout=30)
+    assert bare.returncode == 1 and "MUSTER_CONFIG" in bare.stderr, bare.stderr
+
+
+def test_every_agent_joined_with_a_join_token(stack: Stack) -> None:
+    admin = json.loads(stack.config.read_text())
+    ca = x509.load_pem_x509_certificate(admin["caCert"].encode())
+    tokens = stack.volume_dir("join-tokens")
+    assert (tokens / "ca.crt").read_text() == admin["caCert"]
+    # The server certificate names `controlplane`, as the agents reach it.
+    server_cert = x509.load_pem_x509_certificate(
+        (stack.volume_dir("controlplane-data") / "pki" / "server.crt").read_bytes()
+    )
+    san = server_cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "controlplane" in san.get_values_for_type(x509.DNSName)
+
+    nodes = stack.nodes()
+    for short in SHORT_NODES:
+        name = stack.node(short)
+        assert nodes[name]["status"] == "Ready", nodes[name]
+        # Its identity is in its own volume: a certificate from the cluster CA for
+        # this node and the pools of its join token; it connects to the mTLS port.
+        state = stack.volume_dir(f"agent-{short}")
+        pem = node_cert(stack, short)
+        x509.load_pem_x509_certificate(pem).verify_directly_issued_by(ca)
+        cert = parse_node_cert(pem)
+        assert (cert.node, cert.pools) == (name, POOLS[short])
+        assert json.loads((state / "agent.json").read_text()) == {
+            "agentServer": "controlplane:50052"
+        }
+        token_file = tokens / f"{name}.token"
+        assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+        # Whatever token is left in the shared volume was spent: it joins nobody.
+        token = token_file.read_text().strip()
+        if token:
+            err = rpc_error(join_as, stack, token, f"{stack.tag}-intruder")
+            assert err.code() == grpc.StatusCode.UNAUTHENTICATED, err
+    assert f"{stack.tag}-intruder" not in stack.nodes()
 
 
 def test_job_in_pool_cpu_reaches_workers_in_pool_gpu(codespecs: Stack) -> None:
@@ -160,10 +251,14 @@ def test_node_client_runs_a_distributed_run(stack: Stack) -> None:
     node = shutil.which("node")
     if node is None or not (NODE_EXAMPLE / "node_modules" / "@grpc" / "grpc-js").exists():
         pytest.fail("Node.js and examples/node/node_modules are needed: run scripts/setup.sh")
-    script = [node, str(NODE_EXAMPLE / "distributed-run.js"), "--server", stack.server]
+    script = [node, str(NODE_EXAMPLE / "distributed-run.js")]
+    # Credentials like the CLI's: the admin credential file, the published address.
+    env = {**isolated_env(), **stack.client_env()}
 
     def client(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*script, *args], capture_output=True, text=True, timeout=180)
+        return subprocess.run(
+            [*script, *args], capture_output=True, text=True, timeout=180, env=env
+        )
 
     result = client(
         "--workers", "2", "--worker-pool", "gpu", "--job-pool", "cpu", "--timeout", "120"
@@ -199,6 +294,7 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     assert lost_node != kept_node
 
     agent = f"agent-{stack.short(lost_node)}"
+    identity = node_cert(stack, stack.short(lost_node))
     stack.compose("stop", agent)
     seen = []
 
@@ -231,9 +327,11 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     finished = stack.wait_run(kept, timeout=30)
     assert finished["status"] == "Succeeded", finished
 
-    # The agent comes back: the node is Ready, and leftovers of the failed run go.
+    # The agent comes back with the certificate in its volume (its join token is spent):
+    # the node is Ready, and leftovers of the failed run go.
     stack.compose("start", agent)
     stack.wait_ready([lost_node], timeout=30)
+    assert node_cert(stack, stack.short(lost_node)) == identity
     wait_for(lambda: not stack.run_containers(doomed), 30, f"run {doomed}'s leftovers removed")
 
     # New runs use the node again: two big workers need both cpu nodes.
@@ -245,16 +343,35 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     assert lost_node in {w["nodeName"] for w in replicas(run, "worker")}
 
 
-def test_down_keeps_only_the_database_volume(stack: Stack) -> None:
+def test_down_keeps_the_state_volumes_and_up_reuses_them(stack: Stack) -> None:
     runs_before = json.loads(stack.cli("run", "list", "-o", "json").stdout)
+    certs = {short: node_cert(stack, short) for short in SHORT_NODES}
     wait_for(lambda: not stack.run_containers(), 30, "every run container to be removed")
     stack.save_logs()
     stack.compose("down")
     left = stack.leftovers()
-    assert left == {"containers": [], "networks": [], "volumes": [stack.volume], "pods": []}
-    # Up again on the same volume: the runs are still there and the nodes come back.
+    volumes = sorted(stack.volume(v) for v in VOLUMES)
+    assert left == {"containers": [], "networks": [], "volumes": volumes, "pods": []}
+    # Up again on the same volumes: `join` runs again and succeeds (the nodes are
+    # known: no new tokens), the agents reuse their certificates, the runs are there.
     stack.compose("up", "-d")
+    admin = stack.fetch_credentials()
+    assert admin["server"] == "127.0.0.1:50051"  # inside its container; MUSTER_SERVER wins
     stack.wait_ready([stack.node(n) for n in SHORT_NODES])
+    join = stack.container("join")
+
+    def join_exit() -> str | None:
+        status = podman("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", join)
+        state, code = status.stdout.split()
+        return code if state == "exited" else None
+
+    assert wait_for(join_exit, 60, "the join service to finish") == "0"
+    join_log = podman("logs", join).stdout + podman("logs", join).stderr
+    for short in SHORT_NODES:
+        assert f"node {stack.node(short)} has joined already" in join_log, join_log
+        assert node_cert(stack, short) == certs[short]
+        token = stack.volume_dir("join-tokens") / f"{stack.node(short)}.token"
+        assert token.read_text() == ""
     runs_after = json.loads(stack.cli("run", "list", "-o", "json").stdout)
     assert [(r["id"], r["status"]) for r in runs_after] == [
         (r["id"], r["status"]) for r in runs_before
