@@ -13,7 +13,6 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NoReturn
 
 import psutil
 
@@ -27,6 +26,7 @@ from agent.runtime_podman import (
     DEFAULT_URL,
     MIN_LOG_MAX_SIZE,
 )
+from muster.common.cli import OneLineParser
 from muster.common.clientconfig import data_home
 
 DEFAULT_SERVER = "127.0.0.1:50051"
@@ -71,11 +71,6 @@ class AgentConfig:
 def default_state_dir(node_name: str) -> Path:
     """One directory per node name, so several agents on one machine never share."""
     return data_home() / "muster" / "agents" / node_name
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def _label(text: str) -> tuple[str, str]:
@@ -163,7 +158,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``muster-agent`` command line."""
-    p = _Parser(
+    p = OneLineParser(
         prog="muster-agent",
         description="muster node agent: runs this node's share of runs on Podman.",
     )

@@ -10,13 +10,14 @@ import signal
 import sys
 from datetime import timedelta
 from pathlib import Path
-from typing import NoReturn
 
 from controlplane.core.nodes import Liveness
-from controlplane.security.tls import SecurityConfig, host_of, is_loopback
+from controlplane.security.tls import SecurityConfig
 from controlplane.server import start
 from controlplane.services.orchestrator import Settings
+from muster.common.cli import OneLineParser
 from muster.common.clientconfig import default_state_dir
+from muster.common.net import host_of, is_loopback
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_AGENT_PORT = 50052
@@ -28,16 +29,9 @@ def default_agent_listen(listen: str) -> str:
     return f"{host}:{0 if port == '0' else DEFAULT_AGENT_PORT}"
 
 
-class _Parser(argparse.ArgumentParser):
-    """Flag errors are one line (no usage dump), so they stand out in a log."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """Command-line flags."""
-    parser = _Parser(prog="muster-controlplane", description="muster control plane (gRPC)")
+    parser = OneLineParser(prog="muster-controlplane", description="muster control plane (gRPC)")
     parser.add_argument(
         "--listen",
         default=os.environ.get("MUSTER_LISTEN", DEFAULT_LISTEN),

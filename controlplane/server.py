@@ -20,7 +20,7 @@ from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.api.tokens import TokenServicer
 from controlplane.core.errors import DomainError
-from controlplane.security.tls import SecurityConfig, TlsMaterial, host_of, load_material
+from controlplane.security.tls import SecurityConfig, TlsMaterial, load_material
 from controlplane.services.auth import AuthService
 from controlplane.services.codespecs import CodespecService
 from controlplane.services.logs import LogService
@@ -29,6 +29,7 @@ from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
 from muster.common import clientconfig
 from muster.common.clientconfig import ClientConfig
+from muster.common.net import host_of
 from muster.v1 import (
     agent_pb2,
     agent_pb2_grpc,

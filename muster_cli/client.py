@@ -11,7 +11,6 @@ talks plaintext, which only a control plane started with `--insecure` answers.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import sys
 import time
@@ -24,6 +23,7 @@ import grpc
 
 from muster.common import clientconfig
 from muster.common.clientconfig import ClientConfig, ConfigError
+from muster.common.net import is_loopback
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 _config_flag: str | None = None
@@ -74,23 +74,13 @@ def server_address(flag: str | None) -> str:
     return config.server if config else DEFAULT_SERVER
 
 
-def _is_loopback(address: str) -> bool:
-    host = address.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def open_channel(address: str, config: ClientConfig | None = None) -> grpc.Channel:
     """A channel to `address` with the credentials in force (TLS and the
     bearer token, or plaintext with no credential file or `insecure: true`)."""
     config = config or client_config()
     token = os.environ.get("MUSTER_TOKEN") or (config.token if config else "")
     if config is None or config.insecure:
-        if token and not _is_loopback(address):
+        if token and not is_loopback(address):
             fail(f"refusing to send a token in plaintext to {address}; give a caCert")
         return grpc.insecure_channel(address)
     creds = grpc.ssl_channel_credentials(config.ca_pem.encode())

@@ -11,7 +11,6 @@ address of their own, on which a handshake without a valid node certificate
 
 from __future__ import annotations
 
-import ipaddress
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import psutil
 from cryptography import x509
 
 from controlplane.security.ca import ClusterCA
+from muster.common.net import host_of
 from muster.common.pki import cert_pem
 
 WILDCARDS = {"", "0.0.0.0", "::", "[::]"}
@@ -66,12 +66,6 @@ class TlsMaterial:
         )
 
 
-def host_of(address: str) -> str:
-    """'10.0.0.1:50051' -> '10.0.0.1'; '[::1]:50051' -> '::1'."""
-    host = address.rsplit(":", 1)[0] if ":" in address else address
-    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
-
-
 def server_names(listen: list[str], extra: tuple[str, ...]) -> list[str]:
     """Names and addresses the server certificate must hold: loopback, this
     host's name, each listen address, or every local address when listening
@@ -105,14 +99,3 @@ def load_material(config: SecurityConfig, listen: list[str]) -> TlsMaterial:
         anchor = ca.pem
     roots = ca.pem + (config.client_ca.read_bytes() if config.client_ca else b"")
     return TlsMaterial(ca, key, chain, anchor, roots)
-
-
-def is_loopback(address: str) -> bool:
-    """Whether a listen address is only reachable from this machine."""
-    host = host_of(address)
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

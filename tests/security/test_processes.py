@@ -88,17 +88,14 @@ def test_login_token_lifecycle_and_one_line_errors(secure_cp: Process, tmp_path:
     token = secret.stdout.strip()
     assert token.startswith("mst_") and secret.stdout.count("\n") == 1
     target = tmp_path / "bob.json"
-    login = run_cli(
-        "login",
-        "--server",
-        secure_cp.address,
-        "--ca-cert",
-        str(secure_cp.ca_cert),
-        "--token",
-        token,
-        "--config",
-        str(target),
-    )
+
+    def login_as(secret: str, path: Path):
+        return run_cli(
+            "login", "--server", secure_cp.address, "--ca-cert", str(secure_cp.ca_cert),
+            "--token", secret, "--config", str(path),
+        )  # fmt: skip
+
+    login = login_as(token, target)
     assert login.returncode == 0 and "as 'bob' (role reader)" in login.stdout, login.stderr
     assert mode(target) == 0o600
     as_bob = {"MUSTER_CONFIG": str(target)}
@@ -113,17 +110,7 @@ def test_login_token_lifecycle_and_one_line_errors(secure_cp: Process, tmp_path:
     refused = run_cli("whoami", env=as_bob)
     assert refused.returncode == 1 and "revoked" in refused.stderr
     bad = tmp_path / "bad.json"
-    failed = run_cli(
-        "login",
-        "--server",
-        secure_cp.address,
-        "--ca-cert",
-        str(secure_cp.ca_cert),
-        "--token",
-        "mst_wrong",
-        "--config",
-        str(bad),
-    )
+    failed = login_as("mst_wrong", bad)
     assert failed.returncode == 1 and "UNAUTHENTICATED" in failed.stderr and not bad.exists()
     for args, text in [
         (("token", "create", "Bad Name", "--role", "user"), "not a valid token name"),
