@@ -1,10 +1,11 @@
-"""`muster node list`."""
+"""`muster node`: list, join tokens, cordon, drain, uncordon, remove."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
 
 import click
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from muster.v1 import node_pb2 as pb
 from muster.v1 import node_pb2_grpc as pb_grpc
@@ -12,11 +13,12 @@ from muster_cli.app import CONTEXT, address, cli, format_option, server_option
 from muster_cli.auth import ttl_seconds
 from muster_cli.client import channel
 from muster_cli.output import dump, enum_text, human_cpu, human_memory, table, to_dict
+from muster_cli.timeparse import parse_duration
 
 
 @cli.group()
 def node() -> None:
-    """Inspect the machines whose agents are known."""
+    """Inspect and maintain the machines whose agents are known."""
 
 
 @node.group("join-token")
@@ -53,6 +55,86 @@ def node_remove(ctx: click.Context, name: str, leaf_server: str | None) -> None:
     click.echo(f"node '{name}' removed; runs failed: {failed}")
 
 
+def deadline_seconds(text: str | None) -> int:
+    """Seconds of a --deadline value; 0 (no deadline) when not given."""
+    if not text:
+        return 0
+    try:
+        return parse_duration(text)
+    except click.BadParameter:
+        raise click.BadParameter(
+            f"'{text}' is not a duration; use e.g. 30m, 1h, 2h30m", param_hint="--deadline"
+        ) from None
+
+
+def _when(ts: Timestamp) -> str:
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@node.command("cordon", context_settings=CONTEXT)
+@click.argument("name")
+@server_option
+@click.pass_context
+def node_cordon(ctx: click.Context, name: str, leaf_server: str | None) -> None:
+    """Place no new runs on a node; what runs there goes on."""
+    with channel(address(ctx, leaf_server)) as ch:
+        n = pb_grpc.NodeServiceStub(ch).CordonNode(pb.CordonNodeRequest(name=name), timeout=15).node
+    click.echo(f"node '{name}' cordoned: no new runs are placed there; {_replicas(n)} stay")
+
+
+@node.command("uncordon", context_settings=CONTEXT)
+@click.argument("name")
+@server_option
+@click.pass_context
+def node_uncordon(ctx: click.Context, name: str, leaf_server: str | None) -> None:
+    """Make a node schedulable again (this also ends a drain)."""
+    with channel(address(ctx, leaf_server)) as ch:
+        pb_grpc.NodeServiceStub(ch).UncordonNode(pb.UncordonNodeRequest(name=name), timeout=15)
+    click.echo(f"node '{name}' uncordoned: schedulable again")
+
+
+@node.command("drain", context_settings=CONTEXT)
+@click.argument("name")
+@click.option(
+    "--deadline",
+    default=None,
+    metavar="DURATION",
+    help="Cancel the runs still on the node after this long (e.g. 1h); default: wait for them.",
+)
+@server_option
+@click.pass_context
+def node_drain(
+    ctx: click.Context, name: str, deadline: str | None, leaf_server: str | None
+) -> None:
+    """Cordon a node and let its runs finish; cancel what is left at the deadline."""
+    request = pb.DrainNodeRequest(name=name, deadline_seconds=deadline_seconds(deadline))
+    with channel(address(ctx, leaf_server)) as ch:
+        n = pb_grpc.NodeServiceStub(ch).DrainNode(request, timeout=15).node
+    if not n.draining:
+        click.echo(f"node '{name}' drained: no run has a replica there")
+    elif n.HasField("drain_deadline"):
+        click.echo(
+            f"node '{name}' draining: {_replicas(n)} there; "
+            f"runs still there at {_when(n.drain_deadline)} are canceled"
+        )
+    else:
+        click.echo(f"node '{name}' draining: {_replicas(n)} there; no deadline")
+
+
+def _replicas(n: pb.Node) -> str:
+    return f"{n.replica_count} replica" + ("" if n.replica_count == 1 else "s")
+
+
+def status_text(n: pb.Node) -> str:
+    """`Ready`, or with maintenance `Ready,Cordoned`, `Ready,Draining`, `Ready,Drained`."""
+    status = enum_text(pb.NodeStatus.Name(n.status))
+    if n.draining:
+        return f"{status},Draining"
+    if n.cordoned:
+        return f"{status},{'Drained' if n.HasField('drained_at') else 'Cordoned'}"
+    return status
+
+
 @node.command("list", context_settings=CONTEXT)
 @click.option("--pool", default="", help="Only nodes in this pool.")
 @format_option("-o", "--output")
@@ -73,7 +155,7 @@ def node_list(ctx: click.Context, pool: str, fmt: str, leaf_server: str | None) 
             (
                 n.name,
                 ",".join(n.pools),
-                enum_text(pb.NodeStatus.Name(n.status)),
+                status_text(n),
                 f"{human_cpu(n.allocated.cpu_millis)}/{human_cpu(n.allocatable.cpu_millis)}",
                 f"{human_memory(n.allocated.memory_bytes)}/{human_memory(n.allocatable.memory_bytes)}",
                 f"{n.allocated.gpus}/{n.allocatable.gpus}",

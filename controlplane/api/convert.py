@@ -234,6 +234,10 @@ def node_to_pb(node: Node, allocated: Capacity, replicas: int) -> node_pb.Node:
         network_mode=MODE_TO_PB[node.network_mode],
         registered_at=timestamp(node.registered_at),
         replica_count=replicas,
+        cordoned=node.cordoned,
+        drain_deadline=timestamp(node.drain_deadline),
+        draining=node.draining,
+        drained_at=timestamp(node.drained_at),
     )
 
 

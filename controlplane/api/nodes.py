@@ -15,7 +15,7 @@ from muster.v1 import node_pb2_grpc as pb_grpc
 
 
 class NodeServicer(pb_grpc.NodeServiceServicer):
-    """Lists nodes with their liveness and allocation; joins and removes them."""
+    """Lists nodes with their liveness and allocation; joins, cordons, drains and removes them."""
 
     def __init__(self, orchestrator: Orchestrator, auth: AuthService | None = None) -> None:
         self._orchestrator = orchestrator
@@ -41,6 +41,31 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
     ) -> pb.RemoveNodeResponse:
         failed = await self._orchestrator.remove_node(request.name)
         return pb.RemoveNodeResponse(failed_run_ids=failed)
+
+    @grpc_errors
+    async def CordonNode(
+        self, request: pb.CordonNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CordonNodeResponse:
+        return pb.CordonNodeResponse(
+            node=node_to_pb(*await self._orchestrator.cordon_node(request.name))
+        )
+
+    @grpc_errors
+    async def UncordonNode(
+        self, request: pb.UncordonNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UncordonNodeResponse:
+        return pb.UncordonNodeResponse(
+            node=node_to_pb(*await self._orchestrator.uncordon_node(request.name))
+        )
+
+    @grpc_errors
+    async def DrainNode(
+        self, request: pb.DrainNodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DrainNodeResponse:
+        deadline = ttl_of(request.deadline_seconds, "deadline_seconds", None)
+        return pb.DrainNodeResponse(
+            node=node_to_pb(*await self._orchestrator.drain_node(request.name, deadline))
+        )
 
     @grpc_errors
     async def ListNodes(

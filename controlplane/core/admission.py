@@ -1,7 +1,9 @@
 """Admission: reject at creation a run that can never be placed (SPEC §2.1).
 
-A run that could fit later (capacity in use, a node NotReady) is admitted and
-waits; only what no known node could ever satisfy is refused.
+A run that could fit later (capacity in use, a node NotReady, every node of
+its pool cordoned or draining) is admitted and waits; only what no known node
+could ever satisfy is refused. Cordon is temporary, so cordoned nodes count
+here exactly like schedulable ones.
 """
 
 from __future__ import annotations

@@ -1,8 +1,20 @@
-"""Node records and their liveness rule (SPEC §3)."""
+"""Node records, their liveness rule (SPEC §3) and maintenance: cordon and drain.
+
+Maintenance is an admin's decision kept on the node and persisted with it:
+
+- cordoned: no new placement on the node; what runs there keeps running;
+- draining: cordoned, and waiting for the runs with replicas there to end;
+  at `drain_deadline` (if any) the runs still there are canceled;
+- drained: a drain ended with no run holding a replica there; the node stays
+  cordoned (`drained_at` says when) until it is uncordoned.
+
+Cordon is temporary, so admission still counts cordoned nodes: a run whose
+pool has only cordoned nodes is admitted and waits Pending.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -28,6 +40,19 @@ class Node:
     last_heartbeat: datetime | None = None
     status: NodeStatus = "Ready"
     instance_id: str = ""  # the connected agent process (not persisted)
+    cordoned: bool = False  # no new placements (also while draining and once drained)
+    draining: bool = False  # waiting for the runs with replicas here to end
+    drain_deadline: datetime | None = None  # while draining: when what is left is canceled
+    drained_at: datetime | None = None  # when the last drain completed
+
+    @property
+    def maintenance(self) -> str:
+        """What `node list` adds to the status: Draining, Drained, Cordoned or ''."""
+        if self.draining:
+            return "Draining"
+        if self.cordoned:
+            return "Drained" if self.drained_at else "Cordoned"
+        return ""
 
 
 @dataclass(frozen=True)
@@ -45,3 +70,60 @@ class Liveness:
         if silence >= self.not_ready:
             return "NotReady"
         return "Ready"
+
+
+DrainStep = Literal["wait", "complete", "deadline"]
+
+
+def cordon(node: Node) -> Node:
+    """No new placements; a drain in progress goes on."""
+    return replace(node, cordoned=True)
+
+
+def uncordon(node: Node) -> Node:
+    """Schedulable again; ends a drain (nothing more is canceled)."""
+    return replace(node, cordoned=False, draining=False, drain_deadline=None, drained_at=None)
+
+
+def drain(node: Node, now: datetime, deadline: timedelta | None) -> Node:
+    """Cordon and wait for the node's runs to end; after `deadline` (None:
+    never) cancel what is left. Draining again replaces the deadline."""
+    return replace(
+        node,
+        cordoned=True,
+        draining=True,
+        drain_deadline=now + deadline if deadline is not None else None,
+        drained_at=None,
+    )
+
+
+def drain_step(node: Node, replicas_here: int, now: datetime) -> DrainStep | None:
+    """What a draining node needs now, given how many replicas of active runs
+    are placed on it: None (not draining), "complete" (nothing left),
+    "deadline" (cancel what is left) or "wait"."""
+    if not node.draining:
+        return None
+    if replicas_here == 0:
+        return "complete"
+    if node.drain_deadline is not None and now >= node.drain_deadline:
+        return "deadline"
+    return "wait"
+
+
+def drained(node: Node, now: datetime) -> Node:
+    """The drain is complete: still cordoned, no longer draining."""
+    return replace(node, cordoned=True, draining=False, drain_deadline=None, drained_at=now)
+
+
+def keep_maintenance(new: Node, known: Node | None) -> Node:
+    """An agent's re-registration describes the machine, not the admin's
+    decisions: carry cordon and drain state over from the known node."""
+    if known is None:
+        return new
+    return replace(
+        new,
+        cordoned=known.cordoned,
+        draining=known.draining,
+        drain_deadline=known.drain_deadline,
+        drained_at=known.drained_at,
+    )

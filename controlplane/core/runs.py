@@ -322,6 +322,20 @@ def node_lost(run: Run, node: str, now: datetime, how: str = "was lost") -> list
     return _finish(run, now, "Failed", f"node {node} {how} ({', '.join(on_node)} placed there)")
 
 
+def drain_deadline_passed(run: Run, node: str, now: datetime) -> list[Action]:
+    """A drain of `node` reached its deadline with replicas of the run still
+    there: Canceled (an admin's decision, like a cancel, not the run's fault)."""
+    on_node = [r.label for r in run.replicas if r.node == node]
+    if run.terminal or not on_node:
+        return []
+    return _finish(
+        run,
+        now,
+        "Canceled",
+        f"node {node} was drained (deadline passed; {', '.join(on_node)} placed there)",
+    )
+
+
 def missing_container(run: Run, node: str, role: str, index: int, now: datetime) -> list[Action]:
     """An agent re-registered without a container that had been running."""
     r = run.replica(role, index)

@@ -7,7 +7,10 @@ Rules:
 - runs are considered oldest first; a run that does not fit does not block
   smaller ones behind it (backfill) until it has waited `starvation_after`,
   after which the nodes of its pools are held for it, so it cannot starve;
-- replicas spread: each goes to the fitting node with the most free capacity.
+- replicas spread: each goes to the fitting node with the most free capacity;
+- nothing is placed on an unschedulable node (NotReady, Lost, disconnected,
+  cordoned or draining); a run whose pool has only cordoned nodes waits with
+  a reason that says so.
 """
 
 from __future__ import annotations
@@ -27,7 +30,8 @@ class NodeView:
     pools: frozenset[str]
     allocatable: Capacity
     allocated: Capacity = field(default_factory=Capacity)
-    schedulable: bool = True  # Ready and connected
+    schedulable: bool = True  # Ready, connected and not cordoned
+    cordoned: bool = False  # an admin cordoned (or is draining) it: temporary
 
     def in_pool(self, pool: str) -> bool:
         """An empty pool means any node."""
@@ -79,6 +83,10 @@ def _try_place(
         ]
         pool_text = f"pool {demand.pool}" if demand.pool else "any pool"
         if not candidates:
+            members = [n for n in nodes.values() if n.in_pool(demand.pool)]
+            if members and all(n.cordoned for n in members):
+                every = f"every node of pool {demand.pool}" if demand.pool else "every node"
+                return None, f"waiting: {every} is cordoned"
             return None, f"waiting for a ready node in {pool_text}"
         for index in range(demand.replicas):
             fitting = [n for n in candidates if demand.each.fits_in(trial[n.name])]

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
+from controlplane.core import nodes as maintenance
 from controlplane.core import runs as sm
 from controlplane.core.admission import admit
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
-from controlplane.core.errors import AlreadyExists, FailedPrecondition, NotFound
+from controlplane.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
@@ -219,6 +220,7 @@ class Orchestrator:
         async with self._lock:
             known = self._nodes.get(node.name)
             self._refuse_impostor(node, known, now)
+            node = maintenance.keep_maintenance(node, known)  # the admin's, not the agent's
             node.registered_at = known.registered_at if known else now
             node.last_heartbeat, node.status = now, "Ready"
             self._nodes[node.name] = node
@@ -355,6 +357,65 @@ class Orchestrator:
             for n in sorted(self._nodes.values(), key=lambda n: n.name)
         ]
 
+    def _entry(self, node: Node) -> tuple[Node, Capacity, int]:
+        """One node as `nodes()` lists it."""
+        allocated, counts = self._allocations()
+        return node, allocated.get(node.name, Capacity()), counts.get(node.name, 0)
+
+    def _known(self, name: str) -> Node:
+        """The node called `name`, or InvalidArgument / NotFound."""
+        if not name:
+            raise InvalidArgument("name", "is required: a node name, as `muster node list` shows")
+        node = self._nodes.get(name)
+        if node is None:
+            raise NotFound(f"The node '{name}' was not found; `muster node list` shows them.")
+        return node
+
+    async def _save_node(self, node: Node) -> Node:
+        """Persist a node's new state, then make it the one in force."""
+        await self._store.save_node(node)
+        self._nodes[node.name] = node
+        self._schedule_due = True
+        return node
+
+    async def cordon_node(self, name: str) -> tuple[Node, Capacity, int]:
+        """No new placements on the node; what runs there goes on (a drain too)."""
+        async with self._lock:
+            node = await self._save_node(maintenance.cordon(self._known(name)))
+            entry = self._entry(node)
+        log.info("event=node_cordoned node=%s", name)
+        return entry
+
+    async def uncordon_node(self, name: str) -> tuple[Node, Capacity, int]:
+        """Schedulable again; ends a drain (nothing more is canceled)."""
+        async with self._lock:
+            node = await self._save_node(maintenance.uncordon(self._known(name)))
+            entry = self._entry(node)
+        log.info("event=node_uncordoned node=%s", name)
+        self.wake()  # pending runs may fit there now
+        return entry
+
+    async def drain_node(self, name: str, deadline: timedelta | None) -> tuple[Node, Capacity, int]:
+        """Cordon and let the runs with replicas there finish; at `deadline`
+        (None: never) the reconcile loop cancels what is left. A node with
+        nothing on it is drained at once."""
+        async with self._lock:
+            now = self._clock()
+            node = maintenance.drain(self._known(name), now, deadline)
+            _, counts = self._allocations()
+            if maintenance.drain_step(node, counts.get(name, 0), now) == "complete":
+                node = maintenance.drained(node, now)
+            node = await self._save_node(node)
+            entry = self._entry(node)
+        log.info(
+            "event=node_draining node=%s replicas=%d deadline=%s",
+            name,
+            entry[2],
+            node.drain_deadline.isoformat() if node.drain_deadline else "none",
+        )
+        self.wake()
+        return entry
+
     def _allocations(self) -> tuple[dict[str, Capacity], dict[str, int]]:
         """Requests reserved and replicas placed per node, in one pass over active runs."""
         allocated: dict[str, Capacity] = {}
@@ -375,7 +436,10 @@ class Orchestrator:
                 pools=frozenset(node.pools),
                 allocatable=node.allocatable,
                 allocated=allocated.get(node.name, Capacity()),
-                schedulable=node.status == "Ready" and node.name in self._links,
+                schedulable=node.status == "Ready"
+                and node.name in self._links
+                and not node.cordoned,
+                cordoned=node.cordoned,
             )
             for node in self._nodes.values()
         ]
@@ -385,6 +449,7 @@ class Orchestrator:
     async def _tick(self) -> None:
         now = self._clock()
         await self._check_nodes(now)
+        await self._check_drains(now)
         for run in list(self._runs.values()):
             actions = sm.check_deadlines(run, now, self.settings.readiness_timeout)
             if actions or run.terminal:
@@ -407,6 +472,28 @@ class Orchestrator:
                     actions = sm.node_lost(run, node.name, now)
                     if actions or run.terminal:
                         await self._commit(run, actions)
+
+    async def _check_drains(self, now: datetime) -> None:
+        """Drains: complete those with no replica left; at a drain's deadline,
+        cancel the runs still there (each persisted before its teardown goes)."""
+        if not any(node.draining for node in self._nodes.values()):
+            return
+        _, counts = self._allocations()
+        for node in list(self._nodes.values()):
+            step = maintenance.drain_step(node, counts.get(node.name, 0), now)
+            if step == "deadline":
+                canceled = 0
+                for run in list(self._runs.values()):
+                    actions = sm.drain_deadline_passed(run, node.name, now)
+                    if actions:
+                        canceled += 1
+                        await self._commit(run, actions)
+                log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)
+                _, counts = self._allocations()
+                step = maintenance.drain_step(node, counts.get(node.name, 0), now)
+            if step == "complete":
+                await self._save_node(maintenance.drained(node, now))
+                log.info("event=node_drained node=%s", node.name)
 
     async def _schedule(self, now: datetime) -> None:
         """Place what fits. Placement only changes when something changed, so

@@ -120,6 +120,10 @@ def node_to_doc(node: Node) -> dict[str, Any]:
         "registeredAt": _ts(node.registered_at),
         "lastHeartbeat": _ts(node.last_heartbeat),
         "status": node.status,
+        "cordoned": node.cordoned,
+        "draining": node.draining,
+        "drainDeadline": _ts(node.drain_deadline),
+        "drainedAt": _ts(node.drained_at),
     }
 
 
@@ -137,4 +141,9 @@ def node_from_doc(doc: dict[str, Any]) -> Node:
         registered_at=_dt(doc["registeredAt"]),
         last_heartbeat=_dt(doc["lastHeartbeat"]),
         status=doc["status"],
+        # Maintenance came later: documents written before it load as schedulable.
+        cordoned=doc.get("cordoned", False),
+        draining=doc.get("draining", False),
+        drain_deadline=_dt(doc.get("drainDeadline")),
+        drained_at=_dt(doc.get("drainedAt")),
     )

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14muster/v1/node.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\"\xd6\x03\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05pools\x18\x02 \x03(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.muster.v1.Node.LabelsEntry\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.muster.v1.NodeStatus\x12(\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x13.muster.v1.Capacity\x12&\n\tallocated\x18\x06 \x01(\x0b\x32\x13.muster.v1.Capacity\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61\x64vertise_address\x18\x08 \x01(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x12,\n\x0cnetwork_mode\x18\n \x01(\x0e\x32\x16.muster.v1.NetworkMode\x12\x31\n\rregistered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rreplica_count\x18\x0c \x01(\x05\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x10ListNodesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.muster.v1.Node\"<\n\x16\x43reateJoinTokenRequest\x12\r\n\x05pools\x18\x01 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"l\n\x17\x43reateJoinTokenResponse\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05pools\x18\x03 \x03(\t\"!\n\x11RemoveNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\",\n\x12RemoveNodeResponse\x12\x16\n\x0e\x66\x61iled_run_ids\x18\x01 \x03(\x03*q\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATUS_READY\x10\x01\x12\x19\n\x15NODE_STATUS_NOT_READY\x10\x02\x12\x14\n\x10NODE_STATUS_LOST\x10\x03*`\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x01\x12\x1a\n\x16NETWORK_MODE_HOST_PORT\x10\x02\x32\xfa\x01\n\x0bNodeService\x12\x46\n\tListNodes\x12\x1b.muster.v1.ListNodesRequest\x1a\x1c.muster.v1.ListNodesResponse\x12X\n\x0f\x43reateJoinToken\x12!.muster.v1.CreateJoinTokenRequest\x1a\".muster.v1.CreateJoinTokenResponse\x12I\n\nRemoveNode\x12\x1c.muster.v1.RemoveNodeRequest\x1a\x1d.muster.v1.RemoveNodeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14muster/v1/node.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"B\n\x08\x43\x61pacity\x12\x12\n\ncpu_millis\x18\x01 \x01(\x03\x12\x14\n\x0cmemory_bytes\x18\x02 \x01(\x03\x12\x0c\n\x04gpus\x18\x03 \x01(\x05\"\xde\x04\n\x04Node\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05pools\x18\x02 \x03(\t\x12+\n\x06labels\x18\x03 \x03(\x0b\x32\x1b.muster.v1.Node.LabelsEntry\x12%\n\x06status\x18\x04 \x01(\x0e\x32\x15.muster.v1.NodeStatus\x12(\n\x0b\x61llocatable\x18\x05 \x01(\x0b\x32\x13.muster.v1.Capacity\x12&\n\tallocated\x18\x06 \x01(\x0b\x32\x13.muster.v1.Capacity\x12\x32\n\x0elast_heartbeat\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x19\n\x11\x61\x64vertise_address\x18\x08 \x01(\t\x12\x15\n\ragent_version\x18\t \x01(\t\x12,\n\x0cnetwork_mode\x18\n \x01(\x0e\x32\x16.muster.v1.NetworkMode\x12\x31\n\rregistered_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x15\n\rreplica_count\x18\x0c \x01(\x05\x12\x10\n\x08\x63ordoned\x18\x14 \x01(\x08\x12\x32\n\x0e\x64rain_deadline\x18\x15 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08\x64raining\x18\x16 \x01(\x08\x12.\n\ndrained_at\x18\x17 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\" \n\x10ListNodesRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"3\n\x11ListNodesResponse\x12\x1e\n\x05nodes\x18\x01 \x03(\x0b\x32\x0f.muster.v1.Node\"<\n\x16\x43reateJoinTokenRequest\x12\r\n\x05pools\x18\x01 \x03(\t\x12\x13\n\x0bttl_seconds\x18\x02 \x01(\x03\"l\n\x17\x43reateJoinTokenResponse\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12.\n\nexpires_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05pools\x18\x03 \x03(\t\"!\n\x11RemoveNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"!\n\x11\x43ordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"3\n\x12\x43ordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.muster.v1.Node\"#\n\x13UncordonNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"5\n\x14UncordonNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.muster.v1.Node\":\n\x10\x44rainNodeRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x18\n\x10\x64\x65\x61\x64line_seconds\x18\x02 \x01(\x03\"2\n\x11\x44rainNodeResponse\x12\x1d\n\x04node\x18\x01 \x01(\x0b\x32\x0f.muster.v1.Node\",\n\x12RemoveNodeResponse\x12\x16\n\x0e\x66\x61iled_run_ids\x18\x01 \x03(\x03*q\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x15\n\x11NODE_STATUS_READY\x10\x01\x12\x19\n\x15NODE_STATUS_NOT_READY\x10\x02\x12\x14\n\x10NODE_STATUS_LOST\x10\x03*`\n\x0bNetworkMode\x12\x1c\n\x18NETWORK_MODE_UNSPECIFIED\x10\x00\x12\x17\n\x13NETWORK_MODE_BRIDGE\x10\x01\x12\x1a\n\x16NETWORK_MODE_HOST_PORT\x10\x02\x32\xde\x03\n\x0bNodeService\x12\x46\n\tListNodes\x12\x1b.muster.v1.ListNodesRequest\x1a\x1c.muster.v1.ListNodesResponse\x12X\n\x0f\x43reateJoinToken\x12!.muster.v1.CreateJoinTokenRequest\x1a\".muster.v1.CreateJoinTokenResponse\x12I\n\nRemoveNode\x12\x1c.muster.v1.RemoveNodeRequest\x1a\x1d.muster.v1.RemoveNodeResponse\x12I\n\nCordonNode\x12\x1c.muster.v1.CordonNodeRequest\x1a\x1d.muster.v1.CordonNodeResponse\x12O\n\x0cUncordonNode\x12\x1e.muster.v1.UncordonNodeRequest\x1a\x1f.muster.v1.UncordonNodeResponse\x12\x46\n\tDrainNode\x12\x1b.muster.v1.DrainNodeRequest\x1a\x1c.muster.v1.DrainNodeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,28 +34,40 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_NODE_LABELSENTRY']._loaded_options = None
   _globals['_NODE_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATUS']._serialized_start=949
-  _globals['_NODESTATUS']._serialized_end=1062
-  _globals['_NETWORKMODE']._serialized_start=1064
-  _globals['_NETWORKMODE']._serialized_end=1160
+  _globals['_NODESTATUS']._serialized_start=1377
+  _globals['_NODESTATUS']._serialized_end=1490
+  _globals['_NETWORKMODE']._serialized_start=1492
+  _globals['_NETWORKMODE']._serialized_end=1588
   _globals['_CAPACITY']._serialized_start=68
   _globals['_CAPACITY']._serialized_end=134
   _globals['_NODE']._serialized_start=137
-  _globals['_NODE']._serialized_end=607
-  _globals['_NODE_LABELSENTRY']._serialized_start=562
-  _globals['_NODE_LABELSENTRY']._serialized_end=607
-  _globals['_LISTNODESREQUEST']._serialized_start=609
-  _globals['_LISTNODESREQUEST']._serialized_end=641
-  _globals['_LISTNODESRESPONSE']._serialized_start=643
-  _globals['_LISTNODESRESPONSE']._serialized_end=694
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=696
-  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=756
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=758
-  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=866
-  _globals['_REMOVENODEREQUEST']._serialized_start=868
-  _globals['_REMOVENODEREQUEST']._serialized_end=901
-  _globals['_REMOVENODERESPONSE']._serialized_start=903
-  _globals['_REMOVENODERESPONSE']._serialized_end=947
-  _globals['_NODESERVICE']._serialized_start=1163
-  _globals['_NODESERVICE']._serialized_end=1413
+  _globals['_NODE']._serialized_end=743
+  _globals['_NODE_LABELSENTRY']._serialized_start=698
+  _globals['_NODE_LABELSENTRY']._serialized_end=743
+  _globals['_LISTNODESREQUEST']._serialized_start=745
+  _globals['_LISTNODESREQUEST']._serialized_end=777
+  _globals['_LISTNODESRESPONSE']._serialized_start=779
+  _globals['_LISTNODESRESPONSE']._serialized_end=830
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_start=832
+  _globals['_CREATEJOINTOKENREQUEST']._serialized_end=892
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_start=894
+  _globals['_CREATEJOINTOKENRESPONSE']._serialized_end=1002
+  _globals['_REMOVENODEREQUEST']._serialized_start=1004
+  _globals['_REMOVENODEREQUEST']._serialized_end=1037
+  _globals['_CORDONNODEREQUEST']._serialized_start=1039
+  _globals['_CORDONNODEREQUEST']._serialized_end=1072
+  _globals['_CORDONNODERESPONSE']._serialized_start=1074
+  _globals['_CORDONNODERESPONSE']._serialized_end=1125
+  _globals['_UNCORDONNODEREQUEST']._serialized_start=1127
+  _globals['_UNCORDONNODEREQUEST']._serialized_end=1162
+  _globals['_UNCORDONNODERESPONSE']._serialized_start=1164
+  _globals['_UNCORDONNODERESPONSE']._serialized_end=1217
+  _globals['_DRAINNODEREQUEST']._serialized_start=1219
+  _globals['_DRAINNODEREQUEST']._serialized_end=1277
+  _globals['_DRAINNODERESPONSE']._serialized_start=1279
+  _globals['_DRAINNODERESPONSE']._serialized_end=1329
+  _globals['_REMOVENODERESPONSE']._serialized_start=1331
+  _globals['_REMOVENODERESPONSE']._serialized_end=1375
+  _globals['_NODESERVICE']._serialized_start=1591
+  _globals['_NODESERVICE']._serialized_end=2069
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,21 @@ class NodeServiceStub:
                 request_serializer=muster_dot_v1_dot_node__pb2.RemoveNodeRequest.SerializeToString,
                 response_deserializer=muster_dot_v1_dot_node__pb2.RemoveNodeResponse.FromString,
                 _registered_method=True)
+        self.CordonNode = channel.unary_unary(
+                '/muster.v1.NodeService/CordonNode',
+                request_serializer=muster_dot_v1_dot_node__pb2.CordonNodeRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_node__pb2.CordonNodeResponse.FromString,
+                _registered_method=True)
+        self.UncordonNode = channel.unary_unary(
+                '/muster.v1.NodeService/UncordonNode',
+                request_serializer=muster_dot_v1_dot_node__pb2.UncordonNodeRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_node__pb2.UncordonNodeResponse.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_unary(
+                '/muster.v1.NodeService/DrainNode',
+                request_serializer=muster_dot_v1_dot_node__pb2.DrainNodeRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_node__pb2.DrainNodeResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -79,6 +94,29 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CordonNode(self, request, context):
+        """CordonNode stops new placements on a node; what runs there goes on.
+        Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UncordonNode(self, request, context):
+        """UncordonNode makes a node schedulable again and ends a drain. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """DrainNode cordons a node and lets the runs with replicas there finish;
+        at the deadline, the runs still there are canceled. Admin only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -96,6 +134,21 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.RemoveNode,
                     request_deserializer=muster_dot_v1_dot_node__pb2.RemoveNodeRequest.FromString,
                     response_serializer=muster_dot_v1_dot_node__pb2.RemoveNodeResponse.SerializeToString,
+            ),
+            'CordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.CordonNode,
+                    request_deserializer=muster_dot_v1_dot_node__pb2.CordonNodeRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_node__pb2.CordonNodeResponse.SerializeToString,
+            ),
+            'UncordonNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.UncordonNode,
+                    request_deserializer=muster_dot_v1_dot_node__pb2.UncordonNodeRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_node__pb2.UncordonNodeResponse.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_unary_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=muster_dot_v1_dot_node__pb2.DrainNodeRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_node__pb2.DrainNodeResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -180,6 +233,87 @@ class NodeService:
             '/muster.v1.NodeService/RemoveNode',
             muster_dot_v1_dot_node__pb2.RemoveNodeRequest.SerializeToString,
             muster_dot_v1_dot_node__pb2.RemoveNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.NodeService/CordonNode',
+            muster_dot_v1_dot_node__pb2.CordonNodeRequest.SerializeToString,
+            muster_dot_v1_dot_node__pb2.CordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UncordonNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.NodeService/UncordonNode',
+            muster_dot_v1_dot_node__pb2.UncordonNodeRequest.SerializeToString,
+            muster_dot_v1_dot_node__pb2.UncordonNodeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.NodeService/DrainNode',
+            muster_dot_v1_dot_node__pb2.DrainNodeRequest.SerializeToString,
+            muster_dot_v1_dot_node__pb2.DrainNodeResponse.FromString,
             options,
             channel_credentials,
             insecure,
