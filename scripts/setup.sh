@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Prepares a (possibly brand new) Debian 12 machine to develop and test muster:
-#   1. apt packages: podman, runc, catatonit, netavark/aardvark-dns, busybox-static, mmdebstrap, ...
+#   1. apt packages: podman, runc, catatonit, netavark/aardvark-dns, busybox-static, mmdebstrap,
+#      iproute2 + nftables (tests/multihost: network namespaces and partitions), ...
 #   2. Podman host quirks (runc instead of crun, lower default ulimits), written to
 #      /etc/containers/containers.conf.d/50-muster.conf only when a probe shows they are needed
 #   3. the Podman API service on unix:///run/podman/podman.sock (no systemd here)
@@ -44,6 +45,7 @@ APT_PACKAGES=(
   busybox-static
   mmdebstrap gpg debian-archive-keyring libdpkg-perl libdistro-info-perl arch-test
   curl ca-certificates git
+  iproute2 nftables
   python3 python3-venv
 )
 missing=()
