@@ -50,6 +50,7 @@ def make_identity(config: AgentConfig) -> Identity:
         cpu_millis=config.cpu_millis,
         memory_bytes=config.memory_bytes,
         gpus=config.gpus,
+        gpu_devices=config.gpu_devices,
         advertise_address=config.advertise_address,
         agent_version=config.agent_version,
         network_mode=config.network_mode,
@@ -140,6 +141,10 @@ async def run_agent(
         network_mode=config.network_mode,
         version=config.agent_version,
     )
+    if config.gpus or config.gpu_notes:
+        log(_log, logging.INFO, "gpus", count=config.gpus, devices=",".join(config.gpu_devices))
+    for note in config.gpu_notes:
+        log(_log, logging.WARNING, "gpu_discovery", note=note)
     tasks: list[asyncio.Task[None]] = []
     try:
         channel: ChannelFactory | None = None

@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 
 from agent import __version__
+from agent.cdi import DEFAULT_KIND, DEFAULT_SPEC_DIRS, CdiError, discover, select_gpus
 from agent.ports import parse_port_range
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
 from agent.runtime import NetworkMode
@@ -49,6 +50,10 @@ class AgentConfig:
     cpu_millis: int = 0
     memory_bytes: int = 0
     gpus: int = 0
+    gpu_devices: tuple[str, ...] = ()
+    """CDI device names behind ``gpus`` (empty: a count without devices)."""
+    gpu_notes: tuple[str, ...] = ()
+    """Warnings about GPU discovery, logged at start."""
     poll_interval: float = 0.5
     probe_interval: float = 0.2
     reconnect_max_seconds: float = 5.0
@@ -104,16 +109,6 @@ def _positive_quantity(parse: Callable[[str], int], what: str) -> Callable[[str]
 
 _cpu = _positive_quantity(parse_cpu_millis, "cpu")
 _memory = _positive_quantity(parse_memory_bytes, "memory")
-
-
-def _gpus(text: str) -> int:
-    try:
-        count = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"gpus '{text}' must be a whole number") from None
-    if count < 0:
-        raise argparse.ArgumentTypeError(f"gpus '{text}' must not be negative")
-    return count
 
 
 def _pids_limit(text: str) -> int:
@@ -236,7 +231,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--cpus", type=_cpu, help="allocatable CPU (2, 1.5, 500m); default: all cores")
     p.add_argument("--memory", type=_memory, help="allocatable memory (4Gi, 1G); default: all RAM")
-    p.add_argument("--gpus", type=_gpus, default=0, help="allocatable GPUs (default 0)")
+    p.add_argument(
+        "--gpus",
+        default=None,
+        metavar="N|DEVICES",
+        help="GPUs offered: a number (that many of the CDI devices found) or a comma list of "
+        "CDI device names (nvidia.com/gpu=0,nvidia.com/gpu=1); default: every CDI device of "
+        "--gpu-cdi-kind found",
+    )
+    p.add_argument(
+        "--gpu-cdi-kind",
+        default=DEFAULT_KIND,
+        metavar="KIND",
+        help="CDI device kind that counts as a GPU (default %(default)s)",
+    )
+    p.add_argument(
+        "--cdi-spec-dir",
+        action="append",
+        type=Path,
+        default=None,
+        dest="cdi_spec_dirs",
+        metavar="DIR",
+        help="where to read CDI specs (repeatable; default /etc/cdi and /var/run/cdi, "
+        "the directories Podman reads)",
+    )
     p.add_argument(
         "--pids-limit",
         type=_pids_limit,
@@ -286,6 +304,12 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
             parser.error(f"--join-token-file {ns.join_token_file}: {exc.strerror}")
     if ns.insecure and (join_token or ns.ca_cert):
         parser.error("--insecure cannot be combined with --join-token or --ca-cert")
+    spec_dirs = tuple(ns.cdi_spec_dirs or DEFAULT_SPEC_DIRS)
+    found = discover(spec_dirs)
+    try:
+        offer = select_gpus(ns.gpus, ns.gpu_cdi_kind, found, spec_dirs)
+    except CdiError as exc:
+        parser.error(str(exc))
     return AgentConfig(
         insecure=ns.insecure,
         state_dir=ns.state_dir,
@@ -304,7 +328,9 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         port_range=ns.port_range,
         cpu_millis=ns.cpus if ns.cpus is not None else (psutil.cpu_count() or 1) * 1000,
         memory_bytes=ns.memory if ns.memory is not None else psutil.virtual_memory().total,
-        gpus=ns.gpus,
+        gpus=offer.count,
+        gpu_devices=offer.devices,
+        gpu_notes=(*found.warnings, *([offer.note] if offer.note else [])),
         pids_limit=ns.pids_limit,
         container_log_max_size=ns.container_log_max_size,
         poll_interval=ns.poll_interval,

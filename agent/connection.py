@@ -61,6 +61,7 @@ class Identity:
     cpu_millis: int = 0
     memory_bytes: int = 0
     gpus: int = 0
+    gpu_devices: tuple[str, ...] = ()
     advertise_address: str = "127.0.0.1"
     agent_version: str = ""
     network_mode: NetworkMode = "bridge"
@@ -130,6 +131,7 @@ class AgentConnection:
             network_name=ident.network_name,
             containers=self._sup.snapshot(),
             instance_id=ident.instance_id,
+            gpu_devices=list(ident.gpu_devices),
         )
 
     async def run(self, stop: asyncio.Event) -> None:

@@ -58,6 +58,7 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         cpu_limit_millis=msg.cpu_limit_millis,
         memory_limit_bytes=msg.memory_limit_bytes,
         endpoints={e.name: e.port for e in msg.endpoints},
+        gpu_devices=tuple(msg.gpu_devices),
     )
 
 

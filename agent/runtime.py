@@ -81,6 +81,8 @@ class ContainerSpec:
     memory_limit_bytes: int = 0
     endpoints: dict[str, int] = field(default_factory=dict)
     """Endpoint name -> container port, in declaration order (workers only)."""
+    gpu_devices: tuple[str, ...] = ()
+    """CDI device names (``nvidia.com/gpu=0``) Podman adds to the container."""
 
 
 @dataclass

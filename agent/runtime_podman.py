@@ -38,6 +38,13 @@ nothing. Below the cap the file is untouched, so the reads above see every
 line; past it, the lines written before the truncation and not yet read are
 lost, and reading carries on with the newer lines (the windows are by time,
 not by file offset).
+
+GPUs: a replica's CDI device names (``nvidia.com/gpu=0``) go through
+podman-py's ``devices``, which sends each as a specgen device path. Podman
+4.3 takes a qualified CDI name there for a CDI device and, when the
+container starts, applies that device's edits from the specs in
+``/etc/cdi`` and ``/var/run/cdi`` (its device nodes, variables, mounts); a
+name no spec defines fails the start ("unresolvable CDI devices").
 """
 
 from __future__ import annotations
@@ -477,6 +484,10 @@ class PodmanRuntime:
             kwargs["command"] = list(spec.args)
         if spec.working_dir:
             kwargs["working_dir"] = spec.working_dir
+        if spec.gpu_devices:
+            # CDI names go to Podman as devices; Podman resolves them through the
+            # CDI specs in /etc/cdi and /var/run/cdi (device nodes, variables).
+            kwargs["devices"] = list(spec.gpu_devices)
         if spec.cpu_limit_millis > 0:
             # podman-py ignores nano_cpus; quota/period is the same limit.
             kwargs["cpu_period"] = CPU_PERIOD_US

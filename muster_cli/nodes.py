@@ -162,11 +162,10 @@ def node_list(ctx: click.Context, pool: str, fmt: str, leaf_server: str | None) 
                 n.replica_count,
                 enum_text(pb.NetworkMode.Name(n.network_mode)),
                 f"{age:.0f}s",
+                ",".join(n.gpu_devices_in_use) or "-",
             )
         )
-    click.echo(
-        table(
-            ["NAME", "POOLS", "STATUS", "CPU", "MEMORY", "GPU", "REPLICAS", "NETWORK", "HEARTBEAT"],
-            rows,
-        )
-    )
+    headers = "NAME POOLS STATUS CPU MEMORY GPU REPLICAS NETWORK HEARTBEAT".split()
+    if any(n.gpu_devices or n.gpu_devices_in_use for n in reply.nodes):
+        headers.append("GPUS IN USE")  # only where some node has GPU devices
+    click.echo(table(headers, [row[: len(headers)] for row in rows]))

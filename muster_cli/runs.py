@@ -329,9 +329,13 @@ def describe(r: pb.Run) -> str:
                 "yes" if rep.ready else "no",
                 rep.exit_code if rep.HasField("exit_code") else "-",
                 " ".join(f"{k}={v}" for k, v in sorted(rep.endpoint_addresses.items())) or "-",
+                ",".join(rep.gpu_devices) or "-",
             )
         )
-    lines += ["", table(["REPLICA", "NODE", "STATE", "READY", "EXIT", "ADDRESSES"], rows), ""]
+    headers = ["REPLICA", "NODE", "STATE", "READY", "EXIT", "ADDRESSES"]
+    if any(rep.gpu_devices for rep in r.replicas):
+        headers.append("GPUS")
+    lines += ["", table(headers, [row[: len(headers)] for row in rows]), ""]
     lines.append("EVENTS")
     lines += [
         f"  {e.time.ToDatetime(tzinfo=UTC).strftime('%H:%M:%S.%f')[:-3]}  {e.message}"

@@ -7,6 +7,7 @@ as `resources.request` is caught before anything is sent to the server.
 from __future__ import annotations
 
 import difflib
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ class SpecError(ValueError):
 STR = "string"
 INT = "integer"
 SCALAR = "scalar"  # quantities and env values: numbers are accepted and kept as text
+COUNT = "count"  # a whole number, also written as a quantity string ("1", as Tyger writes GPUs)
 
 QUANTITIES = {"cpu": SCALAR, "memory": SCALAR}
 CODESPEC_SCHEMA: dict[str, Any] = {
@@ -33,7 +35,7 @@ CODESPEC_SCHEMA: dict[str, Any] = {
     "args": [STR],
     "workingDir": STR,
     "env": {"*": SCALAR},
-    "resources": {"requests": QUANTITIES, "limits": QUANTITIES, "gpu": INT},
+    "resources": {"requests": QUANTITIES, "limits": QUANTITIES, "gpu": COUNT},
     "maxReplicas": INT,
     "buffers": {"inputs": [STR], "outputs": [STR]},
     "endpoints": {"*": INT},
@@ -72,6 +74,8 @@ def check(value: Any, schema: Any, path: str) -> Any:
         if not -(2**31) <= value < 2**31:
             raise SpecError(f"{where}: {value} is out of range")
         return value
+    if schema == COUNT:
+        return _count(value, where)
     if schema == SCALAR:
         if isinstance(value, bool):
             return "true" if value else "false"
@@ -100,6 +104,23 @@ def check(value: Any, schema: Any, path: str) -> Any:
             out[key] = check(item, sub, _join(path, key))
         return out
     raise AssertionError(f"bad schema {schema!r}")  # pragma: no cover
+
+
+def _count(value: Any, where: str) -> int:
+    """A whole number given as an integer or as a quantity string ("1", "2", "1.0")."""
+    if isinstance(value, str):
+        try:
+            number = Decimal(value.strip())
+        except InvalidOperation:
+            number = Decimal("NaN")
+        if not number.is_finite() or number != number.to_integral_value():
+            raise SpecError(f"{where}: '{value}' is not a whole number")
+        value = int(number)
+    elif isinstance(value, bool) or not isinstance(value, int):
+        raise SpecError(f"{where}: expected a whole number, got {_type(value)}")
+    if not 0 <= value < 2**31:
+        raise SpecError(f"{where}: {value} is out of range")
+    return value
 
 
 def _type(value: Any) -> str:

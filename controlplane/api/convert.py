@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -190,6 +191,7 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
             container_name=container_name(run.id, r.role, r.index),
             endpoint_addresses=r.addresses,
             message=r.message,
+            gpu_devices=list(r.gpu_devices),
         )
         if r.exit_code is not None:
             replica.exit_code = r.exit_code
@@ -219,8 +221,10 @@ def capacity_to_pb(cap: Capacity) -> node_pb.Capacity:
     return node_pb.Capacity(cpu_millis=cap.cpu_millis, memory_bytes=cap.memory_bytes, gpus=cap.gpus)
 
 
-def node_to_pb(node: Node, allocated: Capacity, replicas: int) -> node_pb.Node:
-    """Domain node -> Node message."""
+def node_to_pb(
+    node: Node, allocated: Capacity, replicas: int, gpus_in_use: Collection[str] = ()
+) -> node_pb.Node:
+    """Domain node -> Node message (`gpus_in_use`: its devices held by active runs)."""
     return node_pb.Node(
         name=node.name,
         pools=list(node.pools),
@@ -238,6 +242,9 @@ def node_to_pb(node: Node, allocated: Capacity, replicas: int) -> node_pb.Node:
         drain_deadline=timestamp(node.drain_deadline),
         draining=node.draining,
         drained_at=timestamp(node.drained_at),
+        gpu_devices=list(node.gpu_devices),
+        gpu_devices_in_use=[d for d in node.gpu_devices if d in gpus_in_use]
+        + sorted(set(gpus_in_use) - set(node.gpu_devices)),
     )
 
 
@@ -254,6 +261,7 @@ def node_from_register(msg: agent_pb.Register) -> Node:
         network_mode=MODE_FROM_PB.get(msg.network_mode, "bridge"),  # type: ignore[arg-type]
         network_name=msg.network_name,
         instance_id=msg.instance_id,
+        gpu_devices=tuple(msg.gpu_devices),
     )
 
 
@@ -289,6 +297,7 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         cpu_limit_millis=spec.cpu_limit_millis,
         memory_limit_bytes=spec.memory_limit_bytes,
         endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
+        gpu_devices=list(spec.gpu_devices),
     )
 
 

@@ -71,9 +71,10 @@ class NodeServicer(pb_grpc.NodeServiceServicer):
     async def ListNodes(
         self, request: pb.ListNodesRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListNodesResponse:
+        in_use = self._orchestrator.gpus_in_use()
         return pb.ListNodesResponse(
             nodes=[
-                node_to_pb(node, allocated, count)
+                node_to_pb(node, allocated, count, in_use.get(node.name, ()))
                 for node, allocated, count in self._orchestrator.nodes()
                 if not request.pool or request.pool in node.pools
             ]

@@ -120,6 +120,24 @@ def _validate_resources(res: Resources) -> None:
         raise InvalidArgument("resources.gpu", f"must be between 0 and {MAX_GPU}")
 
 
+def gpu_count(value: int | str, path: str = "resources.gpu") -> int:
+    """GPUs as a whole number. Tyger files write them as quantity strings
+    ("1"), so any quantity equal to a whole number is accepted ("2", "1.0")."""
+    if isinstance(value, bool):
+        raise InvalidArgument(path, "expected a whole number of GPUs")
+    if isinstance(value, str):
+        try:
+            parsed = parse_quantity(value)
+        except QuantityError as exc:
+            raise InvalidArgument(path, str(exc)) from None
+        if parsed != parsed.to_integral_value():
+            raise InvalidArgument(path, f"'{value}' is not a whole number of GPUs")
+        value = int(parsed)
+    if not isinstance(value, int) or not 0 <= value <= MAX_GPU:
+        raise InvalidArgument(path, f"must be between 0 and {MAX_GPU}")
+    return value
+
+
 def _validate_endpoints(spec: Codespec) -> None:
     if spec.endpoints and spec.kind != "worker":
         raise InvalidArgument(
@@ -311,7 +329,7 @@ def from_document(
         resources=Resources(
             Quantities(req.get("cpu"), req.get("memory")),
             Quantities(lim.get("cpu"), lim.get("memory")),
-            int(res.get("gpu", 0)),
+            gpu_count(res.get("gpu", 0)),
         ),
         max_replicas=doc.get("maxReplicas"),
         buffers=Buffers(tuple(buffers.get("inputs", ())), tuple(buffers.get("outputs", ()))),

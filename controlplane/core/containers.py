@@ -26,6 +26,8 @@ class ContainerSpec:
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
     endpoints: dict[str, int] = field(default_factory=dict)
+    gpu_devices: tuple[str, ...] = ()
+    """CDI names of the GPU devices the replica holds (Podman adds their device nodes)."""
 
 
 def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
@@ -53,6 +55,7 @@ def container_spec(run: Run, role: str, index: int) -> ContainerSpec:
     assert target is not None
     spec = target.codespec
     limits = limit_of(spec)
+    replica = run.replica(role, index)
     return ContainerSpec(
         run_id=run.id,
         role=role,
@@ -67,4 +70,5 @@ def container_spec(run: Run, role: str, index: int) -> ContainerSpec:
         cpu_limit_millis=limits.cpu_millis,
         memory_limit_bytes=limits.memory_bytes,
         endpoints=dict(spec.endpoints) if role == "worker" else {},
+        gpu_devices=replica.gpu_devices if replica is not None else (),
     )

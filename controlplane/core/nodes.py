@@ -32,6 +32,7 @@ class Node:
     pools: tuple[str, ...]
     allocatable: Capacity
     labels: dict[str, str] = field(default_factory=dict)
+    gpu_devices: tuple[str, ...] = ()  # CDI names; allocatable.gpus is their number
     advertise_address: str = ""
     agent_version: str = ""
     network_mode: NetworkMode = "bridge"

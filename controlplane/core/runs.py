@@ -8,6 +8,7 @@ Running (job released) -> Succeeded | Failed | Canceled.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -50,6 +51,8 @@ class Replica:
     exit_code: int | None = None
     message: str = ""
     addresses: dict[str, str] = field(default_factory=dict)
+    gpu_devices: tuple[str, ...] = ()
+    """CDI names of the GPU devices it holds alone, chosen at placement."""
 
     @property
     def label(self) -> str:
@@ -195,12 +198,21 @@ def waiting(run: Run, reason: str) -> None:
         run.status_reason = reason
 
 
-def place(run: Run, assignment: dict[tuple[str, int], str], now: datetime) -> list[Action]:
-    """Record a gang placement; start the workers (or the job when there are none)."""
+def place(
+    run: Run,
+    assignment: dict[tuple[str, int], str],
+    now: datetime,
+    gpu_devices: Mapping[tuple[str, int], tuple[str, ...]] | None = None,
+) -> list[Action]:
+    """Record a gang placement, with the GPU devices each replica holds; start
+    the workers (or the job when there are none)."""
     assert not run.terminal and not run.placed
     for r in run.replicas:
         r.node = assignment[(r.role, r.index)]
-        _log(run, now, f"{r.label} scheduled on {r.node}")
+        r.gpu_devices = tuple((gpu_devices or {}).get((r.role, r.index), ()))
+        gpus = f" with GPU {', '.join(r.gpu_devices)}" if r.gpu_devices else ""
+        gpus = gpus.replace("GPU", "GPUs", 1) if len(r.gpu_devices) > 1 else gpus
+        _log(run, now, f"{r.label} scheduled on {r.node}{gpus}")
     run.placed_at = now
     if run.workers:
         run.status_reason = f"waiting for workers to be ready: 0 of {len(run.workers)} ready"

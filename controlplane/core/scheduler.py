@@ -91,10 +91,17 @@ def _try_place(
         for index in range(demand.replicas):
             fitting = [n for n in candidates if demand.each.fits_in(trial[n.name])]
             if not fitting:
-                return None, (
+                reason = (
                     f"waiting for capacity in {pool_text}: {index} of {demand.replicas} "
                     f"{_plural(demand.role, demand.replicas)} placed"
                 )
+                most = max(trial[n.name].gpus for n in candidates)
+                if demand.each.gpus > most:
+                    reason += (
+                        f" (not enough free GPUs: {demand.each.gpus} per {demand.role}, "
+                        f"at most {max(most, 0)} free on one node)"
+                    )
+                return None, reason
             best = max(fitting, key=lambda n: (trial[n.name], n.name[::-1]))
             trial[best.name] = trial[best.name] - demand.each
             assignment[(demand.role, index)] = best.name

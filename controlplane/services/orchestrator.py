@@ -23,6 +23,13 @@ from controlplane.core.admission import admit
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
 from controlplane.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.core.gpus import (
+    GpuShortage,
+    allocated_gpus,
+    assign_devices,
+    devices_in_use,
+    needs_of,
+)
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
@@ -428,14 +435,25 @@ class Orchestrator:
                     counts[r.node] = counts.get(r.node, 0) + 1
         return allocated, counts
 
+    def gpus_in_use(self) -> dict[str, set[str]]:
+        """GPU devices held by replicas of active runs, per node."""
+        return devices_in_use(self._runs.values())
+
     def _views(self) -> list[NodeView]:
         allocated, _ = self._allocations()
+        in_use = self.gpus_in_use()
+
+        def taken(node: Node) -> Capacity:
+            cap = allocated.get(node.name, Capacity())
+            gpus = allocated_gpus(node.gpu_devices, in_use.get(node.name, ()), cap.gpus)
+            return Capacity(cap.cpu_millis, cap.memory_bytes, gpus)
+
         return [
             NodeView(
                 name=node.name,
                 pools=frozenset(node.pools),
                 allocatable=node.allocatable,
-                allocated=allocated.get(node.name, Capacity()),
+                allocated=taken(node),
                 schedulable=node.status == "Ready"
                 and node.name in self._links
                 and not node.cordoned,
@@ -518,9 +536,18 @@ class Orchestrator:
         decision = await asyncio.to_thread(
             schedule, self._views(), demands, now, self.settings.starvation_after
         )
+        in_use = self.gpus_in_use()
+        node_devices = {n.name: n.gpu_devices for n in self._nodes.values()}
         for run_id, assignment in decision.placements.items():
             run = self._runs[run_id]
-            await self._commit(run, sm.place(run, assignment, now))
+            try:  # each replica gets GPU devices of its own, stored before any start
+                gpus = assign_devices(assignment, needs_of(run), node_devices, in_use)
+            except GpuShortage as exc:
+                decision.waiting[run_id] = f"waiting for free GPU devices on {exc}"
+                continue
+            for key, chosen in gpus.items():
+                in_use.setdefault(assignment[key], set()).update(chosen)
+            await self._commit(run, sm.place(run, assignment, now, gpu_devices=gpus))
             log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
         for run_id, reason in decision.waiting.items():
             run = self._runs[run_id]

@@ -67,6 +67,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
                 "exitCode": r.exit_code,
                 "message": r.message,
                 "addresses": r.addresses,
+                "gpuDevices": list(r.gpu_devices),
             }
             for r in run.replicas
         ],
@@ -98,6 +99,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
                 exit_code=r["exitCode"],
                 message=r["message"],
                 addresses=dict(r["addresses"]),
+                gpu_devices=tuple(r.get("gpuDevices", ())),
             )
             for r in doc["replicas"]
         ],
@@ -113,6 +115,7 @@ def node_to_doc(node: Node) -> dict[str, Any]:
         "pools": list(node.pools),
         "allocatable": [cap.cpu_millis, cap.memory_bytes, cap.gpus],
         "labels": node.labels,
+        "gpuDevices": list(node.gpu_devices),
         "advertiseAddress": node.advertise_address,
         "agentVersion": node.agent_version,
         "networkMode": node.network_mode,
@@ -134,6 +137,7 @@ def node_from_doc(doc: dict[str, Any]) -> Node:
         pools=tuple(doc["pools"]),
         allocatable=Capacity(*doc["allocatable"]),
         labels=dict(doc["labels"]),
+        gpu_devices=tuple(doc.get("gpuDevices", ())),
         advertise_address=doc["advertiseAddress"],
         agent_version=doc["agentVersion"],
         network_mode=doc["networkMode"],

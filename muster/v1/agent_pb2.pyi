@@ -74,7 +74,7 @@ class ContainerStatus(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id")
+    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -92,6 +92,7 @@ class Register(_message.Message):
     NETWORK_NAME_FIELD_NUMBER: _ClassVar[int]
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     pools: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
@@ -102,7 +103,8 @@ class Register(_message.Message):
     network_name: str
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
     instance_id: str
-    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ...) -> None: ...
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("heartbeat_interval_seconds",)
@@ -141,7 +143,7 @@ class LogBatch(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
 
 class StartContainer(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints")
+    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "gpu_devices")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -162,6 +164,7 @@ class StartContainer(_message.Message):
     CPU_LIMIT_MILLIS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -175,7 +178,8 @@ class StartContainer(_message.Message):
     cpu_limit_millis: int
     memory_limit_bytes: int
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointPort]
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ...) -> None: ...
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TeardownRun(_message.Message):
     __slots__ = ("run_id",)

@@ -41,7 +41,7 @@ class Capacity(_message.Message):
     def __init__(self, cpu_millis: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., gpus: _Optional[int] = ...) -> None: ...
 
 class Node(_message.Message):
-    __slots__ = ("name", "pools", "labels", "status", "allocatable", "allocated", "last_heartbeat", "advertise_address", "agent_version", "network_mode", "registered_at", "replica_count", "cordoned", "drain_deadline", "draining", "drained_at")
+    __slots__ = ("name", "pools", "labels", "status", "allocatable", "allocated", "last_heartbeat", "advertise_address", "agent_version", "network_mode", "registered_at", "replica_count", "gpu_devices", "gpu_devices_in_use", "cordoned", "drain_deadline", "draining", "drained_at")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class Node(_message.Message):
     NETWORK_MODE_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_AT_FIELD_NUMBER: _ClassVar[int]
     REPLICA_COUNT_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_IN_USE_FIELD_NUMBER: _ClassVar[int]
     CORDONED_FIELD_NUMBER: _ClassVar[int]
     DRAIN_DEADLINE_FIELD_NUMBER: _ClassVar[int]
     DRAINING_FIELD_NUMBER: _ClassVar[int]
@@ -77,11 +79,13 @@ class Node(_message.Message):
     network_mode: NetworkMode
     registered_at: _timestamp_pb2.Timestamp
     replica_count: int
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    gpu_devices_in_use: _containers.RepeatedScalarFieldContainer[str]
     cordoned: bool
     drain_deadline: _timestamp_pb2.Timestamp
     draining: bool
     drained_at: _timestamp_pb2.Timestamp
-    def __init__(self, name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., allocatable: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Capacity, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[NetworkMode, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., cordoned: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ..., drained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., allocatable: _Optional[_Union[Capacity, _Mapping]] = ..., allocated: _Optional[_Union[Capacity, _Mapping]] = ..., last_heartbeat: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[NetworkMode, str]] = ..., registered_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replica_count: _Optional[int] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., gpu_devices_in_use: _Optional[_Iterable[str]] = ..., cordoned: _Optional[bool] = ..., drain_deadline: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., draining: _Optional[bool] = ..., drained_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ("pool",)

@@ -82,7 +82,7 @@ class RunCodeTarget(_message.Message):
     def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message")
+    __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message", "gpu_devices")
     class EndpointAddressesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +100,7 @@ class Replica(_message.Message):
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     ENDPOINT_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     role: ReplicaRole
     index: int
     node_name: str
@@ -110,7 +111,8 @@ class Replica(_message.Message):
     container_name: str
     endpoint_addresses: _containers.ScalarMap[str, str]
     message: str
-    def __init__(self, role: _Optional[_Union[ReplicaRole, str]] = ..., index: _Optional[int] = ..., node_name: _Optional[str] = ..., state: _Optional[_Union[ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., hostname: _Optional[str] = ..., container_name: _Optional[str] = ..., endpoint_addresses: _Optional[_Mapping[str, str]] = ..., message: _Optional[str] = ...) -> None: ...
+    gpu_devices: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, role: _Optional[_Union[ReplicaRole, str]] = ..., index: _Optional[int] = ..., node_name: _Optional[str] = ..., state: _Optional[_Union[ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., hostname: _Optional[str] = ..., container_name: _Optional[str] = ..., endpoint_addresses: _Optional[_Mapping[str, str]] = ..., message: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("time", "message")

@@ -77,7 +77,10 @@ def test_unschedulable_nodes_are_skipped() -> None:
 def test_gpus_are_a_dimension() -> None:
     nodes = [node("a", "cpu"), node("b", "gpu", gpus=1)]
     d = schedule(nodes, [run(1, 2, each=Capacity(100, 0, 1))], T0)
-    assert d.waiting[1] == "waiting for capacity in pool gpu: 1 of 2 workers placed"
+    assert d.waiting[1] == (
+        "waiting for capacity in pool gpu: 1 of 2 workers placed "
+        "(not enough free GPUs: 1 per worker, at most 0 free on one node)"
+    )
 
 
 def test_empty_pool_means_any_node() -> None:
