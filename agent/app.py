@@ -112,6 +112,43 @@ async def _secure_channels(
     return channels, Renewer(store, creds, channels.renewed)
 
 
+DEFAULT_FENCE_AFTER = 30.0
+"""Fencing period until the control plane has told its own (its default Lost period)."""
+
+
+async def fence_when_cut(
+    connection: AgentConnection,
+    supervisor: Supervisor,
+    fence_after: float | None,
+    check_every: float = 1.0,
+) -> None:
+    """Self-fencing (Nomad's stop_on_client_after): once the agent has been cut
+    off from the control plane for as long as the control plane keeps a silent
+    node before declaring it Lost (and failing its runs), stop and remove the
+    containers of those runs here, so that nothing outlives its run's end.
+
+    `fence_after`: an explicit period (0 = never); None: the control plane's."""
+    fenced = False
+    while True:
+        await asyncio.sleep(check_every)
+        cut = connection.cut_for()
+        if cut == 0:
+            fenced = False
+            continue
+        limit = fence_after if fence_after is not None else connection.fence_after
+        limit = DEFAULT_FENCE_AFTER if limit is None else limit
+        if not fenced and limit > 0 and cut >= limit:
+            fenced = True
+            runs = supervisor.fence()
+            log(
+                _log,
+                logging.WARNING,
+                "self_fenced",
+                cut_off_seconds=f"{cut:.0f}",
+                runs=",".join(map(str, runs)) or "none",
+            )
+
+
 async def run_agent(
     config: AgentConfig,
     *,
@@ -159,6 +196,11 @@ async def run_agent(
         )
         await _ensure_network(runtime, stop, backoff)
         tasks.append(asyncio.create_task(supervisor.watch(), name="agent-watch"))
+        tasks.append(
+            asyncio.create_task(
+                fence_when_cut(connection, supervisor, config.fence_after), name="agent-fence"
+            )
+        )
         if renewer is not None:
             tasks.append(asyncio.create_task(renewer.run(), name="agent-renew"))
         await connection.run(stop)

@@ -59,6 +59,7 @@ class AgentConfig:
     reconnect_max_seconds: float = 5.0
     log_level: str = "INFO"
     agent_version: str = __version__
+    fence_after: float | None = None
     insecure: bool = False
     state_dir: Path | None = None
     ca_pem: bytes | None = None
@@ -141,6 +142,16 @@ def _readable(text: str) -> bytes:
         raise argparse.ArgumentTypeError(f"cannot read {text}: {exc.strerror}") from None
 
 
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a number") from None
+    if value < 0 or value != value:
+        raise argparse.ArgumentTypeError(f"'{text}' must not be negative")
+    return value
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -186,6 +197,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the node key and certificate live (default: "
         "$XDG_DATA_HOME/muster/agents/NODE_NAME)",
+    )
+    p.add_argument(
+        "--fence-after",
+        type=_non_negative_float,
+        default=None,
+        metavar="SECONDS",
+        help="stop this node's run containers after this long cut off from the control "
+        "plane (default: the control plane's --node-lost-after; 0: never)",
     )
     p.add_argument(
         "--insecure",
@@ -311,6 +330,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
     except CdiError as exc:
         parser.error(str(exc))
     return AgentConfig(
+        fence_after=ns.fence_after,
         insecure=ns.insecure,
         state_dir=ns.state_dir,
         ca_pem=ns.ca_cert,

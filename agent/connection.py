@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -109,6 +110,11 @@ class AgentConnection:
         channels to it (plaintext when not given)."""
         self._server = server
         self._channel = channel or plaintext(server)
+        self.fence_after: float | None = None
+        """Seconds the control plane waits before declaring a silent node Lost
+        (learned at registration); how long the agent may be cut off before it
+        stops its runs' containers by itself."""
+        self._cut_since: float | None = time.monotonic()
         self._identity = identity
         self._sup = supervisor
         self._backoff = backoff or Backoff()
@@ -134,6 +140,10 @@ class AgentConnection:
             gpu_devices=list(ident.gpu_devices),
         )
 
+    def cut_for(self) -> float:
+        """Seconds since the agent last had a registered stream (0 while it has one)."""
+        return 0.0 if self._cut_since is None else time.monotonic() - self._cut_since
+
     async def run(self, stop: asyncio.Event) -> None:
         """Run sessions until ``stop`` is set, reconnecting with backoff."""
         attempt = 0
@@ -152,6 +162,7 @@ class AgentConnection:
             reason = self._describe(session)
             if self._registered:
                 attempt = 0
+                self._cut_since = time.monotonic()
             delay = self._backoff.delay(attempt, self._rng)
             attempt += 1
             log(
@@ -204,6 +215,9 @@ class AgentConnection:
                     if kind == "registered":
                         seconds = response.registered.heartbeat_interval_seconds
                         interval = float(seconds) if seconds > 0 else DEFAULT_HEARTBEAT_SECONDS
+                        self._cut_since = None
+                        lost_after = response.registered.node_lost_after_seconds
+                        self.fence_after = float(lost_after) if lost_after > 0 else None
                         if heartbeat is not None:
                             heartbeat.cancel()
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))

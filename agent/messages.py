@@ -58,6 +58,8 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         cpu_limit_millis=msg.cpu_limit_millis,
         memory_limit_bytes=msg.memory_limit_bytes,
         endpoints={e.name: e.port for e in msg.endpoints},
+        generation=msg.generation,
+        hosts=dict(msg.hosts),
         gpu_devices=tuple(msg.gpu_devices),
     )
 
@@ -79,6 +81,10 @@ class Status:
     message: str = ""
     endpoints: tuple[tuple[str, str], ...] = field(default=())
     """(endpoint name, address) pairs, set once a worker is ready."""
+    generation: int = 0
+    """The placement generation the container was started with."""
+    host_ip: str = ""
+    """For a ready worker: the IP other containers reach it at."""
 
     def to_pb(self) -> agent_pb2.ContainerStatus:
         """Render as a ContainerStatus stamped with the current time."""
@@ -94,6 +100,8 @@ class Status:
             message=self.message,
             endpoints=[agent_pb2.EndpointAddress(name=n, address=a) for n, a in self.endpoints],
             time=time,
+            generation=self.generation,
+            host_ip=self.host_ip,
         )
         if self.exit_code is not None:
             msg.exit_code = self.exit_code

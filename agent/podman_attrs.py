@@ -29,6 +29,18 @@ def podman_state(status: str) -> State:
     return _STATES.get(status.lower(), "failed")
 
 
+RESET_MESSAGE = (
+    "container was reset by a restart of its host (it had started before; "
+    "muster never starts a container twice)"
+)
+
+
+def _reset(status: str, started: bool) -> bool:
+    """A container that ran, then came back as created/configured: the host
+    rebooted (Podman resets containers it finds after a restart)."""
+    return status.lower() in ("configured", "created", "initialized") and started
+
+
 def info_from_inspect(
     attrs: Mapping[str, Any], node: str, network_name: str
 ) -> ContainerInfo | None:
@@ -39,7 +51,10 @@ def info_from_inspect(
     if ident is None or labels.get(LABEL_NODE) != node:
         return None
     state_attrs = attrs.get("State") or {}
-    state = podman_state(str(state_attrs.get("Status", "")))
+    status = str(state_attrs.get("Status", ""))
+    state = podman_state(status)
+    started = not str(state_attrs.get("StartedAt") or "").startswith(("0001-01-01", "None"))
+    reset = _reset(status, started and bool(state_attrs.get("StartedAt")))
     settings = attrs.get("NetworkSettings") or {}
     network = (settings.get("Networks") or {}).get(network_name) or {}
     by_port: dict[int, int] = {}
@@ -52,12 +67,14 @@ def info_from_inspect(
         run_id=ident.run_id,
         role=ident.role,
         replica=ident.replica,
-        state=state,
+        state="failed" if reset else state,
         exit_code=int(state_attrs.get("ExitCode", 0)) if state == "exited" else None,
         hostname=ident.hostname or str(config.get("Hostname", "")),
         ip=network.get("IPAddress") or None,
         host_ports={n: by_port[p] for n, p in ident.endpoints.items() if p in by_port},
         endpoints=ident.endpoints,
+        generation=ident.generation,
+        message=RESET_MESSAGE if reset else "",
     )
 
 
@@ -67,7 +84,9 @@ def info_from_list(attrs: Mapping[str, Any]) -> ContainerInfo | None:
     if ident is None:
         return None
     names = attrs.get("Names") or [""]
-    state = podman_state(str(attrs.get("State", "")))
+    status = str(attrs.get("State", ""))
+    state = podman_state(status)
+    reset = _reset(status, int(attrs.get("StartedAt") or 0) > 0)
     by_port = {
         int(p["container_port"]): int(p["host_port"])
         for p in attrs.get("Ports") or []
@@ -78,10 +97,12 @@ def info_from_list(attrs: Mapping[str, Any]) -> ContainerInfo | None:
         run_id=ident.run_id,
         role=ident.role,
         replica=ident.replica,
-        state=state,
         exit_code=int(attrs.get("ExitCode", 0)) if state == "exited" else None,
         hostname=ident.hostname,
         ip=None,
         host_ports={n: by_port[p] for n, p in ident.endpoints.items() if p in by_port},
         endpoints=ident.endpoints,
+        generation=ident.generation,
+        state="failed" if reset else state,
+        message=RESET_MESSAGE if reset else "",
     )

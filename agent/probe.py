@@ -10,15 +10,16 @@ Where to probe depends on the network mode:
 * bridge: the container's IP on the run network, container port. Rootful
   Podman routes the bridge subnet on the host, so the agent (running on the
   host) reaches it directly. The job uses ``hostname:port`` (DNS alias).
-* host-port: the published host port on the publish address (``127.0.0.1``
-  when published on all interfaces). The job uses
-  ``<advertise address>:<host port>``.
+* host-port: ``<advertise address>:<host port>``, exactly what the job uses
+  (the agent runs on the node, so it reaches its own advertise address), or
+  the publish address when ports are bound to one specific address.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 
 from agent.runtime import ContainerInfo, EndpointTarget, NetworkMode
 
@@ -35,6 +36,14 @@ async def tcp_accepts(host: str, port: int, connect_timeout: float = DEFAULT_TIM
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def ip_literal(host: str | None) -> str:
+    """``host`` if it is an IP address literal, else '' (names are left to DNS)."""
+    try:
+        return str(ipaddress.ip_address(host or ""))
+    except ValueError:
+        return ""
 
 
 def join_host_port(host: str, port: int) -> str:
@@ -67,7 +76,9 @@ def endpoint_targets(
             )
             continue
         host_port = info.host_ports.get(name)
-        probe_host = publish_address if publish_address not in ("", "0.0.0.0") else "127.0.0.1"
+        probe_host = (
+            publish_address if publish_address not in ("", "0.0.0.0") else advertise_address
+        )
         targets.append(
             EndpointTarget(
                 name=name,

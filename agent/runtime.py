@@ -45,6 +45,8 @@ LABEL_HOSTNAME = "muster.hostname"
 # Declared endpoints as JSON, so a restarted agent can probe and report the
 # addresses of containers it re-adopts without asking the control plane.
 LABEL_ENDPOINTS = "muster.endpoints"
+# The placement generation of the start that made the container.
+LABEL_GENERATION = "muster.generation"
 
 
 class RuntimeFailure(Exception):
@@ -81,6 +83,10 @@ class ContainerSpec:
     memory_limit_bytes: int = 0
     endpoints: dict[str, int] = field(default_factory=dict)
     """Endpoint name -> container port, in declaration order (workers only)."""
+    generation: int = 0
+    """Placement generation, kept as a label and reported back."""
+    hosts: dict[str, str] = field(default_factory=dict)
+    """Extra /etc/hosts entries: name -> IP address."""
     gpu_devices: tuple[str, ...] = ()
     """CDI device names (``nvidia.com/gpu=0``) Podman adds to the container."""
 
@@ -102,6 +108,10 @@ class ContainerInfo:
     """Endpoint name -> published host port (host-port mode only)."""
     endpoints: dict[str, int] = field(default_factory=dict)
     """Declared endpoint name -> container port."""
+    generation: int = 0
+    """Placement generation from the container's label (0 if it has none)."""
+    message: str = ""
+    """Why the state is what it is, when that is not obvious (e.g. a reset by a reboot)."""
 
 
 @dataclass(frozen=True)
@@ -217,6 +227,7 @@ def container_labels(spec: ContainerSpec, node: str) -> dict[str, str]:
         LABEL_NODE: node,
         LABEL_HOSTNAME: spec.hostname,
         LABEL_ENDPOINTS: json.dumps(spec.endpoints, separators=(",", ":")),
+        LABEL_GENERATION: str(spec.generation),
     }
 
 
@@ -229,6 +240,7 @@ class LabelIdentity:
     replica: int
     hostname: str
     endpoints: dict[str, int]
+    generation: int = 0
 
 
 def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
@@ -245,6 +257,7 @@ def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
         replica = int(labels.get(LABEL_REPLICA, "0"))
         raw = json.loads(labels.get(LABEL_ENDPOINTS) or "{}")
         endpoints = {str(k): int(v) for k, v in raw.items()} if isinstance(raw, dict) else {}
+        generation = int(labels.get(LABEL_GENERATION) or 0)
     except (KeyError, ValueError, TypeError):
         return None
     return LabelIdentity(
@@ -253,4 +266,5 @@ def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
         replica=replica,
         hostname=labels.get(LABEL_HOSTNAME, ""),
         endpoints=endpoints,
+        generation=generation,
     )

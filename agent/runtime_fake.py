@@ -336,4 +336,5 @@ class FakeRuntime:
             ip=container.ip,
             host_ports=dict(container.host_ports),
             endpoints=dict(spec.endpoints),
+            generation=spec.generation,
         )

@@ -426,8 +426,12 @@ class PodmanRuntime:
         raise AssertionError("unreachable")
 
     def _adopt_existing_sync(self, container: Any) -> ContainerInfo:
-        """Idempotent start: leave an existing container, but start a never-started one."""
-        if container.attrs.get("State", {}).get("Status") in ("created", "configured"):
+        """Idempotent start: leave an existing container, but start a never-started
+        one. One that started before and was reset (a host reboot) is never
+        started again: it is reported failed, with the reason."""
+        info = info_from_inspect(container.attrs, self._node, self._network)
+        fresh = info is not None and info.state == "creating"
+        if fresh and container.attrs.get("State", {}).get("Status") in ("created", "configured"):
             try:
                 container.start()
             except APIError as exc:
@@ -484,6 +488,10 @@ class PodmanRuntime:
             kwargs["command"] = list(spec.args)
         if spec.working_dir:
             kwargs["working_dir"] = spec.working_dir
+        if spec.hosts:
+            # Worker names resolve from /etc/hosts, not only through
+            # aardvark-dns (which stalls under churn) or across hosts at all.
+            kwargs["extra_hosts"] = dict(spec.hosts)
         if spec.gpu_devices:
             # CDI names go to Podman as devices; Podman resolves them through the
             # CDI specs in /etc/cdi and /var/run/cdi (device nodes, variables).

@@ -43,6 +43,7 @@ from typing import Any
 from agent.logship import LogShipper, LogSink
 from agent.logutil import log
 from agent.messages import BadAssignment, Status, addresses, spec_from_start
+from agent.probe import ip_literal
 from agent.runtime import ContainerInfo, ContainerSpec, EndpointTarget, Runtime, RuntimeFailure
 from muster.v1 import agent_pb2
 
@@ -53,6 +54,13 @@ _log = logging.getLogger(__name__)
 def _needs_probe(info: ContainerInfo | ContainerSpec) -> bool:
     """Workers with endpoints are ready only once every endpoint accepts."""
     return info.role == "worker" and bool(info.endpoints)
+
+
+def reachable(targets: list[EndpointTarget]) -> dict[str, Any]:
+    """Status fields of a ready worker: its endpoint addresses, and the IP the
+    job reaches it at (where the probe connected, the way the job will)."""
+    host_ip = ip_literal(targets[0].probe_host) if targets else ""
+    return {"endpoints": addresses(targets), "host_ip": host_ip}
 
 
 def not_accepting(target: EndpointTarget) -> str:
@@ -169,11 +177,14 @@ class Supervisor:
             self._deferred_starts.discard(name)
         self.handle_start(msg)
 
-    def handle_teardown(self, run_id: int) -> None:
-        """Remove every container of ``run_id`` in the background (idempotent)."""
+    def handle_teardown(self, run_id: int, *, keep_logs: bool = True) -> None:
+        """Remove every container of ``run_id`` in the background (idempotent).
+
+        ``keep_logs=False`` does not wait for the logs to be shipped first
+        (self-fencing: no stream can take them)."""
         if run_id in self._teardowns:
             return
-        task = self._spawn(self._teardown(run_id), f"teardown {run_id}")
+        task = self._spawn(self._teardown(run_id, keep_logs), f"teardown {run_id}")
         self._teardowns[run_id] = task
         task.add_done_callback(lambda _t: self._teardowns.pop(run_id, None))
 
@@ -299,7 +310,16 @@ class Supervisor:
             if current.state == "running" and not current.ready:
                 self._ensure_probe(spec.name)
             return
-        self._set(Status(spec.run_id, spec.role, spec.replica, spec.name, "creating"))
+        self._set(
+            Status(
+                spec.run_id,
+                spec.role,
+                spec.replica,
+                spec.name,
+                "creating",
+                generation=spec.generation,
+            )
+        )
         log(_log, logging.INFO, "start_container", name=spec.name, image=spec.image)
         try:
             info = await self._rt.start(spec)
@@ -317,18 +337,28 @@ class Supervisor:
         self._touch(spec.name)
         self._forget(spec.name)
         self._send(
-            Status(spec.run_id, spec.role, spec.replica, spec.name, "failed", message=message)
+            Status(
+                spec.run_id,
+                spec.role,
+                spec.replica,
+                spec.name,
+                "failed",
+                message=message,
+                generation=spec.generation,
+            )
         )
 
     def _track(self, info: ContainerInfo, *, ready: bool) -> None:
         """Record and report ``info`` as the container's new state."""
-        base = Status(info.run_id, info.role, info.replica, info.name, info.state)
+        base = Status(
+            info.run_id, info.role, info.replica, info.name, info.state, generation=info.generation
+        )
         if info.state == "running":
             if not _needs_probe(info):
                 self._set(replace(base, ready=True))
             elif ready:
                 targets = self._rt.endpoint_targets(info)
-                self._set(replace(base, ready=True, endpoints=addresses(targets)))
+                self._set(replace(base, ready=True, **reachable(targets)))
             else:
                 self._set(base)
                 self._ensure_probe(info.name)
@@ -337,7 +367,7 @@ class Supervisor:
         if info.state == "exited":
             self._set(replace(base, exit_code=info.exit_code))
         elif info.state == "failed":
-            self._set(replace(base, message="container is in an unexpected state"))
+            self._set(replace(base, message=info.message or "container is in an unexpected state"))
         else:
             self._set(base)
 
@@ -389,14 +419,26 @@ class Supervisor:
                 continue
             if closed is None:
                 log(_log, logging.INFO, "container_ready", name=name)
-                self._set(replace(status, ready=True, message="", endpoints=addresses(targets)))
+                self._set(replace(status, ready=True, message="", **reachable(targets)))
                 return
             self._set(replace(status, ready=False, message=not_accepting(closed)))
             await asyncio.sleep(self._probe_interval)
 
     # -- teardown ---------------------------------------------------------------------------
 
-    async def _teardown(self, run_id: int) -> None:
+    def fence(self) -> list[int]:
+        """Cut off from the control plane for longer than it keeps a silent
+        node: stop and remove every container of every run here (their runs
+        have failed as the node was Lost), without waiting for their logs."""
+        runs = sorted({s.run_id for s in self._statuses.values()} | set(self._starts_by_run()))
+        for run_id in runs:
+            self.handle_teardown(run_id, keep_logs=False)
+        return runs
+
+    def _starts_by_run(self) -> set[int]:
+        return {run_id for run_id, _ in self._starts.values()}
+
+    async def _teardown(self, run_id: int, keep_logs: bool = True) -> None:
         log(_log, logging.INFO, "teardown_run", run_id=run_id)
         # A start already in flight finishes first, so nothing is created after removal.
         pending = [task for rid, task in self._starts.values() if rid == run_id]
@@ -410,7 +452,11 @@ class Supervisor:
             await self._rt.stop_run(run_id)
         except Exception as exc:  # removal (which stops too) is still attempted
             log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
-        if self._ship_logs and not await self.logs.flush(names, self._log_flush_timeout):
+        if (
+            keep_logs
+            and self._ship_logs
+            and not await self.logs.flush(names, self._log_flush_timeout)
+        ):
             log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
         removed: list[ContainerInfo] = []
         try:

@@ -108,12 +108,14 @@ class Process:
         """Stop, then start again on the same addresses, database and state."""
         self.stop()
         agent_port = int(self.agent_address.rsplit(":", 1)[1]) if self.agent_address else 0
+        host, port = self.address.rsplit(":", 1)
         return start_process(
             self.db,
-            int(self.address.rsplit(":", 1)[1]),
+            int(port),
             extra=self.extra,
             secure=self.secure,
             agent_port=agent_port,
+            host=host,
         )
 
 
@@ -124,6 +126,7 @@ def start_process(
     extra: list[str] | None = None,
     secure: bool = True,
     agent_port: int = 0,
+    host: str = "127.0.0.1",
 ) -> Process:
     """Start `muster-controlplane` and wait until it prints its address.
 
@@ -132,7 +135,7 @@ def start_process(
     db.parent.mkdir(parents=True, exist_ok=True)
     log = open(db.parent / "controlplane.log", "a")
     security = (
-        ["--state-dir", str(db.parent / "state"), "--agent-listen", f"127.0.0.1:{agent_port}"]
+        ["--state-dir", str(db.parent / "state"), "--agent-listen", f"{host}:{agent_port}"]
         if secure
         else ["--insecure"]
     )
@@ -140,7 +143,7 @@ def start_process(
         [
             str(BIN / "muster-controlplane"),
             "--listen",
-            f"127.0.0.1:{port}",
+            f"{host}:{port}",
             "--db",
             str(db),
             *security,

@@ -167,7 +167,12 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         reader: asyncio.Task[None] | None = None
         try:
             # Registered goes first; what connect() queued on the link follows.
-            yield pb.ConnectResponse(registered=pb.Registered(heartbeat_interval_seconds=interval))
+            lost_after = int(self._orchestrator.settings.liveness.lost.total_seconds())
+            yield pb.ConnectResponse(
+                registered=pb.Registered(
+                    heartbeat_interval_seconds=interval, node_lost_after_seconds=lost_after
+                )
+            )
             reader = asyncio.create_task(self._read(name, request_iterator))
             while True:
                 get = asyncio.ensure_future(link.queue.get())

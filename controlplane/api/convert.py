@@ -277,6 +277,8 @@ def report_from_pb(msg: agent_pb.ContainerStatus) -> Report:
             exit_code=msg.exit_code if msg.HasField("exit_code") else None,
             message=msg.message,
             addresses={e.name: e.address for e in msg.endpoints},
+            generation=msg.generation,
+            host_ip=msg.host_ip,
         ),
     )
 
@@ -297,6 +299,8 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         cpu_limit_millis=spec.cpu_limit_millis,
         memory_limit_bytes=spec.memory_limit_bytes,
         endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
+        generation=spec.generation,
+        hosts=spec.hosts,
         gpu_devices=list(spec.gpu_devices),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from controlplane.core.capacity import limit_of
@@ -26,8 +27,28 @@ class ContainerSpec:
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
     endpoints: dict[str, int] = field(default_factory=dict)
+    generation: int = 0
+    hosts: dict[str, str] = field(default_factory=dict)
+    """/etc/hosts entries: worker name -> IP address."""
     gpu_devices: tuple[str, ...] = ()
     """CDI names of the GPU devices the replica holds (Podman adds their device nodes)."""
+
+
+def peer_hosts(run: Run, role: str, index: int, node_ips: Mapping[str, str]) -> dict[str, str]:
+    """/etc/hosts entries that make worker names resolve without DNS.
+
+    A job gets every worker (the IP its agent reported once it was ready,
+    else its node's IP); a worker gets the other workers whose node IP is
+    known at its start (host-port mode: the workers' nodes' advertise
+    addresses). Names whose IP is unknown are left to DNS."""
+    hosts = {}
+    for w in run.workers:
+        if role == "worker" and w.index == index:
+            continue
+        ip = (w.host_ip if role == "job" else "") or node_ips.get(w.node or "", "")
+        if ip:
+            hosts[hostname(run.id, "worker", w.index)] = ip
+    return hosts
 
 
 def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
@@ -49,8 +70,11 @@ def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
     return env
 
 
-def container_spec(run: Run, role: str, index: int) -> ContainerSpec:
-    """The container for replica (role, index) of `run`."""
+def container_spec(
+    run: Run, role: str, index: int, node_ips: Mapping[str, str] | None = None
+) -> ContainerSpec:
+    """The container for replica (role, index) of `run`; `node_ips` maps node
+    names to the IP address their host-port endpoints are published on."""
     target = run.worker if role == "worker" else run.job
     assert target is not None
     spec = target.codespec
@@ -70,5 +94,7 @@ def container_spec(run: Run, role: str, index: int) -> ContainerSpec:
         cpu_limit_millis=limits.cpu_millis,
         memory_limit_bytes=limits.memory_bytes,
         endpoints=dict(spec.endpoints) if role == "worker" else {},
+        generation=run.generation,
+        hosts=peer_hosts(run, role, index, node_ips or {}),
         gpu_devices=replica.gpu_devices if replica is not None else (),
     )

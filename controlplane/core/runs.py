@@ -51,6 +51,8 @@ class Replica:
     exit_code: int | None = None
     message: str = ""
     addresses: dict[str, str] = field(default_factory=dict)
+    host_ip: str = ""
+    """Where other containers reach this worker (reported once it is ready)."""
     gpu_devices: tuple[str, ...] = ()
     """CDI names of the GPU devices it holds alone, chosen at placement."""
 
@@ -114,6 +116,10 @@ class Run:
     started_at: datetime | None = None
     finished_at: datetime | None = None
     placed_at: datetime | None = None
+    generation: int = 0
+    """Set at placement and carried by every start; agents report it back, and a
+    report with another generation (from an older placement, or a container of
+    another database reusing this run id) changes nothing."""
     replicas: list[Replica] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
 
@@ -202,11 +208,14 @@ def place(
     run: Run,
     assignment: dict[tuple[str, int], str],
     now: datetime,
+    generation: int = 1,
     gpu_devices: Mapping[tuple[str, int], tuple[str, ...]] | None = None,
 ) -> list[Action]:
-    """Record a gang placement, with the GPU devices each replica holds; start
-    the workers (or the job when there are none)."""
+    """Record a gang placement under `generation` (unique per placement), with
+    the GPU devices each replica holds; start the workers (or the job when
+    there are none)."""
     assert not run.terminal and not run.placed
+    run.generation = generation
     for r in run.replicas:
         r.node = assignment[(r.role, r.index)]
         r.gpu_devices = tuple((gpu_devices or {}).get((r.role, r.index), ()))
@@ -255,6 +264,9 @@ class Observation:
     exit_code: int | None = None
     message: str = ""
     addresses: dict[str, str] = field(default_factory=dict)
+    generation: int = 0
+    """0: the container carries no generation (started before generations existed)."""
+    host_ip: str = ""
 
 
 def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action]:
@@ -262,6 +274,8 @@ def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action
     r = run.replica(obs.role, obs.index)
     if r is None or r.node != node:
         return [Teardown(node, run.id)] if run.terminal else []
+    if obs.generation and obs.generation != run.generation:
+        return []  # a stale placement's container: never overrides this one
     if run.terminal:
         r.state, r.exit_code = (
             obs.state,
@@ -274,6 +288,8 @@ def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action
         r.exit_code = obs.exit_code
     if obs.addresses:
         r.addresses = dict(obs.addresses)
+    if obs.host_ip:
+        r.host_ip = obs.host_ip
     if r.state != old_state and r.state == "running":
         _log(run, now, f"{r.label} running on {node}")
     if r.role == "worker":

@@ -11,7 +11,9 @@ the stored runs and missing starts or teardowns are sent again.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import secrets
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -38,6 +40,23 @@ from controlplane.services.requests import RunRequest, resolve_target, timeout_o
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
+
+
+def is_ip(text: str) -> bool:
+    """Whether `text` is an IPv4 or IPv6 address literal."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def new_generation() -> int:
+    """A placement generation: random, so that it also tells this database's
+    placements from those of any other that reused the same run ids."""
+    return secrets.randbits(62) + 1
+
+
 RESCHEDULE_EVERY = timedelta(seconds=5)
 
 
@@ -211,7 +230,7 @@ class Orchestrator:
             return None  # sent again when the agent re-registers
         try:
             if isinstance(action, StartReplica):
-                link.start(container_spec(run, action.role, action.index))
+                link.start(container_spec(run, action.role, action.index, self._node_ips()))
             elif isinstance(action, Teardown):
                 link.teardown(action.run_id)
         except Exception as exc:
@@ -340,6 +359,14 @@ class Orchestrator:
         log.warning("event=node_removed node=%s failed_runs=%d", name, len(failed))
         self.wake()
         return failed
+
+    def _node_ips(self) -> dict[str, str]:
+        """Host-port nodes whose advertise address is an IP: where their workers are reached."""
+        out = {}
+        for node in self._nodes.values():
+            if node.network_mode == "host-port" and is_ip(node.advertise_address):
+                out[node.name] = node.advertise_address
+        return out
 
     def knows_node(self, name: str) -> bool:
         """Whether a node of this name has registered and was not removed."""
@@ -547,7 +574,9 @@ class Orchestrator:
                 continue
             for key, chosen in gpus.items():
                 in_use.setdefault(assignment[key], set()).update(chosen)
-            await self._commit(run, sm.place(run, assignment, now, gpu_devices=gpus))
+            await self._commit(
+                run, sm.place(run, assignment, now, new_generation(), gpu_devices=gpus)
+            )
             log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
         for run_id, reason in decision.waiting.items():
             run = self._runs[run_id]

@@ -57,6 +57,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
         "startedAt": _ts(run.started_at),
         "finishedAt": _ts(run.finished_at),
         "placedAt": _ts(run.placed_at),
+        "generation": run.generation,
         "replicas": [
             {
                 "role": r.role,
@@ -67,6 +68,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
                 "exitCode": r.exit_code,
                 "message": r.message,
                 "addresses": r.addresses,
+                "hostIp": r.host_ip,
                 "gpuDevices": list(r.gpu_devices),
             }
             for r in run.replicas
@@ -89,6 +91,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
         started_at=_dt(doc["startedAt"]),
         finished_at=_dt(doc["finishedAt"]),
         placed_at=_dt(doc["placedAt"]),
+        generation=doc.get("generation", 0),
         replicas=[
             Replica(
                 role=r["role"],
@@ -99,6 +102,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
                 exit_code=r["exitCode"],
                 message=r["message"],
                 addresses=dict(r["addresses"]),
+                host_ip=r.get("hostIp", ""),
                 gpu_devices=tuple(r.get("gpuDevices", ())),
             )
             for r in doc["replicas"]

@@ -50,7 +50,7 @@ class EndpointAddress(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time")
+    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -61,6 +61,8 @@ class ContainerStatus(_message.Message):
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     TIME_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HOST_IP_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -71,7 +73,9 @@ class ContainerStatus(_message.Message):
     message: str
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointAddress]
     time: _timestamp_pb2.Timestamp
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    generation: int
+    host_ip: str
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
@@ -107,10 +111,12 @@ class Register(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds",)
+    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NODE_LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ...) -> None: ...
+    node_lost_after_seconds: int
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time",)
@@ -143,8 +149,15 @@ class LogBatch(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
 
 class StartContainer(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "gpu_devices")
+    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices")
     class EnvEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class HostsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +177,8 @@ class StartContainer(_message.Message):
     CPU_LIMIT_MILLIS_FIELD_NUMBER: _ClassVar[int]
     MEMORY_LIMIT_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    GENERATION_FIELD_NUMBER: _ClassVar[int]
+    HOSTS_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
@@ -178,8 +193,10 @@ class StartContainer(_message.Message):
     cpu_limit_millis: int
     memory_limit_bytes: int
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointPort]
+    generation: int
+    hosts: _containers.ScalarMap[str, str]
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class TeardownRun(_message.Message):
     __slots__ = ("run_id",)

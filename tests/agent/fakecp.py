@@ -93,6 +93,8 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
 
     def __init__(self, heartbeat_seconds: int = 1) -> None:
         self.heartbeat_seconds = heartbeat_seconds
+        self.lost_after_seconds = 0
+        """Announced in Registered (0: not announced)."""
         self.reject: tuple[grpc.StatusCode, str] | None = None
         """When set, every Register is answered by ending the stream with this status."""
         self.streams: list[Stream] = []
@@ -164,7 +166,8 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
                     stream.outbox.put_nowait(
                         agent_pb2.ConnectResponse(
                             registered=agent_pb2.Registered(
-                                heartbeat_interval_seconds=self.heartbeat_seconds
+                                heartbeat_interval_seconds=self.heartbeat_seconds,
+                                node_lost_after_seconds=self.lost_after_seconds,
                             )
                         )
                     )
