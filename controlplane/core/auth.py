@@ -80,6 +80,11 @@ POLICY: dict[str, Requirement] = {
     _V1 + "AgentService/Connect": NODE,
     _V1 + "AgentService/RenewCertificate": NODE,
     _V1 + "AgentService/Join": JOIN,
+    _V1 + "ImageService/PullImage": Role.USER,
+    _V1 + "ImageService/ListImages": Role.READER,
+    _V1 + "RegistryService/Login": Role.ADMIN,
+    _V1 + "RegistryService/Logout": Role.ADMIN,
+    _V1 + "RegistryService/ListRegistries": Role.ADMIN,
 }
 
 

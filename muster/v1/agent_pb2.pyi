@@ -12,26 +12,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("register", "heartbeat", "container_status", "log_batch")
+    __slots__ = ("register", "heartbeat", "container_status", "log_batch", "image_pulled", "images_listed")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_STATUS_FIELD_NUMBER: _ClassVar[int]
     LOG_BATCH_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_PULLED_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_LISTED_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     container_status: ContainerStatus
     log_batch: LogBatch
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ...) -> None: ...
+    image_pulled: ImagePulled
+    images_listed: ImagesListed
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ..., image_pulled: _Optional[_Union[ImagePulled, _Mapping]] = ..., images_listed: _Optional[_Union[ImagesListed, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("registered", "start_container", "teardown_run")
+    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_CONTAINER_FIELD_NUMBER: _ClassVar[int]
     TEARDOWN_RUN_FIELD_NUMBER: _ClassVar[int]
+    PULL_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start_container: StartContainer
     teardown_run: TeardownRun
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ...) -> None: ...
+    pull_image: PullImage
+    list_images: ListImages
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ...) -> None: ...
 
 class EndpointPort(_message.Message):
     __slots__ = ("name", "port")
@@ -50,7 +58,7 @@ class EndpointAddress(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip")
+    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip", "image_digest", "pull_bytes_done", "pull_bytes_total")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -63,6 +71,9 @@ class ContainerStatus(_message.Message):
     TIME_FIELD_NUMBER: _ClassVar[int]
     GENERATION_FIELD_NUMBER: _ClassVar[int]
     HOST_IP_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -75,10 +86,13 @@ class ContainerStatus(_message.Message):
     time: _timestamp_pb2.Timestamp
     generation: int
     host_ip: str
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ...) -> None: ...
+    image_digest: str
+    pull_bytes_done: int
+    pull_bytes_total: int
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
+    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices", "pull_policy", "registry_credentials")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +111,8 @@ class Register(_message.Message):
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     pools: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
@@ -108,7 +124,9 @@ class Register(_message.Message):
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
     instance_id: str
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    pull_policy: _run_pb2.PullPolicy
+    registry_credentials: _containers.RepeatedCompositeFieldContainer[RegistryCredential]
+    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ...) -> None: ...
 
 class Registered(_message.Message):
     __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds")
@@ -237,3 +255,63 @@ class RenewCertificateResponse(_message.Message):
     CERTIFICATE_PEM_FIELD_NUMBER: _ClassVar[int]
     certificate_pem: str
     def __init__(self, certificate_pem: _Optional[str] = ...) -> None: ...
+
+class RegistryCredential(_message.Message):
+    __slots__ = ("registry", "username", "password")
+    REGISTRY_FIELD_NUMBER: _ClassVar[int]
+    USERNAME_FIELD_NUMBER: _ClassVar[int]
+    PASSWORD_FIELD_NUMBER: _ClassVar[int]
+    registry: str
+    username: str
+    password: str
+    def __init__(self, registry: _Optional[str] = ..., username: _Optional[str] = ..., password: _Optional[str] = ...) -> None: ...
+
+class PullImage(_message.Message):
+    __slots__ = ("request_id", "image", "policy", "registry_credentials")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    image: str
+    policy: _run_pb2.PullPolicy
+    registry_credentials: _containers.RepeatedCompositeFieldContainer[RegistryCredential]
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[str] = ..., policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ...) -> None: ...
+
+class ImagePulled(_message.Message):
+    __slots__ = ("request_id", "image", "digest", "error", "pulled")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    PULLED_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    image: str
+    digest: str
+    error: str
+    pulled: bool
+    def __init__(self, request_id: _Optional[str] = ..., image: _Optional[str] = ..., digest: _Optional[str] = ..., error: _Optional[str] = ..., pulled: _Optional[bool] = ...) -> None: ...
+
+class ListImages(_message.Message):
+    __slots__ = ("request_id",)
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    def __init__(self, request_id: _Optional[str] = ...) -> None: ...
+
+class ImagesListed(_message.Message):
+    __slots__ = ("request_id", "images")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    images: _containers.RepeatedCompositeFieldContainer[NodeImage]
+    def __init__(self, request_id: _Optional[str] = ..., images: _Optional[_Iterable[_Union[NodeImage, _Mapping]]] = ...) -> None: ...
+
+class NodeImage(_message.Message):
+    __slots__ = ("tags", "digest", "size_bytes")
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    digest: str
+    size_bytes: int
+    def __init__(self, tags: _Optional[_Iterable[str]] = ..., digest: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...

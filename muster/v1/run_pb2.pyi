@@ -35,12 +35,20 @@ class ContainerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTAINER_STATE_EXITED: _ClassVar[ContainerState]
     CONTAINER_STATE_FAILED: _ClassVar[ContainerState]
     CONTAINER_STATE_REMOVED: _ClassVar[ContainerState]
+    CONTAINER_STATE_PULLING: _ClassVar[ContainerState]
 
 class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LOG_STREAM_UNSPECIFIED: _ClassVar[LogStream]
     LOG_STREAM_STDOUT: _ClassVar[LogStream]
     LOG_STREAM_STDERR: _ClassVar[LogStream]
+
+class PullPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PULL_POLICY_UNSPECIFIED: _ClassVar[PullPolicy]
+    PULL_POLICY_MISSING: _ClassVar[PullPolicy]
+    PULL_POLICY_ALWAYS: _ClassVar[PullPolicy]
+    PULL_POLICY_NEVER: _ClassVar[PullPolicy]
 RUN_STATUS_UNSPECIFIED: RunStatus
 RUN_STATUS_PENDING: RunStatus
 RUN_STATUS_RUNNING: RunStatus
@@ -57,9 +65,14 @@ CONTAINER_STATE_RUNNING: ContainerState
 CONTAINER_STATE_EXITED: ContainerState
 CONTAINER_STATE_FAILED: ContainerState
 CONTAINER_STATE_REMOVED: ContainerState
+CONTAINER_STATE_PULLING: ContainerState
 LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
+PULL_POLICY_UNSPECIFIED: PullPolicy
+PULL_POLICY_MISSING: PullPolicy
+PULL_POLICY_ALWAYS: PullPolicy
+PULL_POLICY_NEVER: PullPolicy
 
 class CodespecRef(_message.Message):
     __slots__ = ("named", "inline")
@@ -82,7 +95,7 @@ class RunCodeTarget(_message.Message):
     def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ...) -> None: ...
 
 class Replica(_message.Message):
-    __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message", "gpu_devices")
+    __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message", "gpu_devices", "image_digest", "pull_bytes_done", "pull_bytes_total")
     class EndpointAddressesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -101,6 +114,9 @@ class Replica(_message.Message):
     ENDPOINT_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
+    PULL_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     role: ReplicaRole
     index: int
     node_name: str
@@ -112,7 +128,10 @@ class Replica(_message.Message):
     endpoint_addresses: _containers.ScalarMap[str, str]
     message: str
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, role: _Optional[_Union[ReplicaRole, str]] = ..., index: _Optional[int] = ..., node_name: _Optional[str] = ..., state: _Optional[_Union[ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., hostname: _Optional[str] = ..., container_name: _Optional[str] = ..., endpoint_addresses: _Optional[_Mapping[str, str]] = ..., message: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    image_digest: str
+    pull_bytes_done: int
+    pull_bytes_total: int
+    def __init__(self, role: _Optional[_Union[ReplicaRole, str]] = ..., index: _Optional[int] = ..., node_name: _Optional[str] = ..., state: _Optional[_Union[ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., hostname: _Optional[str] = ..., container_name: _Optional[str] = ..., endpoint_addresses: _Optional[_Mapping[str, str]] = ..., message: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ...) -> None: ...
 
 class RunEvent(_message.Message):
     __slots__ = ("time", "message")
@@ -123,7 +142,7 @@ class RunEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events")
+    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events", "pull_policy")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +163,7 @@ class Run(_message.Message):
     FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
+    PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     id: int
     job: RunCodeTarget
     worker: RunCodeTarget
@@ -157,7 +177,8 @@ class Run(_message.Message):
     finished_at: _timestamp_pb2.Timestamp
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
-    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ...) -> None: ...
+    pull_policy: PullPolicy
+    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("run",)
