@@ -11,6 +11,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+from controlplane.core.images import DEFAULT_PULL_POLICY, PULL_POLICIES
 from controlplane.core.nodes import Liveness
 from controlplane.security.tls import SecurityConfig
 from controlplane.server import start
@@ -82,7 +83,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=float,
         default=120.0,
         metavar="SECONDS",
-        help="fail a run whose workers are not ready this long after placement",
+        help="fail a run whose worker is not ready this long after its container started "
+        "(pulling its image does not count)",
+    )
+    parser.add_argument(
+        "--default-pull-policy",
+        choices=PULL_POLICIES,
+        default=DEFAULT_PULL_POLICY,
+        help="when nodes pull the image of a run that names no pull policy: missing (pull "
+        "only what a node lacks), always, never (default: %(default)s)",
     )
     parser.add_argument(
         "--heartbeat-interval",
@@ -158,6 +167,7 @@ async def serve(args: argparse.Namespace) -> None:
             not_ready=timedelta(seconds=args.node_not_ready_after),
             lost=timedelta(seconds=args.node_lost_after),
         ),
+        default_pull_policy=args.default_pull_policy,
     )
     security = (
         None

@@ -16,15 +16,19 @@ from grpc_reflection.v1alpha import reflection
 from controlplane.api.agents import AgentServicer, JoinInfo
 from controlplane.api.auth import AuthInterceptor
 from controlplane.api.codespecs import CodespecServicer
+from controlplane.api.images import ImageServicer, RegistryServicer
 from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.api.tokens import TokenServicer
 from controlplane.core.errors import DomainError
+from controlplane.security.sealing import KEY_FILE, Sealer
 from controlplane.security.tls import SecurityConfig, TlsMaterial, load_material
 from controlplane.services.auth import AuthService
 from controlplane.services.codespecs import CodespecService
+from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
+from controlplane.services.registries import RegistryService
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
 from muster.common import clientconfig
@@ -37,6 +41,8 @@ from muster.v1 import (
     auth_pb2_grpc,
     codespec_pb2,
     codespec_pb2_grpc,
+    image_pb2,
+    image_pb2_grpc,
     node_pb2,
     node_pb2_grpc,
     run_pb2,
@@ -62,6 +68,8 @@ SERVICE_NAMES = [
     node_pb2.DESCRIPTOR.services_by_name["NodeService"].full_name,
     agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name,
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
+    image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+    image_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
 ]
 
 
@@ -78,6 +86,8 @@ class ControlPlane:
     agent_port: int = 0
     auth: AuthService | None = None
     admin_file: Path | None = None
+    registries: RegistryService | None = None
+    images: ImageService | None = None
 
     @property
     def secure(self) -> bool:
@@ -146,8 +156,11 @@ async def start(
     everybody."""
     store = await SqliteStore.open(db_path)
     codespecs = CodespecService(store)
-    orchestrator = Orchestrator(store, codespecs, settings)
+    registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
+    await registries.load()
+    orchestrator = Orchestrator(store, codespecs, settings, credentials=lambda: registries.logins)
     await orchestrator.load()
+    images = ImageService(orchestrator, lambda: registries.logins)
     tls: TlsMaterial | None = None
     auth: AuthService | None = None
     if security is not None:
@@ -161,9 +174,11 @@ async def start(
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
     join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(orchestrator, logs, auth, join_info), server
+        AgentServicer(orchestrator, logs, auth, join_info, images), server
     )
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
+    image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(images), server)
+    image_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registries), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -205,8 +220,29 @@ async def start(
         db_path,
     )
     return ControlPlane(
-        server, store, health_servicer, port, orchestrator, loop_task, agent_port, auth, admin_file
+        server,
+        store,
+        health_servicer,
+        port,
+        orchestrator,
+        loop_task,
+        agent_port,
+        auth,
+        admin_file,
+        registries,
+        images,
     )
+
+
+def registry_key_path(db_path: str | Path, security: SecurityConfig | None) -> Path | None:
+    """Where the key that seals registry passwords lives: the state directory
+    (beside the CA); with --insecure, which has none, beside the database;
+    nowhere (memory only) for a database in memory."""
+    if security is not None:
+        return security.state_dir / KEY_FILE
+    if str(db_path) == ":memory:":
+        return None
+    return Path(db_path).parent / KEY_FILE
 
 
 def _bind(add: Callable[[str], int], address: str) -> int:

@@ -6,7 +6,13 @@ import sys
 
 import click
 
-from muster_cli import auth, codespecs, nodes, runs  # noqa: F401  (they register their commands)
+from muster_cli import (  # noqa: F401  (they register their commands)
+    auth,
+    codespecs,
+    images,
+    nodes,
+    runs,
+)
 from muster_cli.app import cli
 from muster_cli.client import fail
 from muster_cli.specfile import SpecError

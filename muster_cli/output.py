@@ -23,6 +23,7 @@ def enum_text(value: str) -> str:
         ("REPLICA_ROLE_", str.lower),
         ("NETWORK_MODE_", lambda s: s.lower().replace("_", "-")),
         ("LOG_STREAM_", str.lower),
+        ("PULL_POLICY_", str.lower),
     ):
         if value.startswith(prefix):
             return style(value[len(prefix) :])
@@ -77,3 +78,14 @@ def human_memory(value: int) -> str:
             text = f"{value / unit:.1f}".removesuffix(".0")
             return f"{text}{suffix}"
     return str(value)
+
+
+def human_bytes(value: int) -> str:
+    """Bytes for progress lines and tables, with decimal units as registries
+    and Podman print them: 45 MB, 1.2 GB, 512 B."""
+    for suffix, unit in (("TB", 10**12), ("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if value >= unit:
+            number = value / unit
+            text = f"{number:.0f}" if number >= 10 else f"{number:.1f}".removesuffix(".0")
+            return f"{text} {suffix}"
+    return f"{value} B"

@@ -27,8 +27,8 @@ from muster_cli.app import (
 )
 from muster_cli.client import Reconnect, channel, collect_pages, fail, open_channel
 from muster_cli.logs import stream_logs
-from muster_cli.output import dump, enum_text, table, to_dict
-from muster_cli.specfile import load_run
+from muster_cli.output import dump, enum_text, human_bytes, table, to_dict
+from muster_cli.specfile import PULL_POLICIES, load_run
 from muster_cli.timeparse import parse_duration, parse_since
 
 STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Canceled"]
@@ -67,6 +67,8 @@ def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
             )
         run.timeout_seconds = seconds
     run.tags.update(key_values(flags["tag"], "--tag"))
+    if flags["pull"]:
+        run.pull_policy = PULL_POLICIES[flags["pull"].lower()]
     if not run.job.codespec.WhichOneof("reference"):
         raise click.UsageError("the job needs a codespec: use -c NAME or -f FILE")
     if run.HasField("worker") and not run.worker.codespec.WhichOneof("reference"):
@@ -88,6 +90,12 @@ def run_options(fn: Any) -> Any:
         click.option("--worker-node-pool", help="Node pool of the workers."),
         click.option("--timeout", help="Run timeout: seconds or 90s, 10m, 2h (default 12h)."),
         click.option("--tag", multiple=True, metavar="K=V", help="Tag (repeatable)."),
+        click.option(
+            "--pull",
+            type=click.Choice(list(PULL_POLICIES), case_sensitive=False),
+            help="When nodes pull the images: missing (only what a node lacks), always, "
+            "never (default: the control plane's, itself missing by default).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -129,6 +137,33 @@ def status_text(run: pb.Run) -> str:
     return enum_text(pb.RunStatus.Name(run.status))
 
 
+def bytes_progress(done: int, total: int) -> str:
+    """'45 MB of 120 MB', '45 MB' (total unknown) or '' (nothing known)."""
+    if total > 0:
+        return f"{human_bytes(done)} of {human_bytes(total)}"
+    return human_bytes(done) if done > 0 else ""
+
+
+def pulling_text(run: pb.Run) -> str:
+    """'pulling image on 2 of 3 workers (45 MB of 120 MB)', or '' when nothing pulls."""
+    phrases, done, total = [], 0, 0
+    for role, noun in ((pb.REPLICA_ROLE_WORKER, "workers"), (pb.REPLICA_ROLE_JOB, "job replicas")):
+        replicas = [r for r in run.replicas if r.role == role]
+        pulling = [r for r in replicas if r.state == pb.CONTAINER_STATE_PULLING]
+        if not pulling:
+            continue
+        done += sum(r.pull_bytes_done for r in pulling)
+        total += sum(r.pull_bytes_total for r in pulling)
+        if role == pb.REPLICA_ROLE_JOB and len(replicas) == 1:
+            phrases.append("pulling the job's image")
+        else:
+            phrases.append(f"pulling image on {len(pulling)} of {len(replicas)} {noun}")
+    if not phrases:
+        return ""
+    amount = bytes_progress(done, total)
+    return ", ".join(phrases) + (f" ({amount})" if amount else "")
+
+
 def progress_line(run: pb.Run) -> str:
     """One line a person reads while a run progresses."""
     workers = [r for r in run.replicas if r.role == pb.REPLICA_ROLE_WORKER]
@@ -136,6 +171,9 @@ def progress_line(run: pb.Run) -> str:
     parts = [f"run {run.id}: {status_text(run)}"]
     if workers:
         parts.append(f"workers ready {ready}/{len(workers)}")
+    pulling = pulling_text(run)
+    if pulling and run.status not in TERMINAL:
+        parts.append(pulling)
     if run.status_reason:
         parts.append(run.status_reason)
     return " - ".join(parts)
@@ -318,24 +356,33 @@ def describe(r: pb.Run) -> str:
     )
     if r.tags:
         lines.append("  tags:     " + ", ".join(f"{k}={v}" for k, v in sorted(r.tags.items())))
+    if r.pull_policy:
+        lines.append(f"  pull:     {enum_text(pb.PullPolicy.Name(r.pull_policy))}")
+    headers = ["REPLICA", "NODE", "STATE", "READY", "EXIT", "ADDRESSES"]
+    gpus = any(rep.gpu_devices for rep in r.replicas)
+    if gpus:
+        headers.append("GPUS")
+    headers.append("IMAGE DIGEST")
     rows = []
     for rep in r.replicas:
         role = "worker" if rep.role == pb.REPLICA_ROLE_WORKER else "job"
-        rows.append(
-            (
-                f"{role}-{rep.index}",
-                rep.node_name or "-",
-                enum_text(pb.ContainerState.Name(rep.state)),
-                "yes" if rep.ready else "no",
-                rep.exit_code if rep.HasField("exit_code") else "-",
-                " ".join(f"{k}={v}" for k, v in sorted(rep.endpoint_addresses.items())) or "-",
-                ",".join(rep.gpu_devices) or "-",
-            )
-        )
-    headers = ["REPLICA", "NODE", "STATE", "READY", "EXIT", "ADDRESSES"]
-    if any(rep.gpu_devices for rep in r.replicas):
-        headers.append("GPUS")
-    lines += ["", table(headers, [row[: len(headers)] for row in rows]), ""]
+        state = enum_text(pb.ContainerState.Name(rep.state))
+        amount = bytes_progress(rep.pull_bytes_done, rep.pull_bytes_total)
+        if rep.state == pb.CONTAINER_STATE_PULLING and amount:
+            state += f" ({amount})"
+        row = [
+            f"{role}-{rep.index}",
+            rep.node_name or "-",
+            state,
+            "yes" if rep.ready else "no",
+            rep.exit_code if rep.HasField("exit_code") else "-",
+            " ".join(f"{k}={v}" for k, v in sorted(rep.endpoint_addresses.items())) or "-",
+        ]
+        if gpus:
+            row.append(",".join(rep.gpu_devices) or "-")
+        row.append(rep.image_digest or "-")
+        rows.append(row)
+    lines += ["", table(headers, rows), ""]
     lines.append("EVENTS")
     lines += [
         f"  {e.time.ToDatetime(tzinfo=UTC).strftime('%H:%M:%S.%f')[:-3]}  {e.message}"

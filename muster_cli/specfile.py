@@ -174,7 +174,22 @@ RUN_SCHEMA: dict[str, Any] = {
     "worker": TARGET_SCHEMA,
     "timeoutSeconds": INT,
     "tags": {"*": SCALAR},
+    "pullPolicy": STR,
 }
+PULL_POLICIES = {
+    "missing": rpb.PULL_POLICY_MISSING,
+    "always": rpb.PULL_POLICY_ALWAYS,
+    "never": rpb.PULL_POLICY_NEVER,
+}
+
+
+def pull_policy_from_text(value: Any, where: str) -> int:
+    """`pullPolicy: missing|always|never` -> PullPolicy (case does not matter)."""
+    text = check(value, STR, where)
+    policy = PULL_POLICIES.get(text.strip().lower())
+    if policy is None:
+        raise SpecError(f"{where}: '{text}' is not a pull policy; use missing, always or never")
+    return policy
 
 
 def _target_from_dict(doc: Any, role: str) -> rpb.RunCodeTarget:
@@ -209,7 +224,7 @@ def _target_from_dict(doc: Any, role: str) -> rpb.RunCodeTarget:
 def run_from_dict(doc: Any) -> rpb.Run:
     """A Tyger run document -> Run message."""
     if not isinstance(doc, dict):
-        raise SpecError("expected a mapping with job, worker, timeoutSeconds, tags")
+        raise SpecError("expected a mapping with job, worker, timeoutSeconds, tags, pullPolicy")
     run = rpb.Run()
     for key, value in doc.items():
         if key not in RUN_SCHEMA:
@@ -222,6 +237,8 @@ def run_from_dict(doc: Any) -> rpb.Run:
             getattr(run, key).CopyFrom(_target_from_dict(value, key))
         elif key == "timeoutSeconds":
             run.timeout_seconds = check(value, INT, key)
+        elif key == "pullPolicy":
+            run.pull_policy = pull_policy_from_text(value, key)  # type: ignore[assignment]
         else:
             run.tags.update(check(value, RUN_SCHEMA["tags"], "tags"))
     return run

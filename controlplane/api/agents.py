@@ -19,6 +19,9 @@ from controlplane.api.auth import current_node
 from controlplane.api.convert import (
     log_lines_from_pb,
     node_from_register,
+    node_images_from_pb,
+    node_pull_from_pb,
+    pull_order_to_pb,
     report_from_pb,
     start_to_pb,
 )
@@ -27,8 +30,9 @@ from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
 from controlplane.core.errors import DomainError, FailedPrecondition, PermissionDenied
 from controlplane.services.auth import AuthService
+from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
-from controlplane.services.orchestrator import Orchestrator
+from controlplane.services.orchestrator import Orchestrator, PullOrder, Report
 from muster.v1 import agent_pb2 as pb
 from muster.v1 import agent_pb2_grpc as pb_grpc
 
@@ -54,6 +58,14 @@ class GrpcAgentLink:
     def close(self) -> None:
         """End the stream (a newer connection of the same node replaced it)."""
         self.queue.put_nowait(_CLOSE)
+
+    def pull_image(self, order: PullOrder) -> None:
+        """Queue a PullImage."""
+        self.queue.put_nowait(pb.ConnectResponse(pull_image=pull_order_to_pb(order)))
+
+    def list_images(self, request_id: str) -> None:
+        """Queue a ListImages."""
+        self.queue.put_nowait(pb.ConnectResponse(list_images=pb.ListImages(request_id=request_id)))
 
 
 @dataclass
@@ -92,11 +104,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         logs: LogService,
         auth: AuthService | None = None,
         join_info: JoinInfo | None = None,
+        images: ImageService | None = None,
     ) -> None:
         self._orchestrator = orchestrator
         self._logs = logs
         self._auth = auth
         self._join_info = join_info or JoinInfo()
+        self._images = images or ImageService(orchestrator)
 
     def _secured(self) -> AuthService:
         if self._auth is None:
@@ -158,7 +172,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         name = register.node_name
         link = GrpcAgentLink(name)
         interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
-        reports = [report_from_pb(c) for c in register.containers]
+        reports = [r for c in register.containers if (r := _report(name, c)) is not None]
         try:
             await self._orchestrator.connect(node_from_register(register), link, reports)
         except DomainError as error:
@@ -189,6 +203,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await reader
+            self._images.node_gone(name, link)
             await self._orchestrator.disconnect(name, link)
 
     async def _read(self, name: str, requests: AsyncIterator[pb.ConnectRequest]) -> None:
@@ -207,7 +222,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)
             elif kind == "container_status":
-                report = report_from_pb(message.container_status)
+                report = _report(name, message.container_status)
+                if report is None:
+                    continue
                 obs = report.observation
                 if self._orchestrator.placed_on(name, report.run_id, obs.role, obs.index) is False:
                     log.warning(
@@ -221,5 +238,27 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 await self._orchestrator.report(name, report)
             elif kind == "log_batch":
                 await self._logs.ingest_from(name, log_lines_from_pb(message.log_batch))
+            elif kind == "image_pulled":
+                answer = message.image_pulled
+                self._images.answer(name, answer.request_id, node_pull_from_pb(answer))
+            elif kind == "images_listed":
+                answer = message.images_listed
+                self._images.answer(name, answer.request_id, node_images_from_pb(answer))
             else:
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)
+
+
+def _report(node: str, status: pb.ContainerStatus) -> Report | None:
+    """A container status in domain terms, or None (logged) when it carries a
+    role or state this control plane does not know."""
+    try:
+        return report_from_pb(status)
+    except DomainError as error:
+        log.warning(
+            "event=report_refused node=%s run=%d container=%s reason=%r",
+            node,
+            status.run_id,
+            status.container_name[:100],
+            str(error),
+        )
+        return None

@@ -11,13 +11,15 @@ from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
 from controlplane.core.containers import ContainerSpec
 from controlplane.core.errors import InvalidArgument
+from controlplane.core.images import Credential, NodeImage, NodeImages, NodePull, PullPolicy
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Observation, Run, Target, container_name, hostname
-from controlplane.services.orchestrator import Report
+from controlplane.services.orchestrator import PullOrder, Report
 from controlplane.services.requests import RunRequest, TargetRequest
 from muster.v1 import agent_pb2 as agent_pb
 from muster.v1 import codespec_pb2 as pb
+from muster.v1 import image_pb2 as image_pb
 from muster.v1 import node_pb2 as node_pb
 from muster.v1 import run_pb2 as run_pb
 
@@ -120,6 +122,7 @@ ROLE_TO_PB = {"job": run_pb.REPLICA_ROLE_JOB, "worker": run_pb.REPLICA_ROLE_WORK
 ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
 STATE_TO_PB = {
     "pending": run_pb.CONTAINER_STATE_PENDING,
+    "pulling": run_pb.CONTAINER_STATE_PULLING,
     "creating": run_pb.CONTAINER_STATE_CREATING,
     "running": run_pb.CONTAINER_STATE_RUNNING,
     "exited": run_pb.CONTAINER_STATE_EXITED,
@@ -127,6 +130,28 @@ STATE_TO_PB = {
     "removed": run_pb.CONTAINER_STATE_REMOVED,
 }
 STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
+PULL_POLICY_TO_PB = {
+    "missing": run_pb.PULL_POLICY_MISSING,
+    "always": run_pb.PULL_POLICY_ALWAYS,
+    "never": run_pb.PULL_POLICY_NEVER,
+}
+PULL_POLICY_FROM_PB = {v: k for k, v in PULL_POLICY_TO_PB.items()}
+
+
+def pull_policy_from_pb(value: int, field: str) -> PullPolicy | None:
+    """PullPolicy -> domain; UNSPECIFIED -> None; an unknown number is refused."""
+    if value == run_pb.PULL_POLICY_UNSPECIFIED:
+        return None
+    if value not in PULL_POLICY_FROM_PB:
+        raise InvalidArgument(field, f"{value} is not a pull policy (missing, always or never)")
+    return PULL_POLICY_FROM_PB[value]  # type: ignore[return-value]
+
+
+def _known(table: dict, value: int, field: str) -> str:
+    """An enum value the control plane knows, or InvalidArgument (never a guess)."""
+    if value not in table:
+        raise InvalidArgument(field, f"unknown value {value}")
+    return table[value]
 
 
 def target_request_from_pb(msg: run_pb.RunCodeTarget, role: str) -> TargetRequest:
@@ -147,6 +172,7 @@ def run_request_from_pb(msg: run_pb.Run) -> RunRequest:
         worker=target_request_from_pb(msg.worker, "worker") if msg.HasField("worker") else None,
         timeout_seconds=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
         tags=dict(msg.tags),
+        pull_policy=pull_policy_from_pb(msg.pull_policy, "pull_policy"),
     )
 
 
@@ -177,6 +203,11 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
         created_at=timestamp(run.created_at),
         started_at=timestamp(run.started_at),
         finished_at=timestamp(run.finished_at),
+        pull_policy=(
+            run_pb.PULL_POLICY_UNSPECIFIED
+            if run.pull_policy is None
+            else PULL_POLICY_TO_PB[run.pull_policy]
+        ),
     )
     if run.worker is not None:
         msg.worker.CopyFrom(_target_to_pb(run.worker))
@@ -192,6 +223,9 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
             endpoint_addresses=r.addresses,
             message=r.message,
             gpu_devices=list(r.gpu_devices),
+            image_digest=r.image_digest,
+            pull_bytes_done=r.pull_bytes_done,
+            pull_bytes_total=r.pull_bytes_total,
         )
         if r.exit_code is not None:
             replica.exit_code = r.exit_code
@@ -266,19 +300,25 @@ def node_from_register(msg: agent_pb.Register) -> Node:
 
 
 def report_from_pb(msg: agent_pb.ContainerStatus) -> Report:
-    """ContainerStatus -> Report."""
+    """ContainerStatus -> Report; a role or state this control plane does not
+    know (unset included) is InvalidArgument, never read as another."""
+    if msg.pull_bytes_done < 0 or msg.pull_bytes_total < 0:
+        raise InvalidArgument("pull_bytes", "byte counts cannot be negative")
     return Report(
         run_id=msg.run_id,
         observation=Observation(
-            role=ROLE_FROM_PB.get(msg.role, "job"),  # type: ignore[arg-type]
+            role=_known(ROLE_FROM_PB, msg.role, "role"),  # type: ignore[arg-type]
             index=msg.replica,
-            state=STATE_FROM_PB.get(msg.state, "pending"),  # type: ignore[arg-type]
+            state=_known(STATE_FROM_PB, msg.state, "state"),  # type: ignore[arg-type]
             ready=msg.ready,
             exit_code=msg.exit_code if msg.HasField("exit_code") else None,
             message=msg.message,
             addresses={e.name: e.address for e in msg.endpoints},
             generation=msg.generation,
             host_ip=msg.host_ip,
+            image_digest=msg.image_digest,
+            pull_bytes_done=msg.pull_bytes_done,
+            pull_bytes_total=msg.pull_bytes_total,
         ),
     )
 
@@ -302,6 +342,58 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         generation=spec.generation,
         hosts=spec.hosts,
         gpu_devices=list(spec.gpu_devices),
+        pull_policy=PULL_POLICY_TO_PB[spec.pull_policy],
+        registry_credentials=credentials_to_pb(spec.registry_credentials),
+    )
+
+
+def credentials_to_pb(creds: Collection[Credential]) -> list[agent_pb.RegistryCredential]:
+    """Credentials -> messages (for the node that pulls, nowhere else)."""
+    return [
+        agent_pb.RegistryCredential(registry=c.registry, username=c.username, password=c.password)
+        for c in creds
+    ]
+
+
+def pull_order_to_pb(order: PullOrder) -> agent_pb.PullImage:
+    """PullOrder -> PullImage."""
+    return agent_pb.PullImage(
+        request_id=order.request_id,
+        image=order.image,
+        policy=PULL_POLICY_TO_PB[order.policy],
+        registry_credentials=credentials_to_pb(order.credentials),
+    )
+
+
+def node_pull_from_pb(msg: agent_pb.ImagePulled) -> NodePull:
+    """ImagePulled -> NodePull (the service fills in the node it came from)."""
+    return NodePull("", digest=msg.digest, error=msg.error, pulled=msg.pulled)
+
+
+def node_images_from_pb(msg: agent_pb.ImagesListed) -> NodeImages:
+    """ImagesListed -> NodeImages (the service fills in the node it came from)."""
+    return NodeImages(
+        "",
+        tuple(NodeImage(tuple(i.tags), i.digest, max(0, i.size_bytes)) for i in msg.images),
+    )
+
+
+def node_images_to_pb(images: NodeImages) -> image_pb.NodeImages:
+    """NodeImages -> message."""
+    return image_pb.NodeImages(
+        node=images.node,
+        images=[
+            agent_pb.NodeImage(tags=list(i.tags), digest=i.digest, size_bytes=i.size_bytes)
+            for i in images.images
+        ],
+        error=images.error,
+    )
+
+
+def node_pull_to_pb(result: NodePull) -> image_pb.NodePullResult:
+    """NodePull -> message."""
+    return image_pb.NodePullResult(
+        node=result.node, digest=result.digest, error=result.error, pulled=result.pulled
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from controlplane.core.capacity import limit_of
 from controlplane.core.envvars import build_env, compact_json, endpoint_variable
+from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy, registry_of
 from controlplane.core.runs import Run, container_name, hostname
 
 
@@ -32,6 +33,10 @@ class ContainerSpec:
     """/etc/hosts entries: worker name -> IP address."""
     gpu_devices: tuple[str, ...] = ()
     """CDI names of the GPU devices the replica holds (Podman adds their device nodes)."""
+    pull_policy: PullPolicy = DEFAULT_PULL_POLICY
+    """Always concrete: the run's policy, else the control plane's default."""
+    registry_credentials: tuple[Credential, ...] = ()
+    """The control plane's credentials for the image's registry, only when the node may pull."""
 
 
 def peer_hosts(run: Run, role: str, index: int, node_ips: Mapping[str, str]) -> dict[str, str]:
@@ -71,10 +76,18 @@ def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
 
 
 def container_spec(
-    run: Run, role: str, index: int, node_ips: Mapping[str, str] | None = None
+    run: Run,
+    role: str,
+    index: int,
+    node_ips: Mapping[str, str] | None = None,
+    default_pull_policy: PullPolicy = DEFAULT_PULL_POLICY,
+    credentials: Mapping[str, Credential] | None = None,
 ) -> ContainerSpec:
     """The container for replica (role, index) of `run`; `node_ips` maps node
-    names to the IP address their host-port endpoints are published on."""
+    names to the IP address their host-port endpoints are published on;
+    `credentials` maps registries to the logins the control plane holds (only
+    the one for this image's registry is passed on, and none when the policy
+    forbids pulling)."""
     target = run.worker if role == "worker" else run.job
     assert target is not None
     spec = target.codespec
@@ -97,4 +110,17 @@ def container_spec(
         generation=run.generation,
         hosts=peer_hosts(run, role, index, node_ips or {}),
         gpu_devices=replica.gpu_devices if replica is not None else (),
+        pull_policy=(policy := run.pull_policy or default_pull_policy),
+        registry_credentials=credentials_for(spec.image, policy, credentials or {}),
     )
+
+
+def credentials_for(
+    image: str, policy: PullPolicy, credentials: Mapping[str, Credential]
+) -> tuple[Credential, ...]:
+    """What a node needs to pull `image` under `policy`: the login for the
+    image's registry, if any; nothing when it must not pull."""
+    if policy == "never":
+        return ()
+    login = credentials.get(registry_of(image))
+    return (login,) if login is not None else ()

@@ -16,11 +16,12 @@ from typing import Literal
 
 from controlplane.core.capacity import Capacity, request_of
 from controlplane.core.codespec import Codespec
+from controlplane.core.images import PullPolicy
 
 Status = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Canceled"})
 Role = Literal["job", "worker"]
-ContainerState = Literal["pending", "creating", "running", "exited", "failed", "removed"]
+ContainerState = Literal["pending", "pulling", "creating", "running", "exited", "failed", "removed"]
 DEFAULT_TIMEOUT_SECONDS = 43_200
 
 
@@ -55,6 +56,15 @@ class Replica:
     """Where other containers reach this worker (reported once it is ready)."""
     gpu_devices: tuple[str, ...] = ()
     """CDI names of the GPU devices it holds alone, chosen at placement."""
+    image_digest: str = ""
+    """The digest (sha256:...) of the image its container was created from, once reported."""
+    pull_bytes_done: int = 0
+    """While pulling: bytes of the image fetched so far (0 otherwise or when unknown)."""
+    pull_bytes_total: int = 0
+    """While pulling: the image's size in bytes (0 otherwise or when unknown)."""
+    started_at: datetime | None = None
+    """When its agent first reported it past pulling (creating or running): a
+    worker's readiness timeout counts from here, so pull time never counts."""
 
     @property
     def label(self) -> str:
@@ -122,6 +132,9 @@ class Run:
     another database reusing this run id) changes nothing."""
     replicas: list[Replica] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    pull_policy: PullPolicy | None = None
+    """When nodes pull the run's images; None (runs stored before pull
+    policies existed) means the control plane's default."""
 
     @property
     def terminal(self) -> bool:
@@ -172,9 +185,11 @@ def new_run(
     now: datetime,
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     tags: dict[str, str] | None = None,
+    pull_policy: PullPolicy | None = None,
 ) -> Run:
     """A freshly admitted run: Pending, nothing placed."""
     run = Run(run_id, job, worker, now, timeout_seconds, dict(tags or {}))
+    run.pull_policy = pull_policy
     if worker is not None:
         run.replicas += [Replica("worker", i) for i in range(worker.replicas)]
     run.replicas += [Replica("job", i) for i in range(job.replicas)]
@@ -247,7 +262,7 @@ def pending_starts(run: Run, node: str) -> list[Action]:
         return []
     out: list[Action] = []
     for r in run.replicas:
-        if r.node == node and r.state in ("pending", "creating"):
+        if r.node == node and r.state in ("pending", "pulling", "creating"):
             if r.role == "worker" or run.released:
                 out.append(StartReplica(node, run.id, r.role, r.index))
     return out
@@ -267,6 +282,9 @@ class Observation:
     generation: int = 0
     """0: the container carries no generation (started before generations existed)."""
     host_ip: str = ""
+    image_digest: str = ""
+    pull_bytes_done: int = 0
+    pull_bytes_total: int = 0
 
 
 def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action]:
@@ -290,11 +308,36 @@ def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action
         r.addresses = dict(obs.addresses)
     if obs.host_ip:
         r.host_ip = obs.host_ip
+    _observe_image(run, r, obs, old_state, now)
     if r.state != old_state and r.state == "running":
         _log(run, now, f"{r.label} running on {node}")
     if r.role == "worker":
         return _observe_worker(run, r, was_ready, now)
     return _observe_job(run, r, now)
+
+
+def _image_of(run: Run, r: Replica) -> str:
+    target = run.worker if r.role == "worker" else run.job
+    return target.codespec.image if target is not None else ""
+
+
+def _observe_image(
+    run: Run, r: Replica, obs: Observation, old_state: ContainerState, now: datetime
+) -> None:
+    """Pull progress, the image digest and the start of the readiness clock."""
+    if obs.image_digest:
+        r.image_digest = obs.image_digest
+    if r.state == "pulling":
+        r.pull_bytes_done, r.pull_bytes_total = obs.pull_bytes_done, obs.pull_bytes_total
+        if old_state != "pulling":
+            _log(run, now, f"{r.label} pulling image {_image_of(run, r)} on {r.node}")
+        return
+    r.pull_bytes_done = r.pull_bytes_total = 0
+    if old_state == "pulling" and r.state in ("creating", "running"):
+        digest = f" ({r.image_digest})" if r.image_digest else ""
+        _log(run, now, f"{r.label} pulled image {_image_of(run, r)} on {r.node}{digest}")
+    if r.started_at is None and r.state in ("creating", "running"):
+        r.started_at = now
 
 
 def _observe_worker(run: Run, r: Replica, was_ready: bool, now: datetime) -> list[Action]:
@@ -372,24 +415,40 @@ def missing_container(run: Run, node: str, role: str, index: int, now: datetime)
     return observe(run, node, Observation(r.role, r.index, "removed"), now)
 
 
+def readiness_clock(run: Run, worker: Replica) -> datetime | None:
+    """Since when a worker that is not ready yet counts against the readiness
+    timeout: from its container's start (the first report past pulling), so
+    that pulling its image never counts. A worker whose agent has reported
+    nothing yet counts from placement (so a silent agent still fails the
+    run), one that is pulling does not count at all (the run timeout bounds
+    a pull; a failed pull fails the run at once), and one stored before the
+    clock existed counts from placement, as it did then."""
+    if run.placed_at is None or run.released or worker.ready:
+        return None
+    if worker.state == "pulling":
+        return None
+    return worker.started_at or run.placed_at
+
+
 def check_deadlines(run: Run, now: datetime, readiness_timeout: timedelta) -> list[Action]:
-    """Run timeout (from creation) and worker readiness timeout (from placement)."""
+    """Run timeout (from creation) and worker readiness timeout (from each
+    worker's container start, see `readiness_clock`)."""
     if run.terminal:
         return []
     if now - run.created_at >= timedelta(seconds=run.timeout_seconds):
         return _finish(
             run, now, "Failed", f"the run timed out after {run.timeout_seconds}s (timeoutSeconds)"
         )
-    if run.placed_at and not run.released and now - run.placed_at >= readiness_timeout:
-        late = [w for w in run.workers if not w.ready]
-        if late:
-            w = late[0]
+    for w in run.workers:
+        since = readiness_clock(run, w)
+        if since is not None and now - since >= readiness_timeout:
             detail = w.message or f"container is {w.state}"
+            started = "its start" if w.started_at else "placement"
             return _finish(
                 run,
                 now,
                 "Failed",
-                f"worker {w.index} was not ready within {int(readiness_timeout.total_seconds())}s: "
-                f"{detail}",
+                f"worker {w.index} was not ready within {int(readiness_timeout.total_seconds())}s "
+                f"of {started}: {detail}",
             )
     return []

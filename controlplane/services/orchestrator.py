@@ -14,7 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import secrets
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -32,6 +32,7 @@ from controlplane.core.gpus import (
     devices_in_use,
     needs_of,
 )
+from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
@@ -72,6 +73,22 @@ class AgentLink(Protocol):
     def close(self) -> None:
         """End the link's stream (a newer connection of the same node replaced it)."""
 
+    def pull_image(self, order: PullOrder) -> None:
+        """Queue a PullImage (muster image pull); the answer comes back by request id."""
+
+    def list_images(self, request_id: str) -> None:
+        """Queue a ListImages; the answer comes back by request id."""
+
+
+@dataclass(frozen=True)
+class PullOrder:
+    """Pull an image onto one node, outside any run."""
+
+    request_id: str
+    image: str
+    policy: PullPolicy
+    credentials: tuple[Credential, ...] = ()
+
 
 @dataclass(frozen=True)
 class Report:
@@ -90,6 +107,8 @@ class Settings:
     starvation_after: timedelta = timedelta(seconds=60)
     heartbeat_interval: timedelta = timedelta(seconds=2)
     tick: timedelta = timedelta(seconds=0.5)
+    default_pull_policy: PullPolicy = DEFAULT_PULL_POLICY
+    """The pull policy of a run created without one (--default-pull-policy)."""
 
 
 class Orchestrator:
@@ -101,11 +120,13 @@ class Orchestrator:
         codespecs: CodespecService,
         settings: Settings | None = None,
         clock: Callable[[], datetime] = utcnow,
+        credentials: Callable[[], Mapping[str, Credential]] | None = None,
     ) -> None:
         self._store = store
         self._codespecs = codespecs
         self.settings = settings or Settings()
         self._clock = clock
+        self._credentials = credentials or dict
         self._lock = asyncio.Lock()
         self._runs: dict[int, Run] = {}
         self._nodes: dict[str, Node] = {}
@@ -162,7 +183,8 @@ class Orchestrator:
         )
         async with self._lock:
             admit(job, worker, self._views())
-            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags)
+            policy = request.pull_policy or self.settings.default_pull_policy
+            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy)
             run = await self._store.insert_run(run)
             self._runs[run.id] = run
             self._notify(run.id)
@@ -230,7 +252,16 @@ class Orchestrator:
             return None  # sent again when the agent re-registers
         try:
             if isinstance(action, StartReplica):
-                link.start(container_spec(run, action.role, action.index, self._node_ips()))
+                link.start(
+                    container_spec(
+                        run,
+                        action.role,
+                        action.index,
+                        self._node_ips(),
+                        self.settings.default_pull_policy,
+                        self._credentials(),
+                    )
+                )
             elif isinstance(action, Teardown):
                 link.teardown(action.run_id)
         except Exception as exc:
@@ -367,6 +398,20 @@ class Orchestrator:
             if node.network_mode == "host-port" and is_ip(node.advertise_address):
                 out[node.name] = node.advertise_address
         return out
+
+    def ready_agents(self, pool: str = "") -> list[tuple[str, AgentLink]]:
+        """The Ready, connected nodes (of `pool`; "" for all) and their links, by name."""
+        return [
+            (name, self._links[name])
+            for name, node in sorted(self._nodes.items())
+            if node.status == "Ready" and name in self._links and (not pool or pool in node.pools)
+        ]
+
+    def agent_of(self, name: str) -> tuple[Node, AgentLink | None]:
+        """A known node and its link if it is Ready and connected (NotFound if unknown)."""
+        node = self._known(name)
+        link = self._links.get(name) if node.status == "Ready" else None
+        return node, link
 
     def knows_node(self, name: str) -> bool:
         """Whether a node of this name has registered and was not removed."""

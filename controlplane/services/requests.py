@@ -8,6 +8,7 @@ from dataclasses import dataclass, field, replace
 from controlplane.core import codespec as cs
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import InvalidArgument
+from controlplane.core.images import PullPolicy
 from controlplane.core.runs import DEFAULT_TIMEOUT_SECONDS, Target
 from controlplane.services.codespecs import CodespecService
 
@@ -35,6 +36,7 @@ class RunRequest:
     worker: TargetRequest | None = None
     timeout_seconds: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    pull_policy: PullPolicy | None = None  # None: the control plane's default
 
 
 def validate_tags(tags: dict[str, str], path: str = "tags") -> None:

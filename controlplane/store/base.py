@@ -10,6 +10,7 @@ from typing import Literal, Protocol
 
 from controlplane.core.auth import ApiToken, JoinToken
 from controlplane.core.codespec import Codespec
+from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Run
@@ -136,3 +137,12 @@ class Store(Protocol):
     async def use_join_token(self, hash: str, node: str, now: datetime) -> JoinToken | None:
         """Atomically spend a join token: it must exist, be unused and not
         expired at `now`. Returns it (with `used_by`), or None."""
+
+    async def save_registry_login(self, login: StoredLogin) -> None:
+        """Insert or replace the login for `login.registry` (its password sealed)."""
+
+    async def list_registry_logins(self) -> list[StoredLogin]:
+        """Every stored registry login, by registry."""
+
+    async def delete_registry_login(self, registry: str) -> bool:
+        """Forget a registry's login; False if there was none."""

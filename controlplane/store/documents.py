@@ -70,10 +70,15 @@ def run_to_doc(run: Run) -> dict[str, Any]:
                 "addresses": r.addresses,
                 "hostIp": r.host_ip,
                 "gpuDevices": list(r.gpu_devices),
+                "imageDigest": r.image_digest,
+                "pullBytesDone": r.pull_bytes_done,
+                "pullBytesTotal": r.pull_bytes_total,
+                "startedAt": _ts(r.started_at),
             }
             for r in run.replicas
         ],
         "events": [{"time": _ts(e.time), "message": e.message} for e in run.events],
+        "pullPolicy": run.pull_policy,
     }
 
 
@@ -104,10 +109,16 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
                 addresses=dict(r["addresses"]),
                 host_ip=r.get("hostIp", ""),
                 gpu_devices=tuple(r.get("gpuDevices", ())),
+                # Images came later: older documents load without digest or clock.
+                image_digest=r.get("imageDigest", ""),
+                pull_bytes_done=r.get("pullBytesDone", 0),
+                pull_bytes_total=r.get("pullBytesTotal", 0),
+                started_at=_dt(r.get("startedAt")),
             )
             for r in doc["replicas"]
         ],
         events=[Event(_dt(e["time"]), e["message"]) for e in doc["events"]],  # type: ignore[arg-type]
+        pull_policy=doc.get("pullPolicy"),  # None: unspecified, the control plane's default
     )
 
 

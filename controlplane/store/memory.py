@@ -10,6 +10,7 @@ from typing import Any
 from controlplane.core.auth import ApiToken, JoinToken
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import AlreadyExists, Conflict
+from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
@@ -31,6 +32,7 @@ class MemoryStore:
         self._removed: dict[str, datetime] = {}
         self._tokens: dict[str, ApiToken] = {}
         self._join_tokens: dict[str, JoinToken] = {}
+        self._registry_logins: dict[str, StoredLogin] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -161,6 +163,16 @@ class MemoryStore:
             return None
         token = self._join_tokens[hash] = replace(token, used_by=node)
         return token
+
+    async def save_registry_login(self, login: StoredLogin) -> None:
+        assert login.updated_at is not None
+        self._registry_logins[login.registry] = login
+
+    async def list_registry_logins(self) -> list[StoredLogin]:
+        return [self._registry_logins[k] for k in sorted(self._registry_logins)]
+
+    async def delete_registry_login(self, registry: str) -> bool:
+        return self._registry_logins.pop(registry, None) is not None
 
     async def append_logs(self, lines: list[LogLine]) -> int:
         added = 0

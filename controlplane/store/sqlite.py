@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from controlplane.core.auth import ApiToken, JoinToken, Role
 from controlplane.core.codespec import Codespec, from_document, to_document
 from controlplane.core.errors import AlreadyExists, Conflict
+from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
@@ -101,6 +102,14 @@ MIGRATIONS: list[str] = [
     CREATE TABLE removed_nodes (
         name        TEXT PRIMARY KEY,
         removed_at  INTEGER NOT NULL
+    );
+    """,
+    """
+    CREATE TABLE registry_logins (
+        registry    TEXT PRIMARY KEY,         -- host[:port], normalized
+        username    TEXT NOT NULL,
+        sealed      BLOB NOT NULL,            -- the password, AES-GCM (security/sealing.py)
+        updated_at  INTEGER NOT NULL
     );
     """,
 ]
@@ -509,6 +518,41 @@ class SqliteStore:
                 created_at=from_micros(row["created_at"]),
                 expires_at=from_micros(row["expires_at"]),
                 used_by=row["used_by"],
+            )
+
+        return await self._call(self._tx, tx)
+
+    # -- registry logins -----------------------------------------------------
+
+    async def save_registry_login(self, login: StoredLogin) -> None:
+        assert login.updated_at is not None
+        await self._call(
+            self._tx,
+            lambda conn: conn.execute(
+                "INSERT INTO registry_logins (registry, username, sealed, updated_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (registry) DO UPDATE SET "
+                "username = excluded.username, sealed = excluded.sealed, "
+                "updated_at = excluded.updated_at",
+                (login.registry, login.username, login.sealed, to_micros(login.updated_at)),
+            ),
+        )
+
+    async def list_registry_logins(self) -> list[StoredLogin]:
+        def q() -> list[StoredLogin]:
+            rows = self._db.execute("SELECT * FROM registry_logins ORDER BY registry").fetchall()
+            return [
+                StoredLogin(
+                    r["registry"], r["username"], bytes(r["sealed"]), from_micros(r["updated_at"])
+                )
+                for r in rows
+            ]
+
+        return await self._call(q)
+
+    async def delete_registry_login(self, registry: str) -> bool:
+        def tx(conn: sqlite3.Connection) -> bool:
+            return bool(
+                conn.execute("DELETE FROM registry_logins WHERE registry = ?", (registry,)).rowcount
             )
 
         return await self._call(self._tx, tx)

@@ -167,7 +167,7 @@ def test_readiness_timeout_names_worker_and_endpoint() -> None:
     actions = sm.check_deadlines(run, T0 + timedelta(seconds=30), READY_TIMEOUT)
     assert run.status == "Failed" and actions
     assert run.status_reason == (
-        "worker 1 was not ready within 30s: endpoint 'http' "
+        "worker 1 was not ready within 30s of its start: endpoint 'http' "
         "(port 8080) not accepting connections yet"
     )
 

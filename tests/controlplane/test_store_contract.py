@@ -109,3 +109,45 @@ async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
     conn.close()
     with pytest.raises(RuntimeError, match="newer than this control plane"):
         await SqliteStore.open(path)
+
+
+async def test_registry_logins_are_replaced_listed_and_deleted(store) -> None:
+    from controlplane.core.images import StoredLogin
+
+    assert await store.list_registry_logins() == []
+    await store.save_registry_login(StoredLogin("quay.io", "bob", b"\x01sealed-1", T0))
+    await store.save_registry_login(StoredLogin("localhost:5000", "amy", b"\x01sealed-2", T0))
+    later = T0 + timedelta(minutes=1)
+    await store.save_registry_login(StoredLogin("quay.io", "bobby", b"\x01sealed-3", later))
+    logins = await store.list_registry_logins()
+    assert [(s.registry, s.username, s.sealed, s.updated_at) for s in logins] == [
+        ("localhost:5000", "amy", b"\x01sealed-2", T0),
+        ("quay.io", "bobby", b"\x01sealed-3", later),
+    ]
+    assert await store.delete_registry_login("quay.io") is True
+    assert await store.delete_registry_login("quay.io") is False
+    assert [s.registry for s in await store.list_registry_logins()] == ["localhost:5000"]
+
+
+async def test_sqlite_migrates_an_older_database_keeping_its_data(tmp_path: Path) -> None:
+    """A database made before registry logins existed gains the table on open."""
+    import sqlite3
+
+    from controlplane.core.images import StoredLogin
+
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    await s.insert_codespec(spec("keep", 1))
+    await s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("DROP TABLE registry_logins")
+    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) - 1,))
+    conn.commit()
+    conn.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert (await s.latest_codespec("keep")).version == 1
+        await s.save_registry_login(StoredLogin("quay.io", "bob", b"\x01x", T0))
+        assert len(await s.list_registry_logins()) == 1
+    finally:
+        await s.close()
