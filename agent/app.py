@@ -19,6 +19,7 @@ from agent.config import AgentConfig
 from agent.connection import CHANNEL_OPTIONS, AgentConnection, Backoff, ChannelFactory, Identity
 from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
 from agent.logutil import log
+from agent.pulls import AuthFile, Puller
 from agent.runtime import Runtime
 from agent.runtime_podman import PodmanRuntime
 from agent.supervisor import Supervisor
@@ -165,8 +166,19 @@ async def run_agent(
             loop.add_signal_handler(sig, stop.set)
     runtime = runtime or make_runtime(config)
     backoff = backoff or Backoff(maximum=config.reconnect_max_seconds)
+    puller = Puller(
+        runtime,
+        node_name=config.node_name,
+        max_concurrent=config.max_concurrent_pulls,
+        timeout=config.pull_timeout,
+        auth_file=AuthFile(config.registry_auth_file) if config.registry_auth_file else None,
+        insecure_registries=config.insecure_registries,
+    )
     supervisor = Supervisor(
-        runtime, poll_interval=config.poll_interval, probe_interval=config.probe_interval
+        runtime,
+        poll_interval=config.poll_interval,
+        probe_interval=config.probe_interval,
+        puller=puller,
     )
     log(
         _log,
@@ -177,6 +189,10 @@ async def run_agent(
         network=config.network,
         network_mode=config.network_mode,
         version=config.agent_version,
+        max_concurrent_pulls=config.max_concurrent_pulls,
+        pull_timeout=f"{config.pull_timeout:g}s",
+        registry_auth_file=config.registry_auth_file,
+        insecure_registries=",".join(config.insecure_registries) or None,
     )
     if config.gpus or config.gpu_notes:
         log(_log, logging.INFO, "gpus", count=config.gpus, devices=",".join(config.gpu_devices))

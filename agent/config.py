@@ -19,6 +19,7 @@ import psutil
 from agent import __version__
 from agent.cdi import DEFAULT_KIND, DEFAULT_SPEC_DIRS, CdiError, discover, select_gpus
 from agent.ports import parse_port_range
+from agent.pulls import DEFAULT_MAX_CONCURRENT_PULLS, DEFAULT_PULL_TIMEOUT, AuthFile, AuthFileError
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
 from agent.runtime import NetworkMode
 from agent.runtime_podman import (
@@ -67,6 +68,12 @@ class AgentConfig:
     agent_server: str | None = None
     pids_limit: int = DEFAULT_PIDS_LIMIT
     container_log_max_size: int = DEFAULT_LOG_MAX_SIZE
+    registry_auth_file: Path | None = None
+    """containers-auth.json with this node's own registry credentials."""
+    insecure_registries: tuple[str, ...] = ()
+    """Registries (``host:port``) pulled without TLS verification."""
+    max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS
+    pull_timeout: float = DEFAULT_PULL_TIMEOUT
 
     @property
     def identity_dir(self) -> Path:
@@ -133,6 +140,25 @@ def _log_max_size(text: str) -> int:
             f"log size '{text}' must be at least {MIN_LOG_MAX_SIZE // 2**10}Ki"
         )
     return size
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' must be at least 1")
+    return value
+
+
+def _registry_host(text: str) -> str:
+    host = text.strip()
+    if not host or "://" in host or "/" in host or any(c.isspace() for c in host):
+        raise argparse.ArgumentTypeError(
+            f"registry '{text}' must be HOST or HOST:PORT (no scheme, no path)"
+        )
+    return host
 
 
 def _readable(text: str) -> bytes:
@@ -291,6 +317,40 @@ def build_parser() -> argparse.ArgumentParser:
         "past it the file is truncated and unread lines are lost",
     )
     p.add_argument(
+        "--registry-auth-file",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="registry credentials of this node, in containers-auth.json format (as "
+        "`podman login --authfile` writes); credentials from the control plane win",
+    )
+    p.add_argument(
+        "--insecure-registry",
+        action="append",
+        type=_registry_host,
+        default=[],
+        dest="insecure_registries",
+        metavar="HOST:PORT",
+        help="pull from this registry without TLS verification, e.g. a plain-HTTP test "
+        "registry (repeatable); every other registry as Podman's configuration says "
+        "(/etc/containers/certs.d)",
+    )
+    p.add_argument(
+        "--max-concurrent-pulls",
+        type=_positive_int,
+        default=DEFAULT_MAX_CONCURRENT_PULLS,
+        metavar="N",
+        help="image pulls at once on this node (default %(default)s); one image is "
+        "pulled once however many replicas need it",
+    )
+    p.add_argument(
+        "--pull-timeout",
+        type=_positive_float,
+        default=DEFAULT_PULL_TIMEOUT,
+        metavar="SECONDS",
+        help="longest one image pull may take before its starts fail (default %(default)g)",
+    )
+    p.add_argument(
         "--poll-interval",
         type=_positive_float,
         default=0.5,
@@ -323,6 +383,11 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
             parser.error(f"--join-token-file {ns.join_token_file}: {exc.strerror}")
     if ns.insecure and (join_token or ns.ca_cert):
         parser.error("--insecure cannot be combined with --join-token or --ca-cert")
+    if ns.registry_auth_file is not None:
+        try:
+            AuthFile(ns.registry_auth_file)
+        except AuthFileError as exc:
+            parser.error(f"--registry-auth-file {exc}")
     spec_dirs = tuple(ns.cdi_spec_dirs or DEFAULT_SPEC_DIRS)
     found = discover(spec_dirs)
     try:
@@ -353,6 +418,10 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         gpu_notes=(*found.warnings, *([offer.note] if offer.note else [])),
         pids_limit=ns.pids_limit,
         container_log_max_size=ns.container_log_max_size,
+        registry_auth_file=ns.registry_auth_file,
+        insecure_registries=tuple(dict.fromkeys(ns.insecure_registries)),
+        max_concurrent_pulls=ns.max_concurrent_pulls,
+        pull_timeout=ns.pull_timeout,
         poll_interval=ns.poll_interval,
         log_level=ns.log_level,
     )

@@ -2,9 +2,11 @@
 
 Each session opens a stream, sends Register (with a fresh snapshot of every
 container on the node), waits for Registered, then heartbeats while it applies
-assignments and forwards the supervisor's status changes and, only once
-Registered has arrived, the containers' logs (a rejected session, such as a
-duplicate node name, starts no log followers). When the stream
+assignments, answers PullImage and ListImages (on the stream they came from;
+an answer whose stream has ended is dropped, the pull itself goes on) and
+forwards the supervisor's status changes and, only once Registered has
+arrived, the containers' logs (a rejected session, such as a duplicate node
+name, starts no log followers). When the stream
 breaks or the control plane is unreachable, the agent reconnects with jittered
 exponential backoff; containers are never touched by a reconnect, so the next
 Register simply re-adopts them.
@@ -239,6 +241,10 @@ class AgentConnection:
                         self._sup.handle_start(response.start_container)
                     elif kind == "teardown_run":
                         self._sup.handle_teardown(response.teardown_run.run_id)
+                    elif kind == "pull_image":
+                        self._sup.handle_pull_image(response.pull_image, outbox.put)
+                    elif kind == "list_images":
+                        self._sup.handle_list_images(response.list_images, outbox.put)
                     else:
                         log(_log, logging.WARNING, "unknown_message", kind=kind)
             finally:

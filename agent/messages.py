@@ -6,11 +6,20 @@ runtimes' types never leak onto the wire.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.runtime import ContainerSpec, EndpointTarget, NetworkMode, Role, State
+from agent.runtime import (
+    ContainerSpec,
+    EndpointTarget,
+    NetworkMode,
+    PullPolicy,
+    RegistryAuth,
+    Role,
+    State,
+)
 from muster.v1 import agent_pb2, node_pb2, run_pb2
 
 ROLE_TO_PB: dict[Role, int] = {
@@ -19,8 +28,9 @@ ROLE_TO_PB: dict[Role, int] = {
 }
 _ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in ROLE_TO_PB.items()}
 
-WireState = State | str  # plus "removed", which only exists on the wire
+WireState = State | str  # plus "pulling" and "removed", which only exist on the wire
 STATE_TO_PB: dict[str, int] = {
+    "pulling": run_pb2.CONTAINER_STATE_PULLING,
     "creating": run_pb2.CONTAINER_STATE_CREATING,
     "running": run_pb2.CONTAINER_STATE_RUNNING,
     "exited": run_pb2.CONTAINER_STATE_EXITED,
@@ -33,8 +43,28 @@ NETWORK_MODE_TO_PB: dict[NetworkMode, int] = {
 }
 
 
+_POLICY_FROM_PB: dict[int, PullPolicy] = {
+    run_pb2.PULL_POLICY_UNSPECIFIED: "missing",
+    run_pb2.PULL_POLICY_MISSING: "missing",
+    run_pb2.PULL_POLICY_ALWAYS: "always",
+    run_pb2.PULL_POLICY_NEVER: "never",
+}
+
+
 class BadAssignment(ValueError):
     """A StartContainer the agent cannot act on (e.g. unknown role)."""
+
+
+def pull_policy_from_pb(value: int) -> PullPolicy:
+    """The wire's PullPolicy; UNSPECIFIED (and anything unknown) is ``missing``."""
+    return _POLICY_FROM_PB.get(value, "missing")
+
+
+def credentials_from_pb(creds: Iterable[agent_pb2.RegistryCredential]) -> tuple[RegistryAuth, ...]:
+    """RegistryCredential messages as :class:`RegistryAuth` (entries without a registry dropped)."""
+    return tuple(
+        RegistryAuth(c.registry, c.username, c.password) for c in creds if c.registry.strip()
+    )
 
 
 def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
@@ -61,6 +91,8 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         generation=msg.generation,
         hosts=dict(msg.hosts),
         gpu_devices=tuple(msg.gpu_devices),
+        pull_policy=pull_policy_from_pb(msg.pull_policy),
+        registry_credentials=credentials_from_pb(msg.registry_credentials),
     )
 
 
@@ -85,6 +117,12 @@ class Status:
     """The placement generation the container was started with."""
     host_ip: str = ""
     """For a ready worker: the IP other containers reach it at."""
+    image_digest: str = ""
+    """Digest of the container's image, once known."""
+    pull_bytes_done: int = 0
+    """While pulling: bytes fetched (0 when Podman does not say)."""
+    pull_bytes_total: int = 0
+    """While pulling: bytes in all (0 when Podman does not say)."""
 
     def to_pb(self) -> agent_pb2.ContainerStatus:
         """Render as a ContainerStatus stamped with the current time."""
@@ -102,6 +140,9 @@ class Status:
             time=time,
             generation=self.generation,
             host_ip=self.host_ip,
+            image_digest=self.image_digest,
+            pull_bytes_done=self.pull_bytes_done,
+            pull_bytes_total=self.pull_bytes_total,
         )
         if self.exit_code is not None:
             msg.exit_code = self.exit_code

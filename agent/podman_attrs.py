@@ -9,7 +9,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from agent.runtime import LABEL_NODE, ContainerInfo, State, identity_from_labels
+from agent.runtime import (
+    LABEL_NODE,
+    ContainerInfo,
+    ImageSummary,
+    PullProgress,
+    State,
+    identity_from_labels,
+)
 
 _STATES: dict[str, State] = {
     "configured": "creating",
@@ -75,6 +82,9 @@ def info_from_inspect(
         endpoints=ident.endpoints,
         generation=ident.generation,
         message=RESET_MESSAGE if reset else "",
+        # The image's Digest: the manifest digest it was first stored under (for an
+        # image pulled from a registry, the registry's manifest digest).
+        image_digest=str(attrs.get("ImageDigest") or ""),
     )
 
 
@@ -106,3 +116,52 @@ def info_from_list(attrs: Mapping[str, Any]) -> ContainerInfo | None:
         state="failed" if reset else state,
         message=RESET_MESSAGE if reset else "",
     )
+
+
+def image_summary(attrs: Mapping[str, Any]) -> ImageSummary:
+    """Decode one libpod image list entry."""
+    return ImageSummary(
+        tags=tuple(str(t) for t in attrs.get("RepoTags") or ()),
+        digest=str(attrs.get("Digest") or ""),
+        size_bytes=int(attrs.get("Size") or 0),
+    )
+
+
+class PullStream:
+    """Decodes the JSON objects of libpod's ``POST /images/pull`` stream.
+
+    Podman 4.3 sends ``{"stream": "Copying blob sha256:..."}`` text lines, then
+    ``{"images": [...], "id": ID}`` or ``{"error": "..."}``: no byte counts. Objects
+    with a Docker-style ``progressDetail`` (``current``/``total`` per layer
+    ``id``), as the compat API sends, are summed into a :class:`PullProgress`,
+    so a Podman that reports bytes is shown without further changes.
+    """
+
+    def __init__(self) -> None:
+        """Nothing seen yet."""
+        self.error: str | None = None
+        self.image_id: str | None = None
+        self._layers: dict[str, tuple[int, int]] = {}
+
+    def feed(self, obj: Any) -> PullProgress | None:
+        """Take one object; return the new progress when it carried any."""
+        if not isinstance(obj, dict):
+            return None
+        if obj.get("error"):
+            self.error = str(obj["error"])
+            return None
+        if "images" in obj and obj.get("id"):
+            self.image_id = str(obj["id"])
+            return None
+        detail = obj.get("progressDetail")
+        if isinstance(detail, dict) and obj.get("id") and detail.get("total"):
+            try:
+                current, total = int(detail.get("current") or 0), int(detail["total"])
+            except (TypeError, ValueError):
+                return None
+            self._layers[str(obj["id"])] = (min(current, total), total)
+            return PullProgress(
+                sum(c for c, _ in self._layers.values()),
+                sum(t for _, t in self._layers.values()),
+            )
+        return None

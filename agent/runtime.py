@@ -9,6 +9,11 @@ Contract every implementation keeps:
 * ``start`` is idempotent by container name: an existing container is left as
   it is (a created-but-never-started one is started), never duplicated.
 * ``start`` never pulls: a missing image raises :class:`ImageNotFound`.
+  Pulling is a step of its own, :meth:`Runtime.pull`, that the agent takes
+  before ``start`` as the start's pull policy says (:mod:`agent.pulls`: one
+  pull per image at a time, a limit on concurrent pulls, a timeout,
+  credentials). ``pull`` raises :class:`PullError` with the registry's or
+  Podman's cause; the agent adds the image, registry and node to it.
 * ``start`` either leaves a started container behind or raises and leaves
   nothing behind, so a failed start can simply be retried.
 * ``list_managed`` returns only containers of *this* node (label
@@ -20,7 +25,7 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -29,6 +34,9 @@ Role = Literal["job", "worker"]
 
 State = Literal["creating", "running", "exited", "failed"]
 """Container state as the agent reports it."""
+
+PullPolicy = Literal["missing", "always", "never"]
+"""When the agent pulls a start's image: only when absent, at every start, never."""
 
 LogStreamName = Literal["stdout", "stderr"]
 """Which output stream a log line came from."""
@@ -54,15 +62,47 @@ class RuntimeFailure(Exception):
 
 
 class ImageNotFound(RuntimeFailure):
-    """The image is not present on the node (the agent never pulls)."""
+    """The image is not present on the node (and is not to be pulled)."""
 
-    def __init__(self, image: str, node: str) -> None:
-        super().__init__(
-            f"image '{image}' not found on node '{node}'; build or load it there "
-            "(no registry pulls)"
-        )
+    def __init__(self, image: str, node: str, hint: str = "build or load it there") -> None:
+        super().__init__(f"image '{image}' not found on node '{node}'; {hint}")
         self.image = image
         self.node = node
+
+
+class PullError(RuntimeFailure):
+    """A pull failed; ``str()`` is the cause (e.g. ``unauthorized: authentication required``)."""
+
+
+@dataclass(frozen=True)
+class RegistryAuth:
+    """Credentials for one registry. The password never appears in ``repr``."""
+
+    registry: str
+    """``host[:port]`` (or ``host[:port]/namespace`` from an auth file)."""
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
+class PullProgress:
+    """How far a pull is; 0/0 when Podman does not say (Podman 4.3 never does)."""
+
+    bytes_done: int = 0
+    bytes_total: int = 0
+
+
+ProgressCallback = Callable[[PullProgress], None]
+"""Called (on the event loop) whenever a pull's progress changes."""
+
+
+@dataclass(frozen=True)
+class ImageSummary:
+    """One image in local storage."""
+
+    tags: tuple[str, ...]
+    digest: str
+    size_bytes: int
 
 
 @dataclass(frozen=True)
@@ -89,6 +129,10 @@ class ContainerSpec:
     """Extra /etc/hosts entries: name -> IP address."""
     gpu_devices: tuple[str, ...] = ()
     """CDI device names (``nvidia.com/gpu=0``) Podman adds to the container."""
+    pull_policy: PullPolicy = "missing"
+    """When the agent pulls ``image`` before creating the container (not the runtime's job)."""
+    registry_credentials: tuple[RegistryAuth, ...] = ()
+    """Credentials from the control plane; they win over the agent's own."""
 
 
 @dataclass
@@ -112,6 +156,9 @@ class ContainerInfo:
     """Placement generation from the container's label (0 if it has none)."""
     message: str = ""
     """Why the state is what it is, when that is not obvious (e.g. a reset by a reboot)."""
+    image_digest: str = ""
+    """Digest (``sha256:...``) of the image the container was created from; empty when
+    not known (list results omit it)."""
 
 
 @dataclass(frozen=True)
@@ -163,6 +210,32 @@ class Runtime(Protocol):
 
     async def image_exists(self, image: str) -> bool:
         """Whether ``image`` is present locally."""
+        ...
+
+    async def image_digest(self, image: str) -> str | None:
+        """The digest of local ``image`` (``""`` if it has none), ``None`` if absent."""
+        ...
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        tls_verify: bool = True,
+        progress: ProgressCallback | None = None,
+        limit_seconds: float | None = None,
+    ) -> str:
+        """Pull ``image`` from its registry (re-resolving its tag); return its digest.
+
+        Raises :class:`PullError` with the cause. ``limit_seconds`` bounds how long
+        the runtime may block on the pull (so no thread outlives the caller's
+        deadline by much); the caller enforces its own deadline too.
+        The credentials go to the runtime with this one pull and are never stored.
+        """
+        ...
+
+    async def list_images(self) -> list[ImageSummary]:
+        """Every image in local storage."""
         ...
 
     async def start(self, spec: ContainerSpec) -> ContainerInfo:

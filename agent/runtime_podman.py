@@ -39,6 +39,26 @@ line; past it, the lines written before the truncation and not yet read are
 lost, and reading carries on with the newer lines (the windows are by time,
 not by file offset).
 
+Pulls (:meth:`PodmanRuntime.pull`) use libpod's ``POST /images/pull`` with
+``policy=always`` (the agent decides whether to pull at all), ``tlsVerify``
+as the agent says, and the credentials of that one pull in a single-registry
+``X-Registry-Auth`` header, which Podman 4.3 keeps in memory (the multi-registry
+form makes it write a temporary auth file; with no credentials the header is
+left out, so Podman's own auth files apply). The reply streams JSON objects:
+text lines, then the image id or an error; Podman 4.3 reports no byte counts
+there, so progress stays 0/0 (see :class:`agent.podman_attrs.PullStream`). The
+HTTP read timeout bounds the reading thread; Podman itself may go on with a
+pull the agent gave up on.
+
+Digests: a status carries the container's ``ImageDigest``, which is the
+image's ``Digest``: the digest of the manifest the image was first stored
+under. For an image pulled from a registry onto a node that did not have it,
+that is the registry's manifest digest (what ``podman push --digestfile``
+prints). ``RepoDigests`` cannot do better: Podman lists every manifest digest
+of an image under every one of its names, so when the same image (same id)
+was stored earlier from another manifest (built here, then pushed, which
+re-encodes the manifest), the registry's digest cannot be told apart there.
+
 GPUs: a replica's CDI device names (``nvidia.com/gpu=0``) go through
 podman-py's ``devices``, which sends each as a specgen device path. Podman
 4.3 takes a qualified CDI name there for a CDI device and, when the
@@ -50,11 +70,14 @@ name no spec defines fails the start ("unresolvable CDI devices").
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import functools
+import json
 import logging
 import queue
 import re
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -63,12 +86,14 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psutil
+import requests
 from podman import PodmanClient
 from podman.errors import APIError, NotFound
+from podman.errors import ImageNotFound as PodmanImageNotFound
 
 from agent import probe as probing
 from agent.logutil import log
-from agent.podman_attrs import info_from_inspect, info_from_list
+from agent.podman_attrs import PullStream, image_summary, info_from_inspect, info_from_list
 from agent.podman_logs import NS, LogDecoder, format_rfc3339_ns, parse_rfc3339_ns
 from agent.ports import PortAllocator, port_is_free
 from agent.runtime import (
@@ -78,8 +103,13 @@ from agent.runtime import (
     ContainerSpec,
     EndpointTarget,
     ImageNotFound,
+    ImageSummary,
     LogLine,
     NetworkMode,
+    ProgressCallback,
+    PullError,
+    PullProgress,
+    RegistryAuth,
     RuntimeFailure,
     container_labels,
 )
@@ -110,6 +140,27 @@ def _explain(exc: Exception) -> str:
     """The most useful one-line text of a podman-py error."""
     text = getattr(exc, "explanation", None) or str(exc)
     return str(text).strip().splitlines()[0] if str(text).strip() else type(exc).__name__
+
+
+def _abort(response: Any) -> None:
+    """Shut the socket of a streaming reply down, so a thread reading it wakes up."""
+    raw = getattr(response, "raw", None)
+    connection = getattr(raw, "connection", None) or getattr(raw, "_connection", None)
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+def _error_text(response: Any) -> str:
+    """The message of a libpod error reply (``{"cause", "message", ...}``)."""
+    try:
+        body = json.loads(response.content)
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and (body.get("message") or body.get("cause")):
+        return str(body.get("message") or body.get("cause"))
+    return f"HTTP {response.status_code}"
 
 
 class PodmanRuntime:
@@ -236,6 +287,45 @@ class PodmanRuntime:
     async def image_exists(self, image: str) -> bool:
         """Whether ``image`` is in local storage (never pulls)."""
         return await self._call(lambda: self._client().images.exists(image))
+
+    async def image_digest(self, image: str) -> str | None:
+        """The image's ``Digest`` (see the module docstring), ``None`` if absent."""
+        return await self._call(self._image_digest_sync, image)
+
+    async def pull(
+        self,
+        image: str,
+        *,
+        auth: RegistryAuth | None = None,
+        tls_verify: bool = True,
+        progress: ProgressCallback | None = None,
+        limit_seconds: float | None = None,
+    ) -> str:
+        """Pull ``image`` (libpod API, see the module docstring); return its digest."""
+        loop = asyncio.get_running_loop()
+
+        def report(p: PullProgress) -> None:  # reader thread -> event loop
+            if progress is not None:
+                with contextlib.suppress(RuntimeError):  # the loop is closing
+                    loop.call_soon_threadsafe(progress, p)
+
+        held: list[Any] = []  # the streaming reply, so a cancelled pull can cut it
+        try:
+            return await self._call(
+                self._pull_sync, image, auth, tls_verify, report, limit_seconds, held
+            )
+        except asyncio.CancelledError:
+            # The caller gave up (timeout, teardown): end the reading thread now
+            # rather than at its read timeout.
+            for response in held:
+                _abort(response)
+            raise
+
+    async def list_images(self) -> list[ImageSummary]:
+        """Every image in local storage (libpod image list)."""
+        return await self._call(
+            lambda: [image_summary(i.attrs) for i in self._client().images.list()]
+        )
 
     async def start(self, spec: ContainerSpec) -> ContainerInfo:
         """Create and start ``spec`` (idempotent by name, never pulls)."""
@@ -400,13 +490,72 @@ class PodmanRuntime:
                     ) from exc
         self._network_ready = True
 
+    def _image_digest_sync(self, image: str) -> str | None:
+        try:
+            attrs = self._client().images.get(image).attrs
+        except (NotFound, PodmanImageNotFound):  # podman-py's is no NotFound
+            return None
+        return str(attrs.get("Digest") or "")
+
+    def _pull_sync(
+        self,
+        image: str,
+        auth: RegistryAuth | None,
+        tls_verify: bool,
+        report: ProgressCallback,
+        limit_seconds: float | None,
+        held: list[Any],
+    ) -> str:
+        headers = {}
+        if auth is not None:
+            # One registry's credentials: Podman keeps them in memory for this pull.
+            single = json.dumps({"username": auth.username, "password": auth.password})
+            headers["X-Registry-Auth"] = base64.urlsafe_b64encode(single.encode()).decode()
+        params = {"reference": image, "policy": "always", "tlsVerify": tls_verify}
+        stream = PullStream()
+        try:
+            response = self._client().api.post(
+                "/images/pull",
+                params=params,
+                headers=headers,
+                stream=True,
+                timeout=(10, limit_seconds),
+            )
+            held.append(response)
+            try:
+                if response.status_code >= 400:
+                    raise PullError(_error_text(response))
+                for line in response.iter_lines():
+                    if not line.strip():
+                        continue
+                    try:
+                        obj = json.loads(line)
+                    except ValueError:
+                        continue
+                    if (p := stream.feed(obj)) is not None:
+                        report(p)
+            finally:
+                response.close()
+        except (requests.exceptions.RequestException, APIError) as exc:
+            # podman-py wraps transport errors at request time in APIError; a read
+            # timeout while streaming arrives as requests' ConnectionError.
+            if "timed out" in str(exc).lower() and limit_seconds is not None:
+                raise PullError(f"no word from Podman for {limit_seconds:g}s") from None
+            raise PullError(f"Podman API: {_explain(exc)}") from None
+        if stream.error is not None:
+            raise PullError(stream.error)
+        if stream.image_id is None:
+            raise PullError("Podman ended the pull without naming an image")
+        digest = self._image_digest_sync(stream.image_id)
+        return digest or ""
+
     def _start_sync(self, spec: ContainerSpec) -> ContainerInfo:
         client = self._client()
         existing = self._get_sync(spec.name)
         if existing is not None:
             return self._adopt_existing_sync(existing)
         if not client.images.exists(spec.image):
-            raise ImageNotFound(spec.image, self._node)
+            raise ImageNotFound(spec.image, self._node, "it was not pulled, or was removed since")
         if not self._network_ready:
             self._ensure_network_sync()
         publish = self._mode == "host-port" and spec.role == "worker" and bool(spec.endpoints)

@@ -9,8 +9,11 @@ current truth, which is all the control plane needs to reconcile.
 
 Who may report a container, so that sequences stay ordered:
 
-* while a start is in flight, only the start task (CREATING, then RUNNING or
-  EXITED or FAILED);
+* while a start is in flight, only the start task (PULLING with progress when
+  the image has to be pulled first, CREATING, then RUNNING or EXITED or
+  FAILED). Pulls go through :class:`~agent.pulls.Puller` (one pull per image,
+  a limit on concurrent pulls, a timeout); a teardown cancels the starts of
+  its run that are still pulling, so it never waits for a pull;
 * while a run is being torn down, only the teardown task (REMOVED, and only
   for containers that are really gone; a teardown that left some behind is
   retried by the watch loop with backoff). A StartContainer for a run being
@@ -21,6 +24,10 @@ Who may report a container, so that sequences stay ordered:
 A poll result that started before such a task touched a container is stale for
 that container and ignored, so a slow ``list_managed`` never resurrects a
 removed container or reports a just-started one as vanished.
+
+Every status carries the digest of the container's image once it is known
+(from the pull or the image before CREATING, from the container afterwards;
+for a container adopted after a restart, from one inspect).
 
 Logs (:mod:`agent.logship`): every container that runs or ran is followed
 from its first line while a registered stream is attached. A container's REMOVED is sent
@@ -42,12 +49,29 @@ from typing import Any
 
 from agent.logship import LogShipper, LogSink
 from agent.logutil import log
-from agent.messages import BadAssignment, Status, addresses, spec_from_start
+from agent.messages import (
+    BadAssignment,
+    Status,
+    addresses,
+    credentials_from_pb,
+    pull_policy_from_pb,
+    spec_from_start,
+)
 from agent.probe import ip_literal
-from agent.runtime import ContainerInfo, ContainerSpec, EndpointTarget, Runtime, RuntimeFailure
+from agent.pulls import Puller
+from agent.runtime import (
+    ContainerInfo,
+    ContainerSpec,
+    EndpointTarget,
+    PullProgress,
+    Runtime,
+    RuntimeFailure,
+)
 from muster.v1 import agent_pb2
 
 Sink = Callable[[agent_pb2.ContainerStatus], None]
+Reply = Callable[[agent_pb2.ConnectRequest], None]
+"""Sends an answer (ImagePulled, ImagesListed) on the stream the request came from."""
 _log = logging.getLogger(__name__)
 
 
@@ -82,6 +106,7 @@ class Supervisor:
         log_flush_timeout: float = 15.0,
         vanished_log_timeout: float = 5.0,
         teardown_retry: tuple[float, float] = (1.0, 30.0),
+        puller: Puller | None = None,
     ) -> None:
         """``poll_interval``: watch period; ``probe_interval``: readiness retry period.
 
@@ -91,8 +116,14 @@ class Supervisor:
         the same for a container removed behind the agent's back;
         ``teardown_retry``: the first and the longest pause before a teardown
         that left containers behind is tried again (doubling in between).
+        ``puller`` gets images onto the node (default: a :class:`Puller` with
+        its defaults).
         """
         self._rt = runtime
+        self.puller = puller or Puller(runtime)
+        """Pulls images as start and PullImage messages need them."""
+        self._pulling: set[str] = set()
+        """Containers whose start is still getting its image."""
         self._poll_interval = poll_interval
         self._probe_interval = probe_interval
         self._log_flush_timeout = log_flush_timeout
@@ -188,6 +219,47 @@ class Supervisor:
         self._teardowns[run_id] = task
         task.add_done_callback(lambda _t: self._teardowns.pop(run_id, None))
 
+    def handle_pull_image(self, msg: agent_pb2.PullImage, reply: Reply) -> None:
+        """Pull ``msg.image`` in the background; answer ImagePulled through ``reply``."""
+        self._spawn(self._pull_image(msg, reply), f"pull-image {msg.request_id}")
+
+    async def _pull_image(self, msg: agent_pb2.PullImage, reply: Reply) -> None:
+        answer = agent_pb2.ImagePulled(request_id=msg.request_id, image=msg.image)
+        if not msg.image.strip():
+            answer.error = f"PullImage needs an image (node '{self._rt.node_name}')"
+        else:
+            try:
+                outcome = await self.puller.ensure(
+                    msg.image,
+                    pull_policy_from_pb(msg.policy),
+                    credentials_from_pb(msg.registry_credentials),
+                )
+                answer.digest, answer.pulled = outcome.digest, outcome.pulled
+            except RuntimeFailure as exc:
+                answer.error = str(exc)
+            except Exception as exc:  # report, never crash
+                answer.error = f"{type(exc).__name__}: {exc}"
+        reply(agent_pb2.ConnectRequest(image_pulled=answer))
+
+    def handle_list_images(self, msg: agent_pb2.ListImages, reply: Reply) -> None:
+        """List the node's images in the background; answer ImagesListed through ``reply``."""
+        self._spawn(self._list_images(msg, reply), f"list-images {msg.request_id}")
+
+    async def _list_images(self, msg: agent_pb2.ListImages, reply: Reply) -> None:
+        answer = agent_pb2.ImagesListed(request_id=msg.request_id)
+        try:
+            images = await self._rt.list_images()
+        except Exception as exc:  # the answer is still sent: an empty list
+            log(_log, logging.WARNING, "list_images_failed", error=exc)
+            images = []
+        for image in images:
+            answer.images.append(
+                agent_pb2.NodeImage(
+                    tags=list(image.tags), digest=image.digest, size_bytes=image.size_bytes
+                )
+            )
+        reply(agent_pb2.ConnectRequest(images_listed=answer))
+
     # -- watching -----------------------------------------------------------------------
 
     async def watch(self) -> None:
@@ -219,8 +291,28 @@ class Supervisor:
             self._clock += 1
             started_at = self._clock
             infos = await self._rt.list_managed()
+            infos = await self._with_digests(infos)
             ready = await self._probe_adopted(infos, started_at)
             self._apply(infos, started_at, ready)
+
+    async def _with_digests(self, infos: list[ContainerInfo]) -> list[ContainerInfo]:
+        """Image digests of containers seen for the first time (list results lack them)."""
+        fresh = [
+            i
+            for i in infos
+            if not i.image_digest and i.name not in self._statuses and i.name not in self._starts
+        ]
+        if not fresh:
+            return infos
+        found = await asyncio.gather(
+            *(self._rt.inspect(i.name) for i in fresh), return_exceptions=True
+        )
+        digests = {
+            i.name: f.image_digest
+            for i, f in zip(fresh, found, strict=True)
+            if isinstance(f, ContainerInfo) and f.image_digest
+        }
+        return [replace(i, image_digest=digests[i.name]) if i.name in digests else i for i in infos]
 
     async def _probe_adopted(self, infos: list[ContainerInfo], started_at: int) -> set[str]:
         """One probe round for running workers seen for the first time.
@@ -304,22 +396,40 @@ class Supervisor:
         if vanishing is not None:  # its REMOVED goes first
             await asyncio.wait({vanishing})
         current = self._statuses.get(spec.name)
-        if current is not None and current.state != "creating":
+        if current is not None and current.state not in ("creating", "pulling"):
             # Already known: the control plane may have missed our last word.
             self._send(current)
             if current.state == "running" and not current.ready:
                 self._ensure_probe(spec.name)
             return
-        self._set(
-            Status(
-                spec.run_id,
-                spec.role,
-                spec.replica,
-                spec.name,
-                "creating",
-                generation=spec.generation,
-            )
+        base = Status(
+            spec.run_id,
+            spec.role,
+            spec.replica,
+            spec.name,
+            "creating",
+            generation=spec.generation,
         )
+        if not await self._existing(spec.name):
+            # Only a container that is not there yet needs its image.
+            self._pulling.add(spec.name)
+            try:
+                outcome = await self.puller.ensure(
+                    spec.image,
+                    spec.pull_policy,
+                    spec.registry_credentials,
+                    lambda p: self._pull_progress(base, p),
+                )
+            except RuntimeFailure as exc:
+                self._fail(spec, str(exc))
+                return
+            except Exception as exc:  # any runtime/transport error: report, never crash
+                self._fail(spec, f"{type(exc).__name__}: {exc}")
+                return
+            finally:
+                self._pulling.discard(spec.name)
+            base = replace(base, image_digest=outcome.digest)
+        self._set(base)
         log(_log, logging.INFO, "start_container", name=spec.name, image=spec.image)
         try:
             info = await self._rt.start(spec)
@@ -331,6 +441,25 @@ class Supervisor:
             return
         self._touch(spec.name)
         self._track(info, ready=False)
+
+    async def _existing(self, name: str) -> bool:
+        """Whether a container ``name`` exists already (its start adopts it, image or not)."""
+        try:
+            return await self._rt.inspect(name) is not None
+        except Exception:  # the start itself will tell
+            return False
+
+    def _pull_progress(self, base: Status, progress: PullProgress) -> None:
+        """Report PULLING with ``progress`` while the start still waits for its image."""
+        if base.name in self._pulling:
+            self._set(
+                replace(
+                    base,
+                    state="pulling",
+                    pull_bytes_done=progress.bytes_done,
+                    pull_bytes_total=progress.bytes_total,
+                )
+            )
 
     def _fail(self, spec: ContainerSpec, message: str) -> None:
         log(_log, logging.WARNING, "start_failed", name=spec.name, error=message)
@@ -350,8 +479,15 @@ class Supervisor:
 
     def _track(self, info: ContainerInfo, *, ready: bool) -> None:
         """Record and report ``info`` as the container's new state."""
+        prev = self._statuses.get(info.name)
         base = Status(
-            info.run_id, info.role, info.replica, info.name, info.state, generation=info.generation
+            info.run_id,
+            info.role,
+            info.replica,
+            info.name,
+            info.state,
+            generation=info.generation,
+            image_digest=info.image_digest or (prev.image_digest if prev is not None else ""),
         )
         if info.state == "running":
             if not _needs_probe(info):
@@ -440,9 +576,13 @@ class Supervisor:
 
     async def _teardown(self, run_id: int, keep_logs: bool = True) -> None:
         log(_log, logging.INFO, "teardown_run", run_id=run_id)
-        # A start already in flight finishes first, so nothing is created after removal.
-        pending = [task for rid, task in self._starts.values() if rid == run_id]
-        await asyncio.gather(*pending, return_exceptions=True)
+        # A start already in flight finishes first, so nothing is created after
+        # removal; one still getting its image is cancelled (it created nothing).
+        pending = [(name, task) for name, (rid, task) in self._starts.items() if rid == run_id]
+        for name, task in pending:
+            if name in self._pulling:
+                task.cancel()
+        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
         names = [name for name, status in self._statuses.items() if status.run_id == run_id]
         for name in names:
             self._stop_probe(name)
@@ -561,6 +701,7 @@ class Supervisor:
         """Cancel every background task and log follower (containers keep running)."""
         self.detach()
         await self.logs.close()
+        await self.puller.close()
         tasks = list(self._background)
         for task in tasks:
             task.cancel()

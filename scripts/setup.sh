@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a (possibly brand new) Debian 12 machine to develop and test muster:
 #   1. apt packages: podman, runc, catatonit, netavark/aardvark-dns, busybox-static, mmdebstrap,
-#      iproute2 + nftables (tests/multihost: network namespaces and partitions), ...
+#      iproute2 + nftables (tests/multihost: network namespaces and partitions),
+#      docker-registry + apache2-utils (tests: a private registry with htpasswd auth), ...
 #   2. Podman host quirks (runc instead of crun, lower default ulimits), written to
 #      /etc/containers/containers.conf.d/50-muster.conf only when a probe shows they are needed
 #   3. the Podman API service on unix:///run/podman/podman.sock (no systemd here)
@@ -46,6 +47,7 @@ APT_PACKAGES=(
   mmdebstrap gpg debian-archive-keyring libdpkg-perl libdistro-info-perl arch-test
   curl ca-certificates git
   iproute2 nftables
+  docker-registry apache2-utils
   python3 python3-venv
 )
 missing=()
@@ -67,6 +69,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   log "apt packages installed in $(elapsed "$t0") s"
 else
   log "apt packages present"
+fi
+# Tests start their own registries (tests/registry_support.py); the package's
+# service (an open registry on :5000) is not wanted where systemd would run it.
+if [ -d /run/systemd/system ] && systemctl is-enabled --quiet docker-registry 2>/dev/null; then
+  log "disabling the docker-registry service (tests start their own registries)"
+  systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 # -------------------------------------------------- 2. podman host quirks

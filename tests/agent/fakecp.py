@@ -1,9 +1,10 @@
 """An in-process fake control plane: a real grpc.aio AgentService on 127.0.0.1.
 
 It records every message each agent stream sends, answers Register with
-Registered, and lets a test push StartContainer/TeardownRun down the current
-stream. Tests wait on conditions over the recorded messages (never on sleeps):
-every received message notifies waiters.
+Registered, and lets a test push StartContainer/TeardownRun/PullImage/ListImages
+(or any ConnectResponse, ``send``) down the current stream. Tests wait on
+conditions over the recorded messages (never on sleeps): every received
+message notifies waiters.
 """
 
 from __future__ import annotations
@@ -62,6 +63,16 @@ class Stream:
         return [
             t for m, t in zip(self.received, self.arrivals, strict=True) if m.HasField("heartbeat")
         ]
+
+    @property
+    def images_pulled(self) -> list[agent_pb2.ImagePulled]:
+        """ImagePulled answers in arrival order."""
+        return [m.image_pulled for m in self.received if m.HasField("image_pulled")]
+
+    @property
+    def images_listed(self) -> list[agent_pb2.ImagesListed]:
+        """ImagesListed answers in arrival order."""
+        return [m.images_listed for m in self.received if m.HasField("images_listed")]
 
     @property
     def log_batches(self) -> list[agent_pb2.LogBatch]:
@@ -247,6 +258,42 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
     def teardown(self, run_id: int) -> None:
         """Send TeardownRun."""
         self.send(agent_pb2.ConnectResponse(teardown_run=agent_pb2.TeardownRun(run_id=run_id)))
+
+    def pull_image(self, **fields: object) -> None:
+        """Send PullImage with ``fields``."""
+        self.send(agent_pb2.ConnectResponse(pull_image=agent_pb2.PullImage(**fields)))
+
+    def list_images(self, request_id: str) -> None:
+        """Send ListImages."""
+        self.send(
+            agent_pb2.ConnectResponse(list_images=agent_pb2.ListImages(request_id=request_id))
+        )
+
+    async def wait_image_pulled(
+        self, request_id: str, within: float = 5.0
+    ) -> agent_pb2.ImagePulled:
+        """Wait for the ImagePulled answering ``request_id`` (any stream); return it."""
+        return await self.wait_for(
+            lambda: next(
+                (a for s in self.streams for a in s.images_pulled if a.request_id == request_id),
+                None,
+            ),
+            within,
+            f"ImagePulled {request_id}",
+        )
+
+    async def wait_images_listed(
+        self, request_id: str, within: float = 5.0
+    ) -> agent_pb2.ImagesListed:
+        """Wait for the ImagesListed answering ``request_id`` (any stream); return it."""
+        return await self.wait_for(
+            lambda: next(
+                (a for s in self.streams for a in s.images_listed if a.request_id == request_id),
+                None,
+            ),
+            within,
+            f"ImagesListed {request_id}",
+        )
 
     @staticmethod
     def _short(msg: agent_pb2.ConnectRequest) -> str:

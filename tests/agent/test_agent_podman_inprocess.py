@@ -65,10 +65,15 @@ async def test_missing_image_on_podman_fails_without_pulling(
     image = f"localhost/muster-missing-{secrets.token_hex(4)}:latest"
     name = f"muster-run-{run_id}-job-0"
     fake_cp.start_container(
-        run_id=run_id, role=run_pb2.REPLICA_ROLE_JOB, container_name=name, image=image
+        run_id=run_id,
+        role=run_pb2.REPLICA_ROLE_JOB,
+        container_name=name,
+        image=image,
+        pull_policy=run_pb2.PULL_POLICY_NEVER,
     )
     failed = await fake_cp.wait_status(name, run_pb2.CONTAINER_STATE_FAILED, within=15)
     assert failed.message.startswith(f"image '{image}' not found on node '{podman_node.node}'")
+    assert "the pull policy is never" in failed.message
     assert not await podman_node.exists(name)
 
 

@@ -135,15 +135,17 @@ async def test_killed_container_reports_137(podman_node: PodmanNode) -> None:
 
 
 async def test_missing_image_is_a_clear_error_and_never_pulled(podman_node: PodmanNode) -> None:
+    """``start`` never pulls (the agent pulls first, as the pull policy says)."""
     rt = podman_node.runtime()
     image = f"localhost/muster-missing-{secrets.token_hex(4)}:latest"
     job = spec(random_run_id(), "job", 0, image, [], [])
     with pytest.raises(ImageNotFound) as exc:
         await rt.start(job)
     assert str(exc.value) == (
-        f"image '{image}' not found on node '{podman_node.node}'; build or load it there "
-        "(no registry pulls)"
+        f"image '{image}' not found on node '{podman_node.node}'; it was not pulled, "
+        "or was removed since"
     )
+    assert await rt.image_digest(image) is None
     assert not await rt.image_exists(image)
     assert not await podman_node.exists(job.name)
 

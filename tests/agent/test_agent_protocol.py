@@ -168,18 +168,24 @@ async def test_host_port_mode_addresses_use_advertise_address_and_host_ports(
 async def test_missing_image_fails_with_image_and_node_named(
     fake_cp: FakeControlPlane, start_agent: StartAgent
 ) -> None:
+    """Pull policy never: the image must already be there (the behaviour before pulls)."""
     runtime = FakeRuntime(node_name="node-a")
     runtime.remove_image("localhost/nope:1")
+    runtime.publish("localhost/nope:1")  # in the registry, but never is never
     await start_agent(runtime)
     await fake_cp.wait_registered()
-    fake_cp.start_container(**job(10, image="localhost/nope:1"))
+    fake_cp.start_container(
+        **job(10, image="localhost/nope:1", pull_policy=run_pb2.PULL_POLICY_NEVER)
+    )
     failed = await fake_cp.wait_status("muster-run-10-job-0", FAILED)
     assert failed.message.startswith("image 'localhost/nope:1' not found on node 'node-a'")
-    assert "no registry pulls" in failed.message
+    assert "the pull policy is never" in failed.message
     assert runtime.create_count == 0
-    assert summary(fake_cp.current.statuses, "muster-run-10-job-0")[0][0] == (
-        "CONTAINER_STATE_CREATING"
-    )
+    assert not runtime.pulls
+    # It fails before CREATING: nothing was created.
+    assert [s[0] for s in summary(fake_cp.current.statuses, "muster-run-10-job-0")] == [
+        "CONTAINER_STATE_FAILED"
+    ]
 
 
 async def test_other_start_errors_are_reported_as_failed_with_their_text(
