@@ -78,7 +78,7 @@ if [ -d /run/systemd/system ] && systemctl is-enabled --quiet docker-registry 2>
 fi
 
 # -------------------------------------------------- 2. podman host quirks
-# Some hosts need two podman settings (see /work/shared/MACHINE-NOTES.md):
+# Some hosts need two podman settings (see the README, "Machine notes"):
 #  - runc instead of crun: crun refuses cgroups in hybrid mode (v1 + a v2 mount).
 #  - default ulimits <= 4096: without CAP_SYS_RESOURCE, podman's default (high)
 #    nofile/nproc limits fail with "setrlimit ... operation not permitted".

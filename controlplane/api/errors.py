@@ -21,6 +21,7 @@ from controlplane.core.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    StoreUnavailable,
     Unauthenticated,
 )
 
@@ -50,6 +51,15 @@ async def _abort(context: grpc.aio.ServicerContext, name: str, error: DomainErro
     await context.abort(code, str(error))
 
 
+async def _unavailable(
+    context: grpc.aio.ServicerContext, name: str, error: StoreUnavailable
+) -> None:
+    log.error("event=store_unavailable method=%s error=%r", name, str(error))
+    await context.abort(
+        grpc.StatusCode.UNAVAILABLE, f"the control plane's store is unavailable ({error}); retry"
+    )
+
+
 def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
     """Decorate a unary or server-streaming servicer method."""
     name = method.__name__
@@ -62,6 +72,8 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
                     yield item
             except DomainError as error:
                 await _abort(context, name, error)
+            except StoreUnavailable as error:
+                await _unavailable(context, name, error)
 
         return stream
 
@@ -71,5 +83,7 @@ def grpc_errors(method: Callable[..., Any]) -> Callable[..., Any]:
             return await method(self, request, context)
         except DomainError as error:
             await _abort(context, name, error)
+        except StoreUnavailable as error:
+            await _unavailable(context, name, error)
 
     return unary

@@ -32,6 +32,9 @@ def _run_id(value: int) -> int:
     return value
 
 
+MAX_TIME_NS = 2**63 - 1
+
+
 class RunServicer(pb_grpc.RunServiceServicer):
     """Translates RunService calls to the orchestrator and the store."""
 
@@ -117,7 +120,9 @@ class RunServicer(pb_grpc.RunServiceServicer):
         since = None
         if request.HasField("since"):
             check_timestamp(request.since, "since")
-            since = request.since.seconds * 1_000_000_000 + request.since.nanos
+            since = min(
+                request.since.seconds * 1_000_000_000 + request.since.nanos, MAX_TIME_NS
+            )  # nanoseconds fit in 64 bits until 2262; a later `since` matches nothing
         async for chunk, resume_after in self._logs.read(
             run.id,
             follow=request.follow,

@@ -1,4 +1,4 @@
-"""Admission: reject at creation a run that can never be placed (SPEC §2.1).
+"""Admission: reject at creation a run that can never be placed (docs/contract.md §2.1).
 
 A run that could fit later (capacity in use, a node NotReady, every node of
 its pool cordoned or draining) is admitted and waits; only what no known node

@@ -76,7 +76,7 @@ class Codespec:
 
 
 def validate_name(name: str, path: str = "name") -> None:
-    """Codespec names follow the SPEC: 1-63 chars of a-z 0-9 - . _, starting alphanumeric."""
+    """Codespec names (docs/contract.md §1): 1-63 chars of a-z 0-9 - . _, starting alphanumeric."""
     if not name:
         raise InvalidArgument(path, "a name is required")
     if not NAME_RE.match(name):

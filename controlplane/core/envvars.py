@@ -1,5 +1,5 @@
 """Container environment: Kubernetes-style `$(VAR)` expansion and the Tyger
-discovery variables (SPEC §2.3, §2.5)."""
+discovery variables (docs/contract.md §2.3, §2.5)."""
 
 from __future__ import annotations
 

@@ -29,6 +29,11 @@ class AlreadyExists(DomainError):
     """The resource to create exists already."""
 
 
+class StoreUnavailable(Exception):
+    """The store could not carry out a read or write (disk full, I/O error,
+    database locked too long). Not the caller's fault: retry later."""
+
+
 class Conflict(Exception):
     """A concurrent writer won an optimistic-concurrency race; the caller retries."""
 

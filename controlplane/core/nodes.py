@@ -1,4 +1,4 @@
-"""Node records, their liveness rule (SPEC §3) and maintenance: cordon and drain.
+"""Node records, their liveness rule (docs/contract.md §3) and maintenance: cordon and drain.
 
 Maintenance is an admin's decision kept on the node and persisted with it:
 

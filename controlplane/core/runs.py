@@ -2,7 +2,7 @@
 caller must carry out (start a container on a node, tear a run down on a node);
 it never performs I/O. The service layer persists the run *before* acting.
 
-Lifecycle (SPEC §2): Pending (placing, then waiting for worker readiness) ->
+Lifecycle (docs/contract.md §2): Pending (placing, then waiting for worker readiness) ->
 Running (job released) -> Succeeded | Failed | Canceled.
 """
 
@@ -73,12 +73,12 @@ class Replica:
 
 
 def hostname(run_id: int, role: str, index: int) -> str:
-    """SPEC §2.3: worker i of run R is `run-R-worker-i`."""
+    """docs/contract.md §2.3: worker i of run R is `run-R-worker-i`."""
     return f"run-{run_id}-{role}-{index}"
 
 
 def container_name(run_id: int, role: str, index: int) -> str:
-    """SPEC §3: deterministic container names make every start idempotent."""
+    """docs/contract.md §3: deterministic container names make every start idempotent."""
     return f"muster-{hostname(run_id, role, index)}"
 
 

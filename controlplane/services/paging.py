@@ -12,6 +12,8 @@ from controlplane.core.errors import InvalidArgument
 
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
+MAX_TOKEN_CHARS = 4096
+"""Tokens muster makes are far shorter; a longer one is not ours."""
 
 
 def page_size(requested: int) -> int:
@@ -31,11 +33,13 @@ def decode(token: str, query: dict[str, Any]) -> Any:
     """The cursor inside `token`, or None for an empty token."""
     if not token:
         return None
+    if len(token) > MAX_TOKEN_CHARS:
+        raise InvalidArgument("page_token", "the page token is malformed (too long)")
     try:
         padded = token + "=" * (-len(token) % 4)
         body = json.loads(base64.urlsafe_b64decode(padded.encode()))
         cursor, token_query = body["c"], body["q"]
-    except (binascii.Error, ValueError, KeyError, TypeError):
+    except (binascii.Error, ValueError, KeyError, TypeError, RecursionError):
         raise InvalidArgument("page_token", "the page token is malformed") from None
     if token_query != json.loads(json.dumps(query)):
         raise InvalidArgument(

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 
 from controlplane.core.auth import ApiToken, JoinToken, Role
 from controlplane.core.codespec import Codespec, from_document, to_document
-from controlplane.core.errors import AlreadyExists, Conflict
+from controlplane.core.errors import AlreadyExists, Conflict, StoreUnavailable
 from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
@@ -190,7 +190,12 @@ class SqliteStore:
         return self._conn
 
     async def _call(self, fn: Callable[..., T], *args: Any) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        except (sqlite3.OperationalError, sqlite3.DatabaseError, OverflowError) as exc:
+            if isinstance(exc, sqlite3.IntegrityError):
+                raise
+            raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     def _tx(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run fn inside one IMMEDIATE transaction (on the store thread)."""

@@ -1,4 +1,4 @@
-"""Codespec validation rules and equality (SPEC §1), including property tests."""
+"""Codespec validation rules and equality (docs/contract.md §1), including property tests."""
 
 from __future__ import annotations
 

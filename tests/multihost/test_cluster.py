@@ -178,6 +178,7 @@ def test_cross_host_run_resolves_every_name_and_reaches_every_address(
     h1, h2, h3 = cluster.bed.hosts[:3]
     run_id = worker_run(cluster)
     run = cluster.wait_run(run_id)
+    cluster.wait_empty(h1, h2, h3)  # logs are complete once the containers are gone
     logs = cluster.logs(run_id)
     assert run["status"] == "Succeeded", (run, logs)
     workers = [r for r in run["replicas"] if r["role"] == "worker"]
