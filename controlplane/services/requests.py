@@ -40,7 +40,8 @@ class RunRequest:
 
 
 def validate_tags(tags: dict[str, str], path: str = "tags") -> None:
-    """docs/contract.md §2 limits: at most 100; key [A-Za-z0-9-_.]{1,128}, value [A-Za-z0-9-_.]{0,256}."""
+    """Tag limits (docs/contract.md §2): at most 100; key [A-Za-z0-9-_.]{1,128},
+    value [A-Za-z0-9-_.]{0,256}."""
     if len(tags) > MAX_TAGS:
         raise InvalidArgument(path, f"at most {MAX_TAGS} tags are allowed, got {len(tags)}")
     for key, value in tags.items():
