@@ -1,7 +1,7 @@
 """TCP readiness probing of worker endpoints.
 
 A worker is ready when every declared endpoint accepts a TCP connection
-(health checks do not run by themselves on these hosts, see docs/multihost.md and the README's machine notes).
+(Podman 4.3 runs health checks through systemd, which these hosts lack).
 Probes use asyncio's non-blocking sockets, so hundreds of them never stall the
 event loop or occupy executor threads.
 
