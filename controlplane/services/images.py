@@ -104,7 +104,8 @@ class ImageService:
         if node:
             known, link = self._agents.agent_of(node)
             if link is None:
-                return [NodeImages(node, error=f"node {node} is {known.status}, not connected")]
+                why = f"node {node} is not connected (status {known.status})"
+                return [NodeImages(node, error=why)]
             targets = [(node, link)]
         else:
             targets = self._agents.ready_agents()

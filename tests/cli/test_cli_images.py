@@ -467,3 +467,19 @@ def test_progress_lines_show_pulling_with_bytes() -> None:
     assert progress_line(job_only) == "run 4: Running - pulling the job's image"
     text = describe(run)
     assert "pulling (20 MB of 60 MB)" in text and "IMAGE DIGEST" in text
+
+
+def test_insecure_control_plane_keeps_the_key_beside_its_database(tmp_path: Path) -> None:
+    cp = start_process(tmp_path / "data" / "cp.db", secure=False)
+    try:
+        login = cli_stdin(
+            cp, PASSWORD, "registry", "login", REGISTRY, "-u", "bob", "--password-stdin"
+        )
+        assert login.returncode == 0, login.stderr
+        key = tmp_path / "data" / "registry.key"
+        assert key.stat().st_mode & 0o777 == 0o600
+        assert not (tmp_path / "data" / "state").exists()
+        listed = run_cli("registry", "list", server=cp, check=True).stdout
+        assert listed.split() == ["REGISTRY", "USERNAME", REGISTRY, "bob"]
+    finally:
+        cp.stop()

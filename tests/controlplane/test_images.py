@@ -313,3 +313,17 @@ async def test_logins_whose_key_is_lost_are_left_out_with_a_warning(
         assert SECRET not in caplog.text
     finally:
         await store.close()
+
+
+def test_the_key_lives_in_the_state_dir_or_beside_the_database(tmp_path: Path) -> None:
+    from controlplane.security.tls import SecurityConfig
+    from controlplane.server import registry_key_path
+
+    secure = SecurityConfig(state_dir=tmp_path / "state", agent_listen="127.0.0.1:0")
+    assert (
+        registry_key_path(tmp_path / "db" / "cp.db", secure) == tmp_path / "state" / "registry.key"
+    )
+    assert registry_key_path(tmp_path / "db" / "cp.db", None) == tmp_path / "db" / "registry.key"
+    assert registry_key_path(":memory:", None) is None
+    in_memory = Sealer(None)
+    assert in_memory.open(in_memory.seal(b"x", b"c"), b"c") == b"x"
