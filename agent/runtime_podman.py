@@ -46,9 +46,12 @@ as the agent says, and the credentials of that one pull in a single-registry
 form makes it write a temporary auth file; with no credentials the header is
 left out, so Podman's own auth files apply). The reply streams JSON objects:
 text lines, then the image id or an error; Podman 4.3 reports no byte counts
-there, so progress stays 0/0 (see :class:`agent.podman_attrs.PullStream`). The
-HTTP read timeout bounds the reading thread; Podman itself may go on with a
-pull the agent gave up on.
+there, so progress stays 0/0 (see :class:`agent.podman_attrs.PullStream`). A
+pull the agent gives up on (timeout, teardown) has its reply's socket shut
+down, which ends the reading thread at once and makes Podman 4.3 abandon the
+pull too (seen: its connection to a stalled registry closes within 0.3 s;
+left alone, it waits on that registry indefinitely). The HTTP read timeout
+bounds the thread should that fail.
 
 Digests: a status carries the container's ``ImageDigest``, which is the
 image's ``Digest``: the digest of the manifest the image was first stored

@@ -37,7 +37,9 @@ runs in the same loop, call them through ``asyncio.to_thread``):
   temporary directory, for post-mortems).
 
 ``stalled_registry()`` is a context manager for a registry that accepts TCP
-connections and never answers (for pull timeouts); it yields ``host:port``.
+connections and never answers (for pull timeouts); it yields a
+:class:`StalledRegistry` (``host``, ``accepted``, ``open_connections()``: those
+whose client has not hung up yet).
 """
 
 from __future__ import annotations
@@ -327,14 +329,41 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         reg.cleanup()
 
 
+@dataclass
+class StalledRegistry:
+    """A listener that accepts connections and never answers."""
+
+    host: str
+    held: list[socket.socket] = field(default_factory=list)
+
+    @property
+    def accepted(self) -> int:
+        """Connections accepted so far."""
+        return len(self.held)
+
+    def open_connections(self) -> int:
+        """Accepted connections whose client has not closed them."""
+        count = 0
+        for conn in list(self.held):
+            try:
+                while conn.recv(65536, socket.MSG_DONTWAIT):  # drain what the client sent
+                    pass
+            except BlockingIOError:
+                count += 1  # nothing more to read, and no end: still open
+            except OSError:
+                pass
+        return count
+
+
 @contextlib.contextmanager
-def stalled_registry() -> Iterator[str]:
-    """``host:port`` of a listener that accepts connections and never answers."""
+def stalled_registry() -> Iterator[StalledRegistry]:
+    """A registry on 127.0.0.1 that accepts connections and never answers."""
     server = socket.socket()
     server.bind(("127.0.0.1", 0))
     server.listen(16)
     server.settimeout(0.1)
-    held: list[socket.socket] = []
+    stalled = StalledRegistry(f"127.0.0.1:{server.getsockname()[1]}")
+    held = stalled.held
     stop = threading.Event()
 
     def accept() -> None:
@@ -350,7 +379,7 @@ def stalled_registry() -> Iterator[str]:
     thread = threading.Thread(target=accept, name="stalled-registry", daemon=True)
     thread.start()
     try:
-        yield f"127.0.0.1:{server.getsockname()[1]}"
+        yield stalled
     finally:
         stop.set()
         thread.join(timeout=5)

@@ -211,7 +211,8 @@ async def test_an_unreachable_or_stalled_registry_fails_with_a_reason_not_a_hang
 ) -> None:
     image = registry.ref("test/busybox:1")
     await asyncio.to_thread(registry.push, BUSYBOX, "test/busybox:1")
-    with stalled_registry() as stalled:
+    with stalled_registry() as stalled_registry_:
+        stalled = stalled_registry_.host
         # Podman retries a refused connection for about 3 s: the timeout leaves room for that.
         await agent_for(start_agent, podman_node, (registry.host, stalled), pull_timeout=6)
         await fake_cp.wait_registered()
@@ -229,6 +230,9 @@ async def test_an_unreachable_or_stalled_registry_fails_with_a_reason_not_a_hang
             f"'{podman_node.node}': timed out after 6s (--pull-timeout)"
         )
         assert time.monotonic() - began < 12
+        # The agent hung up, and so did Podman: nothing keeps waiting on the registry.
+        assert stalled_registry_.accepted >= 1
+        await fake_cp.wait_for(lambda: stalled_registry_.open_connections() == 0, 5, "hang-up")
     # Back up: the same image pulls now.
     await asyncio.to_thread(registry.start)
     again = await start_job(image, registry_credentials=creds(registry))
