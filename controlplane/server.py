@@ -246,7 +246,10 @@ def registry_key_path(db_path: str | Path, security: SecurityConfig | None) -> P
 
 
 def _bind(add: Callable[[str], int], address: str) -> int:
-    port = add(address)
+    try:
+        port = add(address)
+    except RuntimeError:  # grpc's way of saying the address is taken or not local
+        port = 0
     if port == 0:
-        raise OSError(f"cannot listen on {address}")
+        raise OSError(f"cannot listen on {address}: the port is in use or the address is not local")
     return port

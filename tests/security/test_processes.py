@@ -210,3 +210,26 @@ def test_agent_joins_once_then_uses_its_certificate(secure_cp: Process, tmp_path
             timeout=60,
         )
     assert os.path.exists(state / "node.crt")
+
+
+def test_a_taken_agent_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [
+                str(BIN / "muster-controlplane"), "--listen", "127.0.0.1:0",
+                "--agent-listen", f"127.0.0.1:{port}", "--state-dir", str(tmp_path / "s"),
+            ],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .endswith("the port is in use or the address is not local")
+    )
+    assert "Traceback" not in result.stderr
