@@ -220,6 +220,9 @@ class AgentConnection:
                         self._cut_since = None
                         lost_after = response.registered.node_lost_after_seconds
                         self.fence_after = float(lost_after) if lost_after > 0 else None
+                        # Before any log follower starts: another cluster's
+                        # containers are dropped, never followed.
+                        self._sup.join_cluster(response.registered.cluster_id)
                         if heartbeat is not None:
                             heartbeat.cancel()
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))

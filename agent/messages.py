@@ -93,6 +93,7 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         gpu_devices=tuple(msg.gpu_devices),
         pull_policy=pull_policy_from_pb(msg.pull_policy),
         registry_credentials=credentials_from_pb(msg.registry_credentials),
+        cluster_id=msg.cluster_id,
     )
 
 
@@ -123,6 +124,8 @@ class Status:
     """While pulling: bytes fetched (0 when Podman does not say)."""
     pull_bytes_total: int = 0
     """While pulling: bytes in all (0 when Podman does not say)."""
+    cluster_id: str = ""
+    """The container's cluster (label ``muster.cluster``; "" without one)."""
 
     def to_pb(self) -> agent_pb2.ContainerStatus:
         """Render as a ContainerStatus stamped with the current time."""
@@ -143,6 +146,7 @@ class Status:
             image_digest=self.image_digest,
             pull_bytes_done=self.pull_bytes_done,
             pull_bytes_total=self.pull_bytes_total,
+            cluster_id=self.cluster_id,
         )
         if self.exit_code is not None:
             msg.exit_code = self.exit_code

@@ -85,6 +85,7 @@ def info_from_inspect(
         # The image's Digest: the manifest digest it was first stored under (for an
         # image pulled from a registry, the registry's manifest digest).
         image_digest=str(attrs.get("ImageDigest") or ""),
+        cluster_id=ident.cluster_id,
     )
 
 
@@ -115,6 +116,7 @@ def info_from_list(attrs: Mapping[str, Any]) -> ContainerInfo | None:
         generation=ident.generation,
         state="failed" if reset else state,
         message=RESET_MESSAGE if reset else "",
+        cluster_id=ident.cluster_id,
     )
 
 

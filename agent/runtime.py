@@ -17,7 +17,11 @@ Contract every implementation keeps:
 * ``start`` either leaves a started container behind or raises and leaves
   nothing behind, so a failed start can simply be retried.
 * ``list_managed`` returns only containers of *this* node (label
-  ``muster.node``), because several agents may share one Podman host.
+  ``muster.node``), because several agents may share one Podman host, and,
+  once the node's cluster is known (``cluster.cluster_id``, from Registered),
+  only containers of that cluster or with no ``muster.cluster`` label (made
+  before cluster ids existed): another cluster's containers on the same host
+  are left alone. Everything that acts on a run's containers goes through it.
 * ``follow_logs`` yields every line a container wrote, from its very first,
   exactly once and in order within each stream; calling it again starts over.
 """
@@ -25,9 +29,14 @@ Contract every implementation keeps:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
+
+from agent.logutil import log
+
+_log = logging.getLogger(__name__)
 
 Role = Literal["job", "worker"]
 """Replica role, also the value of the ``muster.role`` label."""
@@ -55,6 +64,8 @@ LABEL_HOSTNAME = "muster.hostname"
 LABEL_ENDPOINTS = "muster.endpoints"
 # The placement generation of the start that made the container.
 LABEL_GENERATION = "muster.generation"
+# The id of the cluster (control plane database) whose run the container belongs to.
+LABEL_CLUSTER = "muster.cluster"
 
 
 class RuntimeFailure(Exception):
@@ -133,6 +144,8 @@ class ContainerSpec:
     """When the agent pulls ``image`` before creating the container (not the runtime's job)."""
     registry_credentials: tuple[RegistryAuth, ...] = ()
     """Credentials from the control plane; they win over the agent's own."""
+    cluster_id: str = ""
+    """The cluster's id, kept as the label ``muster.cluster`` ("": no label)."""
 
 
 @dataclass
@@ -159,6 +172,8 @@ class ContainerInfo:
     image_digest: str = ""
     """Digest (``sha256:...``) of the image the container was created from; empty when
     not known (list results omit it)."""
+    cluster_id: str = ""
+    """The ``muster.cluster`` label ("": made before cluster ids existed)."""
 
 
 @dataclass(frozen=True)
@@ -186,8 +201,46 @@ class LogLine:
     """The line without its newline, decoded as UTF-8 (invalid bytes replaced)."""
 
 
+class ClusterScope:
+    """Which containers a node's agent manages: once ``cluster_id`` is known,
+    those of that cluster and those without a cluster label; until then, all.
+    Each container of another cluster is logged once, then silently left alone."""
+
+    def __init__(self) -> None:
+        self.cluster_id = ""
+        """The node's cluster, from Registered ("" while unknown)."""
+        self._logged: set[str] = set()
+
+    def admits(self, name: str, cluster_id: str) -> bool:
+        """Whether the agent manages container ``name`` labelled ``cluster_id``
+        (logs a container of another cluster once)."""
+        if not self.cluster_id or not cluster_id or cluster_id == self.cluster_id:
+            return True
+        if name not in self._logged:
+            if len(self._logged) > 10_000:  # bound memory
+                self._logged.clear()
+            self._logged.add(name)
+            log(
+                _log,
+                logging.INFO,
+                "container_of_other_cluster",
+                name=name,
+                cluster=cluster_id,
+                ours=self.cluster_id,
+                action="left_alone",
+            )
+        return False
+
+    def keep(self, infos: list[ContainerInfo]) -> list[ContainerInfo]:
+        """The containers of ``infos`` the agent manages."""
+        return [i for i in infos if self.admits(i.name, i.cluster_id)]
+
+
 class Runtime(Protocol):
     """A container runtime on one node. All methods are safe to await on the loop."""
+
+    cluster: ClusterScope
+    """Scopes ``list_managed`` (and so every run-wide operation) to the node's cluster."""
 
     @property
     def node_name(self) -> str:
@@ -301,6 +354,7 @@ def container_labels(spec: ContainerSpec, node: str) -> dict[str, str]:
         LABEL_HOSTNAME: spec.hostname,
         LABEL_ENDPOINTS: json.dumps(spec.endpoints, separators=(",", ":")),
         LABEL_GENERATION: str(spec.generation),
+        **({LABEL_CLUSTER: spec.cluster_id} if spec.cluster_id else {}),
     }
 
 
@@ -314,6 +368,7 @@ class LabelIdentity:
     hostname: str
     endpoints: dict[str, int]
     generation: int = 0
+    cluster_id: str = ""
 
 
 def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
@@ -340,4 +395,5 @@ def identity_from_labels(labels: Mapping[str, str]) -> LabelIdentity | None:
         hostname=labels.get(LABEL_HOSTNAME, ""),
         endpoints=endpoints,
         generation=generation,
+        cluster_id=labels.get(LABEL_CLUSTER, ""),
     )

@@ -67,6 +67,7 @@ from dataclasses import dataclass, field, replace
 
 from agent import probe as probing
 from agent.runtime import (
+    ClusterScope,
     ContainerInfo,
     ContainerSpec,
     EndpointTarget,
@@ -151,6 +152,7 @@ class FakeRuntime:
         self.images: set[str] = set()
         self.missing_images: set[str] = set()
         self.containers: dict[str, FakeContainer] = {}
+        self.cluster = ClusterScope()
         self.hold_endpoints = False
         self.exit_on_start: dict[str, int] = {}
         self._fail_next: dict[str, str] = {}
@@ -415,15 +417,16 @@ class FakeRuntime:
         return None if container is None else self._info(container)
 
     async def list_managed(self) -> list[ContainerInfo]:
-        """Every fake container, in creation order."""
+        """Every fake container of the node's cluster (see ClusterScope), in creation order."""
         self.list_count += 1
-        return [self._info(c) for c in self.containers.values()]
+        return self.cluster.keep([self._info(c) for c in self.containers.values()])
 
     async def stop_run(self, run_id: int) -> None:
         """Running containers of ``run_id`` exit with 143 (SIGTERM)."""
         for name, container in list(self.containers.items()):
             if container.spec.run_id == run_id and container.state == "running":
-                self.exit(name, 143)
+                if self._in_scope(container):
+                    self.exit(name, 143)
 
     async def follow_logs(self, name: str) -> AsyncIterator[list[LogLine]]:
         """Lines of ``name`` from the first; ends once it stopped and all were yielded."""
@@ -446,7 +449,8 @@ class FakeRuntime:
         """Drop every container of ``run_id`` except scripted failures; return the dropped."""
         self.remove_calls += 1
         removed: list[FakeContainer] = []
-        for container in [c for c in self.containers.values() if c.spec.run_id == run_id]:
+        mine = [c for c in self.containers.values() if c.spec.run_id == run_id]
+        for container in [c for c in mine if self._in_scope(c)]:
             name = container.spec.name
             failures = self._fail_remove.get(name, 0)
             if failures > 0:
@@ -489,6 +493,10 @@ class FakeRuntime:
             container.host_ports = {name: next(self._ports) for name in spec.endpoints}
         return container
 
+    def _in_scope(self, container: FakeContainer) -> bool:
+        """Whether the node's cluster scope covers ``container`` (as list_managed does)."""
+        return self.cluster.admits(container.spec.name, container.spec.cluster_id)
+
     def _matches(self, container: FakeContainer, target: EndpointTarget) -> bool:
         if self._mode == "bridge":
             return container.ip == target.probe_host and target.name in container.spec.endpoints
@@ -509,4 +517,5 @@ class FakeRuntime:
             endpoints=dict(spec.endpoints),
             generation=spec.generation,
             image_digest=container.image_digest,
+            cluster_id=spec.cluster_id,
         )

@@ -102,6 +102,7 @@ from agent.ports import PortAllocator, port_is_free
 from agent.runtime import (
     LABEL_NODE,
     LABEL_RUN_ID,
+    ClusterScope,
     ContainerInfo,
     ContainerSpec,
     EndpointTarget,
@@ -233,6 +234,8 @@ class PodmanRuntime:
         self._ports_lock = threading.Lock()
         self._ports_synced = False
         self._network_ready = False
+        self.cluster = ClusterScope()
+        """Scopes list_managed to this node's cluster (set once Registered says it)."""
 
     # -- Runtime properties -------------------------------------------------
 
@@ -773,8 +776,8 @@ class PodmanRuntime:
             filters=[f"label={LABEL_RUN_ID}", f"label={LABEL_NODE}={self._node}"],
         )
         infos = [i for c in containers if (i := info_from_list(c.attrs)) is not None]
-        self._sync_ports(infos, before)
-        return infos
+        self._sync_ports(infos, before)  # every container of the node holds its ports
+        return self.cluster.keep(infos)
 
     def _sync_ports(self, infos: list[ContainerInfo], before: set[str]) -> None:
         """Reserve ports of adopted containers; release those of vanished ones.

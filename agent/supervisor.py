@@ -170,6 +170,20 @@ class Supervisor:
         self._sink = None
         self.logs.detach()
 
+    def join_cluster(self, cluster_id: str) -> None:
+        """Registered named the node's cluster: from now on manage only its
+        containers and those without a cluster label. Any other cluster's
+        container is forgotten without a word (no status, no logs) and left
+        alone. "" (a control plane that does not say) changes nothing."""
+        scope = self._rt.cluster
+        if not cluster_id or cluster_id == scope.cluster_id:
+            return
+        scope.cluster_id = cluster_id
+        for name, status in list(self._statuses.items()):
+            if not scope.admits(name, status.cluster_id):
+                self._forget(name)
+                self.logs.forget(name)
+
     def snapshot(self) -> list[agent_pb2.ContainerStatus]:
         """Current status of every container present, for Register."""
         return [s.to_pb() for s in self._statuses.values()]
@@ -409,6 +423,7 @@ class Supervisor:
             spec.name,
             "creating",
             generation=spec.generation,
+            cluster_id=spec.cluster_id,
         )
         if not await self._existing(spec.name):
             # Only a container that is not there yet needs its image.
@@ -474,6 +489,7 @@ class Supervisor:
                 "failed",
                 message=message,
                 generation=spec.generation,
+                cluster_id=spec.cluster_id,
             )
         )
 
@@ -488,6 +504,7 @@ class Supervisor:
             info.state,
             generation=info.generation,
             image_digest=info.image_digest or (prev.image_digest if prev is not None else ""),
+            cluster_id=info.cluster_id,
         )
         if info.state == "running":
             if not _needs_probe(info):
@@ -566,7 +583,11 @@ class Supervisor:
         """Cut off from the control plane for longer than it keeps a silent
         node: stop and remove every container of every run here (their runs
         have failed as the node was Lost), without waiting for their logs."""
-        runs = sorted({s.run_id for s in self._statuses.values()} | set(self._starts_by_run()))
+        # Until Registered named the cluster, a labelled container may be another
+        # cluster's: only unlabelled ones are fenced then.
+        known = bool(self._rt.cluster.cluster_id)
+        mine = {s.run_id for s in self._statuses.values() if known or not s.cluster_id}
+        runs = sorted(mine | set(self._starts_by_run()))
         for run_id in runs:
             self.handle_teardown(run_id, keep_logs=False)
         return runs
@@ -624,7 +645,13 @@ class Supervisor:
                     replace(prev, state="removed", ready=False, message="", endpoints=())
                     if prev is not None
                     else Status(
-                        i.run_id, i.role, i.replica, i.name, "removed", exit_code=i.exit_code
+                        i.run_id,
+                        i.role,
+                        i.replica,
+                        i.name,
+                        "removed",
+                        exit_code=i.exit_code,
+                        cluster_id=i.cluster_id,
                     )
                 )
         for name, status in gone.items():

@@ -172,8 +172,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         name = register.node_name
         link = GrpcAgentLink(name)
         interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
-        reports = [r for c in register.containers if (r := _report(name, c)) is not None]
         try:
+            cluster = await self._orchestrator.cluster()
+            reports = [
+                r for c in register.containers if (r := _report(name, c, cluster)) is not None
+            ]
             await self._orchestrator.connect(node_from_register(register), link, reports)
         except DomainError as error:
             log.warning("event=register_refused node=%s reason=%r", name, str(error))
@@ -184,7 +187,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             lost_after = int(self._orchestrator.settings.liveness.lost.total_seconds())
             yield pb.ConnectResponse(
                 registered=pb.Registered(
-                    heartbeat_interval_seconds=interval, node_lost_after_seconds=lost_after
+                    heartbeat_interval_seconds=interval,
+                    node_lost_after_seconds=lost_after,
+                    cluster_id=cluster,
                 )
             )
             reader = asyncio.create_task(self._read(name, request_iterator))
@@ -222,7 +227,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)
             elif kind == "container_status":
-                report = _report(name, message.container_status)
+                report = _report(name, message.container_status, self._orchestrator.cluster_id)
                 if report is None:
                     continue
                 obs = report.observation
@@ -248,9 +253,20 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)
 
 
-def _report(node: str, status: pb.ContainerStatus) -> Report | None:
+def _report(node: str, status: pb.ContainerStatus, cluster: str) -> Report | None:
     """A container status in domain terms, or None (logged) when it carries a
-    role or state this control plane does not know."""
+    role or state this control plane does not know, or belongs to another
+    cluster (an agent reports those only until it has learned its cluster id
+    from Registered; containers without a cluster id are this cluster's)."""
+    if status.cluster_id and status.cluster_id != cluster:
+        log.info(
+            "event=report_ignored node=%s run=%d container=%s reason=other_cluster cluster=%s",
+            node,
+            status.run_id,
+            status.container_name[:100],
+            status.cluster_id[:40],
+        )
+        return None
     try:
         return report_from_pb(status)
     except DomainError as error:

@@ -14,7 +14,7 @@ from controlplane.core.errors import InvalidArgument
 from controlplane.core.images import Credential, NodeImage, NodeImages, NodePull, PullPolicy
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
-from controlplane.core.runs import Observation, Run, Target, container_name, hostname
+from controlplane.core.runs import Observation, Run, Target, hostname
 from controlplane.services.orchestrator import PullOrder, Report
 from controlplane.services.requests import RunRequest, TargetRequest
 from muster.v1 import agent_pb2 as agent_pb
@@ -219,7 +219,7 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
             state=STATE_TO_PB[r.state],
             ready=r.ready,
             hostname=hostname(run.id, r.role, r.index),
-            container_name=container_name(run.id, r.role, r.index),
+            container_name=run.container_name(r.role, r.index),
             endpoint_addresses=r.addresses,
             message=r.message,
             gpu_devices=list(r.gpu_devices),
@@ -344,6 +344,7 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         gpu_devices=list(spec.gpu_devices),
         pull_policy=PULL_POLICY_TO_PB[spec.pull_policy],
         registry_credentials=credentials_to_pb(spec.registry_credentials),
+        cluster_id=spec.cluster_id,
     )
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from controlplane.core.capacity import limit_of
 from controlplane.core.envvars import build_env, compact_json, endpoint_variable
 from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy, registry_of
-from controlplane.core.runs import Run, container_name, hostname
+from controlplane.core.runs import Run, hostname
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,8 @@ class ContainerSpec:
     """Always concrete: the run's policy, else the control plane's default."""
     registry_credentials: tuple[Credential, ...] = ()
     """The control plane's credentials for the image's registry, only when the node may pull."""
+    cluster_id: str = ""
+    """The cluster's id: the agent labels the container with it (muster.cluster)."""
 
 
 def peer_hosts(run: Run, role: str, index: int, node_ips: Mapping[str, str]) -> dict[str, str]:
@@ -82,12 +84,13 @@ def container_spec(
     node_ips: Mapping[str, str] | None = None,
     default_pull_policy: PullPolicy = DEFAULT_PULL_POLICY,
     credentials: Mapping[str, Credential] | None = None,
+    cluster_id: str = "",
 ) -> ContainerSpec:
     """The container for replica (role, index) of `run`; `node_ips` maps node
     names to the IP address their host-port endpoints are published on;
     `credentials` maps registries to the logins the control plane holds (only
     the one for this image's registry is passed on, and none when the policy
-    forbids pulling)."""
+    forbids pulling); `cluster_id` is the cluster's (default: the run's)."""
     target = run.worker if role == "worker" else run.job
     assert target is not None
     spec = target.codespec
@@ -97,7 +100,7 @@ def container_spec(
         run_id=run.id,
         role=role,
         index=index,
-        name=container_name(run.id, role, index),
+        name=run.container_name(role, index),
         hostname=hostname(run.id, role, index),
         image=spec.image,
         command=spec.command,
@@ -112,6 +115,7 @@ def container_spec(
         gpu_devices=replica.gpu_devices if replica is not None else (),
         pull_policy=(policy := run.pull_policy or default_pull_policy),
         registry_credentials=credentials_for(spec.image, policy, credentials or {}),
+        cluster_id=cluster_id or run.cluster,
     )
 
 

@@ -77,9 +77,13 @@ def hostname(run_id: int, role: str, index: int) -> str:
     return f"run-{run_id}-{role}-{index}"
 
 
-def container_name(run_id: int, role: str, index: int) -> str:
-    """docs/contract.md §3: deterministic container names make every start idempotent."""
-    return f"muster-{hostname(run_id, role, index)}"
+def container_name(run_id: int, role: str, index: int, cluster: str = "") -> str:
+    """docs/contract.md §3: deterministic container names make every start
+    idempotent: `muster-<first 6 of the cluster id>-run-R-worker-i`, so that two
+    clusters share a Podman host without colliding (`muster-run-R-worker-i`
+    for a run stored before cluster ids existed)."""
+    prefix = f"muster-{cluster[:6]}" if cluster else "muster"
+    return f"{prefix}-{hostname(run_id, role, index)}"
 
 
 @dataclass
@@ -135,6 +139,9 @@ class Run:
     pull_policy: PullPolicy | None = None
     """When nodes pull the run's images; None (runs stored before pull
     policies existed) means the control plane's default."""
+    cluster: str = ""
+    """The id of the cluster that created it (its container names carry the
+    first 6 characters); "" for runs stored before cluster ids existed."""
 
     @property
     def terminal(self) -> bool:
@@ -177,6 +184,10 @@ class Run:
                 return r
         return None
 
+    def container_name(self, role: str, index: int) -> str:
+        """The deterministic name of a replica's container."""
+        return container_name(self.id, role, index, self.cluster)
+
 
 def new_run(
     run_id: int,
@@ -186,10 +197,12 @@ def new_run(
     timeout_seconds: int = DEFAULT_TIMEOUT_SECONDS,
     tags: dict[str, str] | None = None,
     pull_policy: PullPolicy | None = None,
+    cluster: str = "",
 ) -> Run:
     """A freshly admitted run: Pending, nothing placed."""
     run = Run(run_id, job, worker, now, timeout_seconds, dict(tags or {}))
     run.pull_policy = pull_policy
+    run.cluster = cluster
     if worker is not None:
         run.replicas += [Replica("worker", i) for i in range(worker.replicas)]
     run.replicas += [Replica("job", i) for i in range(job.replicas)]

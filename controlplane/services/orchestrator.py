@@ -135,12 +135,15 @@ class Orchestrator:
         self._schedule_due = True
         self._last_schedule: datetime | None = None
         self._changes: dict[int, asyncio.Event] = {}  # run id -> set on its next change
+        self.cluster_id = ""
+        """The database's cluster id (read at load): in container names and labels."""
 
     # -- lifecycle ---------------------------------------------------------
 
     async def load(self) -> None:
         """Load active runs and nodes; give every node a fresh grace period,
         since the control plane itself was away."""
+        await self.cluster()
         now = self._clock()
         for node in await self._store.list_nodes():
             node.last_heartbeat = now
@@ -148,6 +151,12 @@ class Orchestrator:
         for run in await self._store.active_runs():
             self._runs[run.id] = run
         log.info("event=loaded runs=%d nodes=%d", len(self._runs), len(self._nodes))
+
+    async def cluster(self) -> str:
+        """The cluster id, read from the store once."""
+        if not self.cluster_id:
+            self.cluster_id = await self._store.cluster_id()
+        return self.cluster_id
 
     async def run_forever(self) -> None:
         """The reconcile loop: scheduling, deadlines and node liveness."""
@@ -181,10 +190,11 @@ class Orchestrator:
             if request.worker
             else None
         )
+        cluster = await self.cluster()
         async with self._lock:
             admit(job, worker, self._views())
             policy = request.pull_policy or self.settings.default_pull_policy
-            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy)
+            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
             run = await self._store.insert_run(run)
             self._runs[run.id] = run
             self._notify(run.id)
@@ -260,6 +270,7 @@ class Orchestrator:
                         self._node_ips(),
                         self.settings.default_pull_policy,
                         self._credentials(),
+                        self.cluster_id,
                     )
                 )
             elif isinstance(action, Teardown):
@@ -273,6 +284,7 @@ class Orchestrator:
 
     async def connect(self, node: Node, link: AgentLink, containers: list[Report]) -> None:
         """An agent (re)registered: record it, adopt what it runs, resend what it lacks."""
+        await self.cluster()
         now = self._clock()
         async with self._lock:
             known = self._nodes.get(node.name)

@@ -81,6 +81,9 @@ class Store(Protocol):
     async def active_runs(self) -> list[Run]:
         """Every run that has not reached a terminal status, oldest first."""
 
+    async def cluster_id(self) -> str:
+        """This database's cluster id: 32 random hex digits, made once, never changed."""
+
     async def save_node(self, node: Node) -> None:
         """Insert or replace a node record."""
 

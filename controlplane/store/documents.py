@@ -79,6 +79,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
         ],
         "events": [{"time": _ts(e.time), "message": e.message} for e in run.events],
         "pullPolicy": run.pull_policy,
+        "cluster": run.cluster,
     }
 
 
@@ -119,6 +120,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
         ],
         events=[Event(_dt(e["time"]), e["message"]) for e in doc["events"]],  # type: ignore[arg-type]
         pull_policy=doc.get("pullPolicy"),  # None: unspecified, the control plane's default
+        cluster=doc.get("cluster", ""),  # "": stored before cluster ids (legacy names)
     )
 
 

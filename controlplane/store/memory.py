@@ -3,6 +3,7 @@ tests as the SQLite backend, so services behave the same on both."""
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -33,6 +34,7 @@ class MemoryStore:
         self._tokens: dict[str, ApiToken] = {}
         self._join_tokens: dict[str, JoinToken] = {}
         self._registry_logins: dict[str, StoredLogin] = {}
+        self._cluster_id = secrets.token_hex(16)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -126,6 +128,9 @@ class MemoryStore:
         return [
             run_from_doc(d) for _, d in sorted(self._runs.items()) if d["status"] not in TERMINAL
         ]
+
+    async def cluster_id(self) -> str:
+        return self._cluster_id
 
     async def save_node(self, node: Node) -> None:
         self._nodes[node.name] = node_to_doc(node)

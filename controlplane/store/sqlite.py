@@ -112,6 +112,12 @@ MIGRATIONS: list[str] = [
         updated_at  INTEGER NOT NULL
     );
     """,
+    """
+    CREATE TABLE cluster (
+        id  TEXT NOT NULL   -- random, made once: names and labels of this cluster's containers
+    );
+    INSERT INTO cluster (id) SELECT lower(hex(randomblob(16)));
+    """,
 ]
 
 
@@ -395,6 +401,12 @@ class SqliteStore:
                 f"SELECT doc FROM runs WHERE status NOT IN ({marks}) ORDER BY id", sorted(TERMINAL)
             ).fetchall()
             return [run_from_doc(json.loads(r["doc"])) for r in rows]
+
+        return await self._call(q)
+
+    async def cluster_id(self) -> str:
+        def q() -> str:
+            return str(self._db.execute("SELECT id FROM cluster").fetchone()["id"])
 
         return await self._call(q)
 

@@ -58,7 +58,7 @@ class EndpointAddress(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip", "image_digest", "pull_bytes_done", "pull_bytes_total")
+    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip", "image_digest", "pull_bytes_done", "pull_bytes_total", "cluster_id")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -74,6 +74,7 @@ class ContainerStatus(_message.Message):
     IMAGE_DIGEST_FIELD_NUMBER: _ClassVar[int]
     PULL_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     PULL_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -89,7 +90,8 @@ class ContainerStatus(_message.Message):
     image_digest: str
     pull_bytes_done: int
     pull_bytes_total: int
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
@@ -125,12 +127,14 @@ class Register(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds")
+    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NODE_LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
     node_lost_after_seconds: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time",)
@@ -163,7 +167,7 @@ class LogBatch(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
 
 class StartContainer(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials")
+    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -196,6 +200,7 @@ class StartContainer(_message.Message):
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     REGISTRY_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -214,7 +219,8 @@ class StartContainer(_message.Message):
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
     pull_policy: _run_pb2.PullPolicy
     registry_credentials: _containers.RepeatedCompositeFieldContainer[RegistryCredential]
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ...) -> None: ...
+    cluster_id: str
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
 
 class TeardownRun(_message.Message):
     __slots__ = ("run_id",)

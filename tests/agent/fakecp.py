@@ -106,6 +106,8 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         self.heartbeat_seconds = heartbeat_seconds
         self.lost_after_seconds = 0
         """Announced in Registered (0: not announced)."""
+        self.cluster_id = ""
+        """Announced in Registered ("": not announced)."""
         self.reject: tuple[grpc.StatusCode, str] | None = None
         """When set, every Register is answered by ending the stream with this status."""
         self.streams: list[Stream] = []
@@ -179,6 +181,7 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
                             registered=agent_pb2.Registered(
                                 heartbeat_interval_seconds=self.heartbeat_seconds,
                                 node_lost_after_seconds=self.lost_after_seconds,
+                                cluster_id=self.cluster_id,
                             )
                         )
                     )

@@ -6,6 +6,7 @@ import asyncio
 import secrets
 import socket
 import urllib.request
+from dataclasses import replace
 
 import pytest
 
@@ -227,6 +228,28 @@ async def test_other_nodes_containers_are_invisible(podman_node: PodmanNode) -> 
     assert await other.inspect(f"muster-run-{run_id}-job-0") is None
     assert [i.replica for i in await mine.remove_run(run_id)] == [0]
     assert [i.replica for i in await other.list_managed()] == [1]
+
+
+async def test_two_clusters_share_a_node_name_without_touching_each_other(
+    podman_node: PodmanNode,
+) -> None:
+    """Two muster clusters on one Podman host, agents with the same node name,
+    runs with the same id: names differ by the cluster's short id, and each
+    runtime lists (so stops and removes) only its own cluster's containers."""
+    ours, theirs = podman_node.runtime(), podman_node.runtime()
+    ours.cluster.cluster_id, theirs.cluster.cluster_id = "1" * 32, "2" * 32
+    run_id = random_run_id()
+    for rt, prefix in ((ours, "muster-111111"), (theirs, "muster-222222")):
+        s = spec(run_id, "job", 0, BUSYBOX, ["sleep"], ["300"])
+        await rt.start(
+            replace(s, name=f"{prefix}-run-{run_id}-job-0", cluster_id=rt.cluster.cluster_id)
+        )
+    assert [i.name for i in await ours.list_managed()] == [f"muster-111111-run-{run_id}-job-0"]
+    assert [i.cluster_id for i in await theirs.list_managed()] == ["2" * 32]
+    await ours.stop_run(run_id)
+    assert [i.name for i in await ours.remove_run(run_id)] == [f"muster-111111-run-{run_id}-job-0"]
+    [left] = await theirs.list_managed()
+    assert (left.name, left.state) == (f"muster-222222-run-{run_id}-job-0", "running")
 
 
 async def test_network_removed_under_the_agent_is_recreated(podman_node: PodmanNode) -> None:

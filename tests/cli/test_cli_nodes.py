@@ -125,7 +125,8 @@ def test_cordon_drain_uncordon_from_the_cli(cp_process: Process, agent: ThreadAg
     )  # a new drain replaces the deadline
     assert "drainDeadline" not in listed(cp)["n1"]
 
-    agent.exit(f"muster-run-{run_id}-job-0", 0)
+    shown = json.loads(run_cli("run", "show", run_id, "-o", "json", server=cp, check=True).stdout)
+    agent.exit(shown["replicas"][0]["containerName"], 0)  # the name the control plane reports
     wait_for(lambda: status_column(cp, "n1") == "Ready,Drained", 15, "n1 drained")
     node = listed(cp)["n1"]
     assert (node["cordoned"], node.get("draining", False), "drainedAt" in node) == (

@@ -12,9 +12,10 @@ The stack is secure like any muster deployment: the tests talk to it as its
 administrator, with a copy of the admin.json that the control plane wrote into
 its volume (MUSTER_CONFIG), at the published port (MUSTER_SERVER).
 
-Run container names are deterministic per run id (``muster-run-1-worker-0``),
-so the stack refuses to start while another muster test has run containers on
-this host (their names would collide with ours).
+Run container names carry the short cluster id of their control plane's
+database (``muster-1a2b3c-run-1-worker-0``), so the stack shares the host's
+Podman with any other muster test without a collision; its containers are
+found by their ``muster.node`` labels.
 """
 
 from __future__ import annotations
@@ -178,9 +179,19 @@ class Stack:
 
     def run_containers(self, run_id: int | None = None) -> list[str]:
         """Run containers created by this stack's agents (of one run, or all)."""
-        names = [c for n in SHORT_NODES for c in run_containers(f"muster.node={self.node(n)}")]
-        if run_id is not None:
-            names = [c for c in names if c.startswith(f"muster-run-{run_id}-")]
+        if run_id is None:
+            return sorted(
+                c for n in SHORT_NODES for c in run_containers(f"muster.node={self.node(n)}")
+            )
+        names = []
+        for n in SHORT_NODES:
+            label = f"label=muster.node={self.node(n)}"
+            out = podman("ps", "-a", "--format", "json", "--filter", label).stdout
+            names += [
+                c["Names"][0]
+                for c in json.loads(out or "[]")
+                if (c.get("Labels") or {}).get("muster.run-id") == str(run_id)
+            ]
         return sorted(names)
 
     def leftovers(self) -> dict[str, list[str]]:
@@ -226,16 +237,6 @@ def _check_preconditions() -> None:
         pytest.fail("Podman API socket missing: run scripts/setup.sh first")
     if not (BIN / "podman-compose").exists():
         pytest.fail("podman-compose missing from the venv: run scripts/setup.sh")
-    # Another muster test's run containers would collide with ours by name
-    # (muster-run-<id>-...): give their teardown a moment, then refuse.
-    try:
-        wait_for(lambda: not run_containers(), 30, "no other muster run containers", 1)
-    except AssertionError:
-        pytest.fail(
-            "other muster run containers exist on this host and their names would collide "
-            f"with the compose stack's: {run_containers()}; stop that test or run "
-            "scripts/cleanup.sh"
-        )
 
 
 @pytest.fixture(scope="module")

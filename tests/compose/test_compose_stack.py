@@ -313,8 +313,9 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     assert "lost" in failed["statusReason"] and lost_node in failed["statusReason"], failed
     # The job of the failed run lived on a healthy node: it is removed at once. Its
     # worker stays until its agent is back (nobody can reach that node meanwhile).
+    doomed_worker = next(r for r in failed["replicas"] if r["role"] == "worker")
     wait_for(
-        lambda: stack.run_containers(doomed) == [f"muster-run-{doomed}-worker-0"],
+        lambda: stack.run_containers(doomed) == [doomed_worker["containerName"]],
         30,
         f"the job container of run {doomed} to be removed",
     )
@@ -323,7 +324,8 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     untouched = stack.run_json(kept)
     assert untouched["status"] == "Running", untouched
     assert [r["state"] for r in untouched["replicas"]] == ["running", "running"]
-    podman("exec", f"muster-run-{kept}-job-0", "touch", "/tmp/done")
+    kept_job = next(r for r in untouched["replicas"] if r["role"] == "job")
+    podman("exec", kept_job["containerName"], "touch", "/tmp/done")
     finished = stack.wait_run(kept, timeout=30)
     assert finished["status"] == "Succeeded", finished
 

@@ -55,3 +55,20 @@ def test_workers_get_their_peers_where_node_addresses_are_known() -> None:
     spec = container_spec(run, "worker", 0, {"n0": "10.0.0.1", "n1": "10.0.0.2"})
     assert spec.hosts == {"run-7-worker-1": "10.0.0.2"}  # not itself
     assert container_spec(run, "worker", 0, {}).hosts == {}  # bridge: left to DNS
+
+
+def test_container_names_carry_the_cluster_and_older_runs_keep_theirs() -> None:
+    run = placed()
+    run.cluster = "0123456789abcdef" * 2
+    spec = container_spec(run, "worker", 1)
+    assert (spec.name, spec.hostname, spec.cluster_id) == (
+        "muster-012345-run-7-worker-1",
+        "run-7-worker-1",  # hostnames (and so discovery) do not change
+        run.cluster,
+    )
+    doc = run_to_doc(run)
+    assert run_from_doc(doc).cluster == run.cluster
+    del doc["cluster"]  # stored before cluster ids: its containers keep their names
+    older = run_from_doc(doc)
+    assert older.container_name("worker", 1) == "muster-run-7-worker-1"
+    assert container_spec(older, "worker", 1, cluster_id=run.cluster).cluster_id == run.cluster

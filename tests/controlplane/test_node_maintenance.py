@@ -208,7 +208,7 @@ async def test_cordon_waits_and_uncordon_places(world) -> None:
     )
     await orch.uncordon_node("a")
     assert await placed_on(orch, store, waiting.id) == "a"
-    assert [s.name for s in links["a"].started] == [f"muster-run-{waiting.id}-job-0"]
+    assert [s.name for s in links["a"].started] == [waiting.container_name("job", 0)]
 
 
 async def test_drain_lets_runs_finish_then_is_complete(world) -> None:

@@ -77,14 +77,16 @@ async def test_full_lifecycle(world) -> None:
     orch, store, _, links, _ = world
     run = await orch.create_run(request())
     await tick(orch)
+    cluster = await store.cluster_id()
     assert [s.name for s in links["b"].started] == [
-        f"muster-run-{run.id}-worker-0",
-        f"muster-run-{run.id}-worker-1",
+        f"muster-{cluster[:6]}-run-{run.id}-worker-0",
+        f"muster-{cluster[:6]}-run-{run.id}-worker-1",
     ]
+    assert {s.cluster_id for s in links["b"].started} == {cluster}
     assert links["a"].started == []
     for i in range(2):
         await report(orch, "b", run.id, "worker", i, "running", ready=True)
-    assert [s.name for s in links["a"].started] == [f"muster-run-{run.id}-job-0"]
+    assert [s.name for s in links["a"].started] == [f"muster-{cluster[:6]}-run-{run.id}-job-0"]
     assert (await store.get_run(run.id)).status == "Running"
     await report(orch, "a", run.id, "job", 0, "exited", code=0)
     stored = await store.get_run(run.id)

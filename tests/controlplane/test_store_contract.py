@@ -129,21 +129,33 @@ async def test_registry_logins_are_replaced_listed_and_deleted(store) -> None:
     assert [s.registry for s in await store.list_registry_logins()] == ["localhost:5000"]
 
 
-async def test_sqlite_migrates_an_older_database_keeping_its_data(tmp_path: Path) -> None:
-    """A database made before registry logins existed gains the table on open."""
+def old_database(path: Path, before: str) -> None:
+    """A database as a control plane made it before the migration that
+    mentions `before`: only the migrations ahead of that one applied."""
     import sqlite3
 
+    from controlplane.store.sqlite import _split_sql
+
+    version = next(i for i, m in enumerate(MIGRATIONS) if before in m)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for migration in MIGRATIONS[:version]:
+        for statement in _split_sql(migration):
+            conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    conn.execute(
+        "INSERT INTO codespecs (name, version, kind, spec, created_at) VALUES (?, ?, ?, ?, ?)",
+        ("keep", 1, "job", '{"image": "img"}', 0),
+    )
+    conn.close()
+
+
+async def test_sqlite_migrates_an_older_database_keeping_its_data(tmp_path: Path) -> None:
+    """A database made before registry logins existed gains the table on open."""
     from controlplane.core.images import StoredLogin
 
     path = tmp_path / "db.sqlite"
-    s = await SqliteStore.open(path)
-    await s.insert_codespec(spec("keep", 1))
-    await s.close()
-    conn = sqlite3.connect(path)
-    conn.execute("DROP TABLE registry_logins")
-    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) - 1,))
-    conn.commit()
-    conn.close()
+    old_database(path, "CREATE TABLE registry_logins")
     s = await SqliteStore.open(path)
     try:
         assert (await s.latest_codespec("keep")).version == 1
@@ -151,3 +163,35 @@ async def test_sqlite_migrates_an_older_database_keeping_its_data(tmp_path: Path
         assert len(await s.list_registry_logins()) == 1
     finally:
         await s.close()
+
+
+async def test_the_cluster_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    """Random per database, the same after every reopen; an older database gets one."""
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    first = await s.cluster_id()
+    await s.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.cluster_id() == first
+    finally:
+        await s.close()
+    assert len(first) == 32 and int(first, 16) >= 0
+    other = await SqliteStore.open(tmp_path / "other.sqlite")
+    try:
+        assert await other.cluster_id() != first
+    finally:
+        await other.close()
+    older = tmp_path / "older.sqlite"
+    old_database(older, "CREATE TABLE cluster")
+    s = await SqliteStore.open(older)
+    try:
+        assert len(await s.cluster_id()) == 32
+        assert (await s.latest_codespec("keep")).version == 1
+    finally:
+        await s.close()
+
+
+async def test_every_store_has_a_stable_cluster_id(store) -> None:
+    first = await store.cluster_id()
+    assert len(first) == 32 and first == await store.cluster_id()

@@ -101,8 +101,10 @@ def test_worker_killed_while_job_waits(make_cluster) -> None:
         "--worker-node-pool",
         "gpu",
     )
-    cluster.wait_run(run_id, statuses={"Running"})
-    podman("kill", f"muster-run-{run_id}-worker-1")
+    running = cluster.wait_run(run_id, statuses={"Running"})
+    worker = next(r for r in running["replicas"] if r["role"] == "worker" and r.get("index") == 1)
+    assert worker["containerName"].endswith(f"-run-{run_id}-worker-1")  # muster-<cluster>-run-...
+    podman("kill", worker["containerName"])
     run = cluster.wait_run(run_id)
     assert (run["status"], run["statusReason"]) == ("Failed", "worker 1 exited with code 137")
     cluster.wait_no_containers(run_id)

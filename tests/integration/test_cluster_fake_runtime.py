@@ -101,6 +101,12 @@ async def get_run(address: str, run_id: int) -> rpb.Run:
         return (await rgrpc.RunServiceStub(ch).GetRun(rpb.GetRunRequest(run_id=run_id))).run
 
 
+def container_of(run: rpb.Run, role: str, index: int = 0) -> str:
+    """The container name the control plane reports for a replica."""
+    want = rpb.REPLICA_ROLE_JOB if role == "job" else rpb.REPLICA_ROLE_WORKER
+    return next(r.container_name for r in run.replicas if r.role == want and r.index == index)
+
+
 async def setup_codespecs(address: str) -> None:
     async with grpc.aio.insecure_channel(address) as ch:
         stub = cgrpc.CodespecServiceStub(ch)
@@ -133,7 +139,8 @@ async def test_distributed_run_over_real_grpc(cluster) -> None:
     cpu, gpu = fleet.add("n-cpu", "cpu"), fleet.add("n-gpu", "gpu")
     await setup_codespecs(address)
     run_id = await create_run(address)
-    job = f"muster-run-{run_id}-job-0"
+    run = await get_run(address, run_id)
+    job = container_of(run, "job")
     await until(lambda: job in cpu.containers, 10, "the job to be released")
     env = cpu.containers[job].spec.env
     assert env["TYGER_WORKER_NODES"] == (
@@ -142,7 +149,11 @@ async def test_distributed_run_over_real_grpc(cluster) -> None:
     assert env["TYGER_HTTP_WORKER_ENDPOINT_ADDRESSES"] == (
         f'["run-{run_id}-worker-0:80","run-{run_id}-worker-1:80","run-{run_id}-worker-2:80"]'
     )
-    assert sorted(gpu.containers) == [f"muster-run-{run_id}-worker-{i}" for i in range(3)]
+    assert sorted(gpu.containers) == [container_of(run, "worker", i) for i in range(3)]
+    # Names carry the cluster's short id; containers carry it whole as a label.
+    cluster = cpu.containers[job].spec.cluster_id
+    assert len(cluster) == 32 and job == f"muster-{cluster[:6]}-run-{run_id}-job-0"
+    assert {c.spec.cluster_id for c in gpu.containers.values()} == {cluster}
     cpu.exit(job, 0)
 
     async def succeeded() -> bool:
@@ -157,7 +168,7 @@ async def test_control_plane_restart_mid_run_adopts_and_finishes(cluster, tmp_pa
     cpu, gpu = fleet.add("n-cpu", "cpu"), fleet.add("n-gpu", "gpu")
     await setup_codespecs(address)
     run_id = await create_run(address, workers=2)
-    job = f"muster-run-{run_id}-job-0"
+    job = container_of(await get_run(address, run_id), "job")
     await until(lambda: job in cpu.containers, 10, "the job to be released")
     creates_before = (cpu.create_count, gpu.create_count)
 
@@ -194,6 +205,6 @@ async def test_a_second_agent_with_the_same_node_name_is_refused(cluster) -> Non
                     )
                 )
             )
-    job = f"muster-run-{reply.run.id}-job-0"
+    job = container_of(reply.run, "job")
     await until(lambda: job in first.containers, 10, "the job on the first agent")
     assert second.containers == {}  # the impostor never got work

@@ -29,7 +29,7 @@ from muster.v1 import image_pb2_grpc as igrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
 from tests.conftest import free_port
-from tests.integration.test_cluster_fake_runtime import until
+from tests.integration.test_cluster_fake_runtime import container_of, until
 
 READINESS = timedelta(seconds=1)
 SETTINGS = Settings(
@@ -172,7 +172,7 @@ async def test_a_private_image_is_pulled_with_the_stored_login_and_pull_time_is_
         lambda r: r.status == rpb.RUN_STATUS_RUNNING,
         "the job's release",
     )
-    cpu.exit(f"muster-run-{run_id}-job-0", 0)
+    cpu.exit(container_of(done, "job"), 0)
     done = await run_when(ch, run_id, lambda r: r.status == rpb.RUN_STATUS_SUCCEEDED, "success")
     assert done.replicas[0].image_digest == digest
     assert done.replicas[1].image_digest  # the job's image was there: its digest all the same

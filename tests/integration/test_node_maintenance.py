@@ -20,6 +20,7 @@ from tests.conftest import free_port
 from tests.integration.test_cluster_fake_runtime import (
     SETTINGS,
     Fleet,
+    container_of,
     get_run,
     setup_codespecs,
     until,
@@ -98,7 +99,7 @@ async def test_drain_finishes_its_run_places_elsewhere_and_uncordon_restores(mai
     assert await placed_on(address, second) == "n-b"  # no new run on the draining node
     assert (await get_run(address, first)).status == rpb.RUN_STATUS_RUNNING  # not disturbed
 
-    a.exit(f"muster-run-{first}-job-0", 0)
+    a.exit(container_of(await get_run(address, first), "job"), 0)
 
     async def drained() -> bool:
         n = (await nodes(address))["n-a"]
@@ -159,7 +160,7 @@ async def test_cordon_and_drain_survive_a_control_plane_restart(maintained, tmp_
 
     await until(says_why, 10, "the new run to wait for a cordoned pool")
     assert (await get_run(address, waiting)).status == rpb.RUN_STATUS_PENDING
-    b.exit(f"muster-run-{run_id}-job-0", 0)
+    b.exit(container_of(await get_run(address, run_id), "job"), 0)
 
     async def b_drained() -> bool:
         n = (await nodes(address))["n-b"]
