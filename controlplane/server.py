@@ -7,6 +7,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import grpc
@@ -24,7 +25,7 @@ from controlplane.core.errors import DomainError
 from controlplane.security.sealing import KEY_FILE, Sealer
 from controlplane.security.tls import SecurityConfig, TlsMaterial, load_material
 from controlplane.services.auth import AuthService
-from controlplane.services.codespecs import CodespecService
+from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
@@ -147,18 +148,24 @@ async def start(
     db_path: str | Path,
     settings: Settings | None = None,
     security: SecurityConfig | None = None,
+    *,
+    store: Store | None = None,
+    clock: Callable[[], datetime] = utcnow,
 ) -> ControlPlane:
     """Open the store, load state, register every service and start listening.
 
     With `security` (the default of the command line), the API is served
     with TLS and bearer tokens and agents connect on their own mTLS address;
     without it (`--insecure`), one plaintext address serves everything to
-    everybody."""
-    store = await SqliteStore.open(db_path)
-    codespecs = CodespecService(store)
+    everybody. Tests may hand in the `store` (say, one that injects faults)
+    and the wall `clock`."""
+    store = store or await SqliteStore.open(db_path)
+    codespecs = CodespecService(store, clock)
     registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
     await registries.load()
-    orchestrator = Orchestrator(store, codespecs, settings, credentials=lambda: registries.logins)
+    orchestrator = Orchestrator(
+        store, codespecs, settings, clock, credentials=lambda: registries.logins
+    )
     await orchestrator.load()
     images = ImageService(orchestrator, lambda: registries.logins)
     tls: TlsMaterial | None = None

@@ -12,12 +12,13 @@ talks plaintext, which only a control plane started with `--insecure` answers.
 from __future__ import annotations
 
 import os
+import random
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 
@@ -27,6 +28,15 @@ from muster.common.net import is_loopback
 
 DEFAULT_SERVER = "127.0.0.1:50051"
 _config_flag: str | None = None
+T = TypeVar("T")
+RETRY_SECONDS = 30.0
+"""How long a create keeps retrying while the control plane is unavailable."""
+CHANNEL_OPTIONS = [
+    # Reconnect soon after the control plane comes back (gRPC's default backoff
+    # grows to two minutes), so retries find it within seconds.
+    ("grpc.initial_reconnect_backoff_ms", 250),
+    ("grpc.max_reconnect_backoff_ms", 2000),
+]
 
 
 def set_config_flag(path: str | None) -> None:
@@ -82,11 +92,11 @@ def open_channel(address: str, config: ClientConfig | None = None) -> grpc.Chann
     if config is None or config.insecure:
         if token and not is_loopback(address):
             fail(f"refusing to send a token in plaintext to {address}; give a caCert")
-        return grpc.insecure_channel(address)
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     creds = grpc.ssl_channel_credentials(config.ca_pem.encode())
     if token:
         creds = grpc.composite_channel_credentials(creds, grpc.access_token_call_credentials(token))
-    return grpc.secure_channel(address, creds)
+    return grpc.secure_channel(address, creds, options=CHANNEL_OPTIONS)
 
 
 def _unreachable(address: str, detail: str) -> str:
@@ -118,6 +128,25 @@ def channel(address: str) -> Iterator[grpc.Channel]:
         fail(detail)
     finally:
         ch.close()
+
+
+def with_retries(call: Callable[[], T], budget: float = RETRY_SECONDS) -> T:
+    """`call()`, again after a pause (jittered, growing from 0.25 s to 3 s)
+    while it fails UNAVAILABLE or DEADLINE_EXCEEDED, for up to `budget`
+    seconds; then its last error stands. Only for calls that are safe to
+    repeat: creates with a request id, or idempotent by content."""
+    give_up = time.monotonic() + budget
+    pause = 0.25
+    while True:
+        try:
+            return call()
+        except grpc.RpcError as err:
+            code = err.code()  # type: ignore[attr-defined]
+            retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
+            if not retryable or time.monotonic() + pause > give_up:
+                raise
+        time.sleep(pause * random.uniform(0.5, 1.0))
+        pause = min(pause * 2, 3.0)
 
 
 def collect_pages(call: Callable[..., Any], field: str, limit: int, **request: Any) -> list[Any]:

@@ -18,7 +18,7 @@ from muster_cli.app import (
     key_values,
     server_option,
 )
-from muster_cli.client import channel, collect_pages, fail
+from muster_cli.client import channel, collect_pages, fail, with_retries
 from muster_cli.output import dump, table, to_dict
 from muster_cli.specfile import load_codespec
 
@@ -73,9 +73,10 @@ def codespec_create(
     spec.name = name
     apply_codespec_flags(spec, flags, extra)
     with channel(address(ctx, leaf_server)) as ch:
-        reply = cgrpc.CodespecServiceStub(ch).CreateCodespec(
-            cpb.CreateCodespecRequest(codespec=spec), timeout=30
-        )
+        stub = cgrpc.CodespecServiceStub(ch)
+        request = cpb.CreateCodespecRequest(codespec=spec)
+        # Safe to repeat: creating a codespec equal to the latest version returns that version.
+        reply = with_retries(lambda: stub.CreateCodespec(request, timeout=30))
     if fmt == "table":
         click.echo(reply.codespec.version)
     else:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import threading
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -25,7 +26,14 @@ from muster_cli.app import (
     key_values,
     server_option,
 )
-from muster_cli.client import Reconnect, channel, collect_pages, fail, open_channel
+from muster_cli.client import (
+    Reconnect,
+    channel,
+    collect_pages,
+    fail,
+    open_channel,
+    with_retries,
+)
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, human_bytes, table, to_dict
 from muster_cli.specfile import PULL_POLICIES, load_run
@@ -112,8 +120,12 @@ def _create(
 ) -> tuple[str, pb.Run]:
     message = build_run(file, flags)
     server = address(ctx, leaf_server)
+    # One request id per invocation: retries after a lost reply (a control
+    # plane restarting) return the run the first attempt created, never a second.
+    request = pb.CreateRunRequest(run=message, request_id=uuid.uuid4().hex)
     with channel(server) as ch:
-        reply = pb_grpc.RunServiceStub(ch).CreateRun(pb.CreateRunRequest(run=message), timeout=30)
+        stub = pb_grpc.RunServiceStub(ch)
+        reply = with_retries(lambda: stub.CreateRun(request, timeout=30))
     return server, reply.run
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import grpc
 
@@ -20,7 +21,7 @@ from controlplane.core.errors import InvalidArgument
 from controlplane.services import paging
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
-from controlplane.services.requests import validate_tags
+from controlplane.services.requests import validate_request_id, validate_tags
 from controlplane.store.base import Store
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
@@ -49,7 +50,9 @@ class RunServicer(pb_grpc.RunServiceServicer):
     ) -> pb.CreateRunResponse:
         if not request.HasField("run") or not request.run.HasField("job"):
             raise InvalidArgument("job", "a run needs a job")
-        run = await self._orchestrator.create_run(run_request_from_pb(request.run))
+        request_id = validate_request_id(request.request_id)
+        wanted = replace(run_request_from_pb(request.run), request_id=request_id)
+        run = await self._orchestrator.create_run(wanted)
         return pb.CreateRunResponse(run=run_to_pb(run))
 
     @grpc_errors

@@ -59,6 +59,8 @@ def new_generation() -> int:
 
 
 RESCHEDULE_EVERY = timedelta(seconds=5)
+REQUEST_TTL = timedelta(hours=24)
+"""How long a CreateRun request id is remembered (a retry within it returns the same run)."""
 
 
 class AgentLink(Protocol):
@@ -181,7 +183,11 @@ class Orchestrator:
     # -- runs --------------------------------------------------------------
 
     async def create_run(self, request: RunRequest) -> Run:
-        """Resolve, admit, persist as Pending, then let the loop place it."""
+        """Resolve, admit, persist as Pending, then let the loop place it.
+
+        A request id seen in the last 24 h returns the run it created (as it
+        is now) instead: the id is stored with the run, in one transaction, so
+        a client that retries after a lost reply never doubles a run."""
         validate_tags(request.tags)
         timeout = timeout_of(request)
         job = await resolve_target(self._codespecs, request.job, "job")
@@ -192,10 +198,16 @@ class Orchestrator:
         )
         cluster = await self.cluster()
         async with self._lock:
+            if request.request_id:
+                since = self._clock() - REQUEST_TTL
+                known = await self._store.run_for_request(request.request_id, since)
+                if known is not None:
+                    log.info("event=run_create_repeated run=%d", known)
+                    return await self.get_run(known)
             admit(job, worker, self._views())
             policy = request.pull_policy or self.settings.default_pull_policy
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
-            run = await self._store.insert_run(run)
+            run = await self._store.insert_run(run, request.request_id)
             self._runs[run.id] = run
             self._notify(run.id)
         log.info("event=run_created run=%d workers=%d", run.id, len(run.workers))

@@ -12,6 +12,7 @@ from controlplane.core.images import PullPolicy
 from controlplane.core.runs import DEFAULT_TIMEOUT_SECONDS, Target
 from controlplane.services.codespecs import CodespecService
 
+REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 TAG_KEY = re.compile(r"^[A-Za-z0-9\-_.]{1,128}$")
 TAG_VALUE = re.compile(r"^[A-Za-z0-9\-_.]{0,256}$")
 MAX_TAGS = 100
@@ -37,6 +38,19 @@ class RunRequest:
     timeout_seconds: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     pull_policy: PullPolicy | None = None  # None: the control plane's default
+    request_id: str = ""
+    """The client's id for this request ("" none): a retry with it within
+    24 h returns the run it created (docs/contract.md §2)."""
+
+
+def validate_request_id(request_id: str) -> str:
+    """A request id is "" (none) or 16-64 characters of A-Z a-z 0-9 - _ (a UUID fits)."""
+    if request_id and not REQUEST_ID.match(request_id):
+        raise InvalidArgument(
+            "request_id",
+            "must be 16-64 characters of A-Z a-z 0-9 - _ (a UUID, say); leave it empty for none",
+        )
+    return request_id
 
 
 def validate_tags(tags: dict[str, str], path: str = "tags") -> None:

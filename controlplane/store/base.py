@@ -55,8 +55,16 @@ class Store(Protocol):
     ) -> CodespecPage:
         """Latest version of each name; `after` is the previous page's cursor."""
 
-    async def insert_run(self, run: Run) -> Run:
-        """Store a new run; assigns and returns it with its id (ids only grow)."""
+    async def insert_run(self, run: Run, request_id: str = "") -> Run:
+        """Store a new run; assigns and returns it with its id (ids only grow).
+        With a `request_id`, remember in the same transaction that the request
+        created this run (replacing an older record of the same id)."""
+
+    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
+        """The id of the run `request_id` created at or after `since`, if that run still exists."""
+
+    async def forget_requests(self, before: datetime, limit: int) -> int:
+        """Drop up to `limit` request records made before `before`; returns how many."""
 
     async def save_run(self, run: Run) -> None:
         """Replace the stored state of an existing run."""

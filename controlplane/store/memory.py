@@ -35,6 +35,7 @@ class MemoryStore:
         self._join_tokens: dict[str, JoinToken] = {}
         self._registry_logins: dict[str, StoredLogin] = {}
         self._cluster_id = secrets.token_hex(16)
+        self._requests: dict[str, tuple[int, datetime]] = {}  # request id -> (run id, when)
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -79,10 +80,24 @@ class MemoryStore:
         cursor = (page[-1][0], page[-1][1].name) if len(heads) > limit else None
         return CodespecPage([h[1] for h in page], cursor)
 
-    async def insert_run(self, run: Run) -> Run:
+    async def insert_run(self, run: Run, request_id: str = "") -> Run:
         run.id = max(self._runs, default=0) + 1
         self._runs[run.id] = run_to_doc(run)
+        if request_id:
+            self._requests[request_id] = (run.id, run.created_at)
         return run
+
+    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
+        found = self._requests.get(request_id)
+        if found is None or found[1] < since or found[0] not in self._runs:
+            return None
+        return found[0]
+
+    async def forget_requests(self, before: datetime, limit: int) -> int:
+        old = [k for k, (_, at) in self._requests.items() if at < before][:limit]
+        for key in old:
+            del self._requests[key]
+        return len(old)
 
     async def save_run(self, run: Run) -> None:
         if run.id not in self._runs:

@@ -118,6 +118,14 @@ MIGRATIONS: list[str] = [
     );
     INSERT INTO cluster (id) SELECT lower(hex(randomblob(16)));
     """,
+    """
+    CREATE TABLE run_requests (
+        request_id  TEXT PRIMARY KEY,     -- the client's id of a CreateRun
+        run_id      INTEGER NOT NULL,     -- the run it created
+        created_at  INTEGER NOT NULL      -- microseconds: a retry within 24 h returns run_id
+    );
+    CREATE INDEX run_requests_created ON run_requests (created_at);
+    """,
 ]
 
 
@@ -312,7 +320,7 @@ class SqliteStore:
 
     # -- runs ----------------------------------------------------------------
 
-    async def insert_run(self, run: Run) -> Run:
+    async def insert_run(self, run: Run, request_id: str = "") -> Run:
         def tx(conn: sqlite3.Connection) -> Run:
             cur = conn.execute(
                 "INSERT INTO runs (status, created_at, doc) VALUES (?, ?, '{}')",
@@ -320,7 +328,35 @@ class SqliteStore:
             )
             run.id = int(cur.lastrowid)  # type: ignore[arg-type]
             self._write_run(conn, run)
+            if request_id:
+                conn.execute(
+                    "INSERT INTO run_requests (request_id, run_id, created_at) VALUES (?, ?, ?) "
+                    "ON CONFLICT (request_id) DO UPDATE SET "
+                    "run_id = excluded.run_id, created_at = excluded.created_at",
+                    (request_id, run.id, to_micros(run.created_at)),
+                )
             return run
+
+        return await self._call(self._tx, tx)
+
+    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
+        def q() -> int | None:
+            row = self._db.execute(
+                "SELECT r.run_id FROM run_requests r JOIN runs ON runs.id = r.run_id "
+                "WHERE r.request_id = ? AND r.created_at >= ?",
+                (request_id, to_micros(since)),
+            ).fetchone()
+            return int(row["run_id"]) if row else None
+
+        return await self._call(q)
+
+    async def forget_requests(self, before: datetime, limit: int) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM run_requests WHERE request_id IN (SELECT request_id FROM "
+                "run_requests WHERE created_at < ? LIMIT ?)",
+                (to_micros(before), limit),
+            ).rowcount
 
         return await self._call(self._tx, tx)
 

@@ -26,7 +26,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from muster.v1 import codespec_pb2 as muster_dot_v1_dot_codespec__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13muster/v1/run.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18muster/v1/codespec.proto\"R\n\x0b\x43odespecRef\x12\x0f\n\x05named\x18\x01 \x01(\tH\x00\x12%\n\x06inline\x18\x02 \x01(\x0b\x32\x13.muster.v1.CodespecH\x00\x42\x0b\n\treference\"\xa0\x01\n\rRunCodeTarget\x12(\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x16.muster.v1.CodespecRef\x12\x11\n\tnode_pool\x18\x02 \x01(\t\x12\x15\n\x08replicas\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12.\n\x11resolved_codespec\x18\x04 \x01(\x0b\x32\x13.muster.v1.CodespecB\x0b\n\t_replicas\"\xca\x03\n\x07Replica\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.muster.v1.ContainerState\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x08 \x01(\t\x12\x45\n\x12\x65ndpoint_addresses\x18\t \x03(\x0b\x32).muster.v1.Replica.EndpointAddressesEntry\x12\x0f\n\x07message\x18\n \x01(\t\x12\x13\n\x0bgpu_devices\x18\x1e \x03(\t\x12\x14\n\x0cimage_digest\x18( \x01(\t\x12\x17\n\x0fpull_bytes_done\x18) \x01(\x03\x12\x18\n\x10pull_bytes_total\x18* \x01(\x03\x1a\x38\n\x16\x45ndpointAddressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_exit_code\"E\n\x08RunEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc5\x04\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\x03\x12%\n\x03job\x18\x02 \x01(\x0b\x32\x18.muster.v1.RunCodeTarget\x12(\n\x06worker\x18\x03 \x01(\x0b\x32\x18.muster.v1.RunCodeTarget\x12\x1c\n\x0ftimeout_seconds\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12&\n\x04tags\x18\x05 \x03(\x0b\x32\x18.muster.v1.Run.TagsEntry\x12$\n\x06status\x18\x06 \x01(\x0e\x32\x14.muster.v1.RunStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x15\n\rrunning_count\x18\x08 \x01(\x05\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08replicas\x18\x0c \x03(\x0b\x32\x12.muster.v1.Replica\x12#\n\x06\x65vents\x18\r \x03(\x0b\x32\x13.muster.v1.RunEvent\x12*\n\x0bpull_policy\x18( \x01(\x0e\x32\x15.muster.v1.PullPolicy\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_timeout_seconds\"/\n\x10\x43reateRunRequest\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\xec\x01\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x08statuses\x18\x03 \x03(\x0e\x32\x14.muster.v1.RunStatus\x12\x32\n\x04tags\x18\x04 \x03(\x0b\x32$.muster.v1.ListRunsRequest.TagsEntry\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.muster.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9f\x01\n\x10\x43ountRunsRequest\x12\x33\n\x04tags\x18\x01 \x03(\x0b\x32%.muster.v1.CountRunsRequest.TagsEntry\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0eRunStatusCount\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.muster.v1.RunStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"M\n\x11\x43ountRunsResponse\x12)\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x19.muster.v1.RunStatusCount\x12\r\n\x05total\x18\x02 \x01(\x03\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"/\n\x10WatchRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\xc0\x01\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12$\n\x06stream\x18\x04 \x01(\x0e\x32\x14.muster.v1.LogStream\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\"\x82\x01\n\x11GetRunLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x14\n\x0cresume_after\x18\x05 \x01(\x03\"M\n\x12GetRunLogsResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.muster.v1.LogLine\x12\x14\n\x0cresume_after\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"0\n\x11\x43\x61ncelRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run*\xa1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x05*Z\n\x0bReplicaRole\x12\x1c\n\x18REPLICA_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10REPLICA_ROLE_JOB\x10\x01\x12\x17\n\x13REPLICA_ROLE_WORKER\x10\x02*\xfb\x01\n\x0e\x43ontainerState\x12\x1f\n\x1b\x43ONTAINER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTAINER_STATE_PENDING\x10\x01\x12\x1c\n\x18\x43ONTAINER_STATE_CREATING\x10\x02\x12\x1b\n\x17\x43ONTAINER_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x43ONTAINER_STATE_EXITED\x10\x04\x12\x1a\n\x16\x43ONTAINER_STATE_FAILED\x10\x05\x12\x1b\n\x17\x43ONTAINER_STATE_REMOVED\x10\x06\x12\x1b\n\x17\x43ONTAINER_STATE_PULLING\x10\x07*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02*q\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13PULL_POLICY_MISSING\x10\x01\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03\x32\xfc\x03\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.muster.v1.CreateRunRequest\x1a\x1c.muster.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.muster.v1.GetRunRequest\x1a\x19.muster.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.muster.v1.ListRunsRequest\x1a\x1b.muster.v1.ListRunsResponse\x12\x46\n\tCountRuns\x12\x1b.muster.v1.CountRunsRequest\x1a\x1c.muster.v1.CountRunsResponse\x12\x45\n\x08WatchRun\x12\x1a.muster.v1.WatchRunRequest\x1a\x1b.muster.v1.WatchRunResponse0\x01\x12K\n\nGetRunLogs\x12\x1c.muster.v1.GetRunLogsRequest\x1a\x1d.muster.v1.GetRunLogsResponse0\x01\x12\x46\n\tCancelRun\x12\x1b.muster.v1.CancelRunRequest\x1a\x1c.muster.v1.CancelRunResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x13muster/v1/run.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x18muster/v1/codespec.proto\"R\n\x0b\x43odespecRef\x12\x0f\n\x05named\x18\x01 \x01(\tH\x00\x12%\n\x06inline\x18\x02 \x01(\x0b\x32\x13.muster.v1.CodespecH\x00\x42\x0b\n\treference\"\xa0\x01\n\rRunCodeTarget\x12(\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x16.muster.v1.CodespecRef\x12\x11\n\tnode_pool\x18\x02 \x01(\t\x12\x15\n\x08replicas\x18\x03 \x01(\x05H\x00\x88\x01\x01\x12.\n\x11resolved_codespec\x18\x04 \x01(\x0b\x32\x13.muster.v1.CodespecB\x0b\n\t_replicas\"\xca\x03\n\x07Replica\x12$\n\x04role\x18\x01 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\r\n\x05index\x18\x02 \x01(\x05\x12\x11\n\tnode_name\x18\x03 \x01(\t\x12(\n\x05state\x18\x04 \x01(\x0e\x32\x19.muster.v1.ContainerState\x12\r\n\x05ready\x18\x05 \x01(\x08\x12\x16\n\texit_code\x18\x06 \x01(\x05H\x00\x88\x01\x01\x12\x10\n\x08hostname\x18\x07 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x08 \x01(\t\x12\x45\n\x12\x65ndpoint_addresses\x18\t \x03(\x0b\x32).muster.v1.Replica.EndpointAddressesEntry\x12\x0f\n\x07message\x18\n \x01(\t\x12\x13\n\x0bgpu_devices\x18\x1e \x03(\t\x12\x14\n\x0cimage_digest\x18( \x01(\t\x12\x17\n\x0fpull_bytes_done\x18) \x01(\x03\x12\x18\n\x10pull_bytes_total\x18* \x01(\x03\x1a\x38\n\x16\x45ndpointAddressesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x0c\n\n_exit_code\"E\n\x08RunEvent\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07message\x18\x02 \x01(\t\"\xc5\x04\n\x03Run\x12\n\n\x02id\x18\x01 \x01(\x03\x12%\n\x03job\x18\x02 \x01(\x0b\x32\x18.muster.v1.RunCodeTarget\x12(\n\x06worker\x18\x03 \x01(\x0b\x32\x18.muster.v1.RunCodeTarget\x12\x1c\n\x0ftimeout_seconds\x18\x04 \x01(\x05H\x00\x88\x01\x01\x12&\n\x04tags\x18\x05 \x03(\x0b\x32\x18.muster.v1.Run.TagsEntry\x12$\n\x06status\x18\x06 \x01(\x0e\x32\x14.muster.v1.RunStatus\x12\x15\n\rstatus_reason\x18\x07 \x01(\t\x12\x15\n\rrunning_count\x18\x08 \x01(\x05\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstarted_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x66inished_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x08replicas\x18\x0c \x03(\x0b\x32\x12.muster.v1.Replica\x12#\n\x06\x65vents\x18\r \x03(\x0b\x32\x13.muster.v1.RunEvent\x12*\n\x0bpull_policy\x18( \x01(\x0e\x32\x15.muster.v1.PullPolicy\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\x12\n\x10_timeout_seconds\"C\n\x10\x43reateRunRequest\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"0\n\x11\x43reateRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"-\n\x0eGetRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\xec\x01\n\x0fListRunsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12&\n\x08statuses\x18\x03 \x03(\x0e\x32\x14.muster.v1.RunStatus\x12\x32\n\x04tags\x18\x04 \x03(\x0b\x32$.muster.v1.ListRunsRequest.TagsEntry\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"I\n\x10ListRunsResponse\x12\x1c\n\x04runs\x18\x01 \x03(\x0b\x32\x0e.muster.v1.Run\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x9f\x01\n\x10\x43ountRunsRequest\x12\x33\n\x04tags\x18\x01 \x03(\x0b\x32%.muster.v1.CountRunsRequest.TagsEntry\x12)\n\x05since\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a+\n\tTagsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"E\n\x0eRunStatusCount\x12$\n\x06status\x18\x01 \x01(\x0e\x32\x14.muster.v1.RunStatus\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\"M\n\x11\x43ountRunsResponse\x12)\n\x06\x63ounts\x18\x01 \x03(\x0b\x32\x19.muster.v1.RunStatusCount\x12\r\n\x05total\x18\x02 \x01(\x03\"!\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"/\n\x10WatchRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run\"\xc0\x01\n\x07LogLine\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12$\n\x06stream\x18\x04 \x01(\x0e\x32\x14.muster.v1.LogStream\x12\x0c\n\x04text\x18\x05 \x01(\t\x12\x0e\n\x06source\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\"\x82\x01\n\x11GetRunLogsRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12\x0e\n\x06\x66ollow\x18\x02 \x01(\x08\x12)\n\x05since\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0c\n\x04tail\x18\x04 \x01(\x05\x12\x14\n\x0cresume_after\x18\x05 \x01(\x03\"M\n\x12GetRunLogsResponse\x12!\n\x05lines\x18\x01 \x03(\x0b\x32\x12.muster.v1.LogLine\x12\x14\n\x0cresume_after\x18\x02 \x01(\x03\"\"\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"0\n\x11\x43\x61ncelRunResponse\x12\x1b\n\x03run\x18\x01 \x01(\x0b\x32\x0e.muster.v1.Run*\xa1\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x18\n\x14RUN_STATUS_SUCCEEDED\x10\x03\x12\x15\n\x11RUN_STATUS_FAILED\x10\x04\x12\x17\n\x13RUN_STATUS_CANCELED\x10\x05*Z\n\x0bReplicaRole\x12\x1c\n\x18REPLICA_ROLE_UNSPECIFIED\x10\x00\x12\x14\n\x10REPLICA_ROLE_JOB\x10\x01\x12\x17\n\x13REPLICA_ROLE_WORKER\x10\x02*\xfb\x01\n\x0e\x43ontainerState\x12\x1f\n\x1b\x43ONTAINER_STATE_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43ONTAINER_STATE_PENDING\x10\x01\x12\x1c\n\x18\x43ONTAINER_STATE_CREATING\x10\x02\x12\x1b\n\x17\x43ONTAINER_STATE_RUNNING\x10\x03\x12\x1a\n\x16\x43ONTAINER_STATE_EXITED\x10\x04\x12\x1a\n\x16\x43ONTAINER_STATE_FAILED\x10\x05\x12\x1b\n\x17\x43ONTAINER_STATE_REMOVED\x10\x06\x12\x1b\n\x17\x43ONTAINER_STATE_PULLING\x10\x07*U\n\tLogStream\x12\x1a\n\x16LOG_STREAM_UNSPECIFIED\x10\x00\x12\x15\n\x11LOG_STREAM_STDOUT\x10\x01\x12\x15\n\x11LOG_STREAM_STDERR\x10\x02*q\n\nPullPolicy\x12\x1b\n\x17PULL_POLICY_UNSPECIFIED\x10\x00\x12\x17\n\x13PULL_POLICY_MISSING\x10\x01\x12\x16\n\x12PULL_POLICY_ALWAYS\x10\x02\x12\x15\n\x11PULL_POLICY_NEVER\x10\x03\x32\xfc\x03\n\nRunService\x12\x46\n\tCreateRun\x12\x1b.muster.v1.CreateRunRequest\x1a\x1c.muster.v1.CreateRunResponse\x12=\n\x06GetRun\x12\x18.muster.v1.GetRunRequest\x1a\x19.muster.v1.GetRunResponse\x12\x43\n\x08ListRuns\x12\x1a.muster.v1.ListRunsRequest\x1a\x1b.muster.v1.ListRunsResponse\x12\x46\n\tCountRuns\x12\x1b.muster.v1.CountRunsRequest\x1a\x1c.muster.v1.CountRunsResponse\x12\x45\n\x08WatchRun\x12\x1a.muster.v1.WatchRunRequest\x1a\x1b.muster.v1.WatchRunResponse0\x01\x12K\n\nGetRunLogs\x12\x1c.muster.v1.GetRunLogsRequest\x1a\x1d.muster.v1.GetRunLogsResponse0\x01\x12\x46\n\tCancelRun\x12\x1b.muster.v1.CancelRunRequest\x1a\x1c.muster.v1.CancelRunResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -41,16 +41,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTRUNSREQUEST_TAGSENTRY']._serialized_options = b'8\001'
   _globals['_COUNTRUNSREQUEST_TAGSENTRY']._loaded_options = None
   _globals['_COUNTRUNSREQUEST_TAGSENTRY']._serialized_options = b'8\001'
-  _globals['_RUNSTATUS']._serialized_start=2839
-  _globals['_RUNSTATUS']._serialized_end=3000
-  _globals['_REPLICAROLE']._serialized_start=3002
-  _globals['_REPLICAROLE']._serialized_end=3092
-  _globals['_CONTAINERSTATE']._serialized_start=3095
-  _globals['_CONTAINERSTATE']._serialized_end=3346
-  _globals['_LOGSTREAM']._serialized_start=3348
-  _globals['_LOGSTREAM']._serialized_end=3433
-  _globals['_PULLPOLICY']._serialized_start=3435
-  _globals['_PULLPOLICY']._serialized_end=3548
+  _globals['_RUNSTATUS']._serialized_start=2859
+  _globals['_RUNSTATUS']._serialized_end=3020
+  _globals['_REPLICAROLE']._serialized_start=3022
+  _globals['_REPLICAROLE']._serialized_end=3112
+  _globals['_CONTAINERSTATE']._serialized_start=3115
+  _globals['_CONTAINERSTATE']._serialized_end=3366
+  _globals['_LOGSTREAM']._serialized_start=3368
+  _globals['_LOGSTREAM']._serialized_end=3453
+  _globals['_PULLPOLICY']._serialized_start=3455
+  _globals['_PULLPOLICY']._serialized_end=3568
   _globals['_CODESPECREF']._serialized_start=93
   _globals['_CODESPECREF']._serialized_end=175
   _globals['_RUNCODETARGET']._serialized_start=178
@@ -66,41 +66,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUN_TAGSENTRY']._serialized_start=1391
   _globals['_RUN_TAGSENTRY']._serialized_end=1434
   _globals['_CREATERUNREQUEST']._serialized_start=1456
-  _globals['_CREATERUNREQUEST']._serialized_end=1503
-  _globals['_CREATERUNRESPONSE']._serialized_start=1505
-  _globals['_CREATERUNRESPONSE']._serialized_end=1553
-  _globals['_GETRUNREQUEST']._serialized_start=1555
-  _globals['_GETRUNREQUEST']._serialized_end=1586
-  _globals['_GETRUNRESPONSE']._serialized_start=1588
-  _globals['_GETRUNRESPONSE']._serialized_end=1633
-  _globals['_LISTRUNSREQUEST']._serialized_start=1636
-  _globals['_LISTRUNSREQUEST']._serialized_end=1872
+  _globals['_CREATERUNREQUEST']._serialized_end=1523
+  _globals['_CREATERUNRESPONSE']._serialized_start=1525
+  _globals['_CREATERUNRESPONSE']._serialized_end=1573
+  _globals['_GETRUNREQUEST']._serialized_start=1575
+  _globals['_GETRUNREQUEST']._serialized_end=1606
+  _globals['_GETRUNRESPONSE']._serialized_start=1608
+  _globals['_GETRUNRESPONSE']._serialized_end=1653
+  _globals['_LISTRUNSREQUEST']._serialized_start=1656
+  _globals['_LISTRUNSREQUEST']._serialized_end=1892
   _globals['_LISTRUNSREQUEST_TAGSENTRY']._serialized_start=1391
   _globals['_LISTRUNSREQUEST_TAGSENTRY']._serialized_end=1434
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1874
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1947
-  _globals['_COUNTRUNSREQUEST']._serialized_start=1950
-  _globals['_COUNTRUNSREQUEST']._serialized_end=2109
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1894
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1967
+  _globals['_COUNTRUNSREQUEST']._serialized_start=1970
+  _globals['_COUNTRUNSREQUEST']._serialized_end=2129
   _globals['_COUNTRUNSREQUEST_TAGSENTRY']._serialized_start=1391
   _globals['_COUNTRUNSREQUEST_TAGSENTRY']._serialized_end=1434
-  _globals['_RUNSTATUSCOUNT']._serialized_start=2111
-  _globals['_RUNSTATUSCOUNT']._serialized_end=2180
-  _globals['_COUNTRUNSRESPONSE']._serialized_start=2182
-  _globals['_COUNTRUNSRESPONSE']._serialized_end=2259
-  _globals['_WATCHRUNREQUEST']._serialized_start=2261
-  _globals['_WATCHRUNREQUEST']._serialized_end=2294
-  _globals['_WATCHRUNRESPONSE']._serialized_start=2296
-  _globals['_WATCHRUNRESPONSE']._serialized_end=2343
-  _globals['_LOGLINE']._serialized_start=2346
-  _globals['_LOGLINE']._serialized_end=2538
-  _globals['_GETRUNLOGSREQUEST']._serialized_start=2541
-  _globals['_GETRUNLOGSREQUEST']._serialized_end=2671
-  _globals['_GETRUNLOGSRESPONSE']._serialized_start=2673
-  _globals['_GETRUNLOGSRESPONSE']._serialized_end=2750
-  _globals['_CANCELRUNREQUEST']._serialized_start=2752
-  _globals['_CANCELRUNREQUEST']._serialized_end=2786
-  _globals['_CANCELRUNRESPONSE']._serialized_start=2788
-  _globals['_CANCELRUNRESPONSE']._serialized_end=2836
-  _globals['_RUNSERVICE']._serialized_start=3551
-  _globals['_RUNSERVICE']._serialized_end=4059
+  _globals['_RUNSTATUSCOUNT']._serialized_start=2131
+  _globals['_RUNSTATUSCOUNT']._serialized_end=2200
+  _globals['_COUNTRUNSRESPONSE']._serialized_start=2202
+  _globals['_COUNTRUNSRESPONSE']._serialized_end=2279
+  _globals['_WATCHRUNREQUEST']._serialized_start=2281
+  _globals['_WATCHRUNREQUEST']._serialized_end=2314
+  _globals['_WATCHRUNRESPONSE']._serialized_start=2316
+  _globals['_WATCHRUNRESPONSE']._serialized_end=2363
+  _globals['_LOGLINE']._serialized_start=2366
+  _globals['_LOGLINE']._serialized_end=2558
+  _globals['_GETRUNLOGSREQUEST']._serialized_start=2561
+  _globals['_GETRUNLOGSREQUEST']._serialized_end=2691
+  _globals['_GETRUNLOGSRESPONSE']._serialized_start=2693
+  _globals['_GETRUNLOGSRESPONSE']._serialized_end=2770
+  _globals['_CANCELRUNREQUEST']._serialized_start=2772
+  _globals['_CANCELRUNREQUEST']._serialized_end=2806
+  _globals['_CANCELRUNRESPONSE']._serialized_start=2808
+  _globals['_CANCELRUNRESPONSE']._serialized_end=2856
+  _globals['_RUNSERVICE']._serialized_start=3571
+  _globals['_RUNSERVICE']._serialized_end=4079
 # @@protoc_insertion_point(module_scope)

@@ -181,10 +181,12 @@ class Run(_message.Message):
     def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
-    __slots__ = ("run",)
+    __slots__ = ("run", "request_id")
     RUN_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     run: Run
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class CreateRunResponse(_message.Message):
     __slots__ = ("run",)
