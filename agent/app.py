@@ -39,6 +39,7 @@ def make_runtime(config: AgentConfig) -> PodmanRuntime:
         port_range=config.port_range,
         pids_limit=config.pids_limit,
         log_max_size=config.container_log_max_size,
+        log_files=config.log_reader == "auto",
     )
 
 

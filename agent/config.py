@@ -68,6 +68,9 @@ class AgentConfig:
     agent_server: str | None = None
     pids_limit: int = DEFAULT_PIDS_LIMIT
     container_log_max_size: int = DEFAULT_LOG_MAX_SIZE
+    log_reader: str = "auto"
+    """How run containers' logs are read: ``auto`` (their log files where this agent can
+    read them, else Podman's log API) or ``api`` (always the API)."""
     registry_auth_file: Path | None = None
     """containers-auth.json with this node's own registry credentials."""
     insecure_registries: tuple[str, ...] = ()
@@ -314,7 +317,16 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SIZE",
         help=f"cap on each run container's log file (100Mi, 1G; at least "
         f"{MIN_LOG_MAX_SIZE // 2**10}Ki; default {DEFAULT_LOG_MAX_SIZE // 2**20}Mi); "
-        "past it the file is truncated and unread lines are lost",
+        "past it conmon starts a new file (the agent reads the old one to its end first, "
+        "unless it reads through the API: then unread lines are lost)",
+    )
+    p.add_argument(
+        "--log-reader",
+        choices=("auto", "api"),
+        default="auto",
+        help="read run containers' output from their log files on this host where "
+        "readable, else through Podman's log API (auto, the default), or always "
+        "through the API (api)",
     )
     p.add_argument(
         "--registry-auth-file",
@@ -418,6 +430,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         gpu_notes=(*found.warnings, *([offer.note] if offer.note else [])),
         pids_limit=ns.pids_limit,
         container_log_max_size=ns.container_log_max_size,
+        log_reader=ns.log_reader,
         registry_auth_file=ns.registry_auth_file,
         insecure_registries=tuple(dict.fromkeys(ns.insecure_registries)),
         max_concurrent_pulls=ns.max_concurrent_pulls,

@@ -6,7 +6,17 @@ assignments, answers PullImage and ListImages (on the stream they came from;
 an answer whose stream has ended is dropped, the pull itself goes on) and
 forwards the supervisor's status changes and, only once Registered has
 arrived, the containers' logs (a rejected session, such as a duplicate node
-name, starts no log followers). When the stream
+name, starts no log followers).
+
+Liveness first: the outbox sends heartbeats, status changes and answers
+before any log batch, and at most a window of log batches is in flight (8):
+with a control plane that acknowledges stored batches (Registered.log_window),
+a batch leaves the window when it is acknowledged, so the control plane never
+has more than the window to store and always reads the stream promptly; with
+one that does not, when it is handed to gRPC. A log flood therefore never
+delays a heartbeat by more than the one batch (at most 1 MiB) being written.
+
+When the stream
 breaks or the control plane is unreachable, the agent reconnects with jittered
 exponential backoff; containers are never touched by a reconnect, so the next
 Register simply re-adopts them.
@@ -20,6 +30,7 @@ import logging
 import random
 import time
 import uuid
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -30,16 +41,15 @@ from agent.logutil import log
 from agent.messages import NETWORK_MODE_TO_PB
 from agent.runtime import NetworkMode
 from agent.supervisor import Supervisor
+from muster.common.limits import AGENT_MAX_SEND_BYTES
 from muster.v1 import agent_pb2, agent_pb2_grpc, node_pb2
 
 _log = logging.getLogger(__name__)
 DEFAULT_HEARTBEAT_SECONDS = 5.0
 LOG_WINDOW = 8
-"""Log batches that may wait in a stream's outbox at once; more wait in their followers.
-
-Bounds the agent's memory under a log flood, and keeps heartbeats and status
-changes (which share the outbox) from queueing behind a long run of batches.
-"""
+"""Log batches in flight on a stream at once (waiting in the outbox, or sent and not
+yet acknowledged); more wait in their followers. Bounds the agent's memory (and the
+control plane's) under a log flood."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # Ping every 10 s and give up after 5 s without an answer, so a dead
@@ -50,6 +60,8 @@ CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Log batches are at most 1 MiB; the control plane receives twice this.
+    ("grpc.max_send_message_length", AGENT_MAX_SEND_BYTES),
 )
 """Options of the agent's channel to the control plane."""
 
@@ -195,11 +207,7 @@ class AgentConnection:
         async with self._channel() as channel:
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             outbox = Outbox()
-            window = asyncio.Semaphore(LOG_WINDOW)
-
-            async def send_logs(batch: agent_pb2.LogBatch) -> None:
-                await window.acquire()  # released once _drain hands the batch to gRPC
-                outbox.put(agent_pb2.ConnectRequest(log_batch=batch))
+            window = LogWindow(outbox)
 
             # Refresh the view of the node first; between the snapshot and
             # attaching the sink there is no await, so no change is lost or
@@ -229,7 +237,8 @@ class AgentConnection:
                         if not self._registered:
                             # Logs only for an accepted session: a rejected one
                             # (say, a duplicate node name) starts no followers.
-                            self._sup.attach_logs(send_logs)
+                            window.use_acks(response.registered.log_window)
+                            self._sup.attach_logs(window.send)
                         self._registered = True
                         log(
                             _log,
@@ -248,23 +257,24 @@ class AgentConnection:
                         self._sup.handle_pull_image(response.pull_image, outbox.put)
                     elif kind == "list_images":
                         self._sup.handle_list_images(response.list_images, outbox.put)
+                    elif kind == "log_batch_ack":
+                        window.acked(response.log_batch_ack.batch_id)
                     else:
                         log(_log, logging.WARNING, "unknown_message", kind=kind)
             finally:
                 self._sup.detach()
+                window.close()
                 if heartbeat is not None:
                     heartbeat.cancel()
                 call.cancel()
 
     @staticmethod
-    async def _drain(
-        outbox: Outbox, window: asyncio.Semaphore
-    ) -> AsyncIterator[agent_pb2.ConnectRequest]:
+    async def _drain(outbox: Outbox, window: LogWindow) -> AsyncIterator[agent_pb2.ConnectRequest]:
         while True:
             msg = await outbox.get()
             yield msg
             if msg.HasField("log_batch"):
-                window.release()
+                window.sent()
 
     @staticmethod
     async def _heartbeat(outbox: Outbox, interval: float) -> None:
@@ -274,39 +284,111 @@ class AgentConnection:
 
 
 class Outbox:
-    """What waits to go out on one stream, in order; at most one heartbeat at a time.
+    """What waits to go out on one stream: control messages first, then log batches.
 
-    While the stream is stuck (the control plane stopped reading, or the
-    connection died and keepalive has not noticed yet), heartbeats do not pile
-    up: a heartbeat that is still waiting stands for the next ones too, and it
-    is stamped with the time it actually goes out.
+    Control messages (Register, heartbeats, container states, answers) go out
+    in the order they were put, and before any log batch that waits; log
+    batches go out in their order. While the stream is stuck (the control plane
+    stopped reading, or the connection died and keepalive has not noticed yet),
+    heartbeats do not pile up: a heartbeat that is still waiting stands for the
+    next ones too, and it is stamped with the time it actually goes out.
     """
 
     def __init__(self) -> None:
         """An empty outbox."""
-        self._queue: asyncio.Queue[agent_pb2.ConnectRequest | None] = asyncio.Queue()
+        self._control: deque[agent_pb2.ConnectRequest | None] = deque()
+        self._logs: deque[agent_pb2.ConnectRequest] = deque()
+        self._ready = asyncio.Event()
         self._heartbeat_waiting = False
 
     def put(self, msg: agent_pb2.ConnectRequest) -> None:
-        """Queue ``msg``."""
-        self._queue.put_nowait(msg)
+        """Queue ``msg`` (behind the control messages when it is a log batch)."""
+        (self._logs if msg.HasField("log_batch") else self._control).append(msg)
+        self._ready.set()
 
     def heartbeat(self) -> None:
         """Queue a heartbeat unless one is already waiting."""
         if not self._heartbeat_waiting:
             self._heartbeat_waiting = True
-            self._queue.put_nowait(None)
+            self._control.append(None)
+            self._ready.set()
 
     def qsize(self) -> int:
         """Messages waiting."""
-        return self._queue.qsize()
+        return len(self._control) + len(self._logs)
 
     async def get(self) -> agent_pb2.ConnectRequest:
         """The next message (waiting for one); a heartbeat gets the current time."""
-        msg = await self._queue.get()
+        while not (self._control or self._logs):
+            self._ready.clear()
+            await self._ready.wait()
+        if not self._control:
+            return self._logs.popleft()
+        msg = self._control.popleft()
         if msg is not None:
             return msg
         self._heartbeat_waiting = False
         now = Timestamp()
         now.GetCurrentTime()
         return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(time=now))
+
+
+class LogWindow:
+    """The log batches of one stream in flight: at most a window of them.
+
+    Without acknowledgements (the default), a batch is in flight from the moment
+    it enters the outbox until it is handed to gRPC. With them
+    (:meth:`use_acks`, when the control plane announced a log window), batches
+    are numbered 1, 2, ... and stay in flight until the control plane
+    acknowledges them (stored); :meth:`send` then returns a future that is done
+    at that moment, so a follower can tell when its last line is stored.
+    """
+
+    def __init__(self, outbox: Outbox, size: int = LOG_WINDOW) -> None:
+        """Batches go to ``outbox``; at most ``size`` in flight."""
+        self._outbox = outbox
+        self._size = size
+        self._slots = asyncio.Semaphore(size)
+        self._acks = False
+        self._next_id = 1
+        self._unacked: dict[int, asyncio.Future[None]] = {}
+
+    def use_acks(self, window: int) -> None:
+        """The control plane acknowledges batches and takes ``window`` at a time
+        (0: it does not acknowledge; nothing changes). Before the first batch."""
+        if window > 0:
+            self._acks = True
+            self._slots = asyncio.Semaphore(min(self._size, window))
+
+    async def send(self, batch: agent_pb2.LogBatch) -> asyncio.Future[None] | None:
+        """Queue ``batch`` once the window has room; with acknowledgements, the
+        future that is done once it was stored."""
+        await self._slots.acquire()
+        if not self._acks:
+            self._outbox.put(agent_pb2.ConnectRequest(log_batch=batch))
+            return None
+        batch.batch_id = self._next_id
+        self._next_id += 1
+        stored = asyncio.get_running_loop().create_future()
+        self._unacked[batch.batch_id] = stored
+        self._outbox.put(agent_pb2.ConnectRequest(log_batch=batch))
+        return stored
+
+    def sent(self) -> None:
+        """A batch was handed to gRPC."""
+        if not self._acks:
+            self._slots.release()
+
+    def acked(self, batch_id: int) -> None:
+        """The control plane stored batches up to ``batch_id`` (acknowledged in order)."""
+        for done in [i for i in self._unacked if i <= batch_id]:
+            future = self._unacked.pop(done)
+            if not future.done():
+                future.set_result(None)
+            self._slots.release()
+
+    def close(self) -> None:
+        """The stream ended: no acknowledgement will come."""
+        unacked, self._unacked = self._unacked, {}
+        for future in unacked.values():
+            future.cancel()

@@ -3,8 +3,13 @@
 For each container the agent starts or adopts, a *follower* task reads the
 container's lines from the runtime (:meth:`~agent.runtime.Runtime.follow_logs`,
 from the very first line), numbers them per stream (``sequence``, 0-based,
-stdout and stderr counted separately) and ships them in batches of at most
-``batch_lines`` lines, or whatever arrived within ``batch_seconds``.
+stdout and stderr counted separately; or as the runtime numbered them, when
+it knows better: lines of a log file that replaced earlier ones) and ships
+them in batches of at most ``batch_lines`` lines and ``batch_bytes`` bytes
+(1 MiB), or whatever arrived within ``batch_seconds``. A line longer than the
+part limit (64 KiB) goes out in parts, each with its own sequence number and
+all but the last marked ``partial`` (:mod:`agent.logparts`; the runtimes
+already read long lines in parts, so no line is ever held whole).
 
 Followers belong to one Connect stream (a *session*). When the stream breaks,
 they are cancelled, and the next stream starts new ones that read every
@@ -17,9 +22,11 @@ Backpressure, never loss: the sink (the connection) accepts a batch only when
 its window of unsent batches has room, so a follower that produces faster than
 the stream sends simply waits, and so does the runtime's reader behind it.
 
-Ordering: a follower's task ends only after its last batch was handed to the
-sink, so :meth:`LogShipper.flush` lets the supervisor send a container's
-REMOVED strictly after all of its lines.
+Ordering: a follower's task ends only after its last batch was delivered:
+handed to the stream, or, when the sink tracks delivery (the control plane
+acknowledges stored batches), acknowledged. So :meth:`LogShipper.flush` lets
+the supervisor send a container's REMOVED strictly after all of its lines,
+even though status messages overtake log batches in the outbox.
 """
 
 from __future__ import annotations
@@ -29,19 +36,25 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
+from agent.logparts import DEFAULT_PART_BYTES, split_line
 from agent.logutil import log
 from agent.messages import ROLE_TO_PB, Status
 from agent.runtime import LogLine, Runtime
+from muster.common.limits import LOG_BATCH_BYTES
 from muster.v1 import agent_pb2, run_pb2
 
-LogSink = Callable[[agent_pb2.LogBatch], Awaitable[None]]
-"""Hands one batch to the current stream; returns once the stream accepted it."""
+LogSink = Callable[[agent_pb2.LogBatch], Awaitable["asyncio.Future[None] | None"]]
+"""Hands one batch to the current stream; returns once the stream accepted it,
+with a future that is done once the batch was delivered (``None``: accepted is
+delivered)."""
 
 FOLLOWED_STATES = frozenset({"running", "exited", "failed"})
 """States in which a container has (or had) a process whose output is followed."""
 
 _STREAM_TO_PB = {"stdout": run_pb2.LOG_STREAM_STDOUT, "stderr": run_pb2.LOG_STREAM_STDERR}
 _NS = 1_000_000_000
+_ENTRY_OVERHEAD = 64
+"""Bytes an entry takes in a batch besides its text, at most (ids, time, framing)."""
 _log = logging.getLogger(__name__)
 
 
@@ -49,12 +62,25 @@ class LogShipper:
     """Runs one follower per container for the current stream."""
 
     def __init__(
-        self, runtime: Runtime, *, batch_lines: int = 500, batch_seconds: float = 0.1
+        self,
+        runtime: Runtime,
+        *,
+        batch_lines: int = 500,
+        batch_seconds: float = 0.1,
+        batch_bytes: int = LOG_BATCH_BYTES,
+        part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
-        """``batch_lines``/``batch_seconds``: a batch is sent when either is reached."""
+        """``batch_lines``/``batch_bytes``/``batch_seconds``: a batch is sent when any
+        is reached (a batch never exceeds ``batch_bytes``); ``part_bytes``: the
+        longest part of a line."""
+        if batch_bytes < part_bytes + _ENTRY_OVERHEAD:
+            raise ValueError("a batch must have room for a part of the longest size")
         self._rt = runtime
         self._batch_lines = batch_lines
         self._batch_seconds = batch_seconds
+        self._part_bytes = part_bytes
+        # Sent once it might not take another part of the longest size.
+        self._batch_full = batch_bytes - (part_bytes + _ENTRY_OVERHEAD)
         self._sink: LogSink | None = None
         self._followers: dict[str, asyncio.Task[None]] = {}
         self._stopping: set[asyncio.Task[None]] = set()
@@ -143,10 +169,13 @@ class LogShipper:
         role = ROLE_TO_PB[status.role]
         counts = {run_pb2.LOG_STREAM_STDOUT: 0, run_pb2.LOG_STREAM_STDERR: 0}
         batch = agent_pb2.LogBatch()
+        size = 0
         send_at = 0.0
         lines: AsyncIterator[list[LogLine]] = aiter(self._rt.follow_logs(status.name))
         upcoming: asyncio.Future[list[LogLine]] | None = None
+        delivered: asyncio.Future[None] | None = None
         shipped = 0
+        limit = self._part_bytes
         try:
             while True:
                 if upcoming is None:
@@ -155,8 +184,8 @@ class LogShipper:
                     done, _ = await asyncio.wait({upcoming}, timeout=send_at - loop.time())
                     if not done:  # the batch is old enough: send it while more may come
                         shipped += len(batch.entries)
-                        await sink(batch)
-                        batch = agent_pb2.LogBatch()
+                        delivered = await sink(batch)
+                        batch, size = agent_pb2.LogBatch(), 0
                         continue
                 else:
                     await asyncio.wait({upcoming})
@@ -165,31 +194,39 @@ class LogShipper:
                     chunk = arrived.result()
                 except StopAsyncIteration:
                     break
-                for line in chunk:
-                    if not len(batch.entries):
-                        send_at = loop.time() + self._batch_seconds
-                    stream = _STREAM_TO_PB[line.stream]
-                    sequence = counts[stream]
-                    counts[stream] = sequence + 1
-                    entry = batch.entries.add(
-                        run_id=status.run_id,
-                        role=role,  # type: ignore[arg-type]
-                        replica=status.replica,
-                        stream=stream,
-                        sequence=sequence,
-                    )
-                    try:
-                        entry.text = line.text
-                    except ValueError:  # lone surrogates cannot go on the wire
-                        entry.text = line.text.encode("utf-8", "replace").decode("utf-8")
-                    entry.time.seconds, entry.time.nanos = divmod(line.time_ns, _NS)
-                    if len(batch.entries) >= self._batch_lines:
-                        shipped += len(batch.entries)
-                        await sink(batch)
-                        batch = agent_pb2.LogBatch()
+                for long_line in chunk:
+                    for line in split_line(long_line, limit):
+                        if not len(batch.entries):
+                            send_at = loop.time() + self._batch_seconds
+                        stream = _STREAM_TO_PB[line.stream]
+                        sequence = counts[stream] if line.sequence is None else line.sequence
+                        counts[stream] = sequence + 1
+                        entry = batch.entries.add(
+                            run_id=status.run_id,
+                            role=role,  # type: ignore[arg-type]
+                            replica=status.replica,
+                            stream=stream,
+                            sequence=sequence,
+                            partial=line.partial,
+                        )
+                        try:
+                            entry.text = line.text
+                        except ValueError:  # lone surrogates cannot go on the wire
+                            entry.text = line.text.encode("utf-8", "replace").decode("utf-8")
+                        entry.time.seconds, entry.time.nanos = divmod(line.time_ns, _NS)
+                        text = line.text
+                        size += _ENTRY_OVERHEAD + (
+                            len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
+                        )
+                        if len(batch.entries) >= self._batch_lines or size > self._batch_full:
+                            shipped += len(batch.entries)
+                            delivered = await sink(batch)
+                            batch, size = agent_pb2.LogBatch(), 0
             if len(batch.entries):
                 shipped += len(batch.entries)
-                await sink(batch)
+                delivered = await sink(batch)
+            if delivered is not None:
+                await delivered  # batches are delivered in order: this one is the last
             log(_log, logging.DEBUG, "logs_shipped", name=status.name, lines=shipped)
         finally:
             if upcoming is not None:

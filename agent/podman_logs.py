@@ -5,7 +5,9 @@ header (byte 0 is the stream, 1 stdout or 2 stderr; bytes 4-7 the payload
 length, big-endian) and a payload ``"<RFC 3339 time> <text>"``. The text ends
 with a newline unless Podman stored it as a *partial* line: a line longer than
 conmon's buffer, or output that had no newline (yet) when conmon read it. A
-partial is continued by the next frame of the same stream.
+partial is continued by the next frame of the same stream. Pieces are joined
+into parts of at most the part limit (:mod:`agent.logparts`), so a line longer
+than that is handed over in parts as it arrives and never held whole.
 
 Kept apart from the runtime (no sockets, no threads) so that the byte-level
 rules are unit-tested on their own, and so they can run in a reader thread
@@ -20,6 +22,7 @@ import re
 import time
 from datetime import datetime
 
+from agent.logparts import DEFAULT_PART_BYTES, PartAssembler
 from agent.runtime import LogLine, LogStreamName
 
 HEADER_SIZE = 8
@@ -57,12 +60,8 @@ def format_rfc3339_ns(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
 
 
-def _decode(data: bytes | bytearray) -> str:
-    return data.decode("utf-8", errors="replace")
-
-
 class LogDecoder:
-    """Turns frames into lines, joining partial frames per stream.
+    """Turns frames into lines (or parts of long lines), joining partial frames per stream.
 
     One decoder follows one container across many HTTP responses: partial
     lines carry over from one response to the next. ``begin(skip)`` starts a
@@ -70,10 +69,13 @@ class LogDecoder:
     retried with the same query without yielding any line twice.
     """
 
-    def __init__(self) -> None:
-        """A decoder with no partial lines."""
+    def __init__(self, part_bytes: int = DEFAULT_PART_BYTES) -> None:
+        """A decoder with no partial lines; lines longer than ``part_bytes`` come in parts."""
         self._buffer = bytearray()
-        self._partial: dict[LogStreamName, tuple[int, bytearray]] = {}
+        self._lines: dict[LogStreamName, PartAssembler] = {
+            "stdout": PartAssembler("stdout", part_bytes),
+            "stderr": PartAssembler("stderr", part_bytes),
+        }
         self._skip = 0
         self.frames = 0
         """Complete frames seen in the current response (including skipped ones)."""
@@ -109,28 +111,15 @@ class LogDecoder:
             time_ns = parse_rfc3339_ns(stamp.decode("ascii"))
         except (ValueError, UnicodeDecodeError):  # no timestamp: keep the text, stamp it now
             time_ns, body = time.time_ns(), payload
+        line = self._lines[stream]
         pieces = body.split(b"\n")
-        partial = self._partial.pop(stream, None)
-        if len(pieces) == 1:  # no newline: (the start of) a partial line
-            if partial is None:
-                self._partial[stream] = (time_ns, bytearray(body))
-            else:
-                partial[1].extend(body)
-                self._partial[stream] = partial
-            return
-        if partial is None:
-            out.append(LogLine(stream, time_ns, _decode(pieces[0])))
-        else:  # a joined line carries the time of its first piece
-            partial[1].extend(pieces[0])
-            out.append(LogLine(stream, partial[0], _decode(partial[1])))
-        for piece in pieces[1:-1]:
-            out.append(LogLine(stream, time_ns, _decode(piece)))
-        if pieces[-1]:
-            self._partial[stream] = (time_ns, bytearray(pieces[-1]))
+        # A line carries the time of its first piece (a partial goes on with its own).
+        for piece in pieces[:-1]:
+            line.add(piece, time_ns, True, out)
+        if pieces[-1]:  # no newline after it: (the start of) a partial line
+            line.add(pieces[-1], time_ns, False, out)
 
     def finish(self, out: list[LogLine]) -> None:
         """End of output (the container stopped): partial lines become lines."""
-        for stream in ("stdout", "stderr"):
-            partial = self._partial.pop(stream, None)
-            if partial is not None:
-                out.append(LogLine(stream, partial[0], _decode(partial[1])))
+        for line in self._lines.values():
+            line.finish(out)

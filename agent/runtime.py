@@ -192,13 +192,19 @@ class EndpointTarget:
 
 @dataclass(frozen=True, slots=True)
 class LogLine:
-    """One line of container output, as the runtime recorded it."""
+    """One line of container output, or one part of a long line, as the runtime recorded it."""
 
     stream: LogStreamName
     time_ns: int
     """When the container wrote it (the runtime's timestamp), ns since the epoch."""
     text: str
     """The line without its newline, decoded as UTF-8 (invalid bytes replaced)."""
+    partial: bool = False
+    """The line goes on in the next :class:`LogLine` of the same stream (a part of a line
+    longer than the part limit, or of output with no newline yet; see :mod:`agent.logparts`)."""
+    sequence: int | None = None
+    """The line's number in its stream (0-based), when the runtime knows it better than
+    by counting from the first line it yields (a log file that replaced earlier ones)."""
 
 
 class ClusterScope:

@@ -13,10 +13,20 @@ host-port mode a worker's endpoints are additionally published on host ports
 the agent allocates from its port range, bound on the publish address, and the
 addresses handed to jobs are ``<advertise address>:<host port>``.
 
-Logs: Podman 4.3 loses lines when its log API *follows* a container (seen
+Logs: :meth:`PodmanRuntime.follow_logs` reads the container's k8s-file log
+straight from the host (``.HostConfig.LogConfig.Path``; see
+:mod:`agent.podman_logfile`): by offset, so every line is read once, in order,
+within a poll period (``log_file_poll``) of being written, and across conmon's
+rotations at the size cap without losing a line. Lines longer than the part
+limit (64 KiB) come in parts (:mod:`agent.logparts`), so a reader never holds
+more than a part per stream. Where the file cannot be read (an agent in a
+container without the host's storage, or another log driver), it falls back
+to Podman's log API, as follows.
+
+Podman 4.3 loses lines when its log API *follows* a container (seen
 here: ``podman logs -f`` of a 100,000-line container returns a different,
 incomplete count each time, even once the container has exited), while a
-plain read returns every line. So :meth:`PodmanRuntime.follow_logs` polls with
+plain read returns every line. So the API reading polls with
 plain reads over consecutive, non-overlapping time windows ``[since, until)``
 (nanosecond bounds, which Podman's ``since``/``until`` honour although its
 output timestamps have whole seconds only). ``until`` trails the clock by
@@ -33,11 +43,11 @@ k8s-file log. podman-py's ``security_opt`` is *not* the way to the first: it
 sends the list as SELinux label options, which Podman ignores without SELinux
 (the container then runs with ``NoNewPrivs: 0``), so the runtime sets the
 specgen field ``no_new_privileges`` instead. The log cap is enforced by
-conmon: a write that would take the file past the cap first truncates it to
-nothing. Below the cap the file is untouched, so the reads above see every
-line; past it, the lines written before the truncation and not yet read are
-lost, and reading carries on with the newer lines (the windows are by time,
-not by file offset).
+conmon: a write that would take the file past the cap first replaces it with
+an empty file. The file reader keeps the old file open and reads it to its end
+first, so nothing is lost; the API reading (which sees only the current file)
+loses the lines written before the replacement and not yet read, and carries
+on with the newer lines (the windows are by time, not by file offset).
 
 Pulls (:meth:`PodmanRuntime.pull`) use libpod's ``POST /images/pull`` with
 ``policy=always`` (the agent decides whether to pull at all), ``tlsVerify``
@@ -78,6 +88,7 @@ import contextlib
 import functools
 import json
 import logging
+import os
 import queue
 import re
 import socket
@@ -95,8 +106,10 @@ from podman.errors import APIError, NotFound
 from podman.errors import ImageNotFound as PodmanImageNotFound
 
 from agent import probe as probing
+from agent.logparts import DEFAULT_PART_BYTES
 from agent.logutil import log
 from agent.podman_attrs import PullStream, image_summary, info_from_inspect, info_from_list
+from agent.podman_logfile import LogFileTail, SequenceBases
 from agent.podman_logs import NS, LogDecoder, format_rfc3339_ns, parse_rfc3339_ns
 from agent.ports import PortAllocator, port_is_free
 from agent.runtime import (
@@ -138,6 +151,9 @@ _LIVE_STATES = frozenset(
 )
 LOG_CHUNK_LINES = 500
 """Lines per chunk a log reader hands to the event loop."""
+LOG_STATE_EVERY = 1.0
+"""Seconds between two looks at the state of a container whose log file is idle
+(a teardown's stop looks at once)."""
 
 
 def _explain(exc: Exception) -> str:
@@ -187,6 +203,9 @@ class PodmanRuntime:
         log_poll: tuple[float, float] = (0.1, 2.0),
         pids_limit: int = DEFAULT_PIDS_LIMIT,
         log_max_size: int = DEFAULT_LOG_MAX_SIZE,
+        log_files: bool = True,
+        log_file_poll: tuple[float, float] = (0.05, 0.5),
+        log_part_bytes: int = DEFAULT_PART_BYTES,
     ) -> None:
         """Configure the runtime; nothing is contacted until the first call.
 
@@ -196,7 +215,10 @@ class PodmanRuntime:
         docstring); ``log_poll``: the shortest and longest pause between two
         log reads of one container (short while lines flow, growing when idle).
         ``pids_limit`` and ``log_max_size`` (bytes) apply to every run
-        container (see the module docstring).
+        container (see the module docstring). ``log_files``: read log files
+        directly where they are readable (else always the API); ``log_file_poll``:
+        the shortest and longest pause between two looks at an idle log file;
+        ``log_part_bytes``: the longest part of a line.
         """
         if pids_limit < 1:
             raise ValueError(f"pids_limit must be at least 1, not {pids_limit}")
@@ -221,6 +243,14 @@ class PodmanRuntime:
         self._log_executor = ThreadPoolExecutor(log_threads, thread_name_prefix="podman-logs")
         self._log_settle_ns = int(log_settle * NS)
         self._log_poll = log_poll
+        self._log_files = log_files
+        self._log_file_poll = log_file_poll
+        self._log_part_bytes = log_part_bytes
+        self._log_file_warned = False
+        self._log_bases = SequenceBases()
+        self._idle_tails: dict[str, LogFileTail] = {}
+        """Open log files of containers whose follower was cancelled (not finished):
+        the next follower re-reads the held file, even if conmon replaced it since."""
         self._handoffs: set[_Handoff] = set()
         self._log_wakers: dict[str, set[asyncio.Event]] = {}
         self._local = threading.local()
@@ -354,6 +384,8 @@ class PodmanRuntime:
         for info, result in zip(infos, results, strict=True):
             if isinstance(result, BaseException):
                 log(_log, logging.WARNING, "remove_failed", name=info.name, error=result)
+            else:
+                self._forget_logs(info.name)
         return [i for i, r in zip(infos, results, strict=True) if not isinstance(r, BaseException)]
 
     async def stop_run(self, run_id: int) -> None:
@@ -376,7 +408,132 @@ class PodmanRuntime:
 
     async def follow_logs(self, name: str) -> AsyncIterator[list[LogLine]]:
         """Every line of ``name`` from the first; see the module docstring for how."""
-        cursor = _LogCursor()
+        tail = await self._open_log_file(name) if self._log_files else None
+        source = self._follow_file(name, tail) if tail else self._follow_api(name)
+        async with contextlib.aclosing(source) as chunks:
+            async for chunk in chunks:
+                yield chunk
+
+    async def _open_log_file(self, name: str) -> LogFileTail | None:
+        """A tail of ``name``'s k8s-file log from its first line (the file a cancelled
+        follower held, else the container's current file), or ``None`` where the
+        file cannot be read."""
+        idle = self._idle_tails.pop(name, None)
+        if idle is not None:
+            try:
+                await self._call_logs(idle.rewind)
+                return idle
+            except OSError:
+                idle.close()
+        for attempt in range(4):
+            try:
+                return await self._call_logs(self._open_log_file_sync, name)
+            except Exception as exc:
+                # Podman 4.3 may fail an inspect of a container that is just exiting
+                # ("read /proc/N/cgroup: no such process"): look again shortly.
+                log(_log, logging.DEBUG, "log_file_lookup_failed", name=name, error=_explain(exc))
+                await asyncio.sleep(0.1 * 2**attempt)
+        return None
+
+    def _release_tail(self, name: str, tail: LogFileTail, reading: Future[int] | None) -> None:
+        """A follower of ``name`` stopped before the end: keep its file open for the next."""
+        if reading is not None and not reading.done():  # its thread still reads: not reusable
+            reading.add_done_callback(lambda _: tail.close())
+            return
+        if not os.path.exists(tail.path):  # the container was removed meanwhile
+            tail.close()
+            self._forget_logs(name)
+            return
+        previous = self._idle_tails.pop(name, None)
+        if previous is not None:
+            previous.close()
+        self._idle_tails[name] = tail
+
+    def _forget_logs(self, name: str) -> None:
+        """``name`` was removed: nothing of its log files is needed any more."""
+        idle = self._idle_tails.pop(name, None)
+        if idle is not None:
+            idle.close()
+        self._log_bases.forget(name)
+
+    async def _follow_file(self, name: str, tail: LogFileTail) -> AsyncIterator[list[LogLine]]:
+        """Every line of the log file from the first until the container has stopped."""
+        loop = asyncio.get_running_loop()
+        shortest, longest = self._log_file_poll
+        pause = shortest
+        check_at = 0.0
+        final = done = False
+        reading: Future[int] | None = None
+        waker = asyncio.Event()
+        self._log_wakers.setdefault(name, set()).add(waker)
+        try:
+            while True:
+                woken = waker.is_set()
+                waker.clear()
+                out: list[LogLine] = []
+                reading = self._log_executor.submit(tail.read, out)
+                read = await asyncio.wrap_future(reading)
+                for start in range(0, len(out), LOG_CHUNK_LINES):
+                    yield out[start : start + LOG_CHUNK_LINES]
+                if read:
+                    pause = shortest
+                    continue
+                if final:  # stopped, and read to the end after that
+                    out = []
+                    tail.finish(out)
+                    done = True
+                    if out:
+                        yield out
+                    log(
+                        _log,
+                        logging.DEBUG,
+                        "log_file_done",
+                        name=name,
+                        rotations=tail.rotations,
+                        truncations=tail.truncations,
+                        bad_records=tail.bad_records,
+                    )
+                    return
+                if woken or loop.time() >= check_at:
+                    try:
+                        settle_in = await self._call_logs(self._stopped_for, name)
+                    except Exception as exc:  # as above: look again shortly
+                        log(_log, logging.DEBUG, "log_state_failed", name=name, error=_explain(exc))
+                        check_at = loop.time() + shortest
+                        await _sleep(pause, waker)
+                        continue
+                    if settle_in is not None and settle_in <= 0:
+                        final = True  # read once more: what it wrote last is there now
+                        continue
+                    if settle_in is not None:
+                        await asyncio.sleep(settle_in)
+                        continue
+                    check_at = loop.time() + LOG_STATE_EVERY
+                await _sleep(pause, waker)
+                pause = min(longest, pause * 2)
+        finally:
+            if tail.truncations:
+                log(_log, logging.WARNING, "log_file_truncated", name=name, times=tail.truncations)
+            if done:
+                tail.close()
+            else:
+                self._release_tail(name, tail, reading)
+            self._forget_waker(name, waker)
+
+    async def _call_logs(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """``fn(*args)`` on a log reader thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._log_executor, fn, *args)
+
+    def _forget_waker(self, name: str, waker: asyncio.Event) -> None:
+        wakers = self._log_wakers.get(name)
+        if wakers is not None:
+            wakers.discard(waker)
+            if not wakers:
+                del self._log_wakers[name]
+
+    async def _follow_api(self, name: str) -> AsyncIterator[list[LogLine]]:
+        """Every line of ``name`` through the log API, by time windows."""
+        cursor = _LogCursor(LogDecoder(self._log_part_bytes))
         shortest, longest = self._log_poll
         pause = shortest
         failures = 0
@@ -420,11 +577,7 @@ class PodmanRuntime:
                 # than about half of the time reading one container's log.
                 await _sleep(max(pause, read.busy), waker)
         finally:
-            wakers = self._log_wakers.get(name)
-            if wakers is not None:
-                wakers.discard(waker)
-                if not wakers:
-                    del self._log_wakers[name]
+            self._forget_waker(name, waker)
 
     async def _read_log_once(
         self, name: str, cursor: _LogCursor
@@ -459,6 +612,8 @@ class PodmanRuntime:
         """Close clients and the thread pools; containers keep running."""
         for handoff in list(self._handoffs):
             handoff.close()
+        for name in list(self._idle_tails):
+            self._forget_logs(name)
         await asyncio.to_thread(self._log_executor.shutdown, True)
         await asyncio.to_thread(self._executor.shutdown, True)
         with self._clients_lock:
@@ -821,6 +976,48 @@ class PodmanRuntime:
 
     # -- logs (log reader threads only) ---------------------------------------------
 
+    def _open_log_file_sync(self, name: str) -> LogFileTail | None:
+        try:
+            container = self._client().containers.get(name)
+        except NotFound:
+            return None
+        config = (container.attrs.get("HostConfig") or {}).get("LogConfig") or {}
+        path = config.get("Path")
+        if config.get("Type") != "k8s-file" or not path:
+            return None
+        try:
+            return LogFileTail(str(path), self._log_part_bytes, self._log_bases, name)
+        except OSError as exc:
+            if not self._log_file_warned:  # the same for every container: say it once
+                self._log_file_warned = True
+                log(
+                    _log,
+                    logging.WARNING,
+                    "log_file_unreadable",
+                    name=name,
+                    path=path,
+                    error=exc.strerror or exc,
+                    fallback="podman log API",
+                )
+            return None
+
+    def _stopped_for(self, name: str) -> float | None:
+        """``None`` while ``name`` may still write; once it has stopped, the
+        seconds until its output has settled in its log (<= 0: now; a removed
+        container has nothing more to write)."""
+        try:
+            container = self._client().containers.get(name)
+        except NotFound:
+            return 0.0
+        state = container.attrs.get("State") or {}
+        if str(state.get("Status", "")).lower() in _LIVE_STATES:
+            return None
+        try:
+            ready_at = parse_rfc3339_ns(str(state.get("FinishedAt", ""))) + self._log_settle_ns
+        except ValueError:
+            return 0.0
+        return (ready_at - time.time_ns()) / NS
+
     def _log_reader(self, name: str, cursor: _LogCursor, handoff: _Handoff) -> None:
         """One read of ``name``'s next log window; always ends with a ``_ReadDone``."""
         result: _Read | BaseException
@@ -907,7 +1104,7 @@ class PodmanRuntime:
 
 @dataclass
 class _LogCursor:
-    """Where one container's log reading stands between two reads."""
+    """Where one container's log reading stands between two API reads."""
 
     decoder: LogDecoder = field(default_factory=LogDecoder)
     since: int | None = None

@@ -34,6 +34,7 @@ from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
 from muster.common import clientconfig
 from muster.common.clientconfig import ClientConfig
+from muster.common.limits import SERVER_MAX_RECEIVE_BYTES
 from muster.common.net import host_of
 from muster.v1 import (
     agent_pb2,
@@ -61,6 +62,8 @@ SERVER_OPTIONS = [
     ("grpc.http2.max_ping_strikes", 0),
     ("grpc.keepalive_time_ms", 20000),
     ("grpc.keepalive_timeout_ms", 10000),
+    # Whatever an agent may send (muster/common/limits.py), with room.
+    ("grpc.max_receive_message_length", SERVER_MAX_RECEIVE_BYTES),
 ]
 
 SERVICE_NAMES = [

@@ -15,26 +15,57 @@ from muster_cli.client import Reconnect, fail, open_channel
 
 
 class LogPrinter:
-    """Prints merged lines once each, with optional prefixes and timestamps."""
+    """Prints merged lines once each, with optional prefixes and timestamps.
+
+    A long line comes in parts (`partial` on all but the last, consecutive
+    sequence numbers of one source and stream): the parts are joined, and the
+    line is printed whole, with the time of its start, once its last part
+    arrives (lines of other sources may be printed meanwhile).
+    """
 
     def __init__(self, prefixed: bool, timestamps: bool, out: TextIO) -> None:
         self.prefixed = prefixed
         self.timestamps = timestamps
         self.out = out
         self.seen: set[tuple[str, int, int]] = set()
+        self.begun: dict[tuple[str, int], tuple[pb.LogLine, list[str]]] = {}
+        """Lines whose last part has not come yet, by source and stream."""
 
     def emit(self, line: pb.LogLine) -> None:
         key = (line.source, line.stream, line.sequence)
         if key in self.seen:
             return
         self.seen.add(key)
+        stream = (line.source, line.stream)
+        begun = self.begun.get(stream)
+        if line.partial:
+            if begun is None:
+                self.begun[stream] = (line, [line.text])
+            else:
+                begun[1].append(line.text)
+            return
+        if begun is not None:
+            del self.begun[stream]
+            first, texts = begun
+            texts.append(line.text)
+            self._print(first, "".join(texts))
+        else:
+            self._print(line, line.text)
+
+    def close(self) -> None:
+        """The logs ended: print lines whose last part never came as they are."""
+        for first, texts in self.begun.values():
+            self._print(first, "".join(texts))
+        self.begun.clear()
+
+    def _print(self, line: pb.LogLine, text: str) -> None:
         parts = []
         if self.timestamps:
             when = line.time.ToDatetime(tzinfo=UTC)
             parts.append(when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{line.time.nanos:09d}Z")
         if self.prefixed:
             parts.append(f"[{line.source}]")
-        parts.append(line.text)
+        parts.append(text)
         self.out.write(" ".join(parts) + "\n")
 
 
@@ -73,6 +104,9 @@ def stream_logs(
                     out.flush()
                     if reply.resume_after:
                         request.resume_after = reply.resume_after
+            if printer is not None:
+                printer.close()
+                out.flush()
             return
         except grpc.RpcError as err:
             if not follow and err.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]

@@ -3,6 +3,15 @@
 The first message must be Register. Afterwards a reader task feeds heartbeats,
 container reports and log batches to the orchestrator, while this generator
 sends whatever the orchestrator queued on the agent's link.
+
+Log batches never hold up heartbeats or container reports: a numbered batch
+(the agent saw `log_window` in Registered) goes to a bounded queue that a task
+of its own stores in order, acknowledging each batch once stored. The agent
+keeps at most the window unacknowledged, so the queue always has room and the
+reader never waits for the store on a batch's account. (Should an agent send
+more anyway, the reader waits for room: backpressure, never loss.) Batches
+without a number (an agent that does not take acknowledgements) are stored by
+the reader itself, in stream order, as before.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from muster.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
+LOG_WINDOW = 8
+"""Log batches an agent may have unacknowledged (the ingest queue's size per stream)."""
 
 
 class GrpcAgentLink:
@@ -66,6 +77,10 @@ class GrpcAgentLink:
     def list_images(self, request_id: str) -> None:
         """Queue a ListImages."""
         self.queue.put_nowait(pb.ConnectResponse(list_images=pb.ListImages(request_id=request_id)))
+
+    def logs_stored(self, batch_id: int) -> None:
+        """Queue a LogBatchAck."""
+        self.queue.put_nowait(pb.ConnectResponse(log_batch_ack=pb.LogBatchAck(batch_id=batch_id)))
 
 
 @dataclass
@@ -190,9 +205,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     heartbeat_interval_seconds=interval,
                     node_lost_after_seconds=lost_after,
                     cluster_id=cluster,
+                    log_window=LOG_WINDOW,
                 )
             )
-            reader = asyncio.create_task(self._read(name, request_iterator))
+            reader = asyncio.create_task(self._read(name, request_iterator, link))
             while True:
                 get = asyncio.ensure_future(link.queue.get())
                 done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
@@ -211,17 +227,52 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             self._images.node_gone(name, link)
             await self._orchestrator.disconnect(name, link)
 
-    async def _read(self, name: str, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+    async def _read(
+        self, name: str, requests: AsyncIterator[pb.ConnectRequest], link: GrpcAgentLink
+    ) -> None:
+        """Consume the stream until it ends or storing its logs fails."""
+        batches: asyncio.Queue[pb.LogBatch] = asyncio.Queue(LOG_WINDOW)
+        store = asyncio.create_task(self._store_logs(name, batches, link))
+        consume = asyncio.create_task(self._consume(name, requests, batches))
         try:
-            await self._consume(name, requests)
+            done, _ = await asyncio.wait({store, consume}, return_when=asyncio.FIRST_COMPLETED)
+            if consume in done and consume.exception() is None and not store.done():
+                # The agent closed its side: store what it sent (unless that fails).
+                stored = asyncio.ensure_future(batches.join())
+                await asyncio.wait({stored, store}, return_when=asyncio.FIRST_COMPLETED)
+                stored.cancel()
+                done = {consume, store} if store.done() else {consume}
+            for task in done:
+                task.result()
         except asyncio.CancelledError:
             raise
         except grpc.aio.AioRpcError as exc:
             log.info("event=agent_stream_ended node=%s code=%s", name, exc.code().name)
         except Exception:
             log.exception("event=agent_stream_failed node=%s", name)
+        finally:
+            for task in (store, consume):
+                task.cancel()
+            await asyncio.gather(store, consume, return_exceptions=True)
 
-    async def _consume(self, name: str, requests: AsyncIterator[pb.ConnectRequest]) -> None:
+    async def _store_logs(
+        self, name: str, batches: asyncio.Queue[pb.LogBatch], link: GrpcAgentLink
+    ) -> None:
+        """Store numbered log batches in order, acknowledging each once stored."""
+        while True:
+            batch = await batches.get()
+            try:
+                await self._logs.ingest_from(name, log_lines_from_pb(batch))
+                link.logs_stored(batch.batch_id)
+            finally:
+                batches.task_done()
+
+    async def _consume(
+        self,
+        name: str,
+        requests: AsyncIterator[pb.ConnectRequest],
+        batches: asyncio.Queue[pb.LogBatch],
+    ) -> None:
         async for message in requests:
             kind = message.WhichOneof("message")
             if kind == "heartbeat":
@@ -242,7 +293,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     continue
                 await self._orchestrator.report(name, report)
             elif kind == "log_batch":
-                await self._logs.ingest_from(name, log_lines_from_pb(message.log_batch))
+                if message.log_batch.batch_id:
+                    await batches.put(message.log_batch)  # room unless the agent overran its window
+                else:
+                    await self._logs.ingest_from(name, log_lines_from_pb(message.log_batch))
             elif kind == "image_pulled":
                 answer = message.image_pulled
                 self._images.answer(name, answer.request_id, node_pull_from_pb(answer))

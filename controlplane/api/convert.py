@@ -415,6 +415,7 @@ def log_lines_from_pb(batch: agent_pb.LogBatch) -> list[LogLine]:
             sequence=e.sequence,
             time_ns=e.time.seconds * 1_000_000_000 + e.time.nanos,
             text=e.text,
+            partial=e.partial,
         )
         for e in batch.entries
         if e.role in ROLE_FROM_PB and e.stream in STREAM_FROM_PB
@@ -432,4 +433,5 @@ def log_line_to_pb(stored: StoredLine, single_job: bool) -> run_pb.LogLine:
         text=ln.text,
         source=ln.source(single_job),
         sequence=ln.sequence,
+        partial=ln.partial,
     )

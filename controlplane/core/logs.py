@@ -16,6 +16,7 @@ class LogLine:
     sequence: int
     time_ns: int  # nanoseconds since the epoch, as the container runtime stamped it
     text: str
+    partial: bool = False  # the line goes on in the next sequence number (a part of a long line)
 
     def source(self, single_job: bool) -> str:
         """Prefix label in merged output: `worker-1`, and `job` when the run has

@@ -6,6 +6,11 @@ arrive, and ends once the run has ended and its logs are complete: every
 container that was placed has been removed (agents ship a container's last
 lines before reporting it removed), or `complete_after` has passed since the
 run ended, for nodes that never come back.
+
+Long lines are stored and served in the parts the agents ship (each at most
+64 KiB, `partial` on all but the last; see `LogLine.partial` in run.proto),
+and a batch of lines is cut so that its text stays within about 1 MiB, so no
+reply comes near gRPC's 4 MiB message limit. Clients join the parts.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.runs import Run
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.store.base import Store
+from muster.common.limits import LOG_BATCH_BYTES
 
 CHUNK = 1000
 log = logging.getLogger(__name__)
@@ -64,15 +70,20 @@ class LogService:
         """Store lines a node shipped, keeping only those of replicas placed on
         that node: a node may speak only for its own containers."""
         runs: dict[int, Run | None] = {}
+        verdicts: dict[tuple[int, str, int], bool] = {}  # once per container, not per line
         kept: list[LogLine] = []
         for ln in lines:
-            ok = self._orchestrator.placed_on(node, ln.run_id, ln.role, ln.replica)
+            key = (ln.run_id, ln.role, ln.replica)
+            ok = verdicts.get(key)
             if ok is None:
-                if ln.run_id not in runs:
-                    runs[ln.run_id] = await self._store.get_run(ln.run_id)
-                run = runs[ln.run_id]
-                replica = run.replica(ln.role, ln.replica) if run else None
-                ok = replica is not None and replica.node == node
+                ok = self._orchestrator.placed_on(node, ln.run_id, ln.role, ln.replica)
+                if ok is None:
+                    if ln.run_id not in runs:
+                        runs[ln.run_id] = await self._store.get_run(ln.run_id)
+                    run = runs[ln.run_id]
+                    replica = run.replica(ln.role, ln.replica) if run else None
+                    ok = replica is not None and replica.node == node
+                verdicts[key] = ok
             if ok:
                 kept.append(ln)
         if len(kept) < len(lines):
@@ -86,8 +97,21 @@ class LogService:
     async def read(
         self, run_id: int, *, follow: bool, since_ns: int | None, tail: int, resume_after: int = 0
     ) -> AsyncIterator[tuple[list[StoredLine], int]]:
-        """Batches of lines, each with a resume point (0 while none is safe yet);
-        with `follow`, keeps going until the logs are complete."""
+        """Batches of lines (of at most about 1 MiB of text), each with a resume
+        point (0 while none is safe yet); with `follow`, keeps going until the
+        logs are complete."""
+        batches = self._read(
+            run_id, follow=follow, since_ns=since_ns, tail=tail, resume_after=resume_after
+        )
+        async for lines, resume in batches:
+            pieces = sized(lines)
+            for piece in pieces[:-1]:
+                yield piece, 0  # the resume point holds once the whole batch was sent
+            yield pieces[-1], resume
+
+    async def _read(
+        self, run_id: int, *, follow: bool, since_ns: int | None, tail: int, resume_after: int
+    ) -> AsyncIterator[tuple[list[StoredLine], int]]:
         if tail < 0:
             raise InvalidArgument("tail", "must not be negative")
         if resume_after < 0:
@@ -150,3 +174,19 @@ class LogService:
                 await asyncio.wait_for(event.wait(), 0.5)
             except TimeoutError:
                 pass
+
+
+def sized(lines: list[StoredLine], limit: int = LOG_BATCH_BYTES) -> list[list[StoredLine]]:
+    """`lines` cut into consecutive batches whose text is at most about `limit`
+    bytes (a batch ends after the line that reaches it; at least one batch)."""
+    batches: list[list[StoredLine]] = []
+    start = size = 0
+    for i, stored in enumerate(lines):
+        text = stored.line.text
+        size += 64 + (len(text) if text.isascii() else len(text.encode("utf-8", "replace")))
+        if size >= limit:
+            batches.append(lines[start : i + 1])
+            start, size = i + 1, 0
+    if start < len(lines) or not batches:
+        batches.append(lines[start:])
+    return batches

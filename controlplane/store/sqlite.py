@@ -126,6 +126,9 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX run_requests_created ON run_requests (created_at);
     """,
+    """
+    ALTER TABLE logs ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;  -- 1: the line goes on
+    """,
 ]
 
 
@@ -614,15 +617,26 @@ class SqliteStore:
 
     async def append_logs(self, lines: list[LogLine]) -> int:
         rows = [
-            (ln.run_id, ln.role, ln.replica, ln.stream, ln.sequence, ln.time_ns, ln.text, ln.run_id)
+            (
+                ln.run_id,
+                ln.role,
+                ln.replica,
+                ln.stream,
+                ln.sequence,
+                ln.time_ns,
+                ln.text,
+                int(ln.partial),
+                ln.run_id,
+            )
             for ln in lines
         ]
 
         def tx(conn: sqlite3.Connection) -> int:
             before = conn.total_changes
             conn.executemany(
-                "INSERT OR IGNORE INTO logs (run_id, role, replica, stream, sequence, ts, text) "
-                "SELECT ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
+                "INSERT OR IGNORE INTO logs "
+                "(run_id, role, replica, stream, sequence, ts, text, partial) "
+                "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
                 rows,
             )
             return conn.total_changes - before
@@ -641,6 +655,7 @@ class SqliteStore:
                 row["sequence"],
                 row["ts"],
                 row["text"],
+                bool(row["partial"]),
             ),
         )
 

@@ -28,18 +28,20 @@ class ConnectRequest(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ..., image_pulled: _Optional[_Union[ImagePulled, _Mapping]] = ..., images_listed: _Optional[_Union[ImagesListed, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images")
+    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images", "log_batch_ack")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_CONTAINER_FIELD_NUMBER: _ClassVar[int]
     TEARDOWN_RUN_FIELD_NUMBER: _ClassVar[int]
     PULL_IMAGE_FIELD_NUMBER: _ClassVar[int]
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
+    LOG_BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start_container: StartContainer
     teardown_run: TeardownRun
     pull_image: PullImage
     list_images: ListImages
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ...) -> None: ...
+    log_batch_ack: LogBatchAck
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ..., log_batch_ack: _Optional[_Union[LogBatchAck, _Mapping]] = ...) -> None: ...
 
 class EndpointPort(_message.Message):
     __slots__ = ("name", "port")
@@ -127,14 +129,16 @@ class Register(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id")
+    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id", "log_window")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NODE_LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    LOG_WINDOW_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
     node_lost_after_seconds: int
     cluster_id: str
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    log_window: int
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ..., log_window: _Optional[int] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time",)
@@ -143,7 +147,7 @@ class Heartbeat(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class LogEntry(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "time", "stream", "text", "sequence")
+    __slots__ = ("run_id", "role", "replica", "time", "stream", "text", "sequence", "partial")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -151,6 +155,7 @@ class LogEntry(_message.Message):
     STREAM_FIELD_NUMBER: _ClassVar[int]
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -158,13 +163,22 @@ class LogEntry(_message.Message):
     stream: _run_pb2.LogStream
     text: str
     sequence: int
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[_Union[_run_pb2.LogStream, str]] = ..., text: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    partial: bool
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., stream: _Optional[_Union[_run_pb2.LogStream, str]] = ..., text: _Optional[str] = ..., sequence: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class LogBatch(_message.Message):
-    __slots__ = ("entries",)
+    __slots__ = ("entries", "batch_id")
     ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
     entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
-    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ...) -> None: ...
+    batch_id: int
+    def __init__(self, entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., batch_id: _Optional[int] = ...) -> None: ...
+
+class LogBatchAck(_message.Message):
+    __slots__ = ("batch_id",)
+    BATCH_ID_FIELD_NUMBER: _ClassVar[int]
+    batch_id: int
+    def __init__(self, batch_id: _Optional[int] = ...) -> None: ...
 
 class StartContainer(_message.Message):
     __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id")

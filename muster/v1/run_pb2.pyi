@@ -279,7 +279,7 @@ class WatchRunResponse(_message.Message):
     def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
 
 class LogLine(_message.Message):
-    __slots__ = ("time", "role", "replica", "stream", "text", "source", "sequence")
+    __slots__ = ("time", "role", "replica", "stream", "text", "source", "sequence", "partial")
     TIME_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class LogLine(_message.Message):
     TEXT_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     time: _timestamp_pb2.Timestamp
     role: ReplicaRole
     replica: int
@@ -294,7 +295,8 @@ class LogLine(_message.Message):
     text: str
     source: str
     sequence: int
-    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., replica: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., sequence: _Optional[int] = ...) -> None: ...
+    partial: bool
+    def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., role: _Optional[_Union[ReplicaRole, str]] = ..., replica: _Optional[int] = ..., stream: _Optional[_Union[LogStream, str]] = ..., text: _Optional[str] = ..., source: _Optional[str] = ..., sequence: _Optional[int] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class GetRunLogsRequest(_message.Message):
     __slots__ = ("run_id", "follow", "since", "tail", "resume_after")

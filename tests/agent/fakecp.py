@@ -38,6 +38,8 @@ class Stream:
         default_factory=asyncio.Queue
     )
     closed: bool = False
+    unacked: list[int] = field(default_factory=list)
+    """Numbered log batches received and not acknowledged yet."""
 
     @property
     def register(self) -> agent_pb2.Register | None:
@@ -108,6 +110,11 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
         """Announced in Registered (0: not announced)."""
         self.cluster_id = ""
         """Announced in Registered ("": not announced)."""
+        self.log_window = 0
+        """Announced in Registered; when positive, numbered log batches are
+        acknowledged as they arrive (while ``hold_acks`` is false)."""
+        self.hold_acks = False
+        """Keep acknowledgements back (``release_acks`` sends them)."""
         self.reject: tuple[grpc.StatusCode, str] | None = None
         """When set, every Register is answered by ending the stream with this status."""
         self.streams: list[Stream] = []
@@ -182,12 +189,26 @@ class FakeControlPlane(agent_pb2_grpc.AgentServiceServicer):
                                 heartbeat_interval_seconds=self.heartbeat_seconds,
                                 node_lost_after_seconds=self.lost_after_seconds,
                                 cluster_id=self.cluster_id,
+                                log_window=self.log_window,
                             )
                         )
                     )
+                elif request.HasField("log_batch") and request.log_batch.batch_id:
+                    stream.unacked.append(request.log_batch.batch_id)
+                    if not self.hold_acks:
+                        self.release_acks(stream)
                 await self._notify()
         finally:
             stream.outbox.put_nowait(None)
+
+    def release_acks(self, stream: Stream | None = None) -> None:
+        """Acknowledge every numbered batch received and not acknowledged yet."""
+        stream = stream or self.current
+        for batch_id in stream.unacked:
+            stream.outbox.put_nowait(
+                agent_pb2.ConnectResponse(log_batch_ack=agent_pb2.LogBatchAck(batch_id=batch_id))
+            )
+        stream.unacked.clear()
 
     async def _notify(self) -> None:
         async with self._changed:

@@ -11,6 +11,7 @@ from agent import connection
 from agent.connection import Outbox
 from agent.runtime import ContainerSpec
 from agent.runtime_fake import FakeRuntime
+from muster.common.limits import AGENT_MAX_SEND_BYTES, SERVER_MAX_RECEIVE_BYTES
 from muster.v1 import agent_pb2
 from tests.agent.conftest import StartAgent
 from tests.agent.fakecp import FakeControlPlane
@@ -35,7 +36,9 @@ async def test_channel_has_keepalive(
         "grpc.keepalive_timeout_ms": 5_000,
         "grpc.keepalive_permit_without_calls": 1,
         "grpc.http2.max_pings_without_data": 0,
+        "grpc.max_send_message_length": AGENT_MAX_SEND_BYTES,
     }
+    assert AGENT_MAX_SEND_BYTES <= SERVER_MAX_RECEIVE_BYTES // 2, "the control plane takes it all"
 
 
 async def test_heartbeats_do_not_pile_up_in_a_stuck_outbox() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
+import os
 import time
 
 import pytest
 
+from agent import runtime_podman
 from agent.runtime import LogLine
 from agent.runtime_podman import PodmanRuntime
 from muster.v1 import run_pb2
@@ -65,10 +68,11 @@ def entry_ns(entry: object) -> int:
     return entry.time.seconds * NS + entry.time.nanos  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("log_files", [True, False], ids=["file", "api"])
 async def test_follow_logs_reads_both_streams_partial_long_and_unfinished_lines(
-    podman_node: PodmanNode,
+    podman_node: PodmanNode, log_files: bool
 ) -> None:
-    rt = podman_node.runtime()
+    rt = podman_node.runtime(log_files=log_files)
     program = (
         "import sys, time\n"
         "o, e = sys.stdout, sys.stderr\n"
@@ -89,7 +93,8 @@ async def test_follow_logs_reads_both_streams_partial_long_and_unfinished_lines(
         ("stdout", "bad \ufffd ü"),
     ]
     assert [x.text for x in lines if x.stream == "stderr"] == ["err1", "unfinished"]
-    # Podman 4.3's API stamps whole seconds; they must still be the container's times.
+    # Podman 4.3's API stamps whole seconds (the file has nanoseconds); they
+    # must still be the container's times.
     assert all(before - NS <= x.time_ns <= after for x in lines)
     # A second follow of the stopped container reads the same lines again, and ends.
     assert await read_all(rt, info.name) == lines
@@ -220,3 +225,94 @@ async def test_teardown_ships_every_line_before_removed(
     for name in (finished, running):
         assert last_log_index(stream, name) < index_of_status(stream, name, REMOVED)
         assert not await podman_node.exists(name)
+
+
+def joined(lines: list[LogLine]) -> list[str]:
+    """Texts with parts joined into lines (one stream)."""
+    out, begun = [], ""
+    for x in lines:
+        begun += x.text
+        if not x.partial:
+            out.append(begun)
+            begun = ""
+    assert begun == ""
+    return out
+
+
+@pytest.mark.parametrize("log_files", [True, False], ids=["file", "api"])
+async def test_long_lines_and_output_without_newline_come_in_parts(
+    podman_node: PodmanNode, log_files: bool
+) -> None:
+    rt = podman_node.runtime(log_files=log_files)
+    program = (
+        "import sys\n"
+        "sys.stdout.write('é' * 100_000 + '\\nshort\\n'); sys.stdout.flush()\n"
+        "sys.stdout.write('n' * 150_000)\n"  # no newline at all
+    )
+    info = await rt.start(spec(random_run_id(), "job", 0, PYTHON, ["python3", "-c"], [program]))
+    lines = await read_all(rt, info.name)
+    assert joined(lines) == ["é" * 100_000, "short", "n" * 150_000]
+    assert max(len(x.text.encode()) for x in lines) <= 64 * 1024
+    assert [len(x.text.encode()) for x in lines if x.text.startswith("n")] == [65536, 65536, 18928]
+
+
+async def test_the_file_reader_loses_nothing_when_conmon_starts_a_new_log_file(
+    podman_node: PodmanNode,
+) -> None:
+    """At the size cap conmon replaces the file; the reader finishes the old one first."""
+    rt = podman_node.runtime(log_max_size=16 * 1024, log_file_poll=(0.02, 0.1))
+    program = (
+        "import sys, time\n"
+        "for burst in range(8):\n"
+        "    for i in range(100): print(f'{burst * 100 + i:05d} ' + 'r' * 40)\n"
+        "    sys.stdout.flush(); time.sleep(0.3)\n"
+    )
+    info = await rt.start(spec(random_run_id(), "job", 0, PYTHON, ["python3", "-c"], [program]))
+    lines = await read_all(rt, info.name)
+    assert [x.text for x in lines] == [f"{i:05d} " + "r" * 40 for i in range(800)]
+    inspect = await podman_node.inspect(info.name)
+    size = await asyncio.to_thread(os.path.getsize, inspect["HostConfig"]["LogConfig"]["Path"])
+    assert size <= 16 * 1024 < 800 * 46, "more was read than one file may hold"
+
+
+async def test_an_unreadable_log_file_falls_back_to_the_api(
+    podman_node: PodmanNode, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unreadable(path: str, *args: object) -> None:
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(runtime_podman, "LogFileTail", unreadable)
+    rt = podman_node.runtime()
+    info = await rt.start(
+        spec(random_run_id(), "job", 0, BUSYBOX, ["sh", "-c"], ["echo one; echo two >&2"])
+    )
+    with caplog.at_level(logging.WARNING, logger="agent.runtime_podman"):
+        lines = await read_all(rt, info.name)
+    assert sorted((x.stream, x.text) for x in lines) == [("stderr", "two"), ("stdout", "one")]
+    assert "event=log_file_unreadable" in caplog.text and "podman log API" in caplog.text
+
+
+async def test_a_new_follower_after_a_rotation_keeps_every_lines_number(
+    podman_node: PodmanNode,
+) -> None:
+    """A stream breaks mid-run and conmon replaces the log meanwhile: the next
+    follower re-reads the file the first one held, with the same numbers."""
+    rt = podman_node.runtime(log_max_size=16 * 1024, log_file_poll=(0.02, 0.1))
+    program = (
+        "import sys, time\n"
+        "for burst in range(8):\n"
+        "    for i in range(100): print(f'{burst * 100 + i:05d} ' + 'r' * 40)\n"
+        "    sys.stdout.flush(); time.sleep(0.3)\n"
+    )
+    info = await rt.start(spec(random_run_id(), "job", 0, PYTHON, ["python3", "-c"], [program]))
+    first: list[LogLine] = []
+    follower = aiter(rt.follow_logs(info.name))
+    while len(first) < 150:
+        first.extend(await asyncio.wait_for(anext(follower), 10))
+    await follower.aclose()  # the stream broke
+    await asyncio.sleep(0.5)  # conmon goes on writing (and replaces the file) meanwhile
+    second = await read_all(rt, info.name)
+    for line in first + second:
+        assert line.sequence == int(line.text[:5]), line
+    assert {x.text for x in first + second} == {f"{i:05d} " + "r" * 40 for i in range(800)}
+    assert second[-1].text.startswith("00799")
