@@ -83,6 +83,8 @@ class LogShipper:
         self._batch_full = batch_bytes - (part_bytes + _ENTRY_OVERHEAD)
         self._sink: LogSink | None = None
         self._followers: dict[str, asyncio.Task[None]] = {}
+        self._batches: dict[str, int] = {}
+        """Batches each container's followers had accepted so far (progress, for flush)."""
         self._stopping: set[asyncio.Task[None]] = set()
         self._session_changed = asyncio.Event()
 
@@ -116,6 +118,7 @@ class LogShipper:
 
     def forget(self, name: str) -> None:
         """The container is gone: drop its follower (cancelled if still running)."""
+        self._batches.pop(name, None)
         task = self._followers.pop(name, None)
         if task is not None and not task.done():
             task.cancel()
@@ -126,13 +129,17 @@ class LogShipper:
         """Wait until every line of ``names`` was handed to the current stream.
 
         That is: a stream is attached, and the follower of each name that has
-        one has read to the end and handed over its last batch. Should the
+        one has read to the end and its last batch was delivered. Should the
         stream break meanwhile, the wait goes on with the next stream's
-        followers, which start over. Returns ``False`` after ``within`` seconds.
+        followers, which start over. Returns ``False`` once ``within`` seconds
+        pass in which no batch of ``names`` was accepted: a backlog that is
+        being shipped (a stopped container's output is finite) is waited for
+        however long it takes, a stuck one is not.
         """
         wanted = set(names)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
+        seen = self._shipped(wanted)
         while True:
             busy: list[asyncio.Task[None]] = []
             if self._sink is not None:
@@ -143,16 +150,24 @@ class LogShipper:
                 ]
                 if not busy:
                     return True
+            shipped = self._shipped(wanted)
+            if shipped != seen:
+                seen, deadline = shipped, loop.time() + within
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return False
             changed = loop.create_task(self._session_changed.wait())
             try:
                 await asyncio.wait(
-                    [*busy, changed], timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                    [*busy, changed],
+                    timeout=min(remaining, 0.5),  # and look at the progress again
+                    return_when=asyncio.FIRST_COMPLETED,
                 )
             finally:
                 changed.cancel()
+
+    def _shipped(self, names: set[str]) -> int:
+        return sum(self._batches.get(name, 0) for name in names)
 
     async def close(self) -> None:
         """Cancel every follower and wait for them to end."""
@@ -184,7 +199,7 @@ class LogShipper:
                     done, _ = await asyncio.wait({upcoming}, timeout=send_at - loop.time())
                     if not done:  # the batch is old enough: send it while more may come
                         shipped += len(batch.entries)
-                        delivered = await sink(batch)
+                        delivered = await self._ship(status.name, sink, batch)
                         batch, size = agent_pb2.LogBatch(), 0
                         continue
                 else:
@@ -220,11 +235,11 @@ class LogShipper:
                         )
                         if len(batch.entries) >= self._batch_lines or size > self._batch_full:
                             shipped += len(batch.entries)
-                            delivered = await sink(batch)
+                            delivered = await self._ship(status.name, sink, batch)
                             batch, size = agent_pb2.LogBatch(), 0
             if len(batch.entries):
                 shipped += len(batch.entries)
-                delivered = await sink(batch)
+                delivered = await self._ship(status.name, sink, batch)
             if delivered is not None:
                 await delivered  # batches are delivered in order: this one is the last
             log(_log, logging.DEBUG, "logs_shipped", name=status.name, lines=shipped)
@@ -237,6 +252,13 @@ class LogShipper:
             if aclose is not None:
                 with contextlib.suppress(Exception):
                     await aclose()
+
+    async def _ship(
+        self, name: str, sink: LogSink, batch: agent_pb2.LogBatch
+    ) -> asyncio.Future[None] | None:
+        delivered = await sink(batch)
+        self._batches[name] = self._batches.get(name, 0) + 1
+        return delivered
 
     # -- bookkeeping ------------------------------------------------------------------------
 

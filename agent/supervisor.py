@@ -31,9 +31,10 @@ for a container adopted after a restart, from one inspect).
 
 Logs (:mod:`agent.logship`): every container that runs or ran is followed
 from its first line while a registered stream is attached. A container's REMOVED is sent
-only after all of its lines: teardown stops the run's containers, waits (up to
-``log_flush_timeout``) until their followers have handed over their last
-batch, and only then removes them; a container removed behind the agent's
+only after all of its lines: teardown stops the run's containers, waits
+until their followers have delivered their last batch (as long as batches
+keep going out; ``log_flush_timeout`` without one ends the wait), and only
+then removes them; a container removed behind the agent's
 back is reported once its follower has read what was left (or after a short
 deadline).
 """
@@ -112,8 +113,9 @@ class Supervisor:
 
         ``log_batch_lines``/``log_batch_seconds`` bound a LogBatch;
         ``log_flush_timeout`` is how long a teardown waits for the logs of the
-        stopped containers before removing them anyway; ``vanished_log_timeout``
-        the same for a container removed behind the agent's back;
+        stopped containers without any of them going out before removing them
+        anyway; ``vanished_log_timeout`` the same for a container removed behind
+        the agent's back;
         ``teardown_retry``: the first and the longest pause before a teardown
         that left containers behind is tried again (doubling in between).
         ``puller`` gets images onto the node (default: a :class:`Puller` with

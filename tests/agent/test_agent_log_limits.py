@@ -7,6 +7,10 @@ from __future__ import annotations
 import asyncio
 
 from agent.connection import LogWindow, Outbox
+from agent.logship import LogShipper
+from agent.messages import Status
+from agent.runtime import ContainerSpec
+from agent.runtime_fake import FakeRuntime
 from muster.common.limits import LOG_BATCH_BYTES, LOG_PART_BYTES
 from muster.v1 import agent_pb2, run_pb2
 from tests.agent.conftest import StartAgent
@@ -146,3 +150,25 @@ async def test_the_log_window_numbers_batches_and_frees_a_slot_per_acknowledgeme
     assert not blocked.done()
     plain.sent()  # handed to gRPC
     assert await asyncio.wait_for(blocked, 1) is None
+
+
+async def test_a_flush_waits_as_long_as_batches_keep_going_out() -> None:
+    runtime = FakeRuntime(node_name="node-a")
+    spec = ContainerSpec(run_id=63, role="job", replica=0, name="c", hostname="h", image="i")
+    runtime.add_existing(spec, state="exited", exit_code=0)
+    runtime.write_log("c", "stdout", "".join(f"{i}\n" for i in range(2_000)))
+    shipper = LogShipper(runtime, batch_lines=100)
+    sent: list[agent_pb2.LogBatch] = []
+
+    async def slow_sink(batch: agent_pb2.LogBatch) -> None:
+        await asyncio.sleep(0.1)  # 20 batches: 2 s in all, far beyond `within`
+        sent.append(batch)
+
+    shipper.attach(slow_sink)
+    shipper.follow(Status(63, "job", 0, "c", "exited"))
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    assert await shipper.flush(["c"], within=0.5)
+    assert loop.time() - began > 1.5
+    assert sum(len(b.entries) for b in sent) == 2_000
+    await shipper.close()
