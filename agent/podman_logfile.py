@@ -18,9 +18,10 @@ The pieces are joined into lines, cut into parts of at most the part limit
 (:mod:`agent.logparts`) as they arrive. The log size cap
 (``--container-log-max-size``, conmon's ``--log-size-max``) is enforced by
 conmon *rotating* the file: it closes it, creates ``ctr.log.tmp`` and renames
-that over ``ctr.log`` (seen on Podman 4.3.1 / conmon 2.1). A tail that has the
-old file open keeps reading it to its end (nothing is lost), sees that the
-path names another file and continues there from offset 0. A file emptied in
+that over ``ctr.log`` (seen on Podman 4.3.1 / conmon 2.1). A tail opens each
+new file as soon as it sees it (at every read), keeps reading the old one to
+its end (nothing is lost, however far behind the writer it is, up to a few
+files) and then continues in the next from offset 0. A file emptied in
 place instead (size below the offset) is read again from its start. Either
 way a tail reports the event in ``rotations``/``truncations``.
 
@@ -38,6 +39,7 @@ parser is pure and unit-tested on its own.
 from __future__ import annotations
 
 import os
+from collections import deque
 from typing import BinaryIO
 
 from agent.logparts import DEFAULT_PART_BYTES, PartAssembler
@@ -46,6 +48,8 @@ from agent.runtime import LogLine, LogStreamName
 
 READ_BYTES = 1 << 20
 """Bytes a tail reads at most per call (what one call holds in memory)."""
+HELD_FILES = 4
+"""Log files a tail keeps open at once: the one it reads and newer ones waiting."""
 MAX_RECORD_BYTES = 4 * READ_BYTES
 """A longer record is dropped (conmon's are at most its 8 KiB buffer plus the header)."""
 _STREAMS: dict[bytes, LogStreamName] = {b"stdout": "stdout", b"stderr": "stderr"}
@@ -158,7 +162,15 @@ class K8sLogParser:
 
 
 class LogFileTail:
-    """Follows one container's k8s-file log by offset, across rotations (blocking)."""
+    """Follows one container's k8s-file log by offset, across rotations (blocking).
+
+    Every call looks whether conmon has put a newer file in place and opens it
+    at once, so a reader that lags behind a fast writer still has each file,
+    however often conmon replaces it meanwhile (up to ``hold`` files open at
+    once: a file that appears beyond that may be gone by the time the reader
+    gets there, and is counted in ``skipped``; each held file keeps up to the
+    size cap of disk space in use until it has been read).
+    """
 
     def __init__(
         self,
@@ -166,80 +178,99 @@ class LogFileTail:
         part_bytes: int = DEFAULT_PART_BYTES,
         bases: SequenceBases | None = None,
         name: str = "",
+        hold: int = HELD_FILES,
     ) -> None:
         """Open ``path`` at its start; raises :class:`OSError` if it cannot be read.
 
         With ``bases``, lines are numbered from where the file started (as
         recorded under container ``name``), and each new file is recorded."""
         self.path = path
-        self._file: BinaryIO = open(path, "rb", buffering=0)
+        first: BinaryIO = open(path, "rb", buffering=0)
+        self._files: deque[tuple[BinaryIO, FileId]] = deque([(first, _file_id(first))])
+        """The file being read, then newer ones not read yet, oldest first."""
+        self._hold = max(1, hold)
         self._bases = bases
         self._name = name
         self._part_bytes = part_bytes
         self._parser = K8sLogParser(part_bytes, self._start())
         self.rotations = 0
-        """Times conmon replaced the file (size cap) while it was followed."""
+        """Times the tail moved on to a file conmon put in place of the one it read."""
         self.truncations = 0
         """Times the file was found shorter than what was already read (lines may be lost)."""
+        self.skipped = 0
+        """Files seen while ``hold`` files were open already and replaced before there
+        was room for them (their lines were not read)."""
+        self._waiting: set[FileId] = set()
 
     def read(self, out: list[LogLine], limit: int = READ_BYTES) -> int:
         """Parse what was written since the last call (up to ``limit`` bytes) into
         ``out``; returns the bytes read, 0 when there is nothing new."""
-        data = self._file.read(limit)
+        self._hold_newer()
+        current = self._files[0][0]
+        data = current.read(limit)
         if data:
             self._parser.feed(data, out)
             return len(data)
-        # At the end of the open file: has conmon moved on to a new one?
-        try:
-            current = os.stat(self.path)
-        except FileNotFoundError:  # the container was removed: what is open is all
-            return 0
-        mine = os.fstat(self._file.fileno())
-        if (current.st_dev, current.st_ino) != (mine.st_dev, mine.st_ino):
-            # conmon closed the old file before renaming the new one into place,
-            # so the old one is complete: read anything it got since, then switch.
-            data = self._file.read(limit)
-            if data:
-                self._parser.feed(data, out)
-                return len(data)
-            try:
-                replacement: BinaryIO = open(self.path, "rb", buffering=0)
-            except FileNotFoundError:
-                return 0
-            self._file.close()
-            self._file = replacement
+        if len(self._files) > 1:
+            # conmon closed this file before it renamed the newer one into place,
+            # which was there before this read: this file is complete. Move on.
+            self._files.popleft()
+            current.close()
             self._parser.new_file()
             self.rotations += 1
             if self._bases is not None:
-                self._bases.record(self._name, self._file_id(), self._parser.counts)
+                self._bases.record(self._name, self._files[0][1], self._parser.counts)
             return self.read(out, limit)
-        if mine.st_size < self._file.tell():  # emptied in place: start over
-            self._file.seek(0)
+        if os.fstat(current.fileno()).st_size < current.tell():  # emptied in place
+            current.seek(0)
             self._parser.new_file()
             self.truncations += 1
             return self.read(out, limit)
         return 0
+
+    def _hold_newer(self) -> None:
+        """Open the file now at the path if it is newer than every file held."""
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:  # the container was removed: what is open is all
+            return
+        found = (at_path.st_dev, at_path.st_ino)
+        if found == self._files[-1][1]:
+            return
+        if len(self._files) >= self._hold:
+            self._waiting.add(found)
+            return
+        try:
+            newer: BinaryIO = open(self.path, "rb", buffering=0)
+        except FileNotFoundError:
+            return
+        newer_id = _file_id(newer)
+        if any(newer_id == held for _, held in self._files):
+            newer.close()  # replaced back and forth between the two looks: nothing new
+            return
+        self._files.append((newer, newer_id))
+        self._waiting.discard(newer_id)
+        self.skipped += len(self._waiting)  # replaced by this one before they were held
+        self._waiting.clear()
 
     def finish(self, out: list[LogLine]) -> None:
         """No more output will come: begun lines end here."""
         self._parser.finish(out)
 
     def rewind(self) -> None:
-        """Read the open file again from its start (numbered as before), then on.
+        """Read the held files again from the start of the first (numbered as
+        before), then on.
 
-        The file may be one conmon has replaced since: it is still complete,
-        and the tail moves on to the newer file once it has read it again."""
-        self._file.seek(0)
+        The first may be a file conmon has replaced since: it is still
+        complete, and the tail moves on to the newer ones after it."""
+        for file, _ in self._files:
+            file.seek(0)
         self._parser = K8sLogParser(self._part_bytes, self._start())
 
     def _start(self) -> Counts:
         if self._bases is None:
             return (0, 0)
-        return self._bases.get(self._name, self._file_id())
-
-    def _file_id(self) -> FileId:
-        stat = os.fstat(self._file.fileno())
-        return (stat.st_dev, stat.st_ino)
+        return self._bases.get(self._name, self._files[0][1])
 
     @property
     def bad_records(self) -> int:
@@ -247,5 +278,11 @@ class LogFileTail:
         return self._parser.bad_records
 
     def close(self) -> None:
-        """Close the file."""
-        self._file.close()
+        """Close the files."""
+        while self._files:
+            self._files.popleft()[0].close()
+
+
+def _file_id(file: BinaryIO) -> FileId:
+    stat = os.fstat(file.fileno())
+    return (stat.st_dev, stat.st_ino)

@@ -491,6 +491,7 @@ class PodmanRuntime:
                         name=name,
                         rotations=tail.rotations,
                         truncations=tail.truncations,
+                        files_skipped=tail.skipped,
                         bad_records=tail.bad_records,
                     )
                     return
@@ -512,8 +513,15 @@ class PodmanRuntime:
                 await _sleep(pause, waker)
                 pause = min(longest, pause * 2)
         finally:
-            if tail.truncations:
-                log(_log, logging.WARNING, "log_file_truncated", name=name, times=tail.truncations)
+            if tail.truncations or tail.skipped:  # lines were written and never read
+                log(
+                    _log,
+                    logging.WARNING,
+                    "log_lines_lost",
+                    name=name,
+                    files_skipped=tail.skipped,
+                    truncations=tail.truncations,
+                )
             if done:
                 tail.close()
             else:

@@ -249,3 +249,29 @@ def test_lines_keep_their_numbers_across_rotations_and_rereads(tmp_path: Path) -
     finally:
         first.close()
         conmon.close()
+
+
+def test_a_lagging_tail_holds_each_new_file_until_it_gets_there(tmp_path: Path) -> None:
+    path = tmp_path / "ctr.log"
+    conmon = Conmon(path)
+    tail = LogFileTail(str(path), LIMIT, hold=3)
+    got: list[LogLine] = []
+    try:
+        conmon.write(*(f"a{i}" for i in range(20)))
+        tail.read(got, limit=100)  # far behind: still in the first file
+        for generation in "bcde":  # conmon replaces the file four times meanwhile
+            conmon.rotate()
+            conmon.write(*(f"{generation}{i}" for i in range(20)))
+            tail.read(got, limit=100)  # each look holds the newest file
+        while tail.read(got, limit=100):
+            pass
+        texts = [x.text for x in got]
+        # Three files are held at most: the one being read and two waiting; the
+        # fourth file that appeared meanwhile was gone by the time there was room.
+        assert tail.skipped == 1
+        kept = [f"{g}{i}" for g in "abc" for i in range(20)] + [f"e{i}" for i in range(20)]
+        assert texts == kept
+        assert [x.sequence for x in got] == list(range(len(kept)))
+    finally:
+        tail.close()
+        conmon.close()
