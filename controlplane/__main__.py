@@ -114,7 +114,34 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="SECONDS",
         help="a node without heartbeats this long is Lost; its runs fail",
     )
+    parser.add_argument(
+        "--max-pending-runs",
+        type=int,
+        default=10_000,
+        metavar="N",
+        help="runs that may wait Pending at once; more are refused with RESOURCE_EXHAUSTED "
+        "(default: %(default)s; 0: no limit)",
+    )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=1000,
+        metavar="N",
+        help="watch and log streams open at once, in all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-watchers-per-run",
+        type=int,
+        default=100,
+        metavar="N",
+        help="watch and log streams open at once on one run (default: %(default)s)",
+    )
     args = parser.parse_args(argv)
+    if args.max_pending_runs < 0 or args.max_streams < 1 or args.max_watchers_per_run < 1:
+        parser.error(
+            "--max-pending-runs must be 0 or more; --max-streams and --max-watchers-per-run "
+            "at least 1"
+        )
     if not (1 <= args.heartbeat_interval < args.node_not_ready_after < args.node_lost_after):
         parser.error(
             "need 1 <= --heartbeat-interval < --node-not-ready-after < --node-lost-after "
@@ -168,6 +195,9 @@ async def serve(args: argparse.Namespace) -> None:
             lost=timedelta(seconds=args.node_lost_after),
         ),
         default_pull_policy=args.default_pull_policy,
+        max_pending_runs=args.max_pending_runs,
+        max_streams=args.max_streams,
+        max_watchers_per_run=args.max_watchers_per_run,
     )
     security = (
         None

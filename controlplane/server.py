@@ -30,6 +30,7 @@ from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.services.registries import RegistryService
+from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
 from muster.common import clientconfig
@@ -180,7 +181,12 @@ async def start(
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(auth)])
     codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
     logs = LogService(store, orchestrator)
-    run_pb2_grpc.add_RunServiceServicer_to_server(RunServicer(orchestrator, store, logs), server)
+    streams = StreamLimits(
+        orchestrator.settings.max_streams, orchestrator.settings.max_watchers_per_run
+    )
+    run_pb2_grpc.add_RunServiceServicer_to_server(
+        RunServicer(orchestrator, store, logs, streams), server
+    )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
     join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")
     agent_pb2_grpc.add_AgentServiceServicer_to_server(

@@ -37,7 +37,12 @@ from controlplane.api.convert import (
 from controlplane.api.errors import grpc_errors, status_code
 from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
-from controlplane.core.errors import DomainError, FailedPrecondition, PermissionDenied
+from controlplane.core.errors import (
+    DomainError,
+    FailedPrecondition,
+    PermissionDenied,
+    StoreUnavailable,
+)
 from controlplane.services.auth import AuthService
 from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
@@ -47,36 +52,65 @@ from muster.v1 import agent_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 _CLOSE = object()
+MAX_QUEUED = 10_000
+"""Messages that may wait for one agent's stream before it is closed (see GrpcAgentLink)."""
 LOG_WINDOW = 8
 """Log batches an agent may have unacknowledged (the ingest queue's size per stream)."""
 
 
 class GrpcAgentLink:
-    """AgentLink over one Connect stream: a queue of outgoing messages."""
+    """AgentLink over one Connect stream: a bounded queue of outgoing messages.
 
-    def __init__(self, node: str) -> None:
+    An agent that does not take its messages (a stuck connection, a slow
+    host) must not make the control plane hold an unbounded backlog: once
+    `max_queued` messages wait, the backlog is dropped and the link closed.
+    The stream ends, the agent reconnects, and its Register is reconciled as
+    after any reconnect: starts it lacks are sent again, leftovers of finished
+    runs torn down, and image requests that were waiting answered as failed."""
+
+    def __init__(self, node: str, max_queued: int = MAX_QUEUED) -> None:
         self.node = node
         self.queue: asyncio.Queue[pb.ConnectResponse | object] = asyncio.Queue()
+        self.max_queued = max_queued
+        self.closed = False
+
+    def _put(self, message: pb.ConnectResponse) -> None:
+        if self.closed:
+            return  # the stream is ending: the agent's next Register catches up
+        if self.queue.qsize() >= self.max_queued:
+            log.warning(
+                "event=agent_queue_full node=%s queued=%d action=close_stream",
+                self.node,
+                self.queue.qsize(),
+            )
+            while not self.queue.empty():
+                self.queue.get_nowait()
+            self.close()
+            return
+        self.queue.put_nowait(message)
 
     def start(self, spec: ContainerSpec) -> None:
         """Queue a StartContainer."""
-        self.queue.put_nowait(pb.ConnectResponse(start_container=start_to_pb(spec)))
+        self._put(pb.ConnectResponse(start_container=start_to_pb(spec)))
 
     def teardown(self, run_id: int) -> None:
         """Queue a TeardownRun."""
-        self.queue.put_nowait(pb.ConnectResponse(teardown_run=pb.TeardownRun(run_id=run_id)))
+        self._put(pb.ConnectResponse(teardown_run=pb.TeardownRun(run_id=run_id)))
 
     def close(self) -> None:
-        """End the stream (a newer connection of the same node replaced it)."""
-        self.queue.put_nowait(_CLOSE)
+        """End the stream once what is queued was sent (a newer connection of
+        the same node replaced it, the node was removed, or the queue overflowed)."""
+        if not self.closed:
+            self.closed = True
+            self.queue.put_nowait(_CLOSE)
 
     def pull_image(self, order: PullOrder) -> None:
         """Queue a PullImage."""
-        self.queue.put_nowait(pb.ConnectResponse(pull_image=pull_order_to_pb(order)))
+        self._put(pb.ConnectResponse(pull_image=pull_order_to_pb(order)))
 
     def list_images(self, request_id: str) -> None:
         """Queue a ListImages."""
-        self.queue.put_nowait(pb.ConnectResponse(list_images=pb.ListImages(request_id=request_id)))
+        self._put(pb.ConnectResponse(list_images=pb.ListImages(request_id=request_id)))
 
     def logs_stored(self, batch_id: int) -> None:
         """Queue a LogBatchAck."""
@@ -196,6 +230,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         except DomainError as error:
             log.warning("event=register_refused node=%s reason=%r", name, str(error))
             await context.abort(status_code(error), str(error))
+        except StoreUnavailable as error:  # the agent retries; nothing changed in memory
+            log.error("event=register_failed node=%s error=%r", name, str(error))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the control plane's store is unavailable ({error})"
+            )
         reader: asyncio.Task[None] | None = None
         try:
             # Registered goes first; what connect() queued on the link follows.

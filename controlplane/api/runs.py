@@ -22,6 +22,7 @@ from controlplane.services import paging
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.services.requests import validate_request_id, validate_tags
+from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
@@ -39,10 +40,18 @@ MAX_TIME_NS = 2**63 - 1
 class RunServicer(pb_grpc.RunServiceServicer):
     """Translates RunService calls to the orchestrator and the store."""
 
-    def __init__(self, orchestrator: Orchestrator, store: Store, logs: LogService) -> None:
+    def __init__(
+        self,
+        orchestrator: Orchestrator,
+        store: Store,
+        logs: LogService,
+        streams: StreamLimits | None = None,
+    ) -> None:
         self._orchestrator = orchestrator
         self._store = store
         self._logs = logs
+        self._streams = streams or StreamLimits()
+        """Caps on WatchRun and GetRunLogs streams, in all and per run."""
 
     @grpc_errors
     async def CreateRun(
@@ -111,8 +120,10 @@ class RunServicer(pb_grpc.RunServiceServicer):
     async def WatchRun(
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRunResponse]:
-        async for run in self._orchestrator.watch(_run_id(request.run_id)):
-            yield pb.WatchRunResponse(run=run_to_pb(run))
+        run_id = _run_id(request.run_id)
+        with self._streams.stream(run_id):
+            async for run in self._orchestrator.watch(run_id):
+                yield pb.WatchRunResponse(run=run_to_pb(run))
 
     @grpc_errors
     async def GetRunLogs(
@@ -126,16 +137,17 @@ class RunServicer(pb_grpc.RunServiceServicer):
             since = min(
                 request.since.seconds * 1_000_000_000 + request.since.nanos, MAX_TIME_NS
             )  # nanoseconds fit in 64 bits until 2262; a later `since` matches nothing
-        async for chunk, resume_after in self._logs.read(
-            run.id,
-            follow=request.follow,
-            since_ns=since,
-            tail=request.tail,
-            resume_after=request.resume_after,
-        ):
-            yield pb.GetRunLogsResponse(
-                lines=[log_line_to_pb(s, single_job) for s in chunk], resume_after=resume_after
-            )
+        with self._streams.stream(run.id):
+            async for chunk, resume_after in self._logs.read(
+                run.id,
+                follow=request.follow,
+                since_ns=since,
+                tail=request.tail,
+                resume_after=request.resume_after,
+            ):
+                yield pb.GetRunLogsResponse(
+                    lines=[log_line_to_pb(s, single_job) for s in chunk], resume_after=resume_after
+                )
 
     @grpc_errors
     async def CancelRun(

@@ -29,6 +29,11 @@ class AlreadyExists(DomainError):
     """The resource to create exists already."""
 
 
+class ResourceExhausted(DomainError):
+    """A limit of the control plane is reached (pending runs, streams); the
+    message names the limit and what to do."""
+
+
 class StoreUnavailable(Exception):
     """The store could not carry out a read or write (disk full, I/O error,
     database locked too long). Not the caller's fault: retry later."""

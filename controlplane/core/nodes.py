@@ -65,7 +65,10 @@ class Liveness:
 
     def status(self, last_heartbeat: datetime, now: datetime) -> NodeStatus:
         """The status a node has given its last heartbeat."""
-        silence = now - last_heartbeat
+        return self.status_after(now - last_heartbeat)
+
+    def status_after(self, silence: timedelta) -> NodeStatus:
+        """The status of a node that has been silent this long."""
         if silence >= self.lost:
             return "Lost"
         if silence >= self.not_ready:

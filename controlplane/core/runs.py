@@ -8,8 +8,8 @@ Running (job released) -> Succeeded | Failed | Canceled.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import cached_property
 from typing import Literal
@@ -187,6 +187,18 @@ class Run:
     def container_name(self, role: str, index: int) -> str:
         """The deterministic name of a replica's container."""
         return container_name(self.id, role, index, self.cluster)
+
+
+def clone(run: Run) -> Run:
+    """A copy the state machine may change while `run` stays as stored: the
+    caller persists the copy, and only then makes it the run in force
+    (targets and events are never changed in place, so they are shared)."""
+    return replace(
+        run,
+        tags=dict(run.tags),
+        replicas=[replace(r, addresses=dict(r.addresses)) for r in run.replicas],
+        events=list(run.events),
+    )
 
 
 def new_run(
@@ -443,18 +455,50 @@ def readiness_clock(run: Run, worker: Replica) -> datetime | None:
     return worker.started_at or run.placed_at
 
 
-def check_deadlines(run: Run, now: datetime, readiness_timeout: timedelta) -> list[Action]:
+def anchor_of(run: Run, worker: Replica) -> str | None:
+    """The name of the instant `readiness_clock` counts from ("placed" or
+    "worker-i"), or None when the worker's readiness clock is not running."""
+    since = readiness_clock(run, worker)
+    if since is None:
+        return None
+    return f"worker-{worker.index}" if worker.started_at is not None else "placed"
+
+
+def anchors(run: Run) -> dict[str, datetime]:
+    """The stored (wall-clock) instants that deadlines count from, by name:
+    "created", "placed" and "worker-i" (a worker's container start)."""
+    found = {"created": run.created_at}
+    if run.placed_at is not None:
+        found["placed"] = run.placed_at
+    for w in run.workers:
+        if w.started_at is not None:
+            found[f"worker-{w.index}"] = w.started_at
+    return found
+
+
+Elapsed = Callable[[str], timedelta]
+"""How long ago the named anchor was (see `anchors`), as the caller measures time."""
+
+
+def check_deadlines(
+    run: Run, now: datetime, readiness_timeout: timedelta, elapsed: Elapsed | None = None
+) -> list[Action]:
     """Run timeout (from creation) and worker readiness timeout (from each
-    worker's container start, see `readiness_clock`)."""
+    worker's container start, see `readiness_clock`). `elapsed` measures
+    time since an anchor: the orchestrator's is monotonic, so a wall clock
+    that jumps fails nothing early or late; by default it is `now` minus the
+    stored wall-clock instant. `now` only stamps the events."""
     if run.terminal:
         return []
-    if now - run.created_at >= timedelta(seconds=run.timeout_seconds):
+    stamps = anchors(run)
+    since_anchor = elapsed or (lambda name: now - stamps[name])
+    if since_anchor("created") >= timedelta(seconds=run.timeout_seconds):
         return _finish(
             run, now, "Failed", f"the run timed out after {run.timeout_seconds}s (timeoutSeconds)"
         )
     for w in run.workers:
-        since = readiness_clock(run, w)
-        if since is not None and now - since >= readiness_timeout:
+        anchor = anchor_of(run, w)
+        if anchor is not None and since_anchor(anchor) >= readiness_timeout:
             detail = w.message or f"container is {w.state}"
             started = "its start" if w.started_at else "placement"
             return _finish(

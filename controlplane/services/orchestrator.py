@@ -2,10 +2,28 @@
 desired state (runs in the store) with what agents report.
 
 Every change follows one path: take the lock, let the pure core decide
-(`core.runs`, `core.scheduler`), persist the run, notify watchers, and only
-then send the resulting actions to agents. A crash between persisting and
-sending loses nothing: when an agent re-registers, its report is compared with
-the stored runs and missing starts or teardowns are sent again.
+(`core.runs`, `core.scheduler`) on a copy of the run, persist the copy, make it
+the run in force, notify watchers, and only then send the resulting actions to
+agents. A crash between persisting and sending loses nothing: when an agent
+re-registers, its report is compared with the stored runs and missing starts
+or teardowns are sent again.
+
+A store write that fails (StoreUnavailable) changes nothing in memory and
+sends nothing, so memory never runs ahead of the store; what was pending is
+retried, never lost: deadlines, liveness, drains and scheduling are worked out
+again by the next reconcile round; a failed write while handling an agent's
+message ends that agent's stream, so it reconnects and re-registers with the
+state of every container it has, which is reconciled again; API callers get
+UNAVAILABLE and retry (creates with their request id).
+
+Time: the wall clock (`clock`) only stamps what people see (events,
+timestamps in the API). Heartbeat silence, NotReady/Lost, readiness and run
+timeouts are measured on a monotonic clock (`monotonic`), so a wall clock
+that jumps (NTP, a VM resumed) neither fails runs nor loses nodes early or
+late. Deadlines persisted as wall-clock instants (a run's creation, its
+placement, a worker's start) are turned into monotonic instants once, when
+they are set or when the control plane loads them after a restart, and the
+wall clock is never consulted for them again.
 """
 
 from __future__ import annotations
@@ -14,8 +32,9 @@ import asyncio
 import ipaddress
 import logging
 import secrets
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Protocol
 
@@ -24,7 +43,13 @@ from controlplane.core import runs as sm
 from controlplane.core.admission import admit
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
-from controlplane.core.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from controlplane.core.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from controlplane.core.gpus import (
     GpuShortage,
     allocated_gpus,
@@ -111,6 +136,12 @@ class Settings:
     tick: timedelta = timedelta(seconds=0.5)
     default_pull_policy: PullPolicy = DEFAULT_PULL_POLICY
     """The pull policy of a run created without one (--default-pull-policy)."""
+    max_pending_runs: int = 10_000
+    """Runs that may wait Pending at once; CreateRun beyond is RESOURCE_EXHAUSTED (0: no limit)."""
+    max_streams: int = 1000
+    """WatchRun and GetRunLogs streams open at once, in all (--max-streams)."""
+    max_watchers_per_run: int = 100
+    """WatchRun and GetRunLogs streams open at once on one run (--max-watchers-per-run)."""
 
 
 class Orchestrator:
@@ -123,11 +154,13 @@ class Orchestrator:
         settings: Settings | None = None,
         clock: Callable[[], datetime] = utcnow,
         credentials: Callable[[], Mapping[str, Credential]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._store = store
         self._codespecs = codespecs
         self.settings = settings or Settings()
         self._clock = clock
+        self._mono = monotonic
         self._credentials = credentials or dict
         self._lock = asyncio.Lock()
         self._runs: dict[int, Run] = {}
@@ -135,8 +168,11 @@ class Orchestrator:
         self._links: dict[str, AgentLink] = {}
         self._wake = asyncio.Event()
         self._schedule_due = True
-        self._last_schedule: datetime | None = None
+        self._last_schedule: float | None = None  # monotonic
         self._changes: dict[int, asyncio.Event] = {}  # run id -> set on its next change
+        self._watching: dict[int, int] = {}  # run id -> watches in progress
+        self._heard: dict[str, float] = {}  # node -> monotonic time of its last heartbeat
+        self._marks: dict[int, dict[str, float]] = {}  # run id -> anchor -> monotonic instant
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -146,12 +182,14 @@ class Orchestrator:
         """Load active runs and nodes; give every node a fresh grace period,
         since the control plane itself was away."""
         await self.cluster()
-        now = self._clock()
+        now, mono = self._clock(), self._mono()
         for node in await self._store.list_nodes():
             node.last_heartbeat = now
             self._nodes[node.name] = node
+            self._heard[node.name] = mono
         for run in await self._store.active_runs():
             self._runs[run.id] = run
+            self._mark(run)  # the only time stored wall-clock instants are read as such
         log.info("event=loaded runs=%d nodes=%d", len(self._runs), len(self._nodes))
 
     async def cluster(self) -> str:
@@ -204,15 +242,30 @@ class Orchestrator:
                 if known is not None:
                     log.info("event=run_create_repeated run=%d", known)
                     return await self.get_run(known)
+            self._check_pending()
             admit(job, worker, self._views())
             policy = request.pull_policy or self.settings.default_pull_policy
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
             run = await self._store.insert_run(run, request.request_id)
             self._runs[run.id] = run
+            self._mark(run)
             self._notify(run.id)
         log.info("event=run_created run=%d workers=%d", run.id, len(run.workers))
         self.wake()
         return run
+
+    def _check_pending(self) -> None:
+        """Refuse a run beyond --max-pending-runs, saying what to do."""
+        limit = self.settings.max_pending_runs
+        if not limit:
+            return
+        pending = sum(1 for r in self._runs.values() if r.status == "Pending")
+        if pending >= limit:
+            raise ResourceExhausted(
+                f"{pending} runs are already Pending, the limit (--max-pending-runs {limit}); "
+                "wait for some to start, cancel some (`muster run list --status Pending`), or "
+                "restart the control plane with a higher --max-pending-runs"
+            )
 
     async def get_run(self, run_id: int) -> Run:
         """The stored run, or NotFound."""
@@ -231,7 +284,7 @@ class Orchestrator:
                     f"run {run_id} has already finished ({stored.status}); "
                     "only Pending or Running runs can be canceled"
                 )
-            await self._commit(run, sm.cancel(run, self._clock()))
+            run = await self._change(run, lambda draft: sm.cancel(draft, self._clock()))
         self.wake()
         return run
 
@@ -240,14 +293,27 @@ class Orchestrator:
 
         The change event is taken before the run is read, so a change that
         lands between reading and waiting is never missed (changes that land
-        together are seen as one)."""
-        while True:
-            changed = self._changes.setdefault(run_id, asyncio.Event())
-            run = await self.get_run(run_id)
-            yield run
-            if run.terminal:
-                return
-            await changed.wait()
+        together are seen as one). However a watch ends (the run's end, an
+        unknown run, the caller gone), it leaves nothing behind."""
+        self._watching[run_id] = self._watching.get(run_id, 0) + 1
+        try:
+            while True:
+                changed = self._changes.setdefault(run_id, asyncio.Event())
+                run = await self.get_run(run_id)
+                yield run
+                if run.terminal:
+                    return
+                await changed.wait()
+        finally:
+            left = self._watching.pop(run_id) - 1
+            if left:
+                self._watching[run_id] = left
+            else:
+                self._changes.pop(run_id, None)
+
+    def watch_state(self) -> tuple[int, int]:
+        """(runs with a pending change event, watches in progress): what watches hold."""
+        return len(self._changes), sum(self._watching.values())
 
     def _notify(self, run_id: int) -> None:
         """Wake the run's watchers (and forget the event: no growth per run)."""
@@ -255,16 +321,63 @@ class Orchestrator:
         if event is not None:
             event.set()
 
+    async def _change(
+        self, run: Run, decide: Callable[[Run], list[Action]], always: bool = False
+    ) -> Run:
+        """Let `decide` change a copy of `run` and return the actions that
+        follow; commit the copy when there are actions, when the run ended, or
+        `always` (decisions that change a run without actions). Returns the
+        run in force afterwards."""
+        draft = sm.clone(run)
+        actions = decide(draft)
+        if actions or (draft.terminal and not run.terminal) or always:
+            await self._commit(draft, actions)
+            return draft
+        return run
+
     async def _commit(self, run: Run, actions: list[Action]) -> None:
-        """Persist first, then tell watchers, then act."""
+        """Persist `run` (a copy the state machine changed) first; only then
+        make it the run in force, tell watchers and act. A failed write raises
+        and leaves memory as it was, with nothing sent."""
         await self._store.save_run(run)
-        self._notify(run.id)
         if run.terminal:
             self._runs.pop(run.id, None)
+            self._marks.pop(run.id, None)
             self.wake()
+        elif run.id in self._runs:
+            self._runs[run.id] = run
+            self._mark(run)
+        self._notify(run.id)
         failures = [error for action in actions if (error := self._dispatch(run, action))]
         if failures and not run.terminal:
-            await self._commit(run, sm.fail(run, self._clock(), failures[0]))
+            await self._change(run, lambda draft: sm.fail(draft, self._clock(), failures[0]))
+
+    def _mark(self, run: Run) -> None:
+        """Take the monotonic instant of every deadline anchor of `run` not
+        marked yet (its creation, placement, each worker's start), from its
+        stored wall-clock value: once, as it is set (so it is about now) or as
+        the run is loaded after a restart; never again."""
+        marks = self._marks.setdefault(run.id, {})
+        fresh = {k: v for k, v in sm.anchors(run).items() if k not in marks}
+        if not fresh:
+            return
+        now, mono = self._clock(), self._mono()
+        for name, at in fresh.items():
+            marks[name] = mono - max(0.0, (now - at).total_seconds())
+
+    def _elapsed(self, run: Run) -> sm.Elapsed:
+        """Monotonic time since each of the run's anchors."""
+        self._mark(run)  # a no-op: every commit marks what it set
+        marks, mono = self._marks.get(run.id, {}), self._mono()
+
+        def since(anchor: str) -> timedelta:
+            return timedelta(seconds=max(0.0, mono - marks.get(anchor, mono)))
+
+        return since
+
+    def _active(self) -> list[int]:
+        """Ids of the active runs (a loop re-reads each: commits replace them)."""
+        return list(self._runs)
 
     def _dispatch(self, run: Run, action: Action) -> str | None:
         """Send one action; returns why it could not be sent (a bug, never bad input)."""
@@ -300,31 +413,40 @@ class Orchestrator:
         now = self._clock()
         async with self._lock:
             known = self._nodes.get(node.name)
-            self._refuse_impostor(node, known, now)
+            self._refuse_impostor(node, known)
             node = maintenance.keep_maintenance(node, known)  # the admin's, not the agent's
             node.registered_at = known.registered_at if known else now
             node.last_heartbeat, node.status = now, "Ready"
+            await self._store.save_node(node)  # first: a failed write changes nothing
             self._nodes[node.name] = node
+            self._heard[node.name] = self._mono()
             replaced = self._links.get(node.name)
             if replaced is not None and replaced is not link:
                 replaced.close()  # the newest connection of a node wins
             self._links[node.name] = link
-            await self._store.save_node(node)
-            await self._reconcile_node(node.name, link, containers, now)
+            try:
+                await self._reconcile_node(node.name, link, containers, now)
+            except BaseException:
+                # The agent's stream ends; it reconnects, and its next Register
+                # is reconciled from the start.
+                if self._links.get(node.name) is link:
+                    del self._links[node.name]
+                raise
         log.info("event=agent_connected node=%s containers=%d", node.name, len(containers))
         self.wake()
 
-    def _refuse_impostor(self, node: Node, known: Node | None, now: datetime) -> None:
+    def _refuse_impostor(self, node: Node, known: Node | None) -> None:
         """Two live agents must not share a node name: each would report the
         other's containers as missing and fail its runs."""
+        heard = self._heard.get(node.name)
         if (
             known is not None
             and node.name in self._links
             and known.instance_id
             and node.instance_id
             and known.instance_id != node.instance_id
-            and known.last_heartbeat is not None
-            and now - known.last_heartbeat < self.settings.liveness.not_ready
+            and heard is not None
+            and self._mono() - heard < self.settings.liveness.not_ready.total_seconds()
         ):
             raise AlreadyExists(
                 f"node name '{node.name}' is in use by another connected agent; give this agent "
@@ -342,15 +464,19 @@ class Orchestrator:
             if run is None:
                 link.teardown(report.run_id)  # finished or unknown run: remove leftovers
                 continue
-            await self._commit(run, sm.observe(run, name, obs, now))
-        for run in list(self._runs.values()):
+            await self._change(run, lambda d, obs=obs: sm.observe(d, name, obs, now), always=True)
+
+        def catch_up(run: Run) -> list[Action]:
             actions: list[Action] = []
             for r in run.replicas:
                 if r.node == name and (run.id, r.role, r.index) not in present:
                     actions += sm.missing_container(run, name, r.role, r.index, now)
-            actions += sm.pending_starts(run, name)
-            if actions or any(r.node == name for r in run.replicas):
-                await self._commit(run, actions)
+            return actions + sm.pending_starts(run, name)
+
+        for run_id in self._active():
+            run = self._runs.get(run_id)
+            if run is not None and any(r.node == name for r in run.replicas):
+                await self._change(run, catch_up)
 
     async def disconnect(self, name: str, link: AgentLink) -> None:
         """The stream ended; liveness decides the node's fate from its heartbeats."""
@@ -365,19 +491,25 @@ class Orchestrator:
             node = self._nodes.get(name)
             if node is None:
                 return
-            node.last_heartbeat = self._clock()
+            self._heard[name] = self._mono()
             if node.status != "Ready" and name in self._links:
-                node.status = "Ready"
-                await self._store.save_node(node)
+                ready = replace(node, status="Ready", last_heartbeat=self._clock())
+                await self._store.save_node(ready)
+                self._nodes[name] = ready
                 log.info("event=node_ready node=%s", name)
                 self.wake()
+            else:
+                node.last_heartbeat = self._clock()  # shown by node list; kept in memory
 
     async def report(self, name: str, report: Report) -> None:
         """A container changed state on node `name`."""
         async with self._lock:
             run = self._runs.get(report.run_id)
             if run is not None:
-                await self._commit(run, sm.observe(run, name, report.observation, self._clock()))
+                now = self._clock()
+                await self._change(
+                    run, lambda d: sm.observe(d, name, report.observation, now), always=True
+                )
                 return
             # A finished (or unknown) run: record how its containers ended, and
             # remove any that still run.
@@ -391,24 +523,27 @@ class Orchestrator:
                 link.teardown(report.run_id)
 
     async def remove_node(self, name: str) -> list[int]:
-        """Forget a node for good: record the removal (which revokes its
-        certificates), cut its stream, fail the runs placed on it. Returns
-        the ids of the runs that failed."""
+        """Forget a node for good: fail the runs placed on it (each persisted,
+        then its teardowns sent, the node's own last), record the removal
+        (which revokes its certificates), cut its stream. Returns the ids of
+        the runs that failed. Should a write fail, the node is still there and
+        a retry goes on where this one stopped."""
         async with self._lock:
             if name not in self._nodes:
                 raise NotFound(f"The node '{name}' was not found; `muster node list` shows them.")
             now = self._clock()
-            await self._store.delete_node(name, now)
-            del self._nodes[name]
-            link = self._links.pop(name, None)
             failed = []
-            for run in list(self._runs.values()):
-                actions = sm.node_lost(run, name, now, "was removed")
+            for run_id in self._active():
+                run = self._runs.get(run_id)
+                if run is None:
+                    continue
+                run = await self._change(run, lambda d: sm.node_lost(d, name, now, "was removed"))
                 if run.terminal:
                     failed.append(run.id)
-                    await self._commit(run, actions)
-                    if link is not None:
-                        link.teardown(run.id)  # the last thing the node is told
+            await self._store.delete_node(name, now)
+            del self._nodes[name]
+            self._heard.pop(name, None)
+            link = self._links.pop(name, None)
             if link is not None:
                 link.close()
         log.warning("event=node_removed node=%s failed_runs=%d", name, len(failed))
@@ -564,28 +699,40 @@ class Orchestrator:
         now = self._clock()
         await self._check_nodes(now)
         await self._check_drains(now)
-        for run in list(self._runs.values()):
-            actions = sm.check_deadlines(run, now, self.settings.readiness_timeout)
-            if actions or run.terminal:
-                await self._commit(run, actions)
-        await self._schedule(now)
+        timeout = self.settings.readiness_timeout
+        for run_id in self._active():
+            run = self._runs.get(run_id)
+            if run is not None:
+                elapsed = self._elapsed(run)
+                await self._change(run, lambda d, e=elapsed: sm.check_deadlines(d, now, timeout, e))
+        await self._schedule()
 
     async def _check_nodes(self, now: datetime) -> None:
-        for node in self._nodes.values():
-            if node.last_heartbeat is None:
+        """Liveness from heartbeat silence (monotonic). Every run with a
+        replica on a Lost node fails; checked every round, so a failure whose
+        write did not go through is retried."""
+        mono, lost = self._mono(), set()
+        for name in list(self._nodes):
+            node, heard = self._nodes[name], self._heard.get(name)
+            if heard is None:
                 continue
-            status = self.settings.liveness.status(node.last_heartbeat, now)
-            if status == node.status or (status == "Ready" and node.status == "Lost"):
-                continue
-            node.status = status
-            self._schedule_due = True
-            await self._store.save_node(node)
-            log.warning("event=node_status node=%s status=%s", node.name, status)
-            if status == "Lost":
-                for run in list(self._runs.values()):
-                    actions = sm.node_lost(run, node.name, now)
-                    if actions or run.terminal:
-                        await self._commit(run, actions)
+            status = self.settings.liveness.status_after(timedelta(seconds=mono - heard))
+            if status != node.status and not (status == "Ready" and node.status == "Lost"):
+                node = replace(node, status=status)
+                await self._store.save_node(node)
+                self._nodes[name] = node
+                self._schedule_due = True
+                log.warning("event=node_status node=%s status=%s", name, status)
+            if node.status == "Lost":
+                lost.add(name)
+        if not lost:
+            return
+        for run_id in self._active():
+            run = self._runs.get(run_id)
+            for name in sorted(lost & set(run.nodes())) if run is not None else ():
+                run = await self._change(run, lambda d, n=name: sm.node_lost(d, n, now))
+                if run.terminal:
+                    break
 
     async def _check_drains(self, now: datetime) -> None:
         """Drains: complete those with no replica left; at a drain's deadline,
@@ -597,11 +744,14 @@ class Orchestrator:
             step = maintenance.drain_step(node, counts.get(node.name, 0), now)
             if step == "deadline":
                 canceled = 0
-                for run in list(self._runs.values()):
-                    actions = sm.drain_deadline_passed(run, node.name, now)
-                    if actions:
-                        canceled += 1
-                        await self._commit(run, actions)
+                for run_id in self._active():
+                    run = self._runs.get(run_id)
+                    if run is None:
+                        continue
+                    run = await self._change(
+                        run, lambda d, n=node.name: sm.drain_deadline_passed(d, n, now)
+                    )
+                    canceled += run.terminal
                 log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)
                 _, counts = self._allocations()
                 step = maintenance.drain_step(node, counts.get(node.name, 0), now)
@@ -609,16 +759,21 @@ class Orchestrator:
                 await self._save_node(maintenance.drained(node, now))
                 log.info("event=node_drained node=%s", node.name)
 
-    async def _schedule(self, now: datetime) -> None:
+    async def _schedule(self) -> None:
         """Place what fits. Placement only changes when something changed, so
         rounds run on wake-ups, plus a periodic one for anti-starvation aging."""
-        periodic = self._last_schedule is None or now - self._last_schedule >= RESCHEDULE_EVERY
+        mono = self._mono()
+        periodic = (
+            self._last_schedule is None
+            or mono - self._last_schedule >= RESCHEDULE_EVERY.total_seconds()
+        )
         if not (self._schedule_due or periodic):
             return
-        self._schedule_due, self._last_schedule = False, now
+        self._schedule_due, self._last_schedule = False, mono
         pending = [r for r in self._runs.values() if not r.placed]
         if not pending:
             return
+        now = self._clock()
         demands = []
         for run in pending:
             parts = []
@@ -643,12 +798,19 @@ class Orchestrator:
                 continue
             for key, chosen in gpus.items():
                 in_use.setdefault(assignment[key], set()).update(chosen)
-            await self._commit(
-                run, sm.place(run, assignment, now, new_generation(), gpu_devices=gpus)
-            )
+            generation = new_generation()
+
+            def place(d: Run, a: dict = assignment, g: dict = gpus, gen: int = generation) -> list:
+                return sm.place(d, a, now, gen, gpu_devices=g)
+
+            run = await self._change(run, place, always=True)
             log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
         for run_id, reason in decision.waiting.items():
             run = self._runs[run_id]
             if run.status_reason != reason:
-                sm.waiting(run, reason)
-                await self._commit(run, [])
+
+                def wait(d: Run, why: str = reason) -> list[Action]:
+                    sm.waiting(d, why)
+                    return []
+
+                await self._change(run, wait, always=True)

@@ -165,7 +165,7 @@ async def world():
     codespecs = CodespecService(store, clock)
     await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
     await codespecs.create(Codespec(name="j", image="img"))
-    orch = Orchestrator(store, codespecs, SETTINGS, clock)
+    orch = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
     links = {"a": FakeLink(), "b": FakeLink()}
     for name in links:
         await orch.connect(a_node(name), links[name], [])
@@ -286,7 +286,7 @@ async def test_re_register_and_restart_keep_maintenance(world) -> None:
     await orch.drain_node("b", HOUR)
     await orch.connect(a_node("a"), FakeLink(), [])  # the agent restarted
     assert listed(orch, "a")[0].cordoned
-    again = Orchestrator(store, codespecs, SETTINGS, clock)  # the control plane restarted
+    again = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)  # restarted
     await again.load()
     await again.connect(a_node("b"), FakeLink(), [])
     assert listed(again, "a")[0].maintenance == "Cordoned"

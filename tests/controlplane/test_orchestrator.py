@@ -19,11 +19,30 @@ from controlplane.store.memory import MemoryStore
 
 
 class Clock:
+    """The wall clock and a monotonic one: `now += d` is time passing (both
+    move); `jump(d)` moves the wall clock alone (NTP, a VM resumed)."""
+
     def __init__(self) -> None:
-        self.now = datetime(2026, 1, 1, tzinfo=UTC)
+        self._wall = datetime(2026, 1, 1, tzinfo=UTC)
+        self._mono = 1000.0
+
+    @property
+    def now(self) -> datetime:
+        return self._wall
+
+    @now.setter
+    def now(self, value: datetime) -> None:
+        self._mono += (value - self._wall).total_seconds()
+        self._wall = value
+
+    def jump(self, delta: timedelta) -> None:
+        self._wall += delta
 
     def __call__(self) -> datetime:
-        return self.now
+        return self._wall
+
+    def mono(self) -> float:
+        return self._mono
 
 
 class FakeLink:
@@ -51,7 +70,7 @@ async def world():
     codespecs = CodespecService(store, clock)
     await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
     await codespecs.create(Codespec(name="j", image="img"))
-    orch = Orchestrator(store, codespecs, SETTINGS, clock)
+    orch = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
     links = {"a": FakeLink(), "b": FakeLink()}
     for name, pool in (("a", "cpu"), ("b", "gpu")):
         await orch.connect(Node(name, (pool,), Capacity(4000, 2**33, 0)), links[name], [])
@@ -138,7 +157,7 @@ async def test_restart_keeps_runs_and_tears_down_leftovers(world) -> None:
     run = await orch.create_run(request())
     await tick(orch)
     await orch.cancel_run(run.id)
-    again = Orchestrator(store, codespecs, SETTINGS, clock)
+    again = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
     await again.load()
     link = FakeLink()
     leftover = [Report(run.id, Observation("worker", 0, "running", True))]
