@@ -114,7 +114,7 @@ class GrpcAgentLink:
 
     def logs_stored(self, batch_id: int) -> None:
         """Queue a LogBatchAck."""
-        self.queue.put_nowait(pb.ConnectResponse(log_batch_ack=pb.LogBatchAck(batch_id=batch_id)))
+        self._put(pb.ConnectResponse(log_batch_ack=pb.LogBatchAck(batch_id=batch_id)))
 
 
 @dataclass
