@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import logging
 import os
+import re
 import signal
 import sys
 from datetime import timedelta
@@ -21,6 +22,33 @@ from muster.common.clientconfig import default_state_dir
 from muster.common.net import host_of, is_loopback
 
 DEFAULT_LISTEN = "127.0.0.1:50051"
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+_SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
+
+
+def duration(text: str) -> timedelta:
+    """`30d`, `12h`, `1h30m`, `90s` or plain seconds; `0` is zero."""
+    text = text.strip()
+    if text.isdigit():
+        return timedelta(seconds=int(text))
+    match = _DURATION.match(text)
+    if not text or not match or not any(match.groups()):
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration; use e.g. 30d, 12h, 90m, 0")
+    d, h, m, s = (int(g or 0) for g in match.groups())
+    return timedelta(days=d, hours=h, minutes=m, seconds=s)
+
+
+def size(text: str) -> int:
+    """Bytes from `1GiB`, `500MiB`, `2G`, `64Ki` or plain bytes; `0` is zero."""
+    match = _SIZE.match(text.strip())
+    if not match:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a size; use e.g. 1GiB, 500MiB, 0")
+    number, unit = float(match.group(1)), (match.group(2) or "").upper()
+    scale = {"": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4}
+    scale.update({"KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4})
+    return int(number * scale[unit])
+
+
 DEFAULT_AGENT_PORT = 50052
 
 
@@ -136,6 +164,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="watch and log streams open at once on one run (default: %(default)s)",
     )
+    parser.add_argument(
+        "--retain-finished",
+        type=duration,
+        default=timedelta(days=30),
+        metavar="DURATION",
+        help="delete finished runs, their logs and tags this long after they finished "
+        "(e.g. 30d, 12h; default 30d; 0: keep them forever)",
+    )
+    parser.add_argument(
+        "--max-log-bytes-per-run",
+        type=size,
+        default=1024**3,
+        metavar="SIZE",
+        help="a run's stored logs beyond this lose their oldest lines, and one line says how "
+        "many (e.g. 1GiB, 500MiB; default 1GiB; 0: no limit)",
+    )
     args = parser.parse_args(argv)
     if args.max_pending_runs < 0 or args.max_streams < 1 or args.max_watchers_per_run < 1:
         parser.error(
@@ -198,6 +242,8 @@ async def serve(args: argparse.Namespace) -> None:
         max_pending_runs=args.max_pending_runs,
         max_streams=args.max_streams,
         max_watchers_per_run=args.max_watchers_per_run,
+        retain_finished=args.retain_finished,
+        max_log_bytes_per_run=args.max_log_bytes_per_run,
     )
     security = (
         None

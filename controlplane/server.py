@@ -30,6 +30,7 @@ from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.services.registries import RegistryService
+from controlplane.services.retention import Retention, RetentionSettings
 from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
@@ -93,6 +94,8 @@ class ControlPlane:
     admin_file: Path | None = None
     registries: RegistryService | None = None
     images: ImageService | None = None
+    retention: Retention | None = None
+    retention_task: asyncio.Task[None] | None = None
 
     @property
     def secure(self) -> bool:
@@ -104,9 +107,11 @@ class ControlPlane:
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
-        self.loop_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.loop_task
+        for task in (self.loop_task, self.retention_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.store.close()
         log.info("event=stopped")
 
@@ -225,6 +230,8 @@ async def start(
         )
     await server.start()
     loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
+    retention = Retention(store, retention_settings(orchestrator.settings), clock)
+    retention_task = asyncio.create_task(retention.run_forever(), name="retention")
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -247,6 +254,16 @@ async def start(
         admin_file,
         registries,
         images,
+        retention,
+        retention_task,
+    )
+
+
+def retention_settings(settings: Settings) -> RetentionSettings:
+    """--retain-finished and --max-log-bytes-per-run (0: forever, no cap)."""
+    return RetentionSettings(
+        retain_finished=settings.retain_finished or None,
+        max_log_bytes=settings.max_log_bytes_per_run or None,
     )
 
 

@@ -133,14 +133,16 @@ class LogService:
         self, run_id: int, since_ns: int | None, tail: int, max_id: int
     ) -> AsyncIterator[list[StoredLine]]:
         """What is stored now, in time order."""
+        after = None
         if tail:
-            lines = await self._store.tail_logs(
+            # Memory stays bounded however large `tail` is: find where the last
+            # `tail` lines begin, then read on from there a chunk at a time.
+            start = await self._store.tail_start(
                 run_id, count=tail, since_ns=since_ns, max_id=max_id
             )
-            for start in range(0, len(lines), CHUNK):
-                yield lines[start : start + CHUNK]
-            return
-        after = None
+            if start is None:
+                return
+            after = (start[0], start[1] - 1)  # the key just before the first line
         while True:
             chunk = await self._store.read_logs(
                 run_id, since_ns=since_ns, max_id=max_id, after=after, limit=CHUNK

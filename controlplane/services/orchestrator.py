@@ -142,6 +142,11 @@ class Settings:
     """WatchRun and GetRunLogs streams open at once, in all (--max-streams)."""
     max_watchers_per_run: int = 100
     """WatchRun and GetRunLogs streams open at once on one run (--max-watchers-per-run)."""
+    retain_finished: timedelta = timedelta(days=30)
+    """Finished runs, their logs and tags are deleted this long after they
+    finished (--retain-finished; 0: kept forever). See services/retention.py."""
+    max_log_bytes_per_run: int = 1024**3
+    """A run's stored log text beyond this loses its oldest lines (0: no cap)."""
 
 
 class Orchestrator:
@@ -516,8 +521,11 @@ class Orchestrator:
             finished = await self._store.get_run(report.run_id)
             if finished is not None and finished.terminal:
                 sm.observe(finished, name, report.observation, self._clock())
-                await self._store.save_run(finished)
-                self._notify(finished.id)
+                try:
+                    await self._store.save_run(finished)
+                    self._notify(finished.id)
+                except KeyError:
+                    pass  # retention deleted it meanwhile
             link = self._links.get(name)
             if link is not None and report.observation.state in ("running", "creating"):
                 link.teardown(report.run_id)

@@ -123,6 +123,12 @@ class Store(Protocol):
     ) -> list[StoredLine]:
         """The last `count` lines in the same order as read_logs."""
 
+    async def tail_start(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> tuple[int, int] | None:
+        """The key (time_ns, id) of the first of the last `count` lines (as
+        tail_logs selects them), or None when there is none."""
+
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         """Lines that arrived after `after_id`, in arrival order."""
 
@@ -157,3 +163,29 @@ class Store(Protocol):
 
     async def delete_registry_login(self, registry: str) -> bool:
         """Forget a registry's login; False if there was none."""
+
+    async def finished_before(self, before: datetime, limit: int) -> list[int]:
+        """Ids of up to `limit` runs that finished before `before`, the oldest first."""
+
+    async def delete_logs(self, run_id: int, limit: int) -> int:
+        """Delete up to `limit` log lines of a run (retention does a big run in
+        such chunks, each a short transaction); returns how many went."""
+
+    async def delete_runs(self, run_ids: list[int]) -> int:
+        """Delete runs with their tags, request ids and any log lines left, in
+        one transaction; returns how many runs were deleted."""
+
+    async def log_usage(self, run_id: int) -> tuple[int, int]:
+        """(bytes of log text stored for the run, how many of its oldest lines were dropped)."""
+
+    async def runs_over_log_cap(self, max_bytes: int, limit: int) -> list[int]:
+        """Up to `limit` runs whose stored log text exceeds `max_bytes`, the largest first."""
+
+    async def drop_oldest_logs(self, run_id: int, max_bytes: int, limit: int, marker: str) -> int:
+        """Delete the run's oldest lines (time order, at most `limit`) until its
+        log text fits in `max_bytes`, and keep one marker line before what is
+        left: `marker` with `{dropped}` replaced by the number dropped in all.
+        Returns how many lines this call dropped."""
+
+    async def compact(self, pages: int) -> int:
+        """Give up to `pages` free pages back to the file system; returns how many."""

@@ -17,7 +17,7 @@ from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import CodespecOrder, CodespecPage
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
-from controlplane.store.sqlite import to_micros
+from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
 
 
 class MemoryStore:
@@ -30,6 +30,8 @@ class MemoryStore:
         self._nodes: dict[str, dict[str, Any]] = {}
         self._logs: list[StoredLine] = []
         self._log_keys: set[tuple[int, str, int, str, int]] = set()
+        self._last_log_id = 0  # arrival ids only grow, even after deletions
+        self._dropped: dict[int, int] = {}  # run id -> oldest log lines dropped (log cap)
         self._removed: dict[str, datetime] = {}
         self._tokens: dict[str, ApiToken] = {}
         self._join_tokens: dict[str, JoinToken] = {}
@@ -200,7 +202,8 @@ class MemoryStore:
             key = (ln.run_id, ln.role, ln.replica, ln.stream, ln.sequence)
             if ln.run_id in self._runs and key not in self._log_keys:
                 self._log_keys.add(key)
-                self._logs.append(StoredLine(len(self._logs) + 1, ln))
+                self._last_log_id += 1
+                self._logs.append(StoredLine(self._last_log_id, ln))
                 added += 1
         return added
 
@@ -236,5 +239,83 @@ class MemoryStore:
     ) -> list[StoredLine]:
         return self._selected(run_id, since_ns, max_id)[-count:] if count else []
 
+    async def tail_start(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> tuple[int, int] | None:
+        chosen = self._selected(run_id, since_ns, max_id)[-count:] if count else []
+        return time_key(chosen[0]) if chosen else None
+
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         return [s for s in self._logs if s.line.run_id == run_id and s.id > after_id][:limit]
+
+    # -- retention -------------------------------------------------------------
+
+    async def finished_before(self, before: datetime, limit: int) -> list[int]:
+        done = [
+            (run.finished_at, run.id)
+            for run in map(run_from_doc, self._runs.values())
+            if run.finished_at is not None and run.finished_at < before
+        ]
+        return [run_id for _, run_id in sorted(done)[:limit]]
+
+    def _forget_lines(self, doomed: list[StoredLine]) -> None:
+        gone = {id(s) for s in doomed}
+        self._logs = [s for s in self._logs if id(s) not in gone]
+        for s in doomed:
+            ln = s.line
+            self._log_keys.discard((ln.run_id, ln.role, ln.replica, ln.stream, ln.sequence))
+
+    async def delete_logs(self, run_id: int, limit: int) -> int:
+        doomed = [s for s in self._logs if s.line.run_id == run_id][:limit]
+        self._forget_lines(doomed)
+        return len(doomed)
+
+    async def delete_runs(self, run_ids: list[int]) -> int:
+        wanted = set(run_ids)
+        self._forget_lines([s for s in self._logs if s.line.run_id in wanted])
+        for key, (run_id, _) in list(self._requests.items()):
+            if run_id in wanted:
+                del self._requests[key]
+        for run_id in wanted:
+            self._dropped.pop(run_id, None)
+        return sum(self._runs.pop(run_id, None) is not None for run_id in wanted)
+
+    async def log_usage(self, run_id: int) -> tuple[int, int]:
+        size = sum(len(s.line.text.encode()) for s in self._logs if s.line.run_id == run_id)
+        return size, self._dropped.get(run_id, 0)
+
+    async def runs_over_log_cap(self, max_bytes: int, limit: int) -> list[int]:
+        sizes: dict[int, int] = {}
+        for s in self._logs:
+            sizes[s.line.run_id] = sizes.get(s.line.run_id, 0) + len(s.line.text.encode())
+        over = sorted((-size, run_id) for run_id, size in sizes.items() if size > max_bytes)
+        return [run_id for _, run_id in over[:limit]]
+
+    async def drop_oldest_logs(self, run_id: int, max_bytes: int, limit: int, marker: str) -> int:
+        size, dropped = await self.log_usage(run_id)
+        if size <= max_bytes:
+            return 0
+        excess, freed, doomed = size - max_bytes + MARKER_ROOM, 0, []
+        lines = [s for s in self._logs if s.line.run_id == run_id and s.line.sequence >= 0]
+        for stored in sorted(lines, key=time_key)[:limit]:
+            doomed.append(stored)
+            freed += len(stored.line.text.encode())
+            if freed >= excess:
+                break
+        if not doomed:
+            return 0
+        total = self._dropped[run_id] = dropped + len(doomed)
+        self._forget_lines(doomed)
+        self._forget_lines(
+            [s for s in self._logs if s.line.run_id == run_id and s.line.sequence < 0]
+        )
+        at = max(0, doomed[-1].line.time_ns - 1)
+        self._last_log_id += 1
+        text = marker.format(dropped=total)
+        line = LogLine(run_id, "job", 0, "stderr", MARKER_SEQUENCE, at, text)
+        self._logs.append(StoredLine(self._last_log_id, line))
+        self._log_keys.add((run_id, "job", 0, "stderr", MARKER_SEQUENCE))
+        return len(doomed)
+
+    async def compact(self, pages: int) -> int:
+        return 0

@@ -28,6 +28,10 @@ from controlplane.store.documents import node_from_doc, node_to_doc, run_from_do
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+MARKER_SEQUENCE = -1
+"""The line number of a run's marker line (dropped lines); agents number lines from 0."""
+MARKER_ROOM = 200
+"""Bytes kept free for the marker line when dropping a run's oldest lines."""
 
 # Append-only list of migrations; schema version N means MIGRATIONS[:N] are applied.
 MIGRATIONS: list[str] = [
@@ -129,6 +133,32 @@ MIGRATIONS: list[str] = [
     """
     ALTER TABLE logs ADD COLUMN partial INTEGER NOT NULL DEFAULT 0;  -- 1: the line goes on
     """,
+    """
+    -- Retention: when a run finished (microseconds, UTC), from its document.
+    ALTER TABLE runs ADD COLUMN finished_at INTEGER;
+    UPDATE runs SET finished_at = CAST(
+        (julianday(json_extract(doc, '$.finishedAt')) - 2440587.5) * 86400000000 AS INTEGER
+    ) WHERE json_extract(doc, '$.finishedAt') IS NOT NULL;
+    CREATE INDEX runs_finished ON runs (finished_at) WHERE finished_at IS NOT NULL;
+    -- The bytes of log text stored per run (kept by triggers), and how many of
+    -- its oldest lines were dropped to keep it within --max-log-bytes-per-run.
+    CREATE TABLE run_log_usage (
+        run_id   INTEGER PRIMARY KEY,
+        bytes    INTEGER NOT NULL DEFAULT 0,
+        dropped  INTEGER NOT NULL DEFAULT 0
+    );
+    INSERT INTO run_log_usage (run_id, bytes)
+        SELECT run_id, SUM(length(CAST(text AS BLOB))) FROM logs GROUP BY run_id;
+    CREATE TRIGGER logs_usage_insert AFTER INSERT ON logs BEGIN
+        INSERT INTO run_log_usage (run_id, bytes)
+            VALUES (NEW.run_id, length(CAST(NEW.text AS BLOB)))
+            ON CONFLICT (run_id) DO UPDATE SET bytes = bytes + excluded.bytes;
+    END;
+    CREATE TRIGGER logs_usage_delete AFTER DELETE ON logs BEGIN
+        UPDATE run_log_usage SET bytes = bytes - length(CAST(OLD.text AS BLOB))
+        WHERE run_id = OLD.run_id;
+    END;
+    """,
 ]
 
 
@@ -176,7 +206,10 @@ class SqliteStore:
         conn.execute("PRAGMA foreign_keys=ON")
         conn.execute("PRAGMA busy_timeout=5000")
         self._conn = conn
+        if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")  # a new file: in force at once
         self._migrate()
+        self._use_incremental_vacuum()
 
     def _migrate(self) -> None:
         conn = self._db
@@ -200,6 +233,19 @@ class SqliteStore:
                 conn.execute("ROLLBACK")
                 raise
             log.info("event=store_migrated version=%d", number + 1)
+
+    def _use_incremental_vacuum(self) -> None:
+        """With auto_vacuum=INCREMENTAL, compact() gives the pages that retention
+        freed back to the file system. SQLite applies a change of auto_vacuum
+        only through a VACUUM, so a database made before this version is
+        rewritten once, here, at the first start after the upgrade (it takes
+        about as long, and as much free disk, as copying the file)."""
+        conn = self._db
+        if self._path == ":memory:" or conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2:
+            return
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+        conn.execute("VACUUM")
+        log.info("event=store_vacuumed auto_vacuum=incremental")
 
     @property
     def _db(self) -> sqlite3.Connection:
@@ -365,8 +411,8 @@ class SqliteStore:
 
     def _write_run(self, conn: sqlite3.Connection, run: Run) -> None:
         updated = conn.execute(
-            "UPDATE runs SET status = ?, doc = ? WHERE id = ?",
-            (run.status, json.dumps(run_to_doc(run)), run.id),
+            "UPDATE runs SET status = ?, doc = ?, finished_at = ? WHERE id = ?",
+            (run.status, json.dumps(run_to_doc(run)), _maybe_micros(run.finished_at), run.id),
         ).rowcount
         if updated != 1:
             raise KeyError(f"run {run.id} does not exist")
@@ -632,14 +678,13 @@ class SqliteStore:
         ]
 
         def tx(conn: sqlite3.Connection) -> int:
-            before = conn.total_changes
-            conn.executemany(
+            added = conn.executemany(
                 "INSERT OR IGNORE INTO logs "
                 "(run_id, role, replica, stream, sequence, ts, text, partial) "
                 "SELECT ?, ?, ?, ?, ?, ?, ?, ? WHERE EXISTS (SELECT 1 FROM runs WHERE id = ?)",
                 rows,
-            )
-            return conn.total_changes - before
+            ).rowcount
+            return added  # rows inserted (not those the log-usage trigger changed)
 
         return await self._call(self._tx, tx)
 
@@ -714,6 +759,25 @@ class SqliteStore:
 
         return await self._call(q)
 
+    async def tail_start(
+        self, run_id: int, *, count: int, since_ns: int | None, max_id: int | None
+    ) -> tuple[int, int] | None:
+        def q() -> tuple[int, int] | None:
+            where, params = self._log_filter(run_id, since_ns, max_id)
+            row = (
+                self._db.execute(
+                    f"SELECT ts, id FROM logs WHERE {where} ORDER BY ts DESC, id DESC "
+                    "LIMIT 1 OFFSET ?",
+                    [*params, max(0, count - 1)],
+                ).fetchone()
+                or self._db.execute(
+                    f"SELECT ts, id FROM logs WHERE {where} ORDER BY ts, id LIMIT 1", params
+                ).fetchone()
+            )
+            return (int(row["ts"]), int(row["id"])) if row else None
+
+        return await self._call(q)
+
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         def q() -> list[StoredLine]:
             rows = self._db.execute(
@@ -724,7 +788,119 @@ class SqliteStore:
 
         return await self._call(q)
 
+    # -- retention -------------------------------------------------------------
+
+    async def finished_before(self, before: datetime, limit: int) -> list[int]:
+        def q() -> list[int]:
+            rows = self._db.execute(
+                "SELECT id FROM runs WHERE finished_at IS NOT NULL AND finished_at < ? "
+                "ORDER BY finished_at, id LIMIT ?",
+                (to_micros(before), limit),
+            ).fetchall()
+            return [int(r["id"]) for r in rows]
+
+        return await self._call(q)
+
+    async def delete_logs(self, run_id: int, limit: int) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            return conn.execute(
+                "DELETE FROM logs WHERE id IN (SELECT id FROM logs WHERE run_id = ? LIMIT ?)",
+                (run_id, limit),
+            ).rowcount
+
+        return await self._call(self._tx, tx)
+
+    async def delete_runs(self, run_ids: list[int]) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            marks = ",".join("?" * len(run_ids))
+            for table in ("logs", "run_log_usage", "run_tags", "run_requests"):
+                conn.execute(f"DELETE FROM {table} WHERE run_id IN ({marks})", run_ids)
+            return conn.execute(f"DELETE FROM runs WHERE id IN ({marks})", run_ids).rowcount
+
+        return await self._call(self._tx, tx) if run_ids else 0
+
+    async def log_usage(self, run_id: int) -> tuple[int, int]:
+        def q() -> tuple[int, int]:
+            row = self._db.execute(
+                "SELECT bytes, dropped FROM run_log_usage WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            return (int(row["bytes"]), int(row["dropped"])) if row else (0, 0)
+
+        return await self._call(q)
+
+    async def runs_over_log_cap(self, max_bytes: int, limit: int) -> list[int]:
+        def q() -> list[int]:
+            rows = self._db.execute(
+                "SELECT run_id FROM run_log_usage WHERE bytes > ? ORDER BY bytes DESC LIMIT ?",
+                (max_bytes, limit),
+            ).fetchall()
+            return [int(r["run_id"]) for r in rows]
+
+        return await self._call(q)
+
+    async def drop_oldest_logs(self, run_id: int, max_bytes: int, limit: int, marker: str) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            usage = conn.execute(
+                "SELECT bytes, dropped FROM run_log_usage WHERE run_id = ?", (run_id,)
+            ).fetchone()
+            if usage is None or usage["bytes"] <= max_bytes:
+                return 0
+            excess = usage["bytes"] - max_bytes + MARKER_ROOM
+            rows = conn.execute(
+                "SELECT id, ts, length(CAST(text AS BLOB)) AS n FROM logs "
+                "WHERE run_id = ? AND sequence >= 0 ORDER BY ts, id LIMIT ?",
+                (run_id, limit),
+            ).fetchall()
+            freed, last = 0, None
+            for row in rows:
+                freed, last = freed + row["n"], row
+                if freed >= excess:
+                    break
+            if last is None:
+                return 0
+            dropped = conn.execute(
+                "DELETE FROM logs WHERE run_id = ? AND sequence >= 0 AND (ts, id) <= (?, ?)",
+                (run_id, last["ts"], last["id"]),
+            ).rowcount
+            total = usage["dropped"] + dropped
+            conn.execute("UPDATE run_log_usage SET dropped = ? WHERE run_id = ?", (total, run_id))
+            # One marker line, first of what is left, says how many were dropped in all.
+            conn.execute(
+                "DELETE FROM logs WHERE run_id = ? AND sequence = ?", (run_id, MARKER_SEQUENCE)
+            )
+            conn.execute(
+                "INSERT INTO logs (run_id, role, replica, stream, sequence, ts, text) "
+                "VALUES (?, 'job', 0, 'stderr', ?, ?, ?)",
+                (run_id, MARKER_SEQUENCE, max(0, last["ts"] - 1), marker.format(dropped=total)),
+            )
+            return dropped
+
+        return await self._call(self._tx, tx)
+
+    async def compact(self, pages: int) -> int:
+        def q() -> int:
+            conn = self._db
+            before = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if before:
+                conn.execute(f"PRAGMA incremental_vacuum({int(pages)})").fetchall()
+            after = conn.execute("PRAGMA freelist_count").fetchone()[0]
+            if before and not after:  # done: the write-ahead log goes back to nothing too
+                conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+            return int(before - after)
+
+        return await self._call(q)
+
 
 def _split_sql(script: str) -> list[str]:
-    """Split a migration script into statements (no semicolons inside literals)."""
-    return [s.strip() for s in script.split(";") if s.strip()]
+    """Split a migration script into statements, at the semicolons that end a
+    complete statement: a trigger's body, or a semicolon in a comment or a
+    literal, stays inside its statement. Pieces with nothing but comments go."""
+    statements, current = [], ""
+    for piece in script.split(";"):
+        current += piece + ";"
+        if sqlite3.complete_statement(current):
+            code = "\n".join(line.split("--")[0] for line in current.splitlines())
+            if code.strip(" \n\t;"):
+                statements.append(current.strip())
+            current = ""
+    return statements

@@ -140,3 +140,40 @@ def test_an_agents_queue_is_bounded_and_overflow_closes_it() -> None:
     link.teardown(9)  # nothing more is queued on a closing link
     link.close()
     assert link.queue.qsize() == 0
+
+
+async def test_a_huge_tail_is_read_a_chunk_at_a_time(tmp_path: Path) -> None:
+    from controlplane.core.logs import LogLine
+    from controlplane.services.codespecs import CodespecService
+    from controlplane.services.logs import CHUNK, LogService
+    from controlplane.services.orchestrator import Orchestrator
+    from controlplane.store.sqlite import SqliteStore
+    from tests.controlplane.test_runs_state import make_run
+
+    store = await SqliteStore.open(tmp_path / "db")
+    try:
+        run = await store.insert_run(make_run())
+        await store.append_logs(
+            [LogLine(run.id, "job", 0, "stdout", i, i + 1, f"line {i}") for i in range(2500)]
+        )
+        asked: list[int] = []
+        read_logs = store.read_logs
+
+        async def recording(run_id: int, **query):  # type: ignore[no-untyped-def]
+            asked.append(query["limit"])
+            return await read_logs(run_id, **query)
+
+        store.read_logs = recording  # type: ignore[method-assign]
+        logs = LogService(store, Orchestrator(store, CodespecService(store)))
+
+        async def tail(count: int, since_ns: int | None = None) -> list[int]:
+            reading = logs.read(run.id, follow=False, since_ns=since_ns, tail=count)
+            return [s.line.sequence async for chunk, _ in reading for s in chunk]
+
+        assert await tail(2**31 - 1) == list(range(2500))
+        assert asked and max(asked) <= CHUNK  # never the whole tail at once
+        assert await tail(3) == [2497, 2498, 2499]
+        assert await tail(1500) == list(range(1000, 2500))
+        assert await tail(5, since_ns=2499) == [2498, 2499]
+    finally:
+        await store.close()

@@ -214,3 +214,111 @@ async def test_a_request_id_is_stored_with_its_run(store) -> None:
     assert await store.forget_requests(T0 + timedelta(days=1), limit=10) == 1
     assert await store.run_for_request("req-old-0123456789abc", T0) is None
     assert await store.run_for_request("req-0123456789abcdef", T0) == second.id
+
+
+async def finished_run(store, minutes: int, tags: dict[str, str] | None = None, request_id=""):
+    """A run that finished `minutes` after T0."""
+    from controlplane.core import runs as sm
+    from tests.controlplane.test_runs_state import make_run
+
+    run = make_run()
+    run.tags = dict(tags or {})
+    run = await store.insert_run(run, request_id)
+    sm.cancel(run, T0 + timedelta(minutes=minutes))
+    await store.save_run(run)
+    return run
+
+
+def lines(run_id: int, count: int, text: str = "x" * 100, start: int = 0) -> list:
+    from controlplane.core.logs import LogLine
+
+    return [
+        LogLine(run_id, "job", 0, "stdout", i, 1_000_000 * (i + 1), text)
+        for i in range(start, start + count)
+    ]
+
+
+async def test_retention_deletes_finished_runs_with_their_logs_tags_and_ids(store) -> None:
+    from tests.controlplane.test_runs_state import make_run
+
+    old = await finished_run(store, 1, {"team": "a"}, "old-request-0123456789")
+    recent = await finished_run(store, 60, {"team": "a"})
+    active = await store.insert_run(make_run())
+    for run in (old, recent, active):
+        await store.append_logs(lines(run.id, 30))
+    cutoff = T0 + timedelta(minutes=30)
+    assert await store.finished_before(cutoff, 10) == [old.id]
+    assert await store.delete_logs(old.id, 20) == 20  # a big run goes in chunks
+    assert await store.delete_logs(old.id, 20) == 10
+    assert await store.delete_logs(old.id, 20) == 0
+    assert await store.delete_runs([old.id]) == 1
+    assert await store.get_run(old.id) is None
+    assert await store.finished_before(cutoff, 10) == []
+    assert await store.count_runs(tags={"team": "a"}, since=None) == {"Canceled": 1}
+    assert await store.run_for_request("old-request-0123456789", T0) is None
+    assert await store.read_logs(old.id, since_ns=None, max_id=None, after=None, limit=100) == []
+    assert (
+        len(await store.read_logs(recent.id, since_ns=None, max_id=None, after=None, limit=99))
+        == 30
+    )
+    assert await store.finished_before(T0 + timedelta(days=1), 10) == [recent.id]  # not active
+    assert await store.delete_runs([]) == 0
+    await store.compact(100)
+
+
+async def test_a_runs_logs_are_capped_oldest_first_with_one_marker(store) -> None:
+    from tests.controlplane.test_runs_state import make_run
+
+    run = await store.insert_run(make_run())
+    other = await store.insert_run(make_run())
+    await store.append_logs(lines(run.id, 100))  # 100 lines of 100 bytes
+    await store.append_logs(lines(other.id, 5))
+    assert await store.log_usage(run.id) == (10_000, 0)
+    assert await store.runs_over_log_cap(5000, 10) == [run.id]
+    marker = "[muster] {dropped} earlier log lines were dropped"
+    dropped = await store.drop_oldest_logs(run.id, 5000, 1000, marker)
+    assert dropped == 52  # down to the cap, with room for the marker
+    assert await store.drop_oldest_logs(run.id, 5000, 1000, marker) == 0
+    kept = await store.read_logs(run.id, since_ns=None, max_id=None, after=None, limit=1000)
+    assert kept[0].line.text == "[muster] 52 earlier log lines were dropped"
+    assert [s.line.sequence for s in kept[1:]] == list(range(52, 100))
+    size, total = await store.log_usage(run.id)
+    assert size <= 5000 and total == 52
+    # More arrives; the marker is replaced and counts everything dropped so far.
+    await store.append_logs(lines(run.id, 20, start=100))
+    assert await store.drop_oldest_logs(run.id, 5000, 1000, marker) == 21
+    kept = await store.read_logs(run.id, since_ns=None, max_id=None, after=None, limit=1000)
+    assert [s.line.text for s in kept].count("[muster] 73 earlier log lines were dropped") == 1
+    assert kept[0].line.text.startswith("[muster] 73")
+    assert [s.line.sequence for s in kept[1:]] == list(range(73, 120))
+    tail = await store.tail_logs(run.id, count=1, since_ns=None, max_id=None)
+    assert tail[0].line.sequence == 119
+    assert await store.runs_over_log_cap(5000, 10) == []
+    assert await store.log_usage(other.id) == (500, 0)
+
+
+async def test_an_older_database_gains_retention_columns_from_its_runs(tmp_path: Path) -> None:
+    """Finish times and log sizes of runs stored before retention are filled in."""
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    old_database(path, "CREATE TABLE run_log_usage")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for status, doc in (
+        ("Succeeded", '{"finishedAt": "2026-01-01T00:01:00+00:00"}'),
+        ("Running", '{"finishedAt": null}'),
+    ):
+        conn.execute("INSERT INTO runs (status, created_at, doc) VALUES (?, 0, ?)", (status, doc))
+    conn.executemany(
+        "INSERT INTO logs (run_id, role, replica, stream, sequence, ts, text) "
+        "VALUES (1, 'job', 0, 'stdout', ?, ?, 'héllo')",
+        [(i, i) for i in range(3)],
+    )
+    conn.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.finished_before(T0 + timedelta(minutes=2), 10) == [1]
+        assert await s.finished_before(T0 + timedelta(seconds=59), 10) == []
+        assert await s.log_usage(1) == (18, 0)  # bytes, not characters
+    finally:
+        await s.close()
