@@ -236,6 +236,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 grpc.StatusCode.UNAVAILABLE, f"the control plane's store is unavailable ({error})"
             )
         reader: asyncio.Task[None] | None = None
+        get: asyncio.Future[pb.ConnectResponse | object] | None = None
         try:
             # Registered goes first; what connect() queued on the link follows.
             lost_after = int(self._orchestrator.settings.liveness.lost.total_seconds())
@@ -259,6 +260,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     break
                 yield message
         finally:
+            if get is not None:
+                get.cancel()  # the agent went away while we waited: no pending read left behind
             if reader is not None:
                 reader.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

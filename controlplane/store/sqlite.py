@@ -337,11 +337,12 @@ class SqliteStore:
         after: tuple[int, str] | None,
     ) -> CodespecPage:
         def q() -> CodespecPage:
-            escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params: list[Any] = [escaped + "%"]
+            # A plain, case-sensitive prefix (LIKE ignores ASCII case and refuses
+            # patterns over 50,000 bytes); any length, no escaping.
+            params: list[Any] = [len(prefix), prefix]
             sql = (
                 "WITH heads AS (SELECT name, MAX(version) AS version, MIN(created_at) AS born "
-                "FROM codespecs WHERE name LIKE ? ESCAPE '\\' GROUP BY name) "
+                "FROM codespecs WHERE substr(name, 1, ?) = ? GROUP BY name) "
                 "SELECT c.*, h.born FROM heads h JOIN codespecs c "
                 "ON c.name = h.name AND c.version = h.version"
             )
