@@ -316,6 +316,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         batches: asyncio.Queue[pb.LogBatch],
     ) -> None:
         async for message in requests:
+            self._orchestrator.touch(name)  # any message proves the agent alive
             kind = message.WhichOneof("message")
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)

@@ -490,13 +490,25 @@ class Orchestrator:
                 del self._links[name]
         log.info("event=agent_disconnected node=%s", name)
 
+    def touch(self, name: str) -> None:
+        """The node's agent was heard from (any message counts). No lock: liveness
+        must never queue behind API work that holds it, or a busy control plane
+        would declare healthy nodes Lost."""
+        node = self._nodes.get(name)
+        if node is not None:
+            self._heard[name] = self._mono()
+            node.last_heartbeat = self._clock()  # shown by node list; kept in memory
+
     async def heartbeat(self, name: str) -> None:
         """Record a heartbeat (kept in memory; the node is persisted on status changes)."""
+        self.touch(name)
+        node = self._nodes.get(name)
+        if node is None or node.status == "Ready" or name not in self._links:
+            return
         async with self._lock:
             node = self._nodes.get(name)
             if node is None:
                 return
-            self._heard[name] = self._mono()
             if node.status != "Ready" and name in self._links:
                 ready = replace(node, status="Ready", last_heartbeat=self._clock())
                 await self._store.save_node(ready)
