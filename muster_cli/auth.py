@@ -16,7 +16,7 @@ from muster.v1 import auth_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, cli, format_option, server_option
 from muster_cli.client import channel, fail, open_channel, user_config_path
 from muster_cli.output import dump, table, to_dict
-from muster_cli.timeparse import parse_duration
+from muster_cli.timeparse import optional_duration
 
 ROLES = ["admin", "user", "reader"]
 
@@ -37,14 +37,7 @@ def _when(ts: Timestamp) -> str:
 
 def ttl_seconds(text: str | None) -> int:
     """Seconds of a --ttl value; 0 when not given."""
-    if not text:
-        return 0
-    try:
-        return parse_duration(text)
-    except click.BadParameter:
-        raise click.BadParameter(
-            f"'{text}' is not a duration; use e.g. 30d, 12h, 90m", param_hint="--ttl"
-        ) from None
+    return optional_duration(text, "--ttl", "30d, 12h, 90m")
 
 
 @cli.command(context_settings=CONTEXT)

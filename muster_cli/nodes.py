@@ -13,7 +13,7 @@ from muster_cli.app import CONTEXT, address, cli, format_option, server_option
 from muster_cli.auth import ttl_seconds
 from muster_cli.client import channel
 from muster_cli.output import dump, enum_text, human_cpu, human_memory, table, to_dict
-from muster_cli.timeparse import parse_duration
+from muster_cli.timeparse import optional_duration
 
 
 @cli.group()
@@ -57,14 +57,7 @@ def node_remove(ctx: click.Context, name: str, leaf_server: str | None) -> None:
 
 def deadline_seconds(text: str | None) -> int:
     """Seconds of a --deadline value; 0 (no deadline) when not given."""
-    if not text:
-        return 0
-    try:
-        return parse_duration(text)
-    except click.BadParameter:
-        raise click.BadParameter(
-            f"'{text}' is not a duration; use e.g. 30m, 1h, 2h30m", param_hint="--deadline"
-        ) from None
+    return optional_duration(text, "--deadline", "30m, 1h, 2h30m")
 
 
 def _when(ts: Timestamp) -> str:

@@ -43,3 +43,15 @@ def parse_since(text: str) -> Timestamp:
             ) from None
     ts.FromDatetime(when)
     return ts
+
+
+def optional_duration(text: str | None, flag: str, examples: str) -> int:
+    """Seconds of an optional duration flag (0 when not given), with the flag's own hint."""
+    if not text:
+        return 0
+    try:
+        return parse_duration(text)
+    except click.BadParameter:
+        raise click.BadParameter(
+            f"'{text}' is not a duration; use e.g. {examples}", param_hint=flag
+        ) from None
