@@ -156,26 +156,33 @@ class LogService:
         self, run_id: int, after_id: int, since_ns: int | None
     ) -> AsyncIterator[tuple[list[StoredLine], int]]:
         """New lines in arrival order (sorted by time within a batch) until complete."""
-        while True:
-            # Read the run before the lines: if it is complete now, the lines
-            # read next are the last ones.
-            run = await self._orchestrator.get_run(run_id)
-            complete = logs_complete(run, datetime.now(run.created_at.tzinfo), self._complete_after)
+        try:
             while True:
-                chunk = await self._store.new_logs(run_id, after_id=after_id, limit=CHUNK)
-                if not chunk:
-                    break
-                after_id = chunk[-1].id
-                fresh = [s for s in chunk if since_ns is None or s.line.time_ns >= since_ns]
-                yield sorted(fresh, key=time_key), after_id
-            if complete:
-                return
-            event = self._arrived.setdefault(run_id, asyncio.Event())
-            try:
-                # New lines wake us; the timeout re-checks whether the run ended.
-                await asyncio.wait_for(event.wait(), 0.5)
-            except TimeoutError:
-                pass
+                # Read the run before the lines: if it is complete now, the lines
+                # read next are the last ones.
+                run = await self._orchestrator.get_run(run_id)
+                complete = logs_complete(
+                    run, datetime.now(run.created_at.tzinfo), self._complete_after
+                )
+                while True:
+                    chunk = await self._store.new_logs(run_id, after_id=after_id, limit=CHUNK)
+                    if not chunk:
+                        break
+                    after_id = chunk[-1].id
+                    fresh = [s for s in chunk if since_ns is None or s.line.time_ns >= since_ns]
+                    yield sorted(fresh, key=time_key), after_id
+                if complete:
+                    return
+                event = self._arrived.setdefault(run_id, asyncio.Event())
+                try:
+                    # New lines wake us; the timeout re-checks whether the run ended.
+                    await asyncio.wait_for(event.wait(), 0.5)
+                except TimeoutError:
+                    pass
+        finally:
+            # However the follow ends, no per-run entry outlives it (another
+            # follower of the run simply makes a new one at its next wait).
+            self._arrived.pop(run_id, None)
 
 
 def sized(lines: list[StoredLine], limit: int = LOG_BATCH_BYTES) -> list[list[StoredLine]]:

@@ -130,3 +130,4 @@ async def test_follow_gets_new_lines_and_ends_when_logs_complete(tmp_path: Path)
     ]
     after = await store.new_logs(run.id, after_id=resumes[1], limit=100)
     assert resumed == [s.line.text for s in after] and resumed[-1] == "job0-stdout-2"
+    assert logs._arrived == {}  # ended follows leave no per-run entry behind
