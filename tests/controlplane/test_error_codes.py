@@ -61,3 +61,9 @@ async def test_a_failing_store_answers_unavailable(control_plane, channel) -> No
         cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="x", image="i"))
     )
     assert reply.codespec.version == 1
+
+
+async def test_commits_reach_the_disk_before_they_are_acted_on(control_plane) -> None:
+    store = control_plane.store
+    level = await store._call(lambda: store._conn.execute("PRAGMA synchronous").fetchone()[0])
+    assert level == 2  # FULL
