@@ -8,14 +8,13 @@ from pathlib import Path
 
 import click
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from muster.common.clientconfig import ClientConfig
 from muster.v1 import auth_pb2 as pb
 from muster.v1 import auth_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, cli, format_option, server_option
 from muster_cli.client import channel, fail, open_channel, user_config_path
-from muster_cli.output import dump, table, to_dict
+from muster_cli.output import dump, table, to_dict, when
 from muster_cli.timeparse import optional_duration
 
 ROLES = ["admin", "user", "reader"]
@@ -29,10 +28,6 @@ def role_pb(text: str) -> pb.Role:
 def role_text(value: int) -> str:
     """ROLE_USER -> 'user'."""
     return pb.Role.Name(value).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
-
-
-def _when(ts: Timestamp) -> str:
-    return ts.ToDatetime().strftime("%Y-%m-%dT%H:%M:%SZ") if ts.seconds else "-"
 
 
 def ttl_seconds(text: str | None) -> int:
@@ -82,7 +77,7 @@ def whoami(ctx: click.Context, leaf_server: str | None) -> None:
     """Show the name and role of the token in use."""
     with channel(address(ctx, leaf_server)) as ch:
         me = pb_grpc.TokenServiceStub(ch).WhoAmI(pb.WhoAmIRequest(), timeout=15)
-    expires = _when(me.expires_at) if me.HasField("expires_at") else "never"
+    expires = when(me.expires_at) if me.HasField("expires_at") else "never"
     click.echo(f"{me.name} (role {role_text(me.role)}, expires {expires})")
 
 
@@ -126,9 +121,9 @@ def token_list(ctx: click.Context, fmt: str, leaf_server: str | None) -> None:
         (
             t.name,
             role_text(t.role),
-            _when(t.created_at),
-            _when(t.expires_at),
-            _when(t.revoked_at),
+            when(t.created_at),
+            when(t.expires_at),
+            when(t.revoked_at),
         )
         for t in reply.tokens
     ]

@@ -5,14 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from muster.v1 import node_pb2 as pb
 from muster.v1 import node_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, cli, format_option, server_option
 from muster_cli.auth import ttl_seconds
 from muster_cli.client import channel
-from muster_cli.output import dump, enum_text, human_cpu, human_memory, table, to_dict
+from muster_cli.output import dump, enum_text, human_cpu, human_memory, table, to_dict, when
 from muster_cli.timeparse import optional_duration
 
 
@@ -60,10 +59,6 @@ def deadline_seconds(text: str | None) -> int:
     return optional_duration(text, "--deadline", "30m, 1h, 2h30m")
 
 
-def _when(ts: Timestamp) -> str:
-    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 @node.command("cordon", context_settings=CONTEXT)
 @click.argument("name")
 @server_option
@@ -108,7 +103,7 @@ def node_drain(
     elif n.HasField("drain_deadline"):
         click.echo(
             f"node '{name}' draining: {_replicas(n)} there; "
-            f"runs still there at {_when(n.drain_deadline)} are canceled"
+            f"runs still there at {when(n.drain_deadline)} are canceled"
         )
     else:
         click.echo(f"node '{name}' draining: {_replicas(n)} there; no deadline")

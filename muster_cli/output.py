@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC
 from typing import Any
 
 import yaml
 from google.protobuf import json_format
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 FORMATS = ("table", "json", "yaml")
 
@@ -89,3 +91,8 @@ def human_bytes(value: int) -> str:
             text = f"{number:.0f}" if number >= 10 else f"{number:.1f}".removesuffix(".0")
             return f"{text} {suffix}"
     return f"{value} B"
+
+
+def when(ts: Timestamp) -> str:
+    """A timestamp as `2026-11-30T12:00:00Z`, or `-` when it is unset."""
+    return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts.seconds else "-"

@@ -21,6 +21,8 @@ from muster.v1 import agent_pb2, auth_pb2, codespec_pb2, image_pb2, node_pb2, ru
 from muster.v1 import auth_pb2 as tpb
 from muster.v1 import auth_pb2_grpc as tgrpc
 from muster.v1 import codespec_pb2_grpc as cgrpc
+from muster.v1 import run_pb2 as rpb
+from muster.v1 import run_pb2_grpc as rgrpc
 from tests.security.conftest import Secure
 
 REFUSALS = {grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED}
@@ -205,9 +207,6 @@ async def test_bad_token_requests_are_refused_and_store_nothing(secure: Secure) 
 
 
 async def test_a_revoked_token_ends_its_open_watch_stream(secure: Secure) -> None:
-    from muster.v1 import run_pb2 as rpb
-    from muster.v1 import run_pb2_grpc as rgrpc
-
     secret = await secure.token("watcher", "reader")
     async with secure.channel() as admin:
         await cgrpc.CodespecServiceStub(admin).CreateCodespec(
