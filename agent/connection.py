@@ -337,7 +337,9 @@ class LogWindow:
     """The log batches of one stream in flight: at most a window of them.
 
     Without acknowledgements (the default), a batch is in flight from the moment
-    it enters the outbox until it is handed to gRPC. With them
+    it enters the outbox until it is handed to gRPC, and :meth:`send`'s future
+    is done at that moment (not before: status messages overtake batches that
+    wait in the outbox, so "queued" is not "sent"). With them
     (:meth:`use_acks`, when the control plane announced a log window), batches
     are numbered 1, 2, ... and stay in flight until the control plane
     acknowledges them (stored); :meth:`send` then returns a future that is done
@@ -352,6 +354,8 @@ class LogWindow:
         self._acks = False
         self._next_id = 1
         self._unacked: dict[int, asyncio.Future[None]] = {}
+        self._queued: deque[asyncio.Future[None]] = deque()
+        """Without acknowledgements: one future per batch in the outbox, in order."""
 
     def use_acks(self, window: int) -> None:
         """The control plane acknowledges batches and takes ``window`` at a time
@@ -360,13 +364,15 @@ class LogWindow:
             self._acks = True
             self._slots = asyncio.Semaphore(min(self._size, window))
 
-    async def send(self, batch: agent_pb2.LogBatch) -> asyncio.Future[None] | None:
-        """Queue ``batch`` once the window has room; with acknowledgements, the
-        future that is done once it was stored."""
+    async def send(self, batch: agent_pb2.LogBatch) -> asyncio.Future[None]:
+        """Queue ``batch`` once the window has room; returns the future that is
+        done once it was handed to gRPC (with acknowledgements: stored)."""
         await self._slots.acquire()
         if not self._acks:
+            handed = asyncio.get_running_loop().create_future()
+            self._queued.append(handed)
             self._outbox.put(agent_pb2.ConnectRequest(log_batch=batch))
-            return None
+            return handed
         batch.batch_id = self._next_id
         self._next_id += 1
         stored = asyncio.get_running_loop().create_future()
@@ -375,8 +381,10 @@ class LogWindow:
         return stored
 
     def sent(self) -> None:
-        """A batch was handed to gRPC."""
+        """A batch was handed to gRPC (batches leave the outbox in order)."""
         if not self._acks:
+            if self._queued and not (handed := self._queued.popleft()).done():
+                handed.set_result(None)
             self._slots.release()
 
     def acked(self, batch_id: int) -> None:
@@ -390,5 +398,6 @@ class LogWindow:
     def close(self) -> None:
         """The stream ended: no acknowledgement will come."""
         unacked, self._unacked = self._unacked, {}
-        for future in unacked.values():
+        queued, self._queued = self._queued, deque()
+        for future in [*unacked.values(), *queued]:
             future.cancel()

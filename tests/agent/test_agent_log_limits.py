@@ -144,12 +144,16 @@ async def test_the_log_window_numbers_batches_and_frees_a_slot_per_acknowledgeme
     assert stored is not None and stored.cancelled()
 
     plain = LogWindow(Outbox(), size=1)  # a control plane without acknowledgements
-    assert await plain.send(agent_pb2.LogBatch()) is None
+    queued = await plain.send(agent_pb2.LogBatch())
     blocked = asyncio.ensure_future(plain.send(agent_pb2.LogBatch()))
     await asyncio.sleep(0.05)
     assert not blocked.done()
+    assert not queued.done(), "in the outbox is not sent: status messages overtake it"
     plain.sent()  # handed to gRPC
-    assert await asyncio.wait_for(blocked, 1) is None
+    assert queued.done() and not queued.cancelled()
+    last = await asyncio.wait_for(blocked, 1)
+    plain.close()
+    assert last.cancelled(), "never handed to gRPC"
 
 
 async def test_a_flush_waits_as_long_as_batches_keep_going_out() -> None:
