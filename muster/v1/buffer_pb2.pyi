@@ -49,6 +49,12 @@ class CreateBufferRequest(_message.Message):
     ttl_seconds: int
     def __init__(self, tags: _Optional[_Mapping[str, str]] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
+class CreateBufferResponse(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: Buffer
+    def __init__(self, buffer: _Optional[_Union[Buffer, _Mapping]] = ...) -> None: ...
+
 class GetBufferRequest(_message.Message):
     __slots__ = ("id", "soft_deleted")
     ID_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +62,12 @@ class GetBufferRequest(_message.Message):
     id: str
     soft_deleted: bool
     def __init__(self, id: _Optional[str] = ..., soft_deleted: _Optional[bool] = ...) -> None: ...
+
+class GetBufferResponse(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: Buffer
+    def __init__(self, buffer: _Optional[_Union[Buffer, _Mapping]] = ...) -> None: ...
 
 class BufferFilter(_message.Message):
     __slots__ = ("tags", "exclude_tags", "soft_deleted")
@@ -132,6 +144,12 @@ class UpdateBufferRequest(_message.Message):
     etag: str
     def __init__(self, id: _Optional[str] = ..., tags: _Optional[_Mapping[str, str]] = ..., clear_tags: _Optional[bool] = ..., ttl_seconds: _Optional[int] = ..., etag: _Optional[str] = ...) -> None: ...
 
+class UpdateBufferResponse(_message.Message):
+    __slots__ = ("buffer",)
+    BUFFER_FIELD_NUMBER: _ClassVar[int]
+    buffer: Buffer
+    def __init__(self, buffer: _Optional[_Union[Buffer, _Mapping]] = ...) -> None: ...
+
 class DeleteBuffersRequest(_message.Message):
     __slots__ = ("ids", "filter", "all", "ttl_seconds", "purge")
     IDS_FIELD_NUMBER: _ClassVar[int]
@@ -185,7 +203,7 @@ class GetBufferAccessRequest(_message.Message):
     ttl_seconds: int
     def __init__(self, id: _Optional[str] = ..., writable: _Optional[bool] = ..., ttl_seconds: _Optional[int] = ...) -> None: ...
 
-class BufferAccess(_message.Message):
+class GetBufferAccessResponse(_message.Message):
     __slots__ = ("uri", "expires_at")
     URI_FIELD_NUMBER: _ClassVar[int]
     EXPIRES_AT_FIELD_NUMBER: _ClassVar[int]

@@ -41,12 +41,12 @@ class BufferServiceStub:
         self.CreateBuffer = channel.unary_unary(
                 '/muster.v1.BufferService/CreateBuffer',
                 request_serializer=muster_dot_v1_dot_buffer__pb2.CreateBufferRequest.SerializeToString,
-                response_deserializer=muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+                response_deserializer=muster_dot_v1_dot_buffer__pb2.CreateBufferResponse.FromString,
                 _registered_method=True)
         self.GetBuffer = channel.unary_unary(
                 '/muster.v1.BufferService/GetBuffer',
                 request_serializer=muster_dot_v1_dot_buffer__pb2.GetBufferRequest.SerializeToString,
-                response_deserializer=muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+                response_deserializer=muster_dot_v1_dot_buffer__pb2.GetBufferResponse.FromString,
                 _registered_method=True)
         self.ListBuffers = channel.unary_unary(
                 '/muster.v1.BufferService/ListBuffers',
@@ -61,7 +61,7 @@ class BufferServiceStub:
         self.UpdateBuffer = channel.unary_unary(
                 '/muster.v1.BufferService/UpdateBuffer',
                 request_serializer=muster_dot_v1_dot_buffer__pb2.UpdateBufferRequest.SerializeToString,
-                response_deserializer=muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+                response_deserializer=muster_dot_v1_dot_buffer__pb2.UpdateBufferResponse.FromString,
                 _registered_method=True)
         self.DeleteBuffers = channel.unary_unary(
                 '/muster.v1.BufferService/DeleteBuffers',
@@ -76,7 +76,7 @@ class BufferServiceStub:
         self.GetBufferAccess = channel.unary_unary(
                 '/muster.v1.BufferService/GetBufferAccess',
                 request_serializer=muster_dot_v1_dot_buffer__pb2.GetBufferAccessRequest.SerializeToString,
-                response_deserializer=muster_dot_v1_dot_buffer__pb2.BufferAccess.FromString,
+                response_deserializer=muster_dot_v1_dot_buffer__pb2.GetBufferAccessResponse.FromString,
                 _registered_method=True)
 
 
@@ -152,12 +152,12 @@ def add_BufferServiceServicer_to_server(servicer, server):
             'CreateBuffer': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateBuffer,
                     request_deserializer=muster_dot_v1_dot_buffer__pb2.CreateBufferRequest.FromString,
-                    response_serializer=muster_dot_v1_dot_buffer__pb2.Buffer.SerializeToString,
+                    response_serializer=muster_dot_v1_dot_buffer__pb2.CreateBufferResponse.SerializeToString,
             ),
             'GetBuffer': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBuffer,
                     request_deserializer=muster_dot_v1_dot_buffer__pb2.GetBufferRequest.FromString,
-                    response_serializer=muster_dot_v1_dot_buffer__pb2.Buffer.SerializeToString,
+                    response_serializer=muster_dot_v1_dot_buffer__pb2.GetBufferResponse.SerializeToString,
             ),
             'ListBuffers': grpc.unary_unary_rpc_method_handler(
                     servicer.ListBuffers,
@@ -172,7 +172,7 @@ def add_BufferServiceServicer_to_server(servicer, server):
             'UpdateBuffer': grpc.unary_unary_rpc_method_handler(
                     servicer.UpdateBuffer,
                     request_deserializer=muster_dot_v1_dot_buffer__pb2.UpdateBufferRequest.FromString,
-                    response_serializer=muster_dot_v1_dot_buffer__pb2.Buffer.SerializeToString,
+                    response_serializer=muster_dot_v1_dot_buffer__pb2.UpdateBufferResponse.SerializeToString,
             ),
             'DeleteBuffers': grpc.unary_unary_rpc_method_handler(
                     servicer.DeleteBuffers,
@@ -187,7 +187,7 @@ def add_BufferServiceServicer_to_server(servicer, server):
             'GetBufferAccess': grpc.unary_unary_rpc_method_handler(
                     servicer.GetBufferAccess,
                     request_deserializer=muster_dot_v1_dot_buffer__pb2.GetBufferAccessRequest.FromString,
-                    response_serializer=muster_dot_v1_dot_buffer__pb2.BufferAccess.SerializeToString,
+                    response_serializer=muster_dot_v1_dot_buffer__pb2.GetBufferAccessResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -220,7 +220,7 @@ class BufferService:
             target,
             '/muster.v1.BufferService/CreateBuffer',
             muster_dot_v1_dot_buffer__pb2.CreateBufferRequest.SerializeToString,
-            muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+            muster_dot_v1_dot_buffer__pb2.CreateBufferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -247,7 +247,7 @@ class BufferService:
             target,
             '/muster.v1.BufferService/GetBuffer',
             muster_dot_v1_dot_buffer__pb2.GetBufferRequest.SerializeToString,
-            muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+            muster_dot_v1_dot_buffer__pb2.GetBufferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -328,7 +328,7 @@ class BufferService:
             target,
             '/muster.v1.BufferService/UpdateBuffer',
             muster_dot_v1_dot_buffer__pb2.UpdateBufferRequest.SerializeToString,
-            muster_dot_v1_dot_buffer__pb2.Buffer.FromString,
+            muster_dot_v1_dot_buffer__pb2.UpdateBufferResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -409,7 +409,7 @@ class BufferService:
             target,
             '/muster.v1.BufferService/GetBufferAccess',
             muster_dot_v1_dot_buffer__pb2.GetBufferAccessRequest.SerializeToString,
-            muster_dot_v1_dot_buffer__pb2.BufferAccess.FromString,
+            muster_dot_v1_dot_buffer__pb2.GetBufferAccessResponse.FromString,
             options,
             channel_credentials,
             insecure,
