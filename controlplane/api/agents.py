@@ -35,7 +35,6 @@ from controlplane.api.convert import (
     start_to_pb,
 )
 from controlplane.api.errors import grpc_errors, status_code
-from controlplane.core.codespec import NAME_RE
 from controlplane.core.containers import ContainerSpec
 from controlplane.core.errors import (
     DomainError,
@@ -43,6 +42,7 @@ from controlplane.core.errors import (
     PermissionDenied,
     StoreUnavailable,
 )
+from controlplane.core.nodes import check_registration
 from controlplane.services.auth import AuthService
 from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
@@ -208,12 +208,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Register"
             )
         register = first.register
-        if not NAME_RE.match(register.node_name):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                f"node_name: '{register.node_name}' is not a valid node name",
-            )
+        node = node_from_register(register)
         try:
+            check_registration(node)
             check_claims(register)
         except DomainError as error:
             log.warning("event=register_refused node=%s reason=%r", register.node_name, str(error))
@@ -226,7 +223,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             reports = [
                 r for c in register.containers if (r := _report(name, c, cluster)) is not None
             ]
-            await self._orchestrator.connect(node_from_register(register), link, reports)
+            await self._orchestrator.connect(node, link, reports)
         except DomainError as error:
             log.warning("event=register_refused node=%s reason=%r", name, str(error))
             await context.abort(status_code(error), str(error))

@@ -19,6 +19,8 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from controlplane.core.capacity import Capacity
+from controlplane.core.codespec import NAME_RE
+from controlplane.core.errors import InvalidArgument
 
 NodeStatus = Literal["Ready", "NotReady", "Lost"]
 NetworkMode = Literal["bridge", "host-port"]
@@ -54,6 +56,51 @@ class Node:
         if self.cordoned:
             return "Drained" if self.drained_at else "Cordoned"
         return ""
+
+
+MAX_LABELS = 64
+MAX_LABEL_KEY = 128
+MAX_LABEL_VALUE = 256
+MAX_POOLS = 32
+MAX_GPU_DEVICES = 256
+MAX_TEXT = 255
+"""Bounds on what an agent may say about its node: a node record is shown whole
+by ListNodes and stored whole, so one oversized Register must not make every
+later ListNodes reply exceed the message limit."""
+
+
+def check_registration(node: Node) -> None:
+    """Refuse a registration that names the node badly or is too large to keep."""
+    if not NAME_RE.match(node.name):
+        raise InvalidArgument("node_name", f"'{node.name[:80]}' is not a valid node name")
+    _at_most("pools", len(node.pools), MAX_POOLS)
+    for pool in node.pools:
+        if not NAME_RE.match(pool):
+            raise InvalidArgument("pools", f"'{pool[:80]}' is not a valid pool name")
+    _at_most("labels", len(node.labels), MAX_LABELS)
+    for key, value in node.labels.items():
+        if not key or len(key) > MAX_LABEL_KEY:
+            raise InvalidArgument("labels", f"a label key has 1-{MAX_LABEL_KEY} characters")
+        if len(value) > MAX_LABEL_VALUE:
+            raise InvalidArgument(
+                f"labels.{key}", f"a label value has at most {MAX_LABEL_VALUE} characters"
+            )
+    _at_most("gpu_devices", len(node.gpu_devices), MAX_GPU_DEVICES)
+    texts = {
+        "gpu_devices": max(node.gpu_devices, key=len, default=""),
+        "advertise_address": node.advertise_address,
+        "agent_version": node.agent_version,
+        "network_name": node.network_name,
+        "instance_id": node.instance_id,
+    }
+    for name, text in texts.items():
+        if len(text) > MAX_TEXT:
+            raise InvalidArgument(name, f"at most {MAX_TEXT} characters")
+
+
+def _at_most(name: str, count: int, limit: int) -> None:
+    if count > limit:
+        raise InvalidArgument(name, f"at most {limit} entries, not {count}")
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,12 @@ from controlplane.api.agents import _CLOSE, GrpcAgentLink
 from controlplane.core.containers import ContainerSpec
 from controlplane.server import ControlPlane, start
 from controlplane.services.orchestrator import Settings
+from muster.v1 import agent_pb2 as apb
+from muster.v1 import agent_pb2_grpc as agrpc
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
+from muster.v1 import node_pb2 as npb
+from muster.v1 import node_pb2_grpc as ngrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
 
@@ -177,3 +181,35 @@ async def test_a_huge_tail_is_read_a_chunk_at_a_time(tmp_path: Path) -> None:
         assert await tail(5, since_ns=2499) == [2498, 2499]
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"labels": {"big": "x" * 3_000_000}}, "labels.big"),
+        ({"labels": {f"k{i}": "v" for i in range(65)}}, "labels"),
+        ({"pools": [f"p{i}" for i in range(33)]}, "pools"),
+        ({"pools": ["Not A Pool"]}, "pools"),
+        ({"node_name": "-bad"}, "node_name"),
+        ({"advertise_address": "a" * 300}, "advertise_address"),
+        ({"gpu_devices": ["nvidia.com/gpu=" + "0" * 300]}, "gpu_devices"),
+    ],
+)
+async def test_an_oversized_or_malformed_registration_is_refused(plane, change, field) -> None:
+    cp, _ = plane
+    register = apb.Register(**{"node_name": "n1", "pools": ["cpu"], **change})
+
+    async def requests() -> AsyncIterator[apb.ConnectRequest]:
+        yield apb.ConnectRequest(register=register)
+        await asyncio.Event().wait()  # the server ends the stream
+
+    options = [("grpc.max_send_message_length", 8 * 1024 * 1024)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{cp.port}", options=options) as ch:
+        call = agrpc.AgentServiceStub(ch).Connect(requests())
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            async for _ in call:
+                pass
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+        assert (err.value.details() or "").startswith(f"{field}:"), err.value.details()
+        nodes = await ngrpc.NodeServiceStub(ch).ListNodes(npb.ListNodesRequest())
+        assert [n.name for n in nodes.nodes] == [], "a refused registration left a node"
