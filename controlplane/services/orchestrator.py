@@ -62,7 +62,14 @@ from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
 from controlplane.services.codespecs import CodespecService, utcnow
-from controlplane.services.requests import RunRequest, resolve_target, timeout_of, validate_tags
+from controlplane.services.requests import (
+    RunRequest,
+    check_same_request,
+    fingerprint,
+    resolve_target,
+    timeout_of,
+    validate_tags,
+)
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -245,13 +252,16 @@ class Orchestrator:
                 since = self._clock() - REQUEST_TTL
                 known = await self._store.run_for_request(request.request_id, since)
                 if known is not None:
-                    log.info("event=run_create_repeated run=%d", known)
-                    return await self.get_run(known)
+                    check_same_request(request, known.fingerprint, known.run_id)
+                    log.info("event=run_create_repeated run=%d", known.run_id)
+                    return await self.get_run(known.run_id)
             self._check_pending()
             admit(job, worker, self._views())
             policy = request.pull_policy or self.settings.default_pull_policy
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
-            run = await self._store.insert_run(run, request.request_id)
+            run = await self._store.insert_run(
+                run, request.request_id, fingerprint(request) if request.request_id else ""
+            )
             self._runs[run.id] = run
             self._mark(run)
             self._notify(run.id)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from controlplane.core import codespec as cs
 from controlplane.core.codespec import Codespec
-from controlplane.core.errors import InvalidArgument
+from controlplane.core.errors import AlreadyExists, InvalidArgument
 from controlplane.core.images import PullPolicy
 from controlplane.core.runs import DEFAULT_TIMEOUT_SECONDS, Target
 from controlplane.services.codespecs import CodespecService
@@ -41,6 +43,24 @@ class RunRequest:
     request_id: str = ""
     """The client's id for this request ("" none): a retry with it within
     24 h returns the run it created (docs/contract.md §2)."""
+
+
+def fingerprint(request: RunRequest) -> str:
+    """A hash of what the request asks for (everything but its id): a retry
+    under the same id must ask for the same run, or it is not a retry."""
+    asked = asdict(replace(request, request_id=""))
+    text = json.dumps(asked, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def check_same_request(request: RunRequest, known: str, run_id: int) -> None:
+    """Refuse a request id reused for a different request (a client bug that
+    would otherwise silently get someone else's run)."""
+    if known and known != fingerprint(request):
+        raise AlreadyExists(
+            f"request_id '{request.request_id}' already created run {run_id} with different "
+            "content; use a new request id for a new run (the CLI makes one per invocation)"
+        )
 
 
 def validate_request_id(request_id: str) -> str:

@@ -4,11 +4,13 @@ suite in tests/controlplane/test_store_contract.py runs against every backend.""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
 
 from controlplane.core.auth import ApiToken, JoinToken
+from controlplane.core.buffers import Buffer, BufferFilter
 from controlplane.core.codespec import Codespec
 from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
@@ -16,6 +18,16 @@ from controlplane.core.nodes import Node
 from controlplane.core.runs import Run
 
 CodespecOrder = Literal["newest", "name"]
+BufferChange = Callable[[str, Buffer | None], Buffer | None]
+"""(id, the record or None) -> the record to store, or None to leave it; may raise."""
+
+
+@dataclass(frozen=True)
+class KnownRequest:
+    """A CreateRun request id seen before: the run it made and what was asked."""
+
+    run_id: int
+    fingerprint: str  # "" when recorded before fingerprints were kept
 
 
 @dataclass(frozen=True)
@@ -55,13 +67,14 @@ class Store(Protocol):
     ) -> CodespecPage:
         """Latest version of each name; `after` is the previous page's cursor."""
 
-    async def insert_run(self, run: Run, request_id: str = "") -> Run:
+    async def insert_run(self, run: Run, request_id: str = "", fingerprint: str = "") -> Run:
         """Store a new run; assigns and returns it with its id (ids only grow).
         With a `request_id`, remember in the same transaction that the request
-        created this run (replacing an older record of the same id)."""
+        (whose content hashes to `fingerprint`) created this run (replacing an
+        older record of the same id)."""
 
-    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
-        """The id of the run `request_id` created at or after `since`, if that run still exists."""
+    async def run_for_request(self, request_id: str, since: datetime) -> KnownRequest | None:
+        """What `request_id` created at or after `since`, if that run still exists."""
 
     async def forget_requests(self, before: datetime, limit: int) -> int:
         """Drop up to `limit` request records made before `before`; returns how many."""
@@ -189,3 +202,37 @@ class Store(Protocol):
 
     async def compact(self, pages: int) -> int:
         """Give up to `pages` free pages back to the file system; returns how many."""
+
+    # -- buffers -------------------------------------------------------------
+
+    async def insert_buffer(self, buffer: Buffer) -> None:
+        """Store a new buffer record with its tags; AlreadyExists if the id is taken."""
+
+    async def get_buffer(self, buffer_id: str) -> Buffer | None:
+        """One record as stored (expired or not), or None."""
+
+    async def list_buffers(
+        self, flt: BufferFilter, *, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> tuple[list[Buffer], bool]:
+        """Records `flt` selects that have not expired at `now`, newest first
+        (creation time, then id, both descending), strictly after the cursor
+        `after` = (created_at in microseconds, id); returns (page, whether more follow)."""
+
+    async def count_buffers(self, flt: BufferFilter, *, now: datetime) -> int:
+        """How many records list_buffers would list with the same filter and time."""
+
+    async def change_buffers(self, ids: list[str], change: BufferChange) -> list[Buffer]:
+        """In one transaction, store `change(id, record or None)` for each id in
+        turn (None from change: left alone); an exception from `change` undoes
+        them all and propagates. Returns the records stored, in order of `ids`."""
+
+    async def change_matching(
+        self, flt: BufferFilter, *, now: datetime, change: BufferChange
+    ) -> list[Buffer]:
+        """change_buffers over every record list_buffers would list, in one transaction."""
+
+    async def expired_buffers(self, now: datetime, *, soft_deleted: bool, limit: int) -> list[str]:
+        """Ids of up to `limit` active (or soft-deleted) records expired at `now`."""
+
+    async def delete_buffers(self, ids: list[str]) -> int:
+        """Forget records and their tags; returns how many there were."""

@@ -15,7 +15,7 @@ from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import CodespecOrder, CodespecPage
+from controlplane.store.base import CodespecOrder, CodespecPage, KnownRequest
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
 
@@ -37,7 +37,8 @@ class MemoryStore:
         self._join_tokens: dict[str, JoinToken] = {}
         self._registry_logins: dict[str, StoredLogin] = {}
         self._cluster_id = secrets.token_hex(16)
-        self._requests: dict[str, tuple[int, datetime]] = {}  # request id -> (run id, when)
+        # request id -> (run id, when, fingerprint of what was asked)
+        self._requests: dict[str, tuple[int, datetime, str]] = {}
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -82,21 +83,21 @@ class MemoryStore:
         cursor = (page[-1][0], page[-1][1].name) if len(heads) > limit else None
         return CodespecPage([h[1] for h in page], cursor)
 
-    async def insert_run(self, run: Run, request_id: str = "") -> Run:
+    async def insert_run(self, run: Run, request_id: str = "", fingerprint: str = "") -> Run:
         run.id = max(self._runs, default=0) + 1
         self._runs[run.id] = run_to_doc(run)
         if request_id:
-            self._requests[request_id] = (run.id, run.created_at)
+            self._requests[request_id] = (run.id, run.created_at, fingerprint)
         return run
 
-    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
+    async def run_for_request(self, request_id: str, since: datetime) -> KnownRequest | None:
         found = self._requests.get(request_id)
         if found is None or found[1] < since or found[0] not in self._runs:
             return None
-        return found[0]
+        return KnownRequest(found[0], found[2])
 
     async def forget_requests(self, before: datetime, limit: int) -> int:
-        old = [k for k, (_, at) in self._requests.items() if at < before][:limit]
+        old = [k for k, (_, at, _) in self._requests.items() if at < before][:limit]
         for key in old:
             del self._requests[key]
         return len(old)
@@ -273,7 +274,7 @@ class MemoryStore:
     async def delete_runs(self, run_ids: list[int]) -> int:
         wanted = set(run_ids)
         self._forget_lines([s for s in self._logs if s.line.run_id in wanted])
-        for key, (run_id, _) in list(self._requests.items()):
+        for key, (run_id, _, _) in list(self._requests.items()):
             if run_id in wanted:
                 del self._requests[key]
         for run_id in wanted:

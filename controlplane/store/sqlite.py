@@ -23,7 +23,7 @@ from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import CodespecOrder, CodespecPage
+from controlplane.store.base import CodespecOrder, CodespecPage, KnownRequest
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 
 log = logging.getLogger(__name__)
@@ -158,6 +158,10 @@ MIGRATIONS: list[str] = [
         UPDATE run_log_usage SET bytes = bytes - length(CAST(OLD.text AS BLOB))
         WHERE run_id = OLD.run_id;
     END;
+    """,
+    """
+    -- What a CreateRun request asked for (a hash): a retry must ask the same.
+    ALTER TABLE run_requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
     """,
 ]
 
@@ -373,7 +377,7 @@ class SqliteStore:
 
     # -- runs ----------------------------------------------------------------
 
-    async def insert_run(self, run: Run, request_id: str = "") -> Run:
+    async def insert_run(self, run: Run, request_id: str = "", fingerprint: str = "") -> Run:
         def tx(conn: sqlite3.Connection) -> Run:
             cur = conn.execute(
                 "INSERT INTO runs (status, created_at, doc) VALUES (?, ?, '{}')",
@@ -383,23 +387,24 @@ class SqliteStore:
             self._write_run(conn, run)
             if request_id:
                 conn.execute(
-                    "INSERT INTO run_requests (request_id, run_id, created_at) VALUES (?, ?, ?) "
-                    "ON CONFLICT (request_id) DO UPDATE SET "
-                    "run_id = excluded.run_id, created_at = excluded.created_at",
-                    (request_id, run.id, to_micros(run.created_at)),
+                    "INSERT INTO run_requests (request_id, run_id, created_at, fingerprint) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (request_id) DO UPDATE SET "
+                    "run_id = excluded.run_id, created_at = excluded.created_at, "
+                    "fingerprint = excluded.fingerprint",
+                    (request_id, run.id, to_micros(run.created_at), fingerprint),
                 )
             return run
 
         return await self._call(self._tx, tx)
 
-    async def run_for_request(self, request_id: str, since: datetime) -> int | None:
-        def q() -> int | None:
+    async def run_for_request(self, request_id: str, since: datetime) -> KnownRequest | None:
+        def q() -> KnownRequest | None:
             row = self._db.execute(
-                "SELECT r.run_id FROM run_requests r JOIN runs ON runs.id = r.run_id "
-                "WHERE r.request_id = ? AND r.created_at >= ?",
+                "SELECT r.run_id, r.fingerprint FROM run_requests r "
+                "JOIN runs ON runs.id = r.run_id WHERE r.request_id = ? AND r.created_at >= ?",
                 (request_id, to_micros(since)),
             ).fetchone()
-            return int(row["run_id"]) if row else None
+            return KnownRequest(int(row["run_id"]), row["fingerprint"]) if row else None
 
         return await self._call(q)
 

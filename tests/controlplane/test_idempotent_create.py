@@ -88,3 +88,18 @@ async def test_a_refused_request_remembers_nothing(world) -> None:
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     created = (await stub.CreateRun(create("req_0123456789abcdef"))).run
     assert created.status == rpb.RUN_STATUS_PENDING
+
+
+async def test_a_request_id_reused_for_a_different_request_is_refused(world) -> None:
+    _, _, stub = world
+    rid = "3c5e7a9b-1d2f-4e6a-8b0c-9d1e2f3a4b5c"
+    first = (await stub.CreateRun(create(rid))).run
+    different = create(rid)
+    different.run.tags["batch"] = "2"
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await stub.CreateRun(different)
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert f"already created run {first.id} with different content" in (err.value.details() or "")
+    # The retry that asks the same still gets its run; nothing else was made.
+    assert (await stub.CreateRun(create(rid))).run.id == first.id
+    assert [r.id for r in (await stub.ListRuns(rpb.ListRunsRequest())).runs] == [first.id]

@@ -202,18 +202,19 @@ async def test_a_request_id_is_stored_with_its_run(store) -> None:
 
     first = await store.insert_run(make_run(), "req-0123456789abcdef")
     await store.insert_run(make_run())  # no id: nothing remembered
-    assert await store.run_for_request("req-0123456789abcdef", T0) == first.id
+    assert (await store.run_for_request("req-0123456789abcdef", T0)).run_id == first.id
     assert await store.run_for_request("req-0123456789abcdef", T0 + timedelta(seconds=1)) is None
     assert await store.run_for_request("req-unknown-0123456789", T0) is None
     # The same id again (after it expired) now names the newer run.
     later = make_run()
     later.created_at = T0 + timedelta(days=2)
-    second = await store.insert_run(later, "req-0123456789abcdef")
-    assert await store.run_for_request("req-0123456789abcdef", T0 + timedelta(days=1)) == second.id
+    second = await store.insert_run(later, "req-0123456789abcdef", "f" * 64)
+    known = await store.run_for_request("req-0123456789abcdef", T0 + timedelta(days=1))
+    assert known is not None and (known.run_id, known.fingerprint) == (second.id, "f" * 64)
     await store.insert_run(make_run(), "req-old-0123456789abc")
     assert await store.forget_requests(T0 + timedelta(days=1), limit=10) == 1
     assert await store.run_for_request("req-old-0123456789abc", T0) is None
-    assert await store.run_for_request("req-0123456789abcdef", T0) == second.id
+    assert (await store.run_for_request("req-0123456789abcdef", T0)).run_id == second.id
 
 
 async def finished_run(store, minutes: int, tags: dict[str, str] | None = None, request_id=""):
