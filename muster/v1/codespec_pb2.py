@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muster/v1/codespec.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x12ResourceQuantities\x12\x0b\n\x03\x63pu\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\t\"x\n\tResources\x12/\n\x08requests\x18\x01 \x01(\x0b\x32\x1d.muster.v1.ResourceQuantities\x12-\n\x06limits\x18\x02 \x01(\x0b\x32\x1d.muster.v1.ResourceQuantities\x12\x0b\n\x03gpu\x18\x03 \x01(\x05\"*\n\x07\x42uffers\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x0f\n\x07outputs\x18\x02 \x03(\t\"\xfd\x03\n\x08\x43odespec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.muster.v1.CodespecKind\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x06 \x03(\t\x12\x13\n\x0bworking_dir\x18\x07 \x01(\t\x12)\n\x03\x65nv\x18\x08 \x03(\x0b\x32\x1c.muster.v1.Codespec.EnvEntry\x12\'\n\tresources\x18\t \x01(\x0b\x32\x14.muster.v1.Resources\x12\x19\n\x0cmax_replicas\x18\n \x01(\x05H\x00\x88\x01\x01\x12#\n\x07\x62uffers\x18\x0b \x01(\x0b\x32\x12.muster.v1.Buffers\x12\x35\n\tendpoints\x18\x0c \x03(\x0b\x32\".muster.v1.Codespec.EndpointsEntry\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0f\n\r_max_replicas\">\n\x15\x43reateCodespecRequest\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\"P\n\x16\x43reateCodespecResponse\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x12GetCodespecRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"<\n\x13GetCodespecResponse\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\"v\n\x14ListCodespecsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x05order\x18\x04 \x01(\x0e\x32\x18.muster.v1.CodespecOrder\"X\n\x15ListCodespecsResponse\x12&\n\tcodespecs\x18\x01 \x03(\x0b\x32\x13.muster.v1.Codespec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\x0c\x43odespecKind\x12\x1d\n\x19\x43ODESPEC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43ODESPEC_KIND_JOB\x10\x01\x12\x18\n\x14\x43ODESPEC_KIND_WORKER\x10\x02*i\n\rCodespecOrder\x12\x1e\n\x1a\x43ODESPEC_ORDER_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ODESPEC_ORDER_NEWEST_FIRST\x10\x01\x12\x17\n\x13\x43ODESPEC_ORDER_NAME\x10\x02\x32\x8a\x02\n\x0f\x43odespecService\x12U\n\x0e\x43reateCodespec\x12 .muster.v1.CreateCodespecRequest\x1a!.muster.v1.CreateCodespecResponse\x12L\n\x0bGetCodespec\x12\x1d.muster.v1.GetCodespecRequest\x1a\x1e.muster.v1.GetCodespecResponse\x12R\n\rListCodespecs\x12\x1f.muster.v1.ListCodespecsRequest\x1a .muster.v1.ListCodespecsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18muster/v1/codespec.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x12ResourceQuantities\x12\x0b\n\x03\x63pu\x18\x01 \x01(\t\x12\x0e\n\x06memory\x18\x02 \x01(\t\"\x85\x01\n\tResources\x12/\n\x08requests\x18\x01 \x01(\x0b\x32\x1d.muster.v1.ResourceQuantities\x12-\n\x06limits\x18\x02 \x01(\x0b\x32\x1d.muster.v1.ResourceQuantities\x12\x0b\n\x03gpu\x18\x03 \x01(\x05\x12\x0b\n\x03shm\x18\x1e \x01(\t\"*\n\x07\x42uffers\x12\x0e\n\x06inputs\x18\x01 \x03(\t\x12\x0f\n\x07outputs\x18\x02 \x03(\t\"\xfd\x03\n\x08\x43odespec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\x12%\n\x04kind\x18\x03 \x01(\x0e\x32\x17.muster.v1.CodespecKind\x12\r\n\x05image\x18\x04 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x05 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x06 \x03(\t\x12\x13\n\x0bworking_dir\x18\x07 \x01(\t\x12)\n\x03\x65nv\x18\x08 \x03(\x0b\x32\x1c.muster.v1.Codespec.EnvEntry\x12\'\n\tresources\x18\t \x01(\x0b\x32\x14.muster.v1.Resources\x12\x19\n\x0cmax_replicas\x18\n \x01(\x05H\x00\x88\x01\x01\x12#\n\x07\x62uffers\x18\x0b \x01(\x0b\x32\x12.muster.v1.Buffers\x12\x35\n\tendpoints\x18\x0c \x03(\x0b\x32\".muster.v1.Codespec.EndpointsEntry\x12.\n\ncreated_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a\x30\n\x0e\x45ndpointsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x05:\x02\x38\x01\x42\x0f\n\r_max_replicas\">\n\x15\x43reateCodespecRequest\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\"P\n\x16\x43reateCodespecResponse\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"3\n\x12GetCodespecRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x05\"<\n\x13GetCodespecResponse\x12%\n\x08\x63odespec\x18\x01 \x01(\x0b\x32\x13.muster.v1.Codespec\"v\n\x14ListCodespecsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x05order\x18\x04 \x01(\x0e\x32\x18.muster.v1.CodespecOrder\"X\n\x15ListCodespecsResponse\x12&\n\tcodespecs\x18\x01 \x03(\x0b\x32\x13.muster.v1.Codespec\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*^\n\x0c\x43odespecKind\x12\x1d\n\x19\x43ODESPEC_KIND_UNSPECIFIED\x10\x00\x12\x15\n\x11\x43ODESPEC_KIND_JOB\x10\x01\x12\x18\n\x14\x43ODESPEC_KIND_WORKER\x10\x02*i\n\rCodespecOrder\x12\x1e\n\x1a\x43ODESPEC_ORDER_UNSPECIFIED\x10\x00\x12\x1f\n\x1b\x43ODESPEC_ORDER_NEWEST_FIRST\x10\x01\x12\x17\n\x13\x43ODESPEC_ORDER_NAME\x10\x02\x32\x8a\x02\n\x0f\x43odespecService\x12U\n\x0e\x43reateCodespec\x12 .muster.v1.CreateCodespecRequest\x1a!.muster.v1.CreateCodespecResponse\x12L\n\x0bGetCodespec\x12\x1d.muster.v1.GetCodespecRequest\x1a\x1e.muster.v1.GetCodespecResponse\x12R\n\rListCodespecs\x12\x1f.muster.v1.ListCodespecsRequest\x1a .muster.v1.ListCodespecsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CODESPEC_ENVENTRY']._serialized_options = b'8\001'
   _globals['_CODESPEC_ENDPOINTSENTRY']._loaded_options = None
   _globals['_CODESPEC_ENDPOINTSENTRY']._serialized_options = b'8\001'
-  _globals['_CODESPECKIND']._serialized_start=1272
-  _globals['_CODESPECKIND']._serialized_end=1366
-  _globals['_CODESPECORDER']._serialized_start=1368
-  _globals['_CODESPECORDER']._serialized_end=1473
+  _globals['_CODESPECKIND']._serialized_start=1286
+  _globals['_CODESPECKIND']._serialized_end=1380
+  _globals['_CODESPECORDER']._serialized_start=1382
+  _globals['_CODESPECORDER']._serialized_end=1487
   _globals['_RESOURCEQUANTITIES']._serialized_start=72
   _globals['_RESOURCEQUANTITIES']._serialized_end=121
-  _globals['_RESOURCES']._serialized_start=123
-  _globals['_RESOURCES']._serialized_end=243
-  _globals['_BUFFERS']._serialized_start=245
-  _globals['_BUFFERS']._serialized_end=287
-  _globals['_CODESPEC']._serialized_start=290
-  _globals['_CODESPEC']._serialized_end=799
-  _globals['_CODESPEC_ENVENTRY']._serialized_start=690
-  _globals['_CODESPEC_ENVENTRY']._serialized_end=732
-  _globals['_CODESPEC_ENDPOINTSENTRY']._serialized_start=734
-  _globals['_CODESPEC_ENDPOINTSENTRY']._serialized_end=782
-  _globals['_CREATECODESPECREQUEST']._serialized_start=801
-  _globals['_CREATECODESPECREQUEST']._serialized_end=863
-  _globals['_CREATECODESPECRESPONSE']._serialized_start=865
-  _globals['_CREATECODESPECRESPONSE']._serialized_end=945
-  _globals['_GETCODESPECREQUEST']._serialized_start=947
-  _globals['_GETCODESPECREQUEST']._serialized_end=998
-  _globals['_GETCODESPECRESPONSE']._serialized_start=1000
-  _globals['_GETCODESPECRESPONSE']._serialized_end=1060
-  _globals['_LISTCODESPECSREQUEST']._serialized_start=1062
-  _globals['_LISTCODESPECSREQUEST']._serialized_end=1180
-  _globals['_LISTCODESPECSRESPONSE']._serialized_start=1182
-  _globals['_LISTCODESPECSRESPONSE']._serialized_end=1270
-  _globals['_CODESPECSERVICE']._serialized_start=1476
-  _globals['_CODESPECSERVICE']._serialized_end=1742
+  _globals['_RESOURCES']._serialized_start=124
+  _globals['_RESOURCES']._serialized_end=257
+  _globals['_BUFFERS']._serialized_start=259
+  _globals['_BUFFERS']._serialized_end=301
+  _globals['_CODESPEC']._serialized_start=304
+  _globals['_CODESPEC']._serialized_end=813
+  _globals['_CODESPEC_ENVENTRY']._serialized_start=704
+  _globals['_CODESPEC_ENVENTRY']._serialized_end=746
+  _globals['_CODESPEC_ENDPOINTSENTRY']._serialized_start=748
+  _globals['_CODESPEC_ENDPOINTSENTRY']._serialized_end=796
+  _globals['_CREATECODESPECREQUEST']._serialized_start=815
+  _globals['_CREATECODESPECREQUEST']._serialized_end=877
+  _globals['_CREATECODESPECRESPONSE']._serialized_start=879
+  _globals['_CREATECODESPECRESPONSE']._serialized_end=959
+  _globals['_GETCODESPECREQUEST']._serialized_start=961
+  _globals['_GETCODESPECREQUEST']._serialized_end=1012
+  _globals['_GETCODESPECRESPONSE']._serialized_start=1014
+  _globals['_GETCODESPECRESPONSE']._serialized_end=1074
+  _globals['_LISTCODESPECSREQUEST']._serialized_start=1076
+  _globals['_LISTCODESPECSREQUEST']._serialized_end=1194
+  _globals['_LISTCODESPECSRESPONSE']._serialized_start=1196
+  _globals['_LISTCODESPECSRESPONSE']._serialized_end=1284
+  _globals['_CODESPECSERVICE']._serialized_start=1490
+  _globals['_CODESPECSERVICE']._serialized_end=1756
 # @@protoc_insertion_point(module_scope)

@@ -37,14 +37,16 @@ class ResourceQuantities(_message.Message):
     def __init__(self, cpu: _Optional[str] = ..., memory: _Optional[str] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("requests", "limits", "gpu")
+    __slots__ = ("requests", "limits", "gpu", "shm")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     GPU_FIELD_NUMBER: _ClassVar[int]
+    SHM_FIELD_NUMBER: _ClassVar[int]
     requests: ResourceQuantities
     limits: ResourceQuantities
     gpu: int
-    def __init__(self, requests: _Optional[_Union[ResourceQuantities, _Mapping]] = ..., limits: _Optional[_Union[ResourceQuantities, _Mapping]] = ..., gpu: _Optional[int] = ...) -> None: ...
+    shm: str
+    def __init__(self, requests: _Optional[_Union[ResourceQuantities, _Mapping]] = ..., limits: _Optional[_Union[ResourceQuantities, _Mapping]] = ..., gpu: _Optional[int] = ..., shm: _Optional[str] = ...) -> None: ...
 
 class Buffers(_message.Message):
     __slots__ = ("inputs", "outputs")

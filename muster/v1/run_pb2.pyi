@@ -83,16 +83,27 @@ class CodespecRef(_message.Message):
     def __init__(self, named: _Optional[str] = ..., inline: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ...) -> None: ...
 
 class RunCodeTarget(_message.Message):
-    __slots__ = ("codespec", "node_pool", "replicas", "resolved_codespec")
+    __slots__ = ("codespec", "node_pool", "replicas", "resolved_codespec", "tags", "buffer_ttl")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     CODESPEC_FIELD_NUMBER: _ClassVar[int]
     NODE_POOL_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     RESOLVED_CODESPEC_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_TTL_FIELD_NUMBER: _ClassVar[int]
     codespec: CodespecRef
     node_pool: str
     replicas: int
     resolved_codespec: _codespec_pb2.Codespec
-    def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ...) -> None: ...
+    tags: _containers.ScalarMap[str, str]
+    buffer_ttl: str
+    def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., buffer_ttl: _Optional[str] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message", "gpu_devices", "image_digest", "pull_bytes_done", "pull_bytes_total")
@@ -142,7 +153,7 @@ class RunEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events", "pull_policy")
+    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events", "pull_policy", "cluster", "buffer_access_ttl", "etag")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -164,6 +175,9 @@ class Run(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    CLUSTER_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ACCESS_TTL_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
     id: int
     job: RunCodeTarget
     worker: RunCodeTarget
@@ -178,7 +192,10 @@ class Run(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     pull_policy: PullPolicy
-    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ...) -> None: ...
+    cluster: str
+    buffer_access_ttl: str
+    etag: str
+    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., cluster: _Optional[str] = ..., buffer_access_ttl: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("run", "request_id")
@@ -327,6 +344,31 @@ class CancelRunRequest(_message.Message):
     def __init__(self, run_id: _Optional[int] = ...) -> None: ...
 
 class CancelRunResponse(_message.Message):
+    __slots__ = ("run",)
+    RUN_FIELD_NUMBER: _ClassVar[int]
+    run: Run
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+
+class UpdateRunTagsRequest(_message.Message):
+    __slots__ = ("run_id", "tags", "clear_tags", "etag")
+    class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
+    CLEAR_TAGS_FIELD_NUMBER: _ClassVar[int]
+    ETAG_FIELD_NUMBER: _ClassVar[int]
+    run_id: int
+    tags: _containers.ScalarMap[str, str]
+    clear_tags: bool
+    etag: str
+    def __init__(self, run_id: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., clear_tags: _Optional[bool] = ..., etag: _Optional[str] = ...) -> None: ...
+
+class UpdateRunTagsResponse(_message.Message):
     __slots__ = ("run",)
     RUN_FIELD_NUMBER: _ClassVar[int]
     run: Run

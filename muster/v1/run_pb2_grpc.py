@@ -70,6 +70,11 @@ class RunServiceStub:
                 request_serializer=muster_dot_v1_dot_run__pb2.CancelRunRequest.SerializeToString,
                 response_deserializer=muster_dot_v1_dot_run__pb2.CancelRunResponse.FromString,
                 _registered_method=True)
+        self.UpdateRunTags = channel.unary_unary(
+                '/muster.v1.RunService/UpdateRunTags',
+                request_serializer=muster_dot_v1_dot_run__pb2.UpdateRunTagsRequest.SerializeToString,
+                response_deserializer=muster_dot_v1_dot_run__pb2.UpdateRunTagsResponse.FromString,
+                _registered_method=True)
 
 
 class RunServiceServicer:
@@ -127,6 +132,14 @@ class RunServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateRunTags(self, request, context):
+        """UpdateRunTags adds, replaces or clears a run's tags, optionally only if
+        the run's ETag is still the one given (FAILED_PRECONDITION otherwise).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RunServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +177,11 @@ def add_RunServiceServicer_to_server(servicer, server):
                     servicer.CancelRun,
                     request_deserializer=muster_dot_v1_dot_run__pb2.CancelRunRequest.FromString,
                     response_serializer=muster_dot_v1_dot_run__pb2.CancelRunResponse.SerializeToString,
+            ),
+            'UpdateRunTags': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateRunTags,
+                    request_deserializer=muster_dot_v1_dot_run__pb2.UpdateRunTagsRequest.FromString,
+                    response_serializer=muster_dot_v1_dot_run__pb2.UpdateRunTagsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -356,6 +374,33 @@ class RunService:
             '/muster.v1.RunService/CancelRun',
             muster_dot_v1_dot_run__pb2.CancelRunRequest.SerializeToString,
             muster_dot_v1_dot_run__pb2.CancelRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateRunTags(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/muster.v1.RunService/UpdateRunTags',
+            muster_dot_v1_dot_run__pb2.UpdateRunTagsRequest.SerializeToString,
+            muster_dot_v1_dot_run__pb2.UpdateRunTagsResponse.FromString,
             options,
             channel_credentials,
             insecure,
