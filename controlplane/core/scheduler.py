@@ -55,6 +55,9 @@ class PendingRun:
     run_id: int
     created_at: datetime
     demands: tuple[Demand, ...]
+    waited: timedelta | None = None
+    """How long it has waited, as the caller measures time (the orchestrator's
+    clock is monotonic); None: `now - created_at`."""
 
 
 @dataclass
@@ -126,7 +129,8 @@ def schedule(
             decision.placements[run.run_id] = assignment
             continue
         decision.waiting[run.run_id] = reason
-        if now - run.created_at >= starvation_after:
+        waited = run.waited if run.waited is not None else now - run.created_at
+        if waited >= starvation_after:
             for demand in run.demands:
                 held |= {n.name for n in nodes if n.in_pool(demand.pool)}
     return decision

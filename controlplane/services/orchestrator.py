@@ -185,6 +185,8 @@ class Orchestrator:
         self._watching: dict[int, int] = {}  # run id -> watches in progress
         self._heard: dict[str, float] = {}  # node -> monotonic time of its last heartbeat
         self._marks: dict[int, dict[str, float]] = {}  # run id -> anchor -> monotonic instant
+        # node -> (its drain deadline, the monotonic instant it falls due)
+        self._drain_due: dict[str, tuple[datetime, float]] = {}
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -670,6 +672,9 @@ class Orchestrator:
         async with self._lock:
             now = self._clock()
             node = maintenance.drain(self._known(name), now, deadline)
+            if node.drain_deadline is not None and deadline is not None:
+                due = self._mono() + deadline.total_seconds()
+                self._drain_due[name] = (node.drain_deadline, due)
             _, counts = self._allocations()
             if maintenance.drain_step(node, counts.get(name, 0), now) == "complete":
                 node = maintenance.drained(node, now)
@@ -771,7 +776,7 @@ class Orchestrator:
             return
         _, counts = self._allocations()
         for node in list(self._nodes.values()):
-            step = maintenance.drain_step(node, counts.get(node.name, 0), now)
+            step = maintenance.drain_step(node, counts.get(node.name, 0), self._drain_now(node))
             if step == "deadline":
                 canceled = 0
                 for run_id in self._active():
@@ -784,10 +789,22 @@ class Orchestrator:
                     canceled += run.terminal
                 log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)
                 _, counts = self._allocations()
-                step = maintenance.drain_step(node, counts.get(node.name, 0), now)
+                step = maintenance.drain_step(node, counts.get(node.name, 0), self._drain_now(node))
             if step == "complete":
                 await self._save_node(maintenance.drained(node, now))
                 log.info("event=node_drained node=%s", node.name)
+
+    def _drain_now(self, node: Node) -> datetime:
+        """The instant a drain's deadline is compared with, counted on the
+        monotonic clock from when the deadline was set (or first seen after a
+        restart), so a wall clock that jumps cancels nothing early or late."""
+        if node.drain_deadline is None:
+            return self._clock()
+        deadline, due = self._drain_due.get(node.name, (None, 0.0))
+        if deadline != node.drain_deadline:
+            due = self._mono() + (node.drain_deadline - self._clock()).total_seconds()
+            self._drain_due[node.name] = (node.drain_deadline, due)
+        return node.drain_deadline - timedelta(seconds=max(0.0, due - self._mono()))
 
     async def _schedule(self) -> None:
         """Place what fits. Placement only changes when something changed, so
@@ -812,7 +829,8 @@ class Orchestrator:
                     Demand("worker", run.worker.node_pool, run.worker.replicas, run.worker.request)
                 )
             parts.append(Demand("job", run.job.node_pool, run.job.replicas, run.job.request))
-            demands.append(PendingRun(run.id, run.created_at, tuple(parts)))
+            waited = self._elapsed(run)("created")
+            demands.append(PendingRun(run.id, run.created_at, tuple(parts), waited))
         # Pure CPU work on immutable views: off the event loop, so streams keep flowing.
         decision = await asyncio.to_thread(
             schedule, self._views(), demands, now, self.settings.starvation_after

@@ -9,7 +9,7 @@ from datetime import timedelta
 import pytest
 
 from controlplane.core.capacity import Capacity
-from controlplane.core.codespec import Codespec
+from controlplane.core.codespec import Codespec, Quantities, Resources
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Observation
 from controlplane.services.codespecs import CodespecService
@@ -135,3 +135,44 @@ async def test_after_a_restart_deadlines_count_from_the_stored_instants(world) -
     await live(again, clock, 1)
     failed = await store.get_run(run.id)
     assert failed.status_reason == "the run timed out after 600s (timeoutSeconds)"
+
+
+async def test_a_drain_deadline_is_measured_in_real_time(world) -> None:
+    orch, store, clock, _ = world
+    run = await orch.create_run(job_only(timeout=7200))
+    await tick(orch)
+    await report(orch, "a", run.id, "job", 0, "running")
+    await orch.drain_node("a", timedelta(seconds=600))
+    for jump in JUMPS:  # by the wall clock the deadline passes (and un-passes)
+        clock.jump(jump)
+        await tick(orch)
+        assert (await store.get_run(run.id)).status == "Running"
+    clock.jump(timedelta(hours=2))
+    await live(orch, clock, 599)
+    assert (await store.get_run(run.id)).status == "Running"
+    await live(orch, clock, 1)
+    canceled = await store.get_run(run.id)
+    assert (canceled.status, canceled.status_reason) == (
+        "Canceled",
+        "node a was drained (deadline passed; job 0 placed there)",
+    )
+
+
+async def test_starvation_aging_is_measured_in_real_time(world) -> None:
+    orch, store, clock, codespecs = world
+    whole = Resources(requests=Quantities(cpu="4"))
+    await codespecs.create(Codespec(name="big", image="img", resources=whole))
+    await codespecs.create(Codespec(name="half", image="img", resources=Resources(Quantities("2"))))
+    first = await orch.create_run(RunRequest(TargetRequest("half", node_pool="cpu")))
+    await tick(orch)
+    big = await orch.create_run(RunRequest(TargetRequest("big", node_pool="cpu")))
+    await tick(orch)  # waits for the half that is running
+    clock.jump(timedelta(hours=1))  # by the wall clock, big has starved for an hour
+    small = await orch.create_run(RunRequest(TargetRequest("half", node_pool="cpu")))
+    await tick(orch)
+    assert (await store.get_run(small.id)).placed, "a wall-clock jump made big hold the pool"
+    await live(orch, clock, 61)  # really starved now: the pool is held for it
+    later = await orch.create_run(RunRequest(TargetRequest("half", node_pool="cpu")))
+    await live(orch, clock, 2)
+    assert not (await store.get_run(later.id)).placed
+    assert (await store.get_run(first.id)).placed and not (await store.get_run(big.id)).placed
