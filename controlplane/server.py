@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 
 from controlplane.api.agents import AgentServicer, JoinInfo
 from controlplane.api.auth import AuthInterceptor
+from controlplane.api.buffers import BufferServicer
 from controlplane.api.codespecs import CodespecServicer
 from controlplane.api.images import ImageServicer, RegistryServicer
 from controlplane.api.nodes import NodeServicer
@@ -25,6 +26,7 @@ from controlplane.core.errors import DomainError
 from controlplane.security.sealing import KEY_FILE, Sealer
 from controlplane.security.tls import SecurityConfig, TlsMaterial, load_material
 from controlplane.services.auth import AuthService
+from controlplane.services.buffers import BufferService
 from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.images import ImageService
 from controlplane.services.logs import LogService
@@ -43,6 +45,8 @@ from muster.v1 import (
     agent_pb2_grpc,
     auth_pb2,
     auth_pb2_grpc,
+    buffer_pb2,
+    buffer_pb2_grpc,
     codespec_pb2,
     codespec_pb2_grpc,
     image_pb2,
@@ -76,6 +80,7 @@ SERVICE_NAMES = [
     auth_pb2.DESCRIPTOR.services_by_name["TokenService"].full_name,
     image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
     image_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    buffer_pb2.DESCRIPTOR.services_by_name["BufferService"].full_name,
 ]
 
 
@@ -96,6 +101,8 @@ class ControlPlane:
     images: ImageService | None = None
     retention: Retention | None = None
     retention_task: asyncio.Task[None] | None = None
+    buffers: BufferService | None = None
+    buffer_deleter_task: asyncio.Task[None] | None = None
 
     @property
     def secure(self) -> bool:
@@ -107,7 +114,7 @@ class ControlPlane:
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
-        for task in (self.loop_task, self.retention_task):
+        for task in (self.loop_task, self.retention_task, self.buffer_deleter_task):
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -200,6 +207,8 @@ async def start(
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(images), server)
     image_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registries), server)
+    buffers = BufferService(store, None, clock)  # no data plane yet: Access is UNAVAILABLE
+    buffer_pb2_grpc.add_BufferServiceServicer_to_server(BufferServicer(buffers), server)
 
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -232,6 +241,7 @@ async def start(
     loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
     retention = Retention(store, retention_settings(orchestrator.settings), clock)
     retention_task = asyncio.create_task(retention.run_forever(), name="retention")
+    buffer_deleter_task = asyncio.create_task(buffers.run_deleter(), name="buffer-deleter")
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -256,6 +266,8 @@ async def start(
         images,
         retention,
         retention_task,
+        buffers,
+        buffer_deleter_task,
     )
 
 

@@ -62,6 +62,7 @@ POLICY: dict[str, Requirement] = {
     _V1 + "CodespecService/ListCodespecs": Role.READER,
     _V1 + "RunService/CreateRun": Role.USER,
     _V1 + "RunService/CancelRun": Role.USER,
+    _V1 + "RunService/UpdateRunTags": Role.USER,
     _V1 + "RunService/GetRun": Role.READER,
     _V1 + "RunService/ListRuns": Role.READER,
     _V1 + "RunService/CountRuns": Role.READER,
@@ -85,6 +86,14 @@ POLICY: dict[str, Requirement] = {
     _V1 + "RegistryService/Login": Role.ADMIN,
     _V1 + "RegistryService/Logout": Role.ADMIN,
     _V1 + "RegistryService/ListRegistries": Role.ADMIN,
+    _V1 + "BufferService/CreateBuffer": Role.USER,
+    _V1 + "BufferService/GetBuffer": Role.READER,
+    _V1 + "BufferService/ListBuffers": Role.READER,
+    _V1 + "BufferService/CountBuffers": Role.READER,
+    _V1 + "BufferService/UpdateBuffer": Role.USER,
+    _V1 + "BufferService/DeleteBuffers": Role.ADMIN,
+    _V1 + "BufferService/RestoreBuffers": Role.ADMIN,
+    _V1 + "BufferService/GetBufferAccess": Role.USER,
 }
 
 

@@ -9,13 +9,14 @@ from datetime import datetime
 from typing import Any
 
 from controlplane.core.auth import ApiToken, JoinToken
+from controlplane.core.buffers import Buffer, BufferFilter, matches
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import AlreadyExists, Conflict
 from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import CodespecOrder, CodespecPage, KnownRequest
+from controlplane.store.base import BufferChange, CodespecOrder, CodespecPage, KnownRequest
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
 
@@ -39,6 +40,7 @@ class MemoryStore:
         self._cluster_id = secrets.token_hex(16)
         # request id -> (run id, when, fingerprint of what was asked)
         self._requests: dict[str, tuple[int, datetime, str]] = {}
+        self._buffers: dict[str, Buffer] = {}  # each with a tags dict nobody else holds
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -320,3 +322,66 @@ class MemoryStore:
 
     async def compact(self, pages: int) -> int:
         return 0
+
+    # -- buffers ---------------------------------------------------------------
+
+    @staticmethod
+    def _copy(buffer: Buffer) -> Buffer:
+        return replace(buffer, tags=dict(buffer.tags))
+
+    def _newest(self, flt: BufferFilter, now: datetime) -> list[Buffer]:
+        chosen = [b for b in self._buffers.values() if matches(b, flt, now)]
+        return sorted(chosen, key=lambda b: (to_micros(b.created_at), b.id), reverse=True)
+
+    async def insert_buffer(self, buffer: Buffer) -> None:
+        if buffer.id in self._buffers:
+            raise AlreadyExists(f"a buffer with the id '{buffer.id}' exists already")
+        self._buffers[buffer.id] = self._copy(buffer)
+
+    async def get_buffer(self, buffer_id: str) -> Buffer | None:
+        found = self._buffers.get(buffer_id)
+        return self._copy(found) if found else None
+
+    async def list_buffers(
+        self, flt: BufferFilter, *, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> tuple[list[Buffer], bool]:
+        chosen = self._newest(flt, now)
+        if after is not None:
+            chosen = [b for b in chosen if (to_micros(b.created_at), b.id) < after]
+        return [self._copy(b) for b in chosen[:limit]], len(chosen) > limit
+
+    async def count_buffers(self, flt: BufferFilter, *, now: datetime) -> int:
+        return len(self._newest(flt, now))
+
+    def _apply(
+        self, current: list[tuple[str, Buffer | None]], change: BufferChange
+    ) -> list[Buffer]:
+        """All changes are worked out before any is stored, so an exception stores none."""
+        stored = []
+        for buffer_id, buffer in current:
+            after = change(buffer_id, self._copy(buffer) if buffer else None)
+            if after is not None:
+                assert after.id == buffer_id and buffer is not None, "change keeps the id"
+                stored.append(self._copy(after))
+        for buffer in stored:
+            self._buffers[buffer.id] = buffer
+        return [self._copy(b) for b in stored]
+
+    async def change_buffers(self, ids: list[str], change: BufferChange) -> list[Buffer]:
+        return self._apply([(i, self._buffers.get(i)) for i in ids], change)
+
+    async def change_matching(
+        self, flt: BufferFilter, *, now: datetime, change: BufferChange
+    ) -> list[Buffer]:
+        return self._apply([(b.id, b) for b in self._newest(flt, now)], change)
+
+    async def expired_buffers(self, now: datetime, *, soft_deleted: bool, limit: int) -> list[str]:
+        done = [
+            (b.expires_at, b.id)
+            for b in self._buffers.values()
+            if b.soft_deleted == soft_deleted and b.expires_at is not None and b.expires_at <= now
+        ]
+        return [buffer_id for _, buffer_id in sorted(done)[:limit]]
+
+    async def delete_buffers(self, ids: list[str]) -> int:
+        return sum(self._buffers.pop(i, None) is not None for i in set(ids))

@@ -17,13 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from controlplane.core.auth import ApiToken, JoinToken, Role
+from controlplane.core.buffers import Buffer, BufferFilter
 from controlplane.core.codespec import Codespec, from_document, to_document
 from controlplane.core.errors import AlreadyExists, Conflict, StoreUnavailable
 from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import CodespecOrder, CodespecPage, KnownRequest
+from controlplane.store.base import BufferChange, CodespecOrder, CodespecPage, KnownRequest
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,26 @@ MIGRATIONS: list[str] = [
     """
     -- What a CreateRun request asked for (a hash): a retry must ask the same.
     ALTER TABLE run_requests ADD COLUMN fingerprint TEXT NOT NULL DEFAULT '';
+    """,
+    """
+    -- Buffer records (their bytes are in the data plane). Times in microseconds, UTC.
+    CREATE TABLE IF NOT EXISTS buffers (
+        id            TEXT PRIMARY KEY,           -- 26 lowercase base32 characters
+        created_at    INTEGER NOT NULL,
+        expires_at    INTEGER,                    -- NULL: never
+        soft_deleted  INTEGER NOT NULL DEFAULT 0,
+        location      TEXT    NOT NULL
+    );
+    CREATE INDEX IF NOT EXISTS buffers_newest ON buffers (soft_deleted, created_at, id);
+    CREATE INDEX IF NOT EXISTS buffers_expiry ON buffers (expires_at)
+        WHERE expires_at IS NOT NULL;
+    CREATE TABLE IF NOT EXISTS buffer_tags (
+        buffer_id  TEXT NOT NULL REFERENCES buffers (id) ON DELETE CASCADE,
+        key        TEXT NOT NULL,
+        value      TEXT NOT NULL,
+        PRIMARY KEY (buffer_id, key)
+    );
+    CREATE INDEX IF NOT EXISTS buffer_tags_kv ON buffer_tags (key, value);
     """,
 ]
 
@@ -898,6 +919,174 @@ class SqliteStore:
             return int(before - after)
 
         return await self._call(q)
+
+    # -- buffers ---------------------------------------------------------------
+
+    @staticmethod
+    def _buffers(conn: sqlite3.Connection, rows: list[sqlite3.Row]) -> list[Buffer]:
+        """Records from buffer rows, with their tags (one more query)."""
+        tags: dict[str, dict[str, str]] = {r["id"]: {} for r in rows}
+        for start in range(0, len(rows), 500):
+            chunk = [r["id"] for r in rows[start : start + 500]]
+            for t in conn.execute(
+                f"SELECT buffer_id, key, value FROM buffer_tags WHERE buffer_id IN "
+                f"({','.join('?' * len(chunk))}) ORDER BY key",
+                chunk,
+            ):
+                tags[t["buffer_id"]][t["key"]] = t["value"]
+        return [
+            Buffer(
+                id=r["id"],
+                created_at=from_micros(r["created_at"]),
+                tags=tags[r["id"]],
+                expires_at=_maybe_time(r["expires_at"]),
+                soft_deleted=bool(r["soft_deleted"]),
+                location=r["location"],
+            )
+            for r in rows
+        ]
+
+    @staticmethod
+    def _write_buffer(conn: sqlite3.Connection, buffer: Buffer, *, new: bool) -> None:
+        values = (
+            to_micros(buffer.created_at),
+            _maybe_micros(buffer.expires_at),
+            int(buffer.soft_deleted),
+            buffer.location,
+            buffer.id,
+        )
+        if new:
+            conn.execute(
+                "INSERT INTO buffers (created_at, expires_at, soft_deleted, location, id) "
+                "VALUES (?, ?, ?, ?, ?)",
+                values,
+            )
+        else:
+            conn.execute(
+                "UPDATE buffers SET created_at = ?, expires_at = ?, soft_deleted = ?, "
+                "location = ? WHERE id = ?",
+                values,
+            )
+            conn.execute("DELETE FROM buffer_tags WHERE buffer_id = ?", (buffer.id,))
+        conn.executemany(
+            "INSERT INTO buffer_tags (buffer_id, key, value) VALUES (?, ?, ?)",
+            [(buffer.id, k, v) for k, v in buffer.tags.items()],
+        )
+
+    @staticmethod
+    def _buffer_filter(flt: BufferFilter, now: datetime) -> tuple[str, list[Any]]:
+        clauses = ["soft_deleted = ?", "(expires_at IS NULL OR expires_at > ?)"]
+        params: list[Any] = [int(flt.soft_deleted), to_micros(now)]
+        for key, value in sorted(flt.tags.items()):
+            clauses.append("id IN (SELECT buffer_id FROM buffer_tags WHERE key = ? AND value = ?)")
+            params += [key, value]
+        for key, value in sorted(flt.exclude_tags.items()):
+            clauses.append(
+                "id NOT IN (SELECT buffer_id FROM buffer_tags WHERE key = ? AND value = ?)"
+            )
+            params += [key, value]
+        return " AND ".join(clauses), params
+
+    def _apply(
+        self,
+        conn: sqlite3.Connection,
+        current: list[tuple[str, Buffer | None]],
+        change: BufferChange,
+    ) -> list[Buffer]:
+        stored = []
+        for buffer_id, buffer in current:
+            after = change(buffer_id, buffer)
+            if after is not None:
+                assert after.id == buffer_id and buffer is not None, "change keeps the id"
+                self._write_buffer(conn, after, new=False)
+                stored.append(after)
+        return stored
+
+    async def insert_buffer(self, buffer: Buffer) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            try:
+                self._write_buffer(conn, buffer, new=True)
+            except sqlite3.IntegrityError:
+                raise AlreadyExists(f"a buffer with the id '{buffer.id}' exists already") from None
+
+        await self._call(self._tx, tx)
+
+    async def get_buffer(self, buffer_id: str) -> Buffer | None:
+        def q() -> Buffer | None:
+            rows = self._db.execute("SELECT * FROM buffers WHERE id = ?", (buffer_id,)).fetchall()
+            return self._buffers(self._db, rows)[0] if rows else None
+
+        return await self._call(q)
+
+    async def list_buffers(
+        self, flt: BufferFilter, *, now: datetime, limit: int, after: tuple[int, str] | None
+    ) -> tuple[list[Buffer], bool]:
+        def q() -> tuple[list[Buffer], bool]:
+            where, params = self._buffer_filter(flt, now)
+            if after is not None:
+                where += " AND (created_at, id) < (?, ?)"
+                params += list(after)
+            rows = self._db.execute(
+                f"SELECT * FROM buffers WHERE {where} ORDER BY created_at DESC, id DESC LIMIT ?",
+                [*params, limit + 1],
+            ).fetchall()
+            return self._buffers(self._db, rows[:limit]), len(rows) > limit
+
+        return await self._call(q)
+
+    async def count_buffers(self, flt: BufferFilter, *, now: datetime) -> int:
+        def q() -> int:
+            where, params = self._buffer_filter(flt, now)
+            row = self._db.execute(f"SELECT COUNT(*) FROM buffers WHERE {where}", params)
+            return int(row.fetchone()[0])
+
+        return await self._call(q)
+
+    async def change_buffers(self, ids: list[str], change: BufferChange) -> list[Buffer]:
+        def tx(conn: sqlite3.Connection) -> list[Buffer]:
+            current = []
+            for buffer_id in ids:
+                rows = conn.execute("SELECT * FROM buffers WHERE id = ?", (buffer_id,)).fetchall()
+                current.append((buffer_id, self._buffers(conn, rows)[0] if rows else None))
+            return self._apply(conn, current, change)
+
+        return await self._call(self._tx, tx)
+
+    async def change_matching(
+        self, flt: BufferFilter, *, now: datetime, change: BufferChange
+    ) -> list[Buffer]:
+        def tx(conn: sqlite3.Connection) -> list[Buffer]:
+            where, params = self._buffer_filter(flt, now)
+            rows = conn.execute(
+                f"SELECT * FROM buffers WHERE {where} ORDER BY created_at DESC, id DESC", params
+            ).fetchall()
+            found = self._buffers(conn, rows)
+            return self._apply(conn, [(b.id, b) for b in found], change)
+
+        return await self._call(self._tx, tx)
+
+    async def expired_buffers(self, now: datetime, *, soft_deleted: bool, limit: int) -> list[str]:
+        def q() -> list[str]:
+            rows = self._db.execute(
+                "SELECT id FROM buffers WHERE expires_at IS NOT NULL AND expires_at <= ? "
+                "AND soft_deleted = ? ORDER BY expires_at, id LIMIT ?",
+                (to_micros(now), int(soft_deleted), limit),
+            ).fetchall()
+            return [r["id"] for r in rows]
+
+        return await self._call(q)
+
+    async def delete_buffers(self, ids: list[str]) -> int:
+        def tx(conn: sqlite3.Connection) -> int:
+            gone = 0
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM buffer_tags WHERE buffer_id IN ({marks})", chunk)
+                gone += conn.execute(f"DELETE FROM buffers WHERE id IN ({marks})", chunk).rowcount
+            return gone
+
+        return await self._call(self._tx, tx) if ids else 0
 
 
 def _split_sql(script: str) -> list[str]:
