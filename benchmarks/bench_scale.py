@@ -1,0 +1,294 @@
+"""Benchmark: what the control plane costs per container, at a thousand nodes.
+
+The control plane runs as its own process (`muster-controlplane`, SQLite);
+the agents (the project's agent code over its in-memory fake runtime, over
+real gRPC) run in other processes, so the control plane's CPU can be measured
+alone. Runs of W workers + 1 job go through the whole path: create, place,
+persist, start, ready, release, the job's exit, teardown, removed. A driver
+keeps a window of runs in flight and counts them as they finish.
+
+    .venv/bin/python benchmarks/bench_scale.py [--agents 1000] [--runs 5000] [--workers 3]
+        [--agent-procs 2] [--in-flight 400] [--profile out.svg]
+
+Prints containers/s, control-plane CPU-seconds per 1,000 containers (and
+containers per CPU-second), its peak RSS, and the rate over the last fifth of
+the runs against the first fifth. `--profile` records the control plane with
+py-spy (`.venv/bin/py-spy`) into a flame graph (collapsed stacks if it ends in .txt).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import grpc
+import psutil
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = REPO / ".venv" / "bin"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- the agents' process ---------------------------------------------------------------
+
+
+async def agents_main(server: str, first: int, count: int, status_file: Path) -> None:
+    """Run `count` agents in this process until SIGTERM; finish every job that runs."""
+    from agent.app import run_agent
+    from agent.config import parse_args
+    from agent.connection import Backoff
+    from agent.runtime_fake import FakeRuntime
+
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    runtimes = [FakeRuntime(node_name=f"sim-{i}") for i in range(first, first + count)]
+    tasks = []
+    for runtime in runtimes:
+        args = parse_args(
+            ["--insecure", "--server", server, "--node-name", runtime.node_name,
+             "--pool", "cpu", "--cpus", "64", "--memory", "256Gi"]
+        )  # fmt: skip
+        tasks.append(
+            asyncio.create_task(
+                run_agent(args, runtime=runtime, stop=stop, backoff=Backoff(maximum=1.0))
+            )
+        )
+    while not stop.is_set():
+        for runtime in runtimes:
+            for name, container in list(runtime.containers.items()):
+                if "-job-" in name and container.state == "running":
+                    runtime.exit(name, 0)
+        live = sum(len(r.containers) for r in runtimes)
+        created = sum(r.create_count for r in runtimes)
+        partial = status_file.with_suffix(".tmp")
+        partial.write_text(json.dumps({"live": live, "created": created}))
+        partial.replace(status_file)  # whole or not at all, for the driver
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 0.05)
+    for task in tasks:
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            await asyncio.wait_for(task, 10)
+
+
+# -- the driver --------------------------------------------------------------------------
+
+
+class Sampler:
+    """Peak RSS of a process, sampled every 0.5 s."""
+
+    def __init__(self, pid: int) -> None:
+        self.proc = psutil.Process(pid)
+        self.peak = 0
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(psutil.Error):
+                self.peak = max(self.peak, self.proc.memory_info().rss)
+            await asyncio.sleep(0.5)
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    times = proc.cpu_times()
+    return times.user + times.system
+
+
+async def drive(args: argparse.Namespace, address: str, cp: psutil.Process, stats: list[Path]):
+    from muster.v1 import codespec_pb2 as cpb
+    from muster.v1 import codespec_pb2_grpc as cgrpc
+    from muster.v1 import node_pb2 as npb
+    from muster.v1 import node_pb2_grpc as ngrpc
+    from muster.v1 import run_pb2 as rpb
+    from muster.v1 import run_pb2_grpc as rgrpc
+
+    async with grpc.aio.insecure_channel(address) as ch:
+        codespecs, runs = cgrpc.CodespecServiceStub(ch), rgrpc.RunServiceStub(ch)
+        nodes = ngrpc.NodeServiceStub(ch)
+        worker = cpb.Codespec(
+            name="w", image="img", kind=cpb.CODESPEC_KIND_WORKER, endpoints={"http": 80},
+            resources=cpb.Resources(requests=cpb.ResourceQuantities(cpu="1")),
+        )  # fmt: skip
+        await codespecs.CreateCodespec(cpb.CreateCodespecRequest(codespec=worker))
+        await codespecs.CreateCodespec(
+            cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="j", image="img"))
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            listed = await nodes.ListNodes(npb.ListNodesRequest())
+            ready = sum(1 for n in listed.nodes if n.status == npb.NODE_STATUS_READY)
+            if ready >= args.agents:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"only {ready} of {args.agents} agents registered in 120 s")
+            await asyncio.sleep(0.5)
+        print(f"{args.agents} agents Ready; {args.runs} runs x ({args.workers} workers + 1 job)")
+
+        request = rpb.CreateRunRequest(
+            run=rpb.Run(
+                job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j"), node_pool="cpu"),
+                worker=rpb.RunCodeTarget(
+                    codespec=rpb.CodespecRef(named="w"), node_pool="cpu", replicas=args.workers
+                ),
+                timeout_seconds=3600,
+            )
+        )
+        window = asyncio.Semaphore(args.in_flight)
+        done_at: list[float] = []
+        failures: list[str] = []
+
+        async def one() -> None:
+            async with window:
+                created = (await runs.CreateRun(request)).run
+                last = None
+                async for reply in runs.WatchRun(rpb.WatchRunRequest(run_id=created.id)):
+                    last = reply.run
+                assert last is not None
+                if last.status != rpb.RUN_STATUS_SUCCEEDED:
+                    failures.append(f"run {last.id}: {last.status_reason}")
+                done_at.append(time.perf_counter())
+
+        cpu0, began = cpu_seconds(cp), time.perf_counter()
+        await asyncio.gather(*(one() for _ in range(args.runs)))
+        # Every container removed: the agents' runtimes are empty.
+        deadline = time.monotonic() + 120
+        while True:
+            counts = [json.loads(p.read_text()) for p in stats if p.exists()]
+            if counts and sum(c["live"] for c in counts) == 0:
+                break
+            if time.monotonic() > deadline:
+                raise SystemExit(f"containers left after 120 s: {counts}")
+            await asyncio.sleep(0.1)
+        elapsed, cpu = time.perf_counter() - began, cpu_seconds(cp) - cpu0
+        created = sum(c["created"] for c in counts)
+    return elapsed, cpu, done_at, began, failures, created
+
+
+def fifth_rates(done_at: list[float], began: float, containers_per_run: int) -> tuple[float, float]:
+    """Containers/s over the first and the last fifth of the finished runs."""
+    done = sorted(done_at)
+    fifth = max(1, len(done) // 5)
+    first = fifth * containers_per_run / (done[fifth - 1] - began)
+    last = fifth * containers_per_run / (done[-1] - done[-fifth - 1])
+    return first, last
+
+
+async def bench(args: argparse.Namespace) -> None:
+    address = f"127.0.0.1:{free_port()}"
+    with tempfile.TemporaryDirectory() as tmp:
+        cp_log = open(Path(tmp) / "controlplane.log", "w")
+        cp_proc = subprocess.Popen(
+            [str(BIN / "muster-controlplane"), "--insecure", "--listen", address,
+             "--db", str(Path(tmp) / "cp.db"), "--max-pending-runs", "0",
+             "--max-streams", str(args.in_flight + 100), "--heartbeat-interval", "5",
+             "--log-level", "WARNING"],
+            stdout=subprocess.PIPE, stderr=cp_log, text=True,
+        )  # fmt: skip
+        assert cp_proc.stdout is not None
+        cp_proc.stdout.readline()  # "listening on ..."
+        procs: list[subprocess.Popen[bytes]] = []
+        spy = None
+        try:
+            per = -(-args.agents // args.agent_procs)
+            stats = []
+            for k in range(args.agent_procs):
+                count = min(per, args.agents - k * per)
+                stat = Path(tmp) / f"agents-{k}.json"
+                stats.append(stat)
+                procs.append(
+                    subprocess.Popen(
+                        [sys.executable, __file__, "--agent-proc", "--server", address,
+                         "--first", str(k * per), "--count", str(count),
+                         "--status-file", str(stat)],
+                        stderr=open(Path(tmp) / f"agents-{k}.log", "w"),
+                    )  # fmt: skip
+                )
+            cp = psutil.Process(cp_proc.pid)
+            sampler = Sampler(cp_proc.pid)
+            sampling = asyncio.create_task(sampler.run())
+            if args.profile:
+                spy = subprocess.Popen(
+                    [str(BIN / "py-spy"), "record", "-p", str(cp_proc.pid), "-o", args.profile,
+                     "--rate", "50", "--nonblocking",
+                     *(["--format", "raw"] if args.profile.endswith(".txt") else [])],
+                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+            elapsed, cpu, done_at, began, failures, created = await drive(
+                args, address, cp, stats
+            )
+            sampling.cancel()
+        finally:
+            if spy is not None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(timeout=60)
+            for proc in procs:
+                proc.send_signal(signal.SIGTERM)
+            for proc in procs:
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            cp_proc.send_signal(signal.SIGTERM)
+            try:
+                cp_proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                cp_proc.kill()
+                cp_proc.wait()
+    per_run = args.workers + 1
+    containers = args.runs * per_run
+    first, last = fifth_rates(done_at, began, per_run)
+    print(f"  {args.runs - len(failures)}/{args.runs} succeeded; {created} containers created")
+    for failure in failures[:5]:
+        print(f"    {failure}")
+    print(f"  {containers} containers in {elapsed:.1f} s: {containers / elapsed:.0f} containers/s")
+    print(
+        f"  control plane CPU: {cpu:.1f} s = {cpu / containers * 1000:.2f} CPU-s per 1,000 "
+        f"containers ({containers / cpu:.0f} containers per CPU-second)"
+    )
+    print(f"  control plane peak RSS: {sampler.peak / 2**20:.0f} MiB")
+    print(
+        f"  rate: first fifth {first:.0f}/s, last fifth {last:.0f}/s "
+        f"(last/first {last / first:.2f})"
+    )
+    if args.profile:
+        print(f"  profile: {args.profile}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--agents", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=5000)
+    parser.add_argument("--workers", type=int, default=3)
+    parser.add_argument("--agent-procs", type=int, default=2)
+    parser.add_argument("--in-flight", type=int, default=400)
+    parser.add_argument("--profile", default="")
+    parser.add_argument("--agent-proc", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--server", default="", help=argparse.SUPPRESS)
+    parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--status-file", default="", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.agent_proc:
+        sys.path.insert(0, str(REPO))
+        asyncio.run(agents_main(args.server, args.first, args.count, Path(args.status_file)))
+        return
+    os.chdir(REPO)
+    asyncio.run(bench(args))
+
+
+if __name__ == "__main__":
+    main()
