@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 ERROR_CODE = "x-ms-error-code"
 META_PREFIX = "x-ms-meta-"
+DETAIL_HEADER = "x-muster-error-detail"
 STAGE_CHUNK = 1 << 20
 MAX_BLOB_BYTES = 4000 * 1024 * 1024  # Azure's limit for one block-blob upload
 
@@ -44,6 +45,8 @@ MAX_BLOB_BYTES = 4000 * 1024 * 1024  # Azure's limit for one block-blob upload
 def _error(status: int, code: str, detail: str = "", *, head: bool = False) -> web.Response:
     """An Azure-style error: the code in a header, and an XML body for GET/PUT."""
     headers = {ERROR_CODE: code}
+    if detail:
+        headers[DETAIL_HEADER] = detail  # HEAD answers have no body to carry it
     if head:
         return web.Response(status=status, headers=headers)
     body = f'<?xml version="1.0" encoding="utf-8"?><Error><Code>{code}</Code>'
@@ -271,3 +274,35 @@ def _base_url(host: str, port: int, tls: bool) -> str:
     except ValueError:
         host = quote(host, safe=".-")
     return f"{'https' if tls else 'http'}://{host}:{port}"
+
+
+async def _serve(root: pathlib.Path, key_file: pathlib.Path, host: str, port: int) -> None:
+    from controlplane.dataplane.sas import load_or_create_key
+
+    plane = DataPlane(root, load_or_create_key(key_file))
+    bound = await plane.start(host, port)
+    print(bound, flush=True)  # the parent (a benchmark, a test) learns the port
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await plane.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run a data plane on its own (plain HTTP): `python -m controlplane.dataplane.server`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--root", type=pathlib.Path, required=True)
+    parser.add_argument("--key-file", type=pathlib.Path, required=True)
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_serve(args.root, args.key_file, args.host, args.port))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -38,6 +38,8 @@ RESPONSE_TIMEOUT = 100.0
 
 _AUTH_DETAIL = re.compile(r"<AuthenticationErrorDetail>([^<]*)</AuthenticationErrorDetail>")
 
+DETAIL_HEADER = "x-muster-error-detail"
+
 RefreshUrl = Callable[[], Awaitable[str]]
 
 
@@ -304,7 +306,8 @@ def _error_for(status: int, head: dict[str, str], body: bytes) -> Exception:
         return errors.PermissionMismatchError()
     if status == 403 and code == "AuthenticationFailed":
         found = _AUTH_DETAIL.search(detail)
-        return errors.InvalidAccessUrlError(found.group(1).strip() if found else "")
+        reason = found.group(1).strip() if found else head.get(DETAIL_HEADER, "")
+        return errors.InvalidAccessUrlError(reason)
     if status in (500, 503):
         return errors.ServerBusyError(f"the data plane answered {status}")
     return errors.BufferDataError(f"unexpected status code {status}: {code or detail}")
