@@ -8,6 +8,7 @@ import click
 
 from muster_cli import (  # noqa: F401  (they register their commands)
     auth,
+    buffers,
     codespecs,
     images,
     nodes,
