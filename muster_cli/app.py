@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Callable
 from typing import Any
 
@@ -63,7 +64,59 @@ def key_values(pairs: tuple[str, ...], flag: str, cast: Callable[[str], Any] = s
     return out
 
 
-@click.group(context_settings=CONTEXT)
+def comma_pairs(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Tyger's (pflag's) K=V lists: a value with one `=` is one pair, commas
+    included (`A=1,2`); with several, it is a CSV list (`A=1,B=2`, `A="1,2",B=3`)."""
+    out: list[str] = []
+    for value in values:
+        if value.count("=") <= 1:
+            out.append(value)
+        else:
+            out.extend(_csv_row(value))
+    return tuple(out)
+
+
+def comma_list(values: tuple[str, ...]) -> tuple[str, ...]:
+    """Tyger's (pflag's) string lists: each value is a CSV row (`-i a,b` is two names)."""
+    return tuple(item for value in values for item in (_csv_row(value) if value else [""]))
+
+
+def _csv_row(value: str) -> list[str]:
+    try:
+        return next(csv.reader([value], strict=True), [])
+    except csv.Error as exc:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list: {exc}") from None
+
+
+class AliasGroup(click.Group):
+    """A group that also answers to Tyger's aliases of its commands
+    (`codespecs`, `runs`, `get`, `stop`, `count`); help lists them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.aliases: dict[str, str] = {}
+        super().__init__(*args, **kwargs)
+
+    def alias(self, alias: str, name: str) -> None:
+        """Make `alias` another name of the command `name`."""
+        self.aliases[alias] = name
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        _, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd else None), cmd, rest
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_commands(ctx, formatter)
+        if self.aliases:
+            with formatter.section("Aliases"):
+                formatter.write_dl(sorted(self.aliases.items()))
+
+
+@click.group(cls=AliasGroup, context_settings=CONTEXT)
 @click.option(
     "--server",
     default=None,

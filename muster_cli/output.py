@@ -96,3 +96,117 @@ def human_bytes(value: int) -> str:
 def when(ts: Timestamp) -> str:
     """A timestamp as `2026-11-30T12:00:00Z`, or `-` when it is unset."""
     return ts.ToDatetime(tzinfo=UTC).strftime("%Y-%m-%dT%H:%M:%SZ") if ts.seconds else "-"
+
+
+# -- Tyger's JSON shapes ---------------------------------------------------------
+# Written from Tyger's model (cli/internal/controlplane/model): numeric run ids,
+# quantities as strings, a run's codespec as the codespec object the run
+# resolved (a string reference only where a file wrote one), empty fields left
+# out. muster's extras (pullPolicy, replicas, events) are fields Tyger's
+# parsers ignore.
+
+
+def _time(ts: Timestamp) -> str | None:
+    return ts.ToJsonString() if ts.seconds or ts.nanos else None
+
+
+def _omit_empty(doc: dict[str, Any], keep: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {k: v for k, v in doc.items() if k in keep or v not in (None, "", [], {})}
+
+
+def codespec_dict(spec: Any, system: bool = True) -> dict[str, Any]:
+    """A codespec as Tyger prints it; `system` adds name, version and createdAt."""
+    res = spec.resources
+    resources = _omit_empty(
+        {
+            "requests": _omit_empty({"cpu": res.requests.cpu, "memory": res.requests.memory}),
+            "limits": _omit_empty({"cpu": res.limits.cpu, "memory": res.limits.memory}),
+            "gpu": str(res.gpu) if res.gpu else None,
+            "shm": res.shm,
+        }
+    )
+    kind = "worker" if spec.kind == 2 else "job"
+    doc: dict[str, Any] = {"kind": kind}
+    if system:
+        doc.update(name=spec.name, version=spec.version or None, createdAt=_time(spec.created_at))
+    doc.update(
+        image=spec.image,
+        command=list(spec.command),
+        args=list(spec.args),
+        workingDir=spec.working_dir,
+        env=dict(spec.env),
+        resources=resources,
+        maxReplicas=spec.max_replicas if spec.HasField("max_replicas") else None,
+    )
+    if kind == "job":
+        doc["buffers"] = _omit_empty(
+            {"inputs": list(spec.buffers.inputs), "outputs": list(spec.buffers.outputs)}
+        )
+    else:
+        doc["endpoints"] = dict(spec.endpoints)
+    return {"kind": kind, **_omit_empty(doc)}
+
+
+def _target_dict(target: Any, role: str) -> dict[str, Any]:
+    named = target.codespec.WhichOneof("reference") == "named"
+    resolved = target.resolved_codespec
+    if resolved.image:
+        codespec: Any = codespec_dict(resolved, system=named)
+    elif named:
+        codespec = target.codespec.named
+    else:
+        codespec = codespec_dict(target.codespec.inline, system=False)
+    doc: dict[str, Any] = {
+        "codespec": codespec,
+        "nodePool": target.node_pool,
+        "replicas": target.replicas if target.HasField("replicas") else 1,
+    }
+    if role == "job":
+        doc.update(tags=dict(target.tags), bufferTtl=target.buffer_ttl)
+    return _omit_empty(doc)
+
+
+def run_metadata(run: Any) -> dict[str, Any]:
+    """Tyger's RunMetadata: what `run watch` prints without --full-resource."""
+    return _omit_empty(
+        {
+            "id": run.id,
+            "status": enum_text(_enum_name(run, "status")),
+            "statusReason": run.status_reason,
+            "runningCount": run.running_count,
+            "createdAt": _time(run.created_at),
+            "startedAt": _time(run.started_at),
+            "finishedAt": _time(run.finished_at),
+            "tags": dict(run.tags),
+        },
+        keep=("runningCount",),
+    )
+
+
+def run_dict(run: Any) -> dict[str, Any]:
+    """A run as Tyger prints it, then muster's extras."""
+    doc: dict[str, Any] = {
+        "id": run.id,
+        "eTag": run.etag,
+        "status": enum_text(_enum_name(run, "status")),
+        "statusReason": run.status_reason,
+        "runningCount": run.running_count,
+        "createdAt": _time(run.created_at),
+        "startedAt": _time(run.started_at),
+        "finishedAt": _time(run.finished_at),
+        "job": _target_dict(run.job, "job"),
+        "worker": _target_dict(run.worker, "worker") if run.HasField("worker") else None,
+        "timeoutSeconds": run.timeout_seconds if run.HasField("timeout_seconds") else None,
+        "cluster": run.cluster,
+        "tags": dict(run.tags),
+        "bufferAccessTtl": run.buffer_access_ttl,
+        "pullPolicy": enum_text(_enum_name(run, "pull_policy")) if run.pull_policy else None,
+        "replicas": [to_dict(r) for r in run.replicas],
+        "events": [to_dict(e) for e in run.events],
+    }
+    return _omit_empty(doc, keep=("runningCount",))
+
+
+def _enum_name(msg: Message, field: str) -> str:
+    descriptor = msg.DESCRIPTOR.fields_by_name[field].enum_type
+    return descriptor.values_by_number[getattr(msg, field)].name

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import threading
 import uuid
@@ -20,8 +21,11 @@ from muster_cli.app import (
     INT32,
     POSITIVE,
     RUN_ID,
+    AliasGroup,
     address,
     cli,
+    comma_list,
+    comma_pairs,
     format_option,
     key_values,
     server_option,
@@ -35,8 +39,8 @@ from muster_cli.client import (
     with_retries,
 )
 from muster_cli.logs import stream_logs
-from muster_cli.output import dump, enum_text, human_bytes, table, to_dict
-from muster_cli.specfile import PULL_POLICIES, load_run
+from muster_cli.output import dump, enum_text, human_bytes, run_dict, run_metadata, table
+from muster_cli.specfile import PULL_POLICIES, SpecError, load_run, time_span
 from muster_cli.timeparse import parse_duration, parse_since
 
 STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Canceled"]
@@ -46,8 +50,19 @@ def _reference(name: str, version: int | None) -> str:
     return f"{name}/versions/{version}" if version else name
 
 
+def timeout_seconds(text: str) -> int:
+    """--timeout as Tyger takes it (a Go duration, `1.5h`), or seconds; at least 1 s."""
+    seconds = parse_duration(text, "--timeout")
+    if not 1 <= seconds <= INT32:
+        raise click.BadParameter(
+            f"'{text}' is out of range (1s to 68 years)", param_hint="--timeout"
+        )
+    return seconds
+
+
 def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
-    """The Run message from a file (optional) with flags on top."""
+    """The Run message from a file (optional) with flags on top, as Tyger
+    merges them: --tag adds to the file's tags, the other flags replace."""
     run = load_run(file) if file else pb.Run()
     if flags["codespec"]:
         run.job.codespec.named = _reference(flags["codespec"], flags["version"])
@@ -68,13 +83,16 @@ def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
     if flags["worker_node_pool"]:
         run.worker.node_pool = flags["worker_node_pool"]
     if flags["timeout"]:
-        seconds = parse_duration(flags["timeout"])
-        if not 1 <= seconds <= INT32:
-            raise click.BadParameter(
-                f"'{flags['timeout']}' is out of range", param_hint="--timeout"
-            )
-        run.timeout_seconds = seconds
-    run.tags.update(key_values(flags["tag"], "--tag"))
+        run.timeout_seconds = timeout_seconds(flags["timeout"])
+    run.tags.update(key_values(comma_pairs(flags["tag"]), "--tag"))
+    if flags["cluster"]:
+        run.cluster = flags["cluster"]
+    if flags["buffer_access_ttl"]:
+        try:
+            run.buffer_access_ttl = time_span(flags["buffer_access_ttl"], "--buffer-access-ttl")
+        except SpecError as exc:
+            detail = str(exc).split(": ", 1)[1]
+            raise click.BadParameter(detail, param_hint="--buffer-access-ttl") from None
     if flags["pull"]:
         run.pull_policy = PULL_POLICIES[flags["pull"].lower()]
     if not run.job.codespec.WhichOneof("reference"):
@@ -96,23 +114,36 @@ def run_options(fn: Any) -> Any:
         click.option("--worker-version", type=POSITIVE, help="Worker codespec version."),
         click.option("--worker-replicas", type=POSITIVE, help="Worker replicas (default 1)."),
         click.option("--worker-node-pool", help="Node pool of the workers."),
-        click.option("--timeout", help="Run timeout: seconds or 90s, 10m, 2h (default 12h)."),
-        click.option("--tag", multiple=True, metavar="K=V", help="Tag (repeatable)."),
+        click.option(
+            "--timeout",
+            help="Run timeout: a Go duration (300s, 1.5h, 2h45m) or seconds (default 12h).",
+        ),
+        click.option("--tag", multiple=True, metavar="K=V", help="Tag (repeatable, or a=1,b=2)."),
+        click.option("--cluster", help="Tyger's target cluster: stored only (one cluster here)."),
         click.option(
             "--pull",
             type=click.Choice(list(PULL_POLICIES), case_sensitive=False),
-            help="When nodes pull the images: missing (only what a node lacks), always, "
-            "never (default: the control plane's, itself missing by default).",
+            is_flag=False,
+            flag_value="always",
+            help="When nodes pull the images: missing (only what a node lacks), always "
+            "(also --pull alone, as in Tyger), never (default: the control plane's).",
         ),
+        click.option("--buffer-access-ttl", hidden=True, help="D.HH:MM:SS, stored."),
     ]
     for option in reversed(options):
         fn = option(fn)
     return fn
 
 
-@cli.group()
+@cli.group(cls=AliasGroup)
 def run() -> None:
     """Create, follow and inspect runs."""
+
+
+cli.alias("runs", "run")  # type: ignore[attr-defined]
+run.alias("get", "show")  # type: ignore[attr-defined]
+run.alias("stop", "cancel")  # type: ignore[attr-defined]
+run.alias("count", "counts")  # type: ignore[attr-defined]
 
 
 def _create(
@@ -139,7 +170,7 @@ def run_create(
 ) -> None:
     """Create a run; prints its id."""
     _, created = _create(ctx, leaf_server, file, flags)
-    click.echo(created.id if fmt == "table" else dump(to_dict(created), fmt))
+    click.echo(created.id if fmt == "table" else dump(run_dict(created), fmt))
     if fmt == "table" and sys.stderr.isatty():
         click.echo(progress_line(created), err=True)
 
@@ -224,7 +255,7 @@ def stamped_to_stderr(line: str) -> None:
 def finish(run: pb.Run, fmt: str) -> None:
     """Print the outcome and exit 0 only if the run succeeded."""
     if fmt != "table":
-        click.echo(dump(to_dict(run), fmt))
+        click.echo(dump(run_dict(run), fmt))
     if run.status == pb.RUN_STATUS_SUCCEEDED:
         if fmt == "table":
             click.echo(f"run {run.id} succeeded", err=True)
@@ -235,7 +266,10 @@ def finish(run: pb.Run, fmt: str) -> None:
 
 @run.command("exec", context_settings=CONTEXT)
 @run_options
-@click.option("--logs", "with_logs", is_flag=True, help="Stream the run's logs while it runs.")
+@click.option(
+    "--logs", "with_logs", is_flag=True, help="Print the run's logs to stderr while it runs."
+)
+@click.option("--timestamps", is_flag=True, help="With --logs, prefix each line with its time.")
 @click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel the run without asking.")
 @format_option("-o", "--output")
 @server_option
@@ -246,14 +280,15 @@ def run_exec(
     fmt: str,
     leaf_server: str | None,
     with_logs: bool,
+    timestamps: bool,
     cancel_on_exit: bool,
     **flags: Any,
 ) -> None:
     """Create a run and wait for it to end; exit code 0 only if it succeeded.
 
-    Progress goes to stderr in a terminal; with -o json|yaml only the final run
-    is printed. On Ctrl-C it asks whether to cancel the run (or cancels at once
-    with --cancel-on-exit).
+    Progress, and logs with --logs, go to stderr, as in Tyger (stdout is for
+    the run's output); with -o json|yaml the final run is printed. On Ctrl-C
+    it asks whether to cancel the run (or cancels at once with --cancel-on-exit).
     """
     server, created = _create(ctx, leaf_server, file, flags)
     show = fmt == "table" and sys.stderr.isatty()
@@ -268,8 +303,8 @@ def run_exec(
                 "follow": True,
                 "since": None,
                 "tail": 0,
-                "timestamps": False,
-                "out": sys.stdout if fmt == "table" else sys.stderr,
+                "timestamps": timestamps,
+                "out": sys.stderr,
             },
             daemon=True,
         )
@@ -298,7 +333,11 @@ def interrupted(server: str, run_id: int, cancel_on_exit: bool) -> None:
 @run.command("logs", context_settings=CONTEXT)
 @click.argument("run_id", type=RUN_ID)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new lines until the run ends.")
-@click.option("--since", help="Only lines at or after a time (RFC 3339) or a duration ago (10m).")
+@click.option(
+    "-s",
+    "--since",
+    help="Only lines at or after a time (RFC 3339, local without a zone) or a duration ago.",
+)
 @click.option("--tail", type=COUNT, default=0, help="Only the last N lines.")
 @click.option("--timestamps", is_flag=True, help="Prefix each line with its time.")
 @server_option
@@ -325,12 +364,52 @@ def run_logs(
 
 @run.command("watch", context_settings=CONTEXT)
 @click.argument("run_id", type=RUN_ID)
+@click.option(
+    "--full-resource",
+    is_flag=True,
+    help="Print the whole run as a JSON line at each change (Tyger's output).",
+)
+@click.option(
+    "-o",
+    "--output",
+    "fmt",
+    type=click.Choice(["table", "json"]),
+    default="table",
+    show_default=True,
+    help="json: one JSON line per change with the run's status fields, as Tyger prints.",
+)
 @server_option
 @click.pass_context
-def run_watch(ctx: click.Context, run_id: int, leaf_server: str | None) -> None:
+def run_watch(
+    ctx: click.Context, run_id: int, full_resource: bool, fmt: str, leaf_server: str | None
+) -> None:
     """Print one line per change until the run ends; exit code reflects the outcome."""
-    final = follow(address(ctx, leaf_server), run_id, click.echo)
+    server = address(ctx, leaf_server)
+    if full_resource or fmt == "json":
+        final = follow_json(server, run_id, run_dict if full_resource else run_metadata)
+    else:
+        final = follow(server, run_id, click.echo)
     sys.exit(0 if final.status == pb.RUN_STATUS_SUCCEEDED else 1)
+
+
+def follow_json(server: str, run_id: int, shape: Callable[[pb.Run], dict]) -> pb.Run:
+    """Watch as Tyger prints it: a compact JSON line whenever the shape changes."""
+    last_line, last = "", None
+    retry = Reconnect(server, f"watching run {run_id}")
+    while True:
+        try:
+            with open_channel(server) as ch:
+                for reply in pb_grpc.RunServiceStub(ch).WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                    retry.progress()
+                    last = reply.run
+                    line = json.dumps(shape(last), separators=(",", ":"))
+                    if line != last_line:
+                        click.echo(line)
+                        last_line = line
+            if last is not None and last.status in TERMINAL:
+                return last
+        except grpc.RpcError as err:
+            retry.failed(err)
 
 
 @run.command("show", context_settings=CONTEXT)
@@ -342,7 +421,7 @@ def run_show(ctx: click.Context, run_id: int, fmt: str, leaf_server: str | None)
     """Show a run with its replicas and events."""
     with channel(address(ctx, leaf_server)) as ch:
         reply = pb_grpc.RunServiceStub(ch).GetRun(pb.GetRunRequest(run_id=run_id), timeout=30)
-    click.echo(describe(reply.run) if fmt == "table" else dump(to_dict(reply.run), fmt))
+    click.echo(describe(reply.run) if fmt == "table" else dump(run_dict(reply.run), fmt))
 
 
 def _time(ts: Any) -> str:
@@ -414,8 +493,18 @@ def run_cancel(ctx: click.Context, run_id: int, leaf_server: str | None) -> None
     click.echo(f"run {reply.run.id} {status_text(reply.run).lower()}")
 
 
-def _status_values(names: tuple[str, ...]) -> list[int]:
-    return [pb.RunStatus.Value(f"RUN_STATUS_{n.upper()}") for n in names]
+def _status_values(names: tuple[str, ...]) -> list[int] | None:
+    """--status values (repeated or a,b; any case) -> RunStatus numbers; None when
+    only Canceling was asked for: muster cancels at once, so no run is ever Canceling."""
+    wanted = [n.strip().capitalize() for n in comma_list(names)]
+    for name in wanted:
+        if name not in STATUSES and name != "Canceling":
+            raise click.BadParameter(
+                f"'{name}' is not a status; use {', '.join(STATUSES)} or Canceling",
+                param_hint="--status",
+            )
+    known = [pb.RunStatus.Value(f"RUN_STATUS_{n.upper()}") for n in wanted if n != "Canceling"]
+    return None if wanted and not known else known
 
 
 @run.command("list", context_settings=CONTEXT)
@@ -423,11 +512,14 @@ def _status_values(names: tuple[str, ...]) -> list[int]:
     "--status",
     "statuses",
     multiple=True,
-    type=click.Choice(STATUSES, case_sensitive=False),
-    help="Only these statuses (repeatable).",
+    metavar="STATUS",
+    help="Only these statuses (repeatable or a,b; any of " + ", ".join(STATUSES) + ").",
 )
 @click.option("--tag", multiple=True, metavar="K=V", help="Only runs with all these tags.")
-@click.option("--limit", type=POSITIVE, default=100, show_default=True)
+@click.option(
+    "-s", "--since", help="Only runs created at or after a time (local without a zone) or 10m ago."
+)
+@click.option("-l", "--limit", type=POSITIVE, default=1000, show_default=True)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
@@ -435,22 +527,27 @@ def run_list(
     ctx: click.Context,
     statuses: tuple[str, ...],
     tag: tuple[str, ...],
+    since: str | None,
     limit: int,
     fmt: str,
     leaf_server: str | None,
 ) -> None:
     """List runs, newest first."""
-    with channel(address(ctx, leaf_server)) as ch:
-        stub = pb_grpc.RunServiceStub(ch)
-        runs = collect_pages(
-            lambda **r: stub.ListRuns(pb.ListRunsRequest(**r), timeout=30),
-            "runs",
-            limit,
-            statuses=_status_values(statuses),
-            tags=key_values(tag, "--tag"),
-        )
+    wanted = _status_values(statuses)
+    runs: list[pb.Run] = []
+    if wanted is not None:
+        with channel(address(ctx, leaf_server)) as ch:
+            stub = pb_grpc.RunServiceStub(ch)
+            runs = collect_pages(
+                lambda **r: stub.ListRuns(pb.ListRunsRequest(**r), timeout=30),
+                "runs",
+                limit,
+                statuses=wanted,
+                tags=key_values(comma_pairs(tag), "--tag"),
+                since=parse_since(since) if since else None,
+            )
     if fmt != "table":
-        click.echo(dump([to_dict(r) for r in runs], fmt))
+        click.echo(dump([run_dict(r) for r in runs], fmt))
         return
     rows = [
         (
@@ -472,17 +569,55 @@ def run_list(
 
 @run.command("counts", context_settings=CONTEXT)
 @click.option("--tag", multiple=True, metavar="K=V", help="Only runs with all these tags.")
+@click.option(
+    "-s", "--since", help="Only runs created at or after a time (local without a zone) or 10m ago."
+)
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
-def run_counts(ctx: click.Context, tag: tuple[str, ...], fmt: str, leaf_server: str | None) -> None:
+def run_counts(
+    ctx: click.Context, tag: tuple[str, ...], since: str | None, fmt: str, leaf_server: str | None
+) -> None:
     """Count runs by status."""
     with channel(address(ctx, leaf_server)) as ch:
         reply = pb_grpc.RunServiceStub(ch).CountRuns(
-            pb.CountRunsRequest(tags=key_values(tag, "--tag")), timeout=30
+            pb.CountRunsRequest(
+                tags=key_values(comma_pairs(tag), "--tag"),
+                since=parse_since(since) if since else None,
+            ),
+            timeout=30,
         )
     counts = {enum_text(pb.RunStatus.Name(c.status)): c.count for c in reply.counts}
     if fmt != "table":
         click.echo(dump(counts, fmt))
         return
     click.echo(table(["STATUS", "COUNT"], [*counts.items(), ("Total", reply.total)]))
+
+
+@run.command("set", context_settings=CONTEXT)
+@click.argument("run_id", type=RUN_ID)
+@click.option("--tag", multiple=True, metavar="K=V", help="Add or replace a tag (repeatable).")
+@click.option("--clear-tags", is_flag=True, help="Remove every existing tag first.")
+@click.option("--etag", default="", help="Only if the run's eTag is still this one.")
+@format_option("-o", "--output")
+@server_option
+@click.pass_context
+def run_set(
+    ctx: click.Context,
+    run_id: int,
+    tag: tuple[str, ...],
+    clear_tags: bool,
+    etag: str,
+    fmt: str,
+    leaf_server: str | None,
+) -> None:
+    """Update or replace a run's tags; prints the run (JSON, as Tyger)."""
+    request = pb.UpdateRunTagsRequest(
+        run_id=run_id,
+        tags=key_values(comma_pairs(tag), "--tag"),
+        clear_tags=clear_tags,
+        etag=etag,
+    )
+    with channel(address(ctx, leaf_server)) as ch:
+        reply = pb_grpc.RunServiceStub(ch).UpdateRunTags(request, timeout=30)
+    click.echo(dump(run_dict(reply.run), "json" if fmt == "table" else fmt))

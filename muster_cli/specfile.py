@@ -7,6 +7,7 @@ as `resources.request` is caught before anything is sent to the server.
 from __future__ import annotations
 
 import difflib
+import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
@@ -25,19 +26,25 @@ STR = "string"
 INT = "integer"
 SCALAR = "scalar"  # quantities and env values: numbers are accepted and kept as text
 COUNT = "count"  # a whole number, also written as a quantity string ("1", as Tyger writes GPUs)
+ANY = "any"  # output-only fields (`version`, `createdAt`, `status`, ...): accepted, ignored
 
 QUANTITIES = {"cpu": SCALAR, "memory": SCALAR}
+SOCKET = {"port": INT, "inputBuffer": STR, "outputBuffer": STR}
 CODESPEC_SCHEMA: dict[str, Any] = {
-    "name": STR,
     "kind": STR,
+    "name": STR,
+    "version": ANY,
+    "createdAt": ANY,
     "image": STR,
     "command": [STR],
     "args": [STR],
     "workingDir": STR,
     "env": {"*": SCALAR},
-    "resources": {"requests": QUANTITIES, "limits": QUANTITIES, "gpu": COUNT},
+    "identity": STR,
+    "resources": {"requests": QUANTITIES, "limits": QUANTITIES, "gpu": COUNT, "shm": SCALAR},
     "maxReplicas": INT,
     "buffers": {"inputs": [STR], "outputs": [STR]},
+    "sockets": [SOCKET],
     "endpoints": {"*": INT},
 }
 
@@ -64,6 +71,8 @@ def _join(path: str, key: str) -> str:
 def check(value: Any, schema: Any, path: str) -> Any:
     """Validate `value` against `schema`; return it with scalars normalised to text."""
     where = path or "the document"
+    if schema == ANY:
+        return value
     if schema == STR:
         if not isinstance(value, str):
             raise SpecError(f"{where}: expected a string, got {_type(value)}")
@@ -91,6 +100,8 @@ def check(value: Any, schema: Any, path: str) -> Any:
             raise SpecError(f"{where}: expected a mapping, got {_type(value)}")
         out = {}
         for key, item in value.items():
+            if item is None:  # `env:` with nothing after it: absent, as Tyger reads it
+                continue
             if not isinstance(key, str):
                 raise SpecError(f"{where}: keys must be strings, got {key!r}")
             sub = schema.get(key, schema.get("*"))
@@ -128,18 +139,40 @@ def _type(value: Any) -> str:
 
 
 KINDS = {"job": cpb.CODESPEC_KIND_JOB, "worker": cpb.CODESPEC_KIND_WORKER}
+NO_IDENTITY = (
+    "muster has no workload identity provider (Tyger's identity needs a cloud one); "
+    "give the container its credentials through env instead"
+)
+NO_SOCKETS = (
+    "muster does not connect buffers to TCP sockets (Tyger's sockets); "
+    "the job reads and writes its buffers itself"
+)
+
+
+def refuse_unsupported(doc: dict[str, Any], path: str = "") -> None:
+    """Tyger fields muster cannot honour: harmless when empty, refused otherwise."""
+    if doc.get("identity"):
+        raise SpecError(f"{_join(path, 'identity')}: {NO_IDENTITY}")
+    if doc.get("sockets"):
+        raise SpecError(f"{_join(path, 'sockets')}: {NO_SOCKETS}")
+
+
+def kind_from_text(text: str, where: str) -> int:
+    """`job` or `worker` (any case, as Tyger lower-cases the flag) -> CodespecKind."""
+    kind = KINDS.get(text.strip().lower())
+    if kind is None:
+        raise SpecError(f"{where}: '{text}' is not a kind; use job or worker")
+    return kind
 
 
 def codespec_from_dict(doc: dict[str, Any], path: str = "") -> cpb.Codespec:
-    """A checked codespec document -> proto (kind text is checked here, the rest by the server)."""
+    """A checked codespec document -> proto (kind text is checked here, the rest
+    by the server). `version` and `createdAt` (output only) are ignored, as Tyger does."""
     doc = check(doc, CODESPEC_SCHEMA, path)
+    refuse_unsupported(doc, path)
     msg = cpb.Codespec(name=doc.get("name", ""), image=doc.get("image", ""))
-    if "kind" in doc:
-        if doc["kind"] not in KINDS:
-            raise SpecError(
-                f"{_join(path, 'kind')}: '{doc['kind']}' is not a kind; use job or worker"
-            )
-        msg.kind = KINDS[doc["kind"]]
+    if doc.get("kind"):
+        msg.kind = kind_from_text(doc["kind"], _join(path, "kind"))  # type: ignore[assignment]
     msg.command.extend(doc.get("command", []))
     msg.args.extend(doc.get("args", []))
     msg.working_dir = doc.get("workingDir", "")
@@ -149,6 +182,7 @@ def codespec_from_dict(doc: dict[str, Any], path: str = "") -> cpb.Codespec:
         for key, value in res.get(group, {}).items():
             setattr(getattr(msg.resources, group), key, value)
     msg.resources.gpu = res.get("gpu", 0)
+    msg.resources.shm = res.get("shm", "")
     if "maxReplicas" in doc:
         msg.max_replicas = doc["maxReplicas"]
     msg.buffers.inputs.extend(doc.get("buffers", {}).get("inputs", []))
@@ -168,12 +202,35 @@ def load_codespec(path: str) -> cpb.Codespec:
         raise SpecError(f"{path}: {exc}") from None
 
 
-TARGET_SCHEMA: dict[str, Any] = {"codespec": "codespec", "nodePool": STR, "replicas": INT}
+# Tyger's RunCodeTarget; `buffers` (bindings) belongs to the buffers work, and
+# `resolvedCodespec` is muster's own output, ignored on the way back in.
+TARGET_SCHEMA: dict[str, Any] = {
+    "codespec": ANY,
+    "nodePool": STR,
+    "replicas": INT,
+    "resolvedCodespec": ANY,
+}
+JOB_TARGET_SCHEMA: dict[str, Any] = {**TARGET_SCHEMA, "tags": {"*": SCALAR}, "bufferTtl": STR}
 RUN_SCHEMA: dict[str, Any] = {
-    "job": TARGET_SCHEMA,
+    # output only (what `run show` prints): accepted and ignored, as Tyger does
+    "id": ANY,
+    "eTag": ANY,
+    "status": ANY,
+    "statusReason": ANY,
+    "runningCount": ANY,
+    "createdAt": ANY,
+    "startedAt": ANY,
+    "finishedAt": ANY,
+    "replicas": ANY,
+    "events": ANY,
+    # the run
+    "kind": STR,
+    "job": JOB_TARGET_SCHEMA,
     "worker": TARGET_SCHEMA,
+    "cluster": STR,
     "timeoutSeconds": INT,
     "tags": {"*": SCALAR},
+    "bufferAccessTtl": STR,
     "pullPolicy": STR,
 }
 PULL_POLICIES = {
@@ -181,6 +238,8 @@ PULL_POLICIES = {
     "always": rpb.PULL_POLICY_ALWAYS,
     "never": rpb.PULL_POLICY_NEVER,
 }
+# Tyger's TimeSpan text for buffer lifetimes: D.HH:MM or D.HH:MM:SS (also HH:MM[:SS]).
+TIME_SPAN = re.compile(r"^(?:\d+\.)?\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
 
 
 def pull_policy_from_text(value: Any, where: str) -> int:
@@ -192,60 +251,73 @@ def pull_policy_from_text(value: Any, where: str) -> int:
     return policy
 
 
+def time_span(value: str, where: str) -> str:
+    """A Tyger TimeSpan ("1.00:00", "0.12:30:00"); "" means none."""
+    if value and not TIME_SPAN.match(value.strip()):
+        raise SpecError(f"{where}: '{value}' is not a time span; use D.HH:MM or D.HH:MM:SS")
+    return value.strip()
+
+
+def codespec_ref(value: Any, role: str, target: rpb.RunCodeTarget) -> None:
+    """Tyger's codespec reference: a string (`name`, `name/versions/N`) or a
+    codespec object. An object's name, version and createdAt are dropped and
+    its kind is the role's, as Tyger's server does: it is inline."""
+    where = f"{role}.codespec"
+    if isinstance(value, str):
+        target.codespec.named = value
+    elif isinstance(value, dict) and set(value) == {"named"}:  # muster's older output
+        target.codespec.named = check(value["named"], STR, f"{where}.named")
+    elif isinstance(value, dict) and set(value) == {"inline"}:
+        codespec_ref(value["inline"], role, target)
+    elif isinstance(value, dict):
+        inline = {k: v for k, v in value.items() if k not in ("name", "version", "createdAt")}
+        inline["kind"] = role
+        target.codespec.inline.CopyFrom(codespec_from_dict(inline, where))
+    else:
+        raise SpecError(f"{where}: expected a name or an inline codespec mapping")
+
+
 def _target_from_dict(doc: Any, role: str) -> rpb.RunCodeTarget:
-    if not isinstance(doc, dict):
-        raise SpecError(f"{role}: expected a mapping with codespec, nodePool, replicas")
+    schema = JOB_TARGET_SCHEMA if role == "job" else TARGET_SCHEMA
+    doc = check(doc, schema, role)
     target = rpb.RunCodeTarget()
-    for key, value in doc.items():
-        sub = TARGET_SCHEMA.get(key)
-        if sub is None:
-            hint = difflib.get_close_matches(key, list(TARGET_SCHEMA), n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise SpecError(
-                f"unknown field '{role}.{key}'{suggestion}; known fields: codespec, nodePool, "
-                "replicas"
-            )
-        if key == "codespec":
-            if isinstance(value, str):
-                target.codespec.named = value
-            elif isinstance(value, dict):
-                inline = dict(value)
-                inline.setdefault("kind", role)
-                target.codespec.inline.CopyFrom(codespec_from_dict(inline, f"{role}.codespec"))
-            else:
-                raise SpecError(f"{role}.codespec: expected a name or an inline codespec mapping")
-        elif key == "nodePool":
-            target.node_pool = check(value, STR, f"{role}.nodePool")
-        else:
-            target.replicas = check(value, INT, f"{role}.replicas")
+    if "codespec" in doc:
+        codespec_ref(doc["codespec"], role, target)
+    target.node_pool = doc.get("nodePool", "")
+    if "replicas" in doc:
+        target.replicas = doc["replicas"]
+    target.tags.update(doc.get("tags", {}))
+    target.buffer_ttl = time_span(doc.get("bufferTtl", ""), f"{role}.bufferTtl")
     return target
 
 
+RUN_KINDS = ("user", "")
+
+
 def run_from_dict(doc: Any) -> rpb.Run:
-    """A Tyger run document -> Run message."""
-    if not isinstance(doc, dict):
-        raise SpecError("expected a mapping with job, worker, timeoutSeconds, tags, pullPolicy")
+    """A Tyger run document (a run file, or `run show` output) -> Run message."""
+    doc = check(doc, RUN_SCHEMA, "")
+    if doc.get("kind", "").strip().lower() not in RUN_KINDS:
+        raise SpecError(
+            f"kind: '{doc['kind']}' runs are Tyger's own; muster runs are all user runs "
+            "(leave kind out or write user)"
+        )
     run = rpb.Run()
-    for key, value in doc.items():
-        if key not in RUN_SCHEMA:
-            hint = difflib.get_close_matches(key, list(RUN_SCHEMA), n=1)
-            suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-            raise SpecError(
-                f"unknown field '{key}'{suggestion}; known fields: {', '.join(RUN_SCHEMA)}"
-            )
-        if key in ("job", "worker"):
-            getattr(run, key).CopyFrom(_target_from_dict(value, key))
-        elif key == "timeoutSeconds":
-            run.timeout_seconds = check(value, INT, key)
-        elif key == "pullPolicy":
-            run.pull_policy = pull_policy_from_text(value, key)  # type: ignore[assignment]
-        else:
-            run.tags.update(check(value, RUN_SCHEMA["tags"], "tags"))
+    for role in ("job", "worker"):
+        if role in doc:
+            getattr(run, role).CopyFrom(_target_from_dict(doc[role], role))
+    if "timeoutSeconds" in doc:
+        run.timeout_seconds = doc["timeoutSeconds"]
+    if "pullPolicy" in doc:
+        run.pull_policy = pull_policy_from_text(doc["pullPolicy"], "pullPolicy")  # type: ignore[assignment]
+    run.tags.update(doc.get("tags", {}))
+    run.cluster = doc.get("cluster", "")
+    run.buffer_access_ttl = time_span(doc.get("bufferAccessTtl", ""), "bufferAccessTtl")
     return run
 
 
 def load_run(path: str) -> rpb.Run:
-    """Read a run file."""
+    """Read a run file (YAML or JSON, which is YAML too)."""
     try:
         return run_from_dict(load_yaml(path))
     except SpecError as exc:

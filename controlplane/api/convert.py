@@ -15,6 +15,7 @@ from controlplane.core.images import Credential, NodeImage, NodeImages, NodePull
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Observation, Run, Target, hostname
+from controlplane.core.tyger import TygerFields, etag_of
 from controlplane.services.orchestrator import PullOrder, Report
 from controlplane.services.requests import RunRequest, TargetRequest
 from muster.v1 import agent_pb2 as agent_pb
@@ -73,6 +74,7 @@ def codespec_from_pb(msg: pb.Codespec, name: str | None = None) -> Codespec:
             _quantities(msg.resources.requests),
             _quantities(msg.resources.limits),
             msg.resources.gpu,
+            msg.resources.shm or None,
         ),
         max_replicas=msg.max_replicas if msg.HasField("max_replicas") else None,
         buffers=Buffers(tuple(msg.buffers.inputs), tuple(msg.buffers.outputs)),
@@ -98,6 +100,7 @@ def codespec_to_pb(spec: Codespec) -> pb.Codespec:
             ),
             limits=pb.ResourceQuantities(cpu=res.limits.cpu or "", memory=res.limits.memory or ""),
             gpu=res.gpu,
+            shm=res.shm or "",
         ),
         buffers=pb.Buffers(inputs=list(spec.buffers.inputs), outputs=list(spec.buffers.outputs)),
         endpoints=spec.endpoints,
@@ -173,10 +176,16 @@ def run_request_from_pb(msg: run_pb.Run) -> RunRequest:
         timeout_seconds=msg.timeout_seconds if msg.HasField("timeout_seconds") else None,
         tags=dict(msg.tags),
         pull_policy=pull_policy_from_pb(msg.pull_policy, "pull_policy"),
+        tyger=TygerFields(
+            cluster=msg.cluster,
+            buffer_access_ttl=msg.buffer_access_ttl,
+            job_tags=dict(msg.job.tags),
+            job_buffer_ttl=msg.job.buffer_ttl,
+        ),
     )
 
 
-def _target_to_pb(t: Target) -> run_pb.RunCodeTarget:
+def _target_to_pb(t: Target, fields: TygerFields | None = None) -> run_pb.RunCodeTarget:
     ref = (
         run_pb.CodespecRef(named=t.reference)
         if t.reference
@@ -187,6 +196,8 @@ def _target_to_pb(t: Target) -> run_pb.RunCodeTarget:
         node_pool=t.node_pool,
         replicas=t.replicas,
         resolved_codespec=codespec_to_pb(t.codespec),
+        tags=fields.job_tags if fields else {},
+        buffer_ttl=fields.job_buffer_ttl if fields else "",
     )
 
 
@@ -194,7 +205,7 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
     """Domain run -> Run message."""
     msg = run_pb.Run(
         id=run.id,
-        job=_target_to_pb(run.job),
+        job=_target_to_pb(run.job, run.tyger),
         timeout_seconds=run.timeout_seconds,
         tags=run.tags,
         status=STATUS_TO_PB[run.status],
@@ -208,6 +219,9 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
             if run.pull_policy is None
             else PULL_POLICY_TO_PB[run.pull_policy]
         ),
+        cluster=run.tyger.cluster,
+        buffer_access_ttl=run.tyger.buffer_access_ttl,
+        etag=etag_of(run),
     )
     if run.worker is not None:
         msg.worker.CopyFrom(_target_to_pb(run.worker))

@@ -150,6 +150,15 @@ class RunServicer(pb_grpc.RunServiceServicer):
                 )
 
     @grpc_errors
+    async def UpdateRunTags(
+        self, request: pb.UpdateRunTagsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdateRunTagsResponse:
+        run = await self._orchestrator.update_run_tags(
+            _run_id(request.run_id), dict(request.tags), request.clear_tags, request.etag
+        )
+        return pb.UpdateRunTagsResponse(run=run_to_pb(run))
+
+    @grpc_errors
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelRunResponse:

@@ -46,6 +46,8 @@ class Resources:
     requests: Quantities = field(default_factory=Quantities)
     limits: Quantities = field(default_factory=Quantities)
     gpu: int = 0
+    shm: str | None = None
+    """Size of /dev/shm as written ("1Gi"); None: the runtime's default."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +120,11 @@ def _validate_resources(res: Resources) -> None:
             )
     if not 0 <= res.gpu <= MAX_GPU:
         raise InvalidArgument("resources.gpu", f"must be between 0 and {MAX_GPU}")
+    shm = _validate_quantity(res.shm, "resources.shm")
+    if shm is not None and not 1 <= shm <= MAX_MEMORY:
+        raise InvalidArgument(
+            "resources.shm", f"'{res.shm}' is not a size of /dev/shm; use e.g. 64Mi or 1Gi"
+        )
 
 
 def gpu_count(value: int | str, path: str = "resources.gpu") -> int:
@@ -224,7 +231,9 @@ def normalize(spec: Codespec) -> Codespec:
         env=dict(sorted(spec.env.items())),
         endpoints=dict(sorted(spec.endpoints.items())),
         buffers=Buffers(tuple(sorted(spec.buffers.inputs)), tuple(sorted(spec.buffers.outputs))),
-        resources=Resources(clean(res.requests), clean(res.limits), res.gpu),
+        resources=Resources(
+            clean(res.requests), clean(res.limits), res.gpu, (res.shm or "").strip() or None
+        ),
     )
 
 
@@ -248,6 +257,7 @@ def equality_key(spec: Codespec) -> tuple[Any, ...]:
         tuple(_quantity_value(q) for q in (res.requests.cpu, res.requests.memory)),
         tuple(_quantity_value(q) for q in (res.limits.cpu, res.limits.memory)),
         res.gpu,
+        _quantity_value(res.shm),
         spec.max_replicas,
         tuple(sorted(spec.buffers.inputs)),
         tuple(sorted(spec.buffers.outputs)),
@@ -296,6 +306,8 @@ def to_document(spec: Codespec) -> dict[str, Any]:
             resources[group_name] = values
     if res.gpu:
         resources["gpu"] = res.gpu
+    if res.shm:
+        resources["shm"] = res.shm
     if resources:
         doc["resources"] = resources
     if spec.max_replicas is not None:
@@ -330,6 +342,7 @@ def from_document(
             Quantities(req.get("cpu"), req.get("memory")),
             Quantities(lim.get("cpu"), lim.get("memory")),
             gpu_count(res.get("gpu", 0)),
+            res.get("shm"),
         ),
         max_replicas=doc.get("maxReplicas"),
         buffers=Buffers(tuple(buffers.get("inputs", ())), tuple(buffers.get("outputs", ()))),

@@ -17,6 +17,7 @@ from typing import Literal
 from controlplane.core.capacity import Capacity, request_of
 from controlplane.core.codespec import Codespec
 from controlplane.core.images import PullPolicy
+from controlplane.core.tyger import TygerFields
 
 Status = Literal["Pending", "Running", "Succeeded", "Failed", "Canceled"]
 TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed", "Canceled"})
@@ -142,6 +143,8 @@ class Run:
     cluster: str = ""
     """The id of the cluster that created it (its container names carry the
     first 6 characters); "" for runs stored before cluster ids existed."""
+    tyger: TygerFields = field(default_factory=TygerFields)
+    """Tyger's fields kept as written (cluster name, buffer lifetimes and tags)."""
 
     @property
     def terminal(self) -> bool:

@@ -61,6 +61,7 @@ from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
+from controlplane.core.tyger import etag_of, validate_fields
 from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.requests import (
     RunRequest,
@@ -241,6 +242,8 @@ class Orchestrator:
         is now) instead: the id is stored with the run, in one transaction, so
         a client that retries after a lost reply never doubles a run."""
         validate_tags(request.tags)
+        validate_tags(request.tyger.job_tags, "job.tags")
+        validate_fields(request.tyger)
         timeout = timeout_of(request)
         job = await resolve_target(self._codespecs, request.job, "job")
         worker = (
@@ -261,6 +264,7 @@ class Orchestrator:
             admit(job, worker, self._views())
             policy = request.pull_policy or self.settings.default_pull_policy
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
+            run.tyger = request.tyger
             run = await self._store.insert_run(
                 run, request.request_id, fingerprint(request) if request.request_id else ""
             )
@@ -304,6 +308,29 @@ class Orchestrator:
             run = await self._change(run, lambda draft: sm.cancel(draft, self._clock()))
         self.wake()
         return run
+
+    async def update_run_tags(
+        self, run_id: int, tags: dict[str, str], clear: bool, etag: str
+    ) -> Run:
+        """Tyger's `run set`: add (or, with `clear`, replace) a run's tags,
+        only if its ETag is still `etag` when one is given. Finished runs too."""
+        async with self._lock:
+            run = self._runs.get(run_id) or await self.get_run(run_id)
+            if etag and etag != etag_of(run):
+                raise FailedPrecondition(
+                    f"run {run_id} changed since it was read (its eTag is now "
+                    f"{etag_of(run)}); read it again and retry"
+                )
+            merged = dict(tags) if clear else {**run.tags, **tags}
+            validate_tags(merged)
+            draft = sm.clone(run)
+            draft.tags = merged
+            if run_id in self._runs:
+                await self._commit(draft, [])
+            else:
+                await self._store.save_run(draft)
+                self._notify(run_id)
+            return draft
 
     async def watch(self, run_id: int) -> AsyncIterator[Run]:
         """The run now and after every change, ending with its terminal state.

@@ -12,6 +12,7 @@ from controlplane.core.codespec import Codespec
 from controlplane.core.errors import AlreadyExists, InvalidArgument
 from controlplane.core.images import PullPolicy
 from controlplane.core.runs import DEFAULT_TIMEOUT_SECONDS, Target
+from controlplane.core.tyger import TygerFields
 from controlplane.services.codespecs import CodespecService
 
 REQUEST_ID = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
@@ -40,6 +41,7 @@ class RunRequest:
     timeout_seconds: int | None = None
     tags: dict[str, str] = field(default_factory=dict)
     pull_policy: PullPolicy | None = None  # None: the control plane's default
+    tyger: TygerFields = field(default_factory=TygerFields)  # stored as written
     request_id: str = ""
     """The client's id for this request ("" none): a retry with it within
     24 h returns the run it created (docs/contract.md §2)."""

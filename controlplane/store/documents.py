@@ -9,6 +9,7 @@ from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import from_document, to_document
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Event, Replica, Run, Target
+from controlplane.core.tyger import TygerFields
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -80,6 +81,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
         "events": [{"time": _ts(e.time), "message": e.message} for e in run.events],
         "pullPolicy": run.pull_policy,
         "cluster": run.cluster,
+        "tyger": run.tyger.to_doc(),
     }
 
 
@@ -121,6 +123,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
         events=[Event(_dt(e["time"]), e["message"]) for e in doc["events"]],  # type: ignore[arg-type]
         pull_policy=doc.get("pullPolicy"),  # None: unspecified, the control plane's default
         cluster=doc.get("cluster", ""),  # "": stored before cluster ids (legacy names)
+        tyger=TygerFields.from_doc(doc.get("tyger")),
     )
 
 

@@ -113,7 +113,7 @@ def test_file_flags_override_and_outputs(cp_process, tmp_path: Path) -> None:
     assert shown["image"] == "from-flag"
     assert shown["kind"] == "worker"
     assert shown["maxReplicas"] == 4
-    assert shown["env"] == {"A": "1", "N": "5", "B": "2"}
+    assert shown["env"] == {"B": "2"}  # --env replaces the file's env, as in Tyger
     assert shown["endpoints"] == {"http": 8080}
     assert shown["args"] == ["python3", "-m", "http.server"]
     assert shown["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
@@ -130,10 +130,6 @@ def test_file_flags_override_and_outputs(cp_process, tmp_path: Path) -> None:
         "4",
         "-e",
         "B=2",
-        "-e",
-        "N=5",
-        "-e",
-        "A=1",
         "--endpoint",
         "http=8080",
         "--cpu-request",

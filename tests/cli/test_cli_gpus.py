@@ -47,7 +47,7 @@ def test_a_quantity_string_and_a_number_are_the_same_codespec(cp_process, tmp_pa
     shown = json.loads(
         run_cli("codespec", "show", "g", "-o", "json", server=cp_process, check=True).stdout
     )
-    assert shown["resources"]["gpu"] == 1
+    assert shown["resources"]["gpu"] == "1"  # a quantity string, as Tyger prints it
     half = tmp_path / "half.yaml"
     half.write_text('image: localhost/x:1\nresources:\n  gpu: "0.5"\n')
     bad = run_cli("codespec", "create", "h", "-f", str(half), server=cp_process)

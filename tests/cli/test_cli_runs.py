@@ -38,7 +38,7 @@ def test_runs_wait_list_count_and_cancel(cp_process, tmp_path: Path) -> None:
     assert shown["status"] == "Pending"
     assert shown["statusReason"] == "waiting for a ready node in any pool"
     assert shown["timeoutSeconds"] == 43200
-    assert shown["job"]["resolvedCodespec"]["version"] == 1
+    assert shown["job"]["codespec"]["version"] == 1  # the resolved codespec, as Tyger
 
     assert run_cli("run", "cancel", str(ids[1]), server=srv, check=True).stdout == (
         f"run {ids[1]} canceled\n"
@@ -76,9 +76,9 @@ def test_inline_codespecs_and_strict_run_files(cp_process, tmp_path: Path) -> No
     )
     run_id = run_cli("run", "create", "-f", str(good), server=srv, check=True).stdout.strip()
     shown = json.loads(run_cli("run", "show", run_id, "-o", "json", server=srv).stdout)
-    assert shown["worker"]["resolvedCodespec"]["kind"] == "worker"
-    assert shown["worker"]["resolvedCodespec"]["endpoints"] == {"http": 80}
-    assert shown["job"]["codespec"]["inline"]["args"] == ["go"]
+    assert shown["worker"]["codespec"]["kind"] == "worker"
+    assert shown["worker"]["codespec"]["endpoints"] == {"http": 80}
+    assert shown["job"]["codespec"]["args"] == ["go"]
     assert [r["hostname"] for r in shown["replicas"]] == [
         f"run-{run_id}-worker-0",
         f"run-{run_id}-worker-1",
