@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from controlplane.core.auth import JOIN, NODE, POLICY, PUBLIC, Role, requirement
-from muster.v1 import agent_pb2, auth_pb2, codespec_pb2, image_pb2, node_pb2, run_pb2
+from muster.v1 import agent_pb2, auth_pb2, buffer_pb2, codespec_pb2, image_pb2, node_pb2, run_pb2
 from muster.v1 import auth_pb2 as tpb
 from muster.v1 import auth_pb2_grpc as tgrpc
 from muster.v1 import codespec_pb2_grpc as cgrpc
@@ -75,7 +75,7 @@ async def call(
 
 def test_policy_names_every_method_of_every_service() -> None:
     pool = descriptor_pool.Default()
-    for module in (agent_pb2, auth_pb2, codespec_pb2, image_pb2, node_pb2, run_pb2):
+    for module in (agent_pb2, auth_pb2, buffer_pb2, codespec_pb2, image_pb2, node_pb2, run_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             for m in pool.FindServiceByName(service.full_name).methods:
                 assert requirement(f"/{service.full_name}/{m.name}") is not None, m.full_name
