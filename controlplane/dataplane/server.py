@@ -132,7 +132,7 @@ class DataPlane:
         if not self.store.exists(buffer_id):
             return
         staged = self.store.stage()
-        staged.append(end_marker(STATUS_FAILED))
+        staged.append([end_marker(STATUS_FAILED)])
         md5 = staged.finish()
         try:
             self.store.commit(buffer_id, END_BLOB, staged, md5, {})
@@ -226,15 +226,18 @@ class DataPlane:
         return web.Response(status=201, headers={"Content-MD5": md5})
 
     async def _receive(self, request: web.Request, staged: StagedBlob) -> str:
-        """Stream the body into staging, a megabyte per executor call."""
-        pending = bytearray()
+        """Stream the body into staging, about a megabyte per executor call."""
+        pending: list[bytes] = []
+        size = received = 0
         async for chunk in request.content.iter_any():
-            pending += chunk
-            if staged.size + len(pending) > MAX_BLOB_BYTES:
-                raise web.HTTPRequestEntityTooLarge(max_size=MAX_BLOB_BYTES, actual_size=0)
-            if len(pending) >= STAGE_CHUNK:
-                batch, pending = pending, bytearray()
-                await self._io(staged.append, batch)
+            pending.append(chunk)
+            size += len(chunk)
+            received += len(chunk)
+            if received > MAX_BLOB_BYTES:
+                raise web.HTTPRequestEntityTooLarge(max_size=MAX_BLOB_BYTES, actual_size=received)
+            if size >= STAGE_CHUNK:
+                await self._io(staged.append, pending)
+                pending, size = [], 0
         if pending:
             await self._io(staged.append, pending)
         return await self._io(staged.finish)

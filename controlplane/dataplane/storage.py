@@ -64,13 +64,19 @@ class StagedBlob:
         self._md5 = hashlib.md5()
         self.size = 0
 
-    def append(self, chunk: bytes | bytearray) -> None:
-        """Add part of the body (hashlib and write release the GIL)."""
-        self._md5.update(chunk)
-        view = memoryview(chunk)
-        while view:
-            view = view[self._file.write(view) :]
-        self.size += len(chunk)
+    def append(self, chunks: list[bytes]) -> None:
+        """Add pieces of the body, as received (hashlib and writev release the GIL)."""
+        for chunk in chunks:
+            self._md5.update(chunk)
+        views = [memoryview(c) for c in chunks if c]
+        while views:
+            written = os.writev(self._file.fileno(), views[:1024])
+            self.size += written
+            while views and written >= len(views[0]):
+                written -= len(views[0])
+                views.pop(0)
+            if written:
+                views[0] = views[0][written:]
 
     def finish(self) -> str:
         """Close the file; the base64 MD5 of everything appended."""

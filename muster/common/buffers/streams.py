@@ -11,6 +11,7 @@ the process from exiting after a failure.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import fcntl
 import io
@@ -117,28 +118,84 @@ class _IterSource:
                 await closer()
 
 
+class _PipeProtocol(asyncio.Protocol):
+    """Keeps what the pipe delivers as the bytes objects it came in (no copies),
+    pausing the pipe while more than `limit` bytes wait to be read."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.ReadTransport | None = None
+        self._paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self._chunks.append(data)
+        self._size += len(data)
+        if self._size > self._limit and not self._paused and self._transport is not None:
+            self._transport.pause_reading()
+            self._paused = True
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self._eof = True
+        self._wake()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._eof = True
+        self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self, n: int) -> bytes:
+        while not self._chunks:
+            if self._error is not None:
+                raise self._error
+            if self._eof:
+                return b""
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
+        chunk = self._chunks.popleft()
+        if len(chunk) > n:
+            self._chunks.appendleft(chunk[n:])
+            chunk = chunk[:n]
+        self._size -= len(chunk)
+        if self._paused and self._size <= self._limit // 2 and self._transport is not None:
+            self._transport.resume_reading()
+            self._paused = False
+        return chunk
+
+
 class _PipeSource:
     """A pipe, FIFO, socket or terminal, read by the event loop."""
 
     regular = False
 
-    def __init__(self, fd: int, reader: asyncio.StreamReader, transport: asyncio.BaseTransport):
-        self._fd, self._reader, self._transport = fd, reader, transport
+    def __init__(self, fd: int, protocol: _PipeProtocol, transport: asyncio.BaseTransport):
+        self._fd, self._protocol, self._transport = fd, protocol, transport
 
     @classmethod
     async def open(cls, fd: int) -> _PipeSource:
         with contextlib.suppress(OSError):
             fcntl.fcntl(fd, F_SETPIPE_SZ, PIPE_SIZE)  # fewer, larger reads
         loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader(limit=PIPE_SIZE)
+        protocol = _PipeProtocol(4 * PIPE_SIZE)
         pipe = os.fdopen(os.dup(fd), "rb", buffering=0)
-        transport, _ = await loop.connect_read_pipe(
-            lambda: asyncio.StreamReaderProtocol(reader), pipe
-        )
-        return cls(fd, reader, transport)
+        transport, _ = await loop.connect_read_pipe(lambda: protocol, pipe)
+        return cls(fd, protocol, transport)
 
     async def read(self, n: int) -> bytes:
-        return await self._reader.read(n)
+        return await self._protocol.read(n)
 
     async def aclose(self) -> None:
         self._transport.close()

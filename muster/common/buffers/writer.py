@@ -96,24 +96,38 @@ async def _mark_failed(client: ContainerClient, limit: float) -> None:
 
 
 async def _upload(client: ContainerClient, stream: AsyncIterator[bytes], dop: int) -> WriteResult:
-    """Upload blocks with at most `dop` requests in flight; the chain is computed
-    here, in order, before each upload is started."""
+    """Upload blocks with at most `dop` in flight. MD5s are computed in parallel;
+    each block's chain value waits for its predecessor's, so the chain follows
+    stream order whatever order the uploads finish in."""
     slots = asyncio.Semaphore(dop)
-    chain, number, total = INITIAL_HASH_CHAIN, 0, 0
+    previous: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    previous.set_result(INITIAL_HASH_CHAIN)
+    number, total = 0, 0
     try:
         async with asyncio.TaskGroup() as group:
             async for block in stream:
-                md5 = await _md5_b64(block)
-                chain = next_hash_chain(chain, md5)
                 await slots.acquire()
-                group.create_task(_put(client, number, block, md5, chain, slots))
+                previous = _start(group, client, number, block, previous, slots)
                 number, total = number + 1, total + len(block)
-            chain = next_hash_chain(chain, md5_b64(b""))
             await slots.acquire()
-            group.create_task(_put(client, number, b"", md5_b64(b""), chain, slots))
+            _start(group, client, number, b"", previous, slots)
     except BaseExceptionGroup as group_error:
         raise _first_cause(group_error) from None
     return WriteResult(bytes=total, blocks=number)
+
+
+def _start(
+    group: asyncio.TaskGroup,
+    client: ContainerClient,
+    number: int,
+    block: bytes,
+    previous: asyncio.Future[str],
+    slots: asyncio.Semaphore,
+) -> asyncio.Future[str]:
+    """Start one block's task; returns the future of its chain value."""
+    chain: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+    group.create_task(_put(client, number, block, previous, chain, slots))
+    return chain
 
 
 def _first_cause(group_error: BaseExceptionGroup) -> BaseException:
@@ -134,12 +148,14 @@ async def _put(
     client: ContainerClient,
     number: int,
     block: bytes,
-    md5: str,
-    chain: str,
+    previous: asyncio.Future[str],
+    chain: asyncio.Future[str],
     slots: asyncio.Semaphore,
 ) -> None:
     try:
-        await client.put_blob(blob_path(number), block, md5, chain)
+        md5 = await _md5_b64(block)
+        chain.set_result(next_hash_chain(await previous, md5))
+        await client.put_blob(blob_path(number), block, md5, chain.result())
     finally:
         slots.release()
 
@@ -155,36 +171,38 @@ async def _md5_b64(block: bytes) -> str:
 
 async def blocks(src: Source, block_size: int, flush_interval: float) -> AsyncIterator[bytes]:
     """Cut `src` into blocks of `block_size`; with `flush_interval` > 0, a partial
-    block is let go once it has waited that long for more input."""
+    block is let go once it has waited that long for more input. Pieces are
+    joined once per block (one copy)."""
     pending: asyncio.Task[bytes] | None = None
-    buf = bytearray()
+    parts: list[bytes] = []
+    filled = 0
     deadline = 0.0
     try:
         while True:
             if pending is None:
-                pending = asyncio.ensure_future(src.read(block_size - len(buf)))
+                pending = asyncio.ensure_future(src.read(block_size - filled))
             timeout = None
-            if buf and flush_interval > 0:
+            if filled and flush_interval > 0:
                 timeout = max(0.0, deadline - time.monotonic())
             done, _ = await asyncio.wait({pending}, timeout=timeout)
             if not done:
-                yield bytes(buf)
-                buf.clear()
+                yield b"".join(parts)
+                parts, filled = [], 0
                 continue
             chunk, pending = pending.result(), None
             if not chunk:
-                if buf:
-                    yield bytes(buf)
+                if filled:
+                    yield b"".join(parts)
                 return
-            if not buf and len(chunk) == block_size:
-                yield chunk  # the common case for files: no copy
-                continue
-            if not buf:
+            if not filled:
                 deadline = time.monotonic() + flush_interval
-            buf += chunk
-            if len(buf) >= block_size:
-                yield bytes(buf[:block_size])
-                del buf[:block_size]
+            take = block_size - filled
+            parts.append(chunk if len(chunk) <= take else chunk[:take])
+            filled += min(len(chunk), take)
+            if filled == block_size:
+                yield parts[0] if len(parts) == 1 else b"".join(parts)
+                rest = chunk[take:]
+                parts, filled = ([rest], len(rest)) if rest else ([], 0)
                 deadline = time.monotonic() + flush_interval
     finally:
         if pending is not None and not pending.done():
