@@ -188,6 +188,7 @@ class Orchestrator:
         self._marks: dict[int, dict[str, float]] = {}  # run id -> anchor -> monotonic instant
         # node -> (its drain deadline, the monotonic instant it falls due)
         self._drain_due: dict[str, tuple[datetime, float]] = {}
+        self._admission_views: list[NodeView] | None = None
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -200,7 +201,7 @@ class Orchestrator:
         now, mono = self._clock(), self._mono()
         for node in await self._store.list_nodes():
             node.last_heartbeat = now
-            self._nodes[node.name] = node
+            self._put_node(node)
             self._heard[node.name] = mono
         for run in await self._store.active_runs():
             self._runs[run.id] = run
@@ -261,7 +262,7 @@ class Orchestrator:
                     log.info("event=run_create_repeated run=%d", known.run_id)
                     return await self.get_run(known.run_id)
             self._check_pending()
-            admit(job, worker, self._views())
+            admit(job, worker, self._admission_nodes())
             policy = request.pull_policy or self.settings.default_pull_policy
             run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
             run.tyger = request.tyger
@@ -462,7 +463,7 @@ class Orchestrator:
             node.registered_at = known.registered_at if known else now
             node.last_heartbeat, node.status = now, "Ready"
             await self._store.save_node(node)  # first: a failed write changes nothing
-            self._nodes[node.name] = node
+            self._put_node(node)
             self._heard[node.name] = self._mono()
             replaced = self._links.get(node.name)
             if replaced is not None and replaced is not link:
@@ -551,7 +552,7 @@ class Orchestrator:
             if node.status != "Ready" and name in self._links:
                 ready = replace(node, status="Ready", last_heartbeat=self._clock())
                 await self._store.save_node(ready)
-                self._nodes[name] = ready
+                self._put_node(ready)
                 log.info("event=node_ready node=%s", name)
                 self.wake()
             else:
@@ -601,6 +602,7 @@ class Orchestrator:
                     failed.append(run.id)
             await self._store.delete_node(name, now)
             del self._nodes[name]
+            self._admission_views = None
             self._heard.pop(name, None)
             link = self._links.pop(name, None)
             if link is not None:
@@ -671,7 +673,7 @@ class Orchestrator:
     async def _save_node(self, node: Node) -> Node:
         """Persist a node's new state, then make it the one in force."""
         await self._store.save_node(node)
-        self._nodes[node.name] = node
+        self._put_node(node)
         self._schedule_due = True
         return node
 
@@ -732,11 +734,26 @@ class Orchestrator:
         """GPU devices held by replicas of active runs, per node."""
         return devices_in_use(self._runs.values())
 
-    def _views(self) -> list[NodeView]:
-        allocated, _ = self._allocations()
-        in_use = self.gpus_in_use()
+    def _put_node(self, node: Node) -> None:
+        self._nodes[node.name] = node
+        self._admission_views = None
+
+    def _admission_nodes(self) -> list[NodeView]:
+        """What admission looks at: pools and what each node offers, not what
+        is in use; kept until a node changes, so a create costs no pass over
+        the nodes or the runs."""
+        if self._admission_views is None:
+            self._admission_views = self._views(allocations=False)
+        return self._admission_views
+
+    def _views(self, allocations: bool = True) -> list[NodeView]:
+        """The scheduler's picture of the nodes (without `allocations`: as if empty)."""
+        allocated, _ = self._allocations() if allocations else ({}, {})
+        in_use = self.gpus_in_use() if allocations else {}
 
         def taken(node: Node) -> Capacity:
+            if not allocations:
+                return Capacity()
             cap = allocated.get(node.name, Capacity())
             gpus = allocated_gpus(node.gpu_devices, in_use.get(node.name, ()), cap.gpus)
             return Capacity(cap.cpu_millis, cap.memory_bytes, gpus)
@@ -782,7 +799,7 @@ class Orchestrator:
             if status != node.status and not (status == "Ready" and node.status == "Lost"):
                 node = replace(node, status=status)
                 await self._store.save_node(node)
-                self._nodes[name] = node
+                self._put_node(node)
                 self._schedule_due = True
                 log.warning("event=node_status node=%s status=%s", name, status)
             if node.status == "Lost":
