@@ -18,7 +18,7 @@ import grpc
 
 from muster.v1 import buffer_pb2 as pb
 from muster.v1 import buffer_pb2_grpc as pb_grpc
-from muster_cli.app import CONTEXT, POSITIVE, address, cli, key_values, server_option
+from muster_cli.app import CONTEXT, POSITIVE, address, cli, comma_pairs, key_values, server_option
 from muster_cli.client import channel, collect_pages, fail
 from muster_cli.timeparse import parse_duration
 
@@ -126,7 +126,7 @@ def buffer_create(
 ) -> None:
     """Create a buffer and print its id."""
     request = pb.CreateBufferRequest(
-        tags=key_values(tags, "--tag"), ttl_seconds=parse_ttl(ttl) if ttl else 0
+        tags=key_values(comma_pairs(tags), "--tag"), ttl_seconds=parse_ttl(ttl) if ttl else 0
     )
     with channel(address(ctx, leaf_server)) as ch:
         made = stub(ch).CreateBuffer(request, timeout=30).buffer
@@ -154,8 +154,8 @@ def _filter(
     tags: tuple[str, ...], exclude_tags: tuple[str, ...], soft_deleted: bool
 ) -> pb.BufferFilter:
     return pb.BufferFilter(
-        tags=key_values(tags, "--tag"),
-        exclude_tags=key_values(exclude_tags, "--exclude-tag"),
+        tags=key_values(comma_pairs(tags), "--tag"),
+        exclude_tags=key_values(comma_pairs(exclude_tags), "--exclude-tag"),
         soft_deleted=soft_deleted,
     )
 
@@ -229,7 +229,7 @@ def buffer_set(
 ) -> None:
     """Change a buffer's tags or lifetime; print it as JSON."""
     request = pb.UpdateBufferRequest(
-        id=buffer_id, tags=key_values(tags, "--tag"), clear_tags=clear_tags, etag=etag
+        id=buffer_id, tags=key_values(comma_pairs(tags), "--tag"), clear_tags=clear_tags, etag=etag
     )
     if ttl is not None:
         request.ttl_seconds = parse_ttl(ttl)
@@ -335,7 +335,7 @@ def buffer_restore(
 ) -> None:
     """Restore soft-deleted buffers."""
     selection = _selection(ids, tags, every, "restore")
-    request = pb.RestoreBuffersRequest(tags=key_values(tags, "--tag"), **selection)
+    request = pb.RestoreBuffersRequest(tags=key_values(comma_pairs(tags), "--tag"), **selection)
     flt = _filter(tags, (), True)
     _bulk(
         ctx,
