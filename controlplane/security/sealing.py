@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from muster.common.pki import write_private
+from muster.common.files import write_private
 
 log = logging.getLogger(__name__)
 

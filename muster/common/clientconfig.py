@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from muster.common.pki import write_private
+from muster.common.files import write_private
 
 
 class ConfigError(ValueError):

@@ -10,16 +10,15 @@ certificate itself and needs no lookup.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from muster.common.files import write_private as write_private  # re-exported
 
 POOL_URI_PREFIX = "urn:muster:pool:"
 NODE_OU = "muster-node"
@@ -101,23 +100,6 @@ def parse_node_cert(pem: bytes) -> NodeCert:
         not_before=cert.not_valid_before_utc,
         not_after=cert.not_valid_after_utc,
     )
-
-
-def write_private(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write a file atomically with `mode` from the first byte (no window in
-    which a secret is readable by others, no half-written file after a crash)."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def utcnow() -> datetime:
