@@ -19,6 +19,7 @@ from typing import IO, Any
 import click
 import grpc
 
+from muster.common import clientconfig
 from muster.common.buffers import errors
 from muster.common.buffers.client import ContainerClient, parse_access_url
 from muster.common.buffers.format import (
@@ -31,10 +32,11 @@ from muster.common.buffers.format import (
 )
 from muster.common.buffers.reader import read_buffer
 from muster.common.buffers.writer import write_buffer
+from muster.common.clientconfig import ConfigError
 from muster.v1 import buffer_pb2 as pb
 from muster.v1 import buffer_pb2_grpc as pb_grpc
 from muster_cli.app import CONTEXT, address, server_option
-from muster_cli.client import channel, client_config, fail, open_channel
+from muster_cli.client import channel, client_config, config_path, fail, open_channel
 
 ACCESS_FILE_MAX = 2 * 1024
 TARGET = "{ BUFFER_ID | BUFFER_SAS_URL | FILE_WITH_SAS_URL }"
@@ -82,11 +84,11 @@ def open_client(
     ctx: click.Context, target: str, leaf: str | None, writable: bool
 ) -> ContainerClient:
     """A ContainerClient for `target`, trusting the credential file's CA for https."""
-    config = client_config()
-    ca_pem = config.ca_pem if config and config.ca_pem else None
     url = url_from_target(target)
     if url is not None:
-        return ContainerClient(url, ca_pem=ca_pem)
+        return ContainerClient(url, ca_pem=_ca_pem_if_any())
+    config = client_config()
+    ca_pem = config.ca_pem if config and config.ca_pem else None
     server = address(ctx, leaf)
     with channel(server) as ch:
         reply = pb_grpc.BufferServiceStub(ch).GetBufferAccess(
@@ -94,6 +96,17 @@ def open_client(
         )
     refresh = _refresher(server, target, writable)
     return ContainerClient(reply.uri, ca_pem=ca_pem, refresh=refresh)
+
+
+def _ca_pem_if_any() -> str | None:
+    """The credential file's CA, if there is a usable file: a URL needs no login."""
+    path = config_path()
+    if path is None:
+        return None
+    try:
+        return clientconfig.load(path).ca_pem or None
+    except ConfigError:
+        return None
 
 
 def _run(work: Callable[[], Awaitable[Any]]) -> None:

@@ -53,10 +53,10 @@ async def test_round_trip_files(writer_client, reader_client, tmp_path) -> None:
     data = pattern(3 * MiB + 11)
     source, target = tmp_path / "in.bin", tmp_path / "out.bin"
     source.write_bytes(data)
-    with open(source, "rb") as f:
+    with source.open("rb") as f:
         result = await write_buffer(writer_client, f, block_size=256 * 1024, dop=3)
     assert result.blocks == 13
-    with open(target, "wb") as f:
+    with target.open("wb") as f:
         await asyncio.wait_for(read_buffer(reader_client, f, dop=2), DEADLINE)
     assert target.read_bytes() == data
 
@@ -116,21 +116,26 @@ async def test_reader_started_before_the_writer_tails_a_trickle(
             piece = f"piece {i};".encode()
             yield piece
             target = len(received) + len(piece)
+
+            def arrived(target: int = target) -> bool:
+                return len(received) >= target
+
             async with grew:  # the next piece only once the reader has this one
-                await asyncio.wait_for(grew.wait_for(lambda: len(received) >= target), DEADLINE)
+                await asyncio.wait_for(grew.wait_for(arrived), DEADLINE)
 
     try:
         reading = asyncio.create_task(read_buffer(reader, sink, end_poll_interval=0.05))
         await asyncio.wait_for(reader.waiting.wait(), DEADLINE)
         assert not reading.done()
-        await asyncio.wait_for(write_buffer(writer_client, trickle(), flush_interval=0.05), DEADLINE)
+        writing = write_buffer(writer_client, trickle(), flush_interval=0.05)
+        await asyncio.wait_for(writing, DEADLINE)
         assert await asyncio.wait_for(reading, DEADLINE) == len(received)
     finally:
         await reader.close()
     assert bytes(received) == b"".join(f"piece {i};".encode() for i in range(5))
 
 
-async def test_corrupted_block_is_detected(writer_client, reader_client, plane, buffer_id, tmp_path):
+async def test_corrupted_block_is_detected(writer_client, reader_client, buffer_id, tmp_path):
     await write_buffer(writer_client, pattern(3 * 1000), block_size=1000)
     block = tmp_path / "dataplane" / "data" / buffer_id / blob_path(1)
     raw = bytearray(block.read_bytes())
@@ -187,7 +192,9 @@ async def test_retried_put_of_the_same_blob_is_accepted(writer_client) -> None:
         await writer_client.put_blob("00/000", b"abc", md5_b64(b"abc"), "another chain")
 
 
-async def test_failed_writer_leaves_a_failed_marker(writer_client, reader_client, tmp_path, buffer_id):
+async def test_failed_writer_leaves_a_failed_marker(
+    writer_client, reader_client, tmp_path, buffer_id
+) -> None:
     async def broken() -> AsyncIterator[bytes]:
         yield b"some data"
         raise OSError("the producer died")
