@@ -27,7 +27,7 @@ from muster.v1 import node_pb2 as muster_dot_v1_dot_node__pb2
 from muster.v1 import run_pb2 as muster_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15muster/v1/agent.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14muster/v1/node.proto\x1a\x13muster/v1/run.proto\"\xb3\x02\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.muster.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.muster.v1.HeartbeatH\x00\x12\x36\n\x10\x63ontainer_status\x18\x03 \x01(\x0b\x32\x1a.muster.v1.ContainerStatusH\x00\x12(\n\tlog_batch\x18\x04 \x01(\x0b\x32\x13.muster.v1.LogBatchH\x00\x12.\n\x0cimage_pulled\x18\x05 \x01(\x0b\x32\x16.muster.v1.ImagePulledH\x00\x12\x30\n\rimages_listed\x18\x06 \x01(\x0b\x32\x17.muster.v1.ImagesListedH\x00\x42\t\n\x07message\"\xba\x02\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.muster.v1.RegisteredH\x00\x12\x34\n\x0fstart_container\x18\x02 \x01(\x0b\x32\x19.muster.v1.StartContainerH\x00\x12.\n\x0cteardown_run\x18\x03 \x01(\x0b\x32\x16.muster.v1.TeardownRunH\x00\x12*\n\npull_image\x18\x04 \x01(\x0b\x32\x14.muster.v1.PullImageH\x00\x12,\n\x0blist_images\x18\x05 \x01(\x0b\x32\x15.muster.v1.ListImagesH\x00\x12/\n\rlog_batch_ack\x18\x06 \x01(\x0b\x32\x16.muster.v1.LogBatchAckH\x00\x42\t\n\x07message\"*\n\x0c\x45ndpointPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"0\n\x0f\x45ndpointAddress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xbb\x03\n\x0f\x43ontainerStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.muster.v1.ContainerState\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\x12-\n\tendpoints\x18\t \x03(\x0b\x32\x1a.muster.v1.EndpointAddress\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x0b \x01(\x03\x12\x0f\n\x07host_ip\x18\x0c \x01(\t\x12\x14\n\x0cimage_digest\x18\r \x01(\t\x12\x17\n\x0fpull_bytes_done\x18\x0e \x01(\x03\x12\x18\n\x10pull_bytes_total\x18\x0f \x01(\x03\x12\x12\n\ncluster_id\x18\x10 \x01(\tB\x0c\n\n_exit_code\"\x92\x03\n\x08Register\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\r\n\x05pools\x18\x02 \x03(\t\x12/\n\x06labels\x18\x03 \x03(\x0b\x32\x1f.muster.v1.Register.LabelsEntry\x12(\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x13.muster.v1.Capacity\x12\x19\n\x11\x61\x64vertise_address\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12,\n\x0cnetwork_mode\x18\x07 \x01(\x0e\x32\x16.muster.v1.NetworkMode\x12\x14\n\x0cnetwork_name\x18\x08 \x01(\t\x12.\n\ncontainers\x18\t \x03(\x0b\x32\x1a.muster.v1.ContainerStatus\x12\x13\n\x0binstance_id\x18\n \x01(\t\x12\x13\n\x0bgpu_devices\x18\x14 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x10\x10\x11J\x04\x08\x11\x10\x12\"y\n\nRegistered\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x05\x12\x1f\n\x17node_lost_after_seconds\x18\x02 \x01(\x05\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x12\n\nlog_window\x18\x04 \x01(\x05\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd2\x01\n\x08LogEntry\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06stream\x18\x05 \x01(\x0e\x32\x14.muster.v1.LogStream\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x0f\n\x07partial\x18\x08 \x01(\x08\"B\n\x08LogBatch\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.muster.v1.LogEntry\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x03\"\x1f\n\x0bLogBatchAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x03\"\x8c\x05\n\x0eStartContainer\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x07 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x08 \x03(\t\x12\x13\n\x0bworking_dir\x18\t \x01(\t\x12/\n\x03\x65nv\x18\n \x03(\x0b\x32\".muster.v1.StartContainer.EnvEntry\x12\x18\n\x10\x63pu_limit_millis\x18\x0b \x01(\x03\x12\x1a\n\x12memory_limit_bytes\x18\x0c \x01(\x03\x12*\n\tendpoints\x18\r \x03(\x0b\x32\x17.muster.v1.EndpointPort\x12\x12\n\ngeneration\x18\x0e \x01(\x03\x12\x33\n\x05hosts\x18\x0f \x03(\x0b\x32$.muster.v1.StartContainer.HostsEntry\x12\x13\n\x0bgpu_devices\x18\x14 \x03(\t\x12*\n\x0bpull_policy\x18\x10 \x01(\x0e\x32\x15.muster.v1.PullPolicy\x12;\n\x14registry_credentials\x18\x11 \x03(\x0b\x32\x1d.muster.v1.RegistryCredential\x12\x12\n\ncluster_id\x18\x15 \x01(\t\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nHostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0bTeardownRun\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"E\n\x0bJoinRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"Z\n\x0cJoinResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x12\n\nagent_port\x18\x03 \x01(\x05\x12\r\n\x05pools\x18\x04 \x03(\t\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\"J\n\x12RegistryCredential\x12\x10\n\x08registry\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x92\x01\n\tPullImage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12%\n\x06policy\x18\x03 \x01(\x0e\x32\x15.muster.v1.PullPolicy\x12;\n\x14registry_credentials\x18\x04 \x03(\x0b\x32\x1d.muster.v1.RegistryCredential\"_\n\x0bImagePulled\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0e\n\x06pulled\x18\x05 \x01(\x08\" \n\nListImages\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"H\n\x0cImagesListed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.muster.v1.NodeImage\"=\n\tNodeImage\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x32\xea\x01\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x19.muster.v1.ConnectRequest\x1a\x1a.muster.v1.ConnectResponse(\x01\x30\x01\x12\x37\n\x04Join\x12\x16.muster.v1.JoinRequest\x1a\x17.muster.v1.JoinResponse\x12[\n\x10RenewCertificate\x12\".muster.v1.RenewCertificateRequest\x1a#.muster.v1.RenewCertificateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15muster/v1/agent.proto\x12\tmuster.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x14muster/v1/node.proto\x1a\x13muster/v1/run.proto\"\xb3\x02\n\x0e\x43onnectRequest\x12\'\n\x08register\x18\x01 \x01(\x0b\x32\x13.muster.v1.RegisterH\x00\x12)\n\theartbeat\x18\x02 \x01(\x0b\x32\x14.muster.v1.HeartbeatH\x00\x12\x36\n\x10\x63ontainer_status\x18\x03 \x01(\x0b\x32\x1a.muster.v1.ContainerStatusH\x00\x12(\n\tlog_batch\x18\x04 \x01(\x0b\x32\x13.muster.v1.LogBatchH\x00\x12.\n\x0cimage_pulled\x18\x05 \x01(\x0b\x32\x16.muster.v1.ImagePulledH\x00\x12\x30\n\rimages_listed\x18\x06 \x01(\x0b\x32\x17.muster.v1.ImagesListedH\x00\x42\t\n\x07message\"\xba\x02\n\x0f\x43onnectResponse\x12+\n\nregistered\x18\x01 \x01(\x0b\x32\x15.muster.v1.RegisteredH\x00\x12\x34\n\x0fstart_container\x18\x02 \x01(\x0b\x32\x19.muster.v1.StartContainerH\x00\x12.\n\x0cteardown_run\x18\x03 \x01(\x0b\x32\x16.muster.v1.TeardownRunH\x00\x12*\n\npull_image\x18\x04 \x01(\x0b\x32\x14.muster.v1.PullImageH\x00\x12,\n\x0blist_images\x18\x05 \x01(\x0b\x32\x15.muster.v1.ListImagesH\x00\x12/\n\rlog_batch_ack\x18\x06 \x01(\x0b\x32\x16.muster.v1.LogBatchAckH\x00\x42\t\n\x07message\"*\n\x0c\x45ndpointPort\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\x05\"0\n\x0f\x45ndpointAddress\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\"\xd1\x03\n\x0f\x43ontainerStatus\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12(\n\x05state\x18\x05 \x01(\x0e\x32\x19.muster.v1.ContainerState\x12\r\n\x05ready\x18\x06 \x01(\x08\x12\x16\n\texit_code\x18\x07 \x01(\x05H\x00\x88\x01\x01\x12\x0f\n\x07message\x18\x08 \x01(\t\x12-\n\tendpoints\x18\t \x03(\x0b\x32\x1a.muster.v1.EndpointAddress\x12(\n\x04time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ngeneration\x18\x0b \x01(\x03\x12\x0f\n\x07host_ip\x18\x0c \x01(\t\x12\x14\n\x0cimage_digest\x18\r \x01(\t\x12\x17\n\x0fpull_bytes_done\x18\x0e \x01(\x03\x12\x18\n\x10pull_bytes_total\x18\x0f \x01(\x03\x12\x12\n\ncluster_id\x18\x10 \x01(\t\x12\x14\n\x0c\x62uffer_error\x18\x11 \x01(\tB\x0c\n\n_exit_code\"\x92\x03\n\x08Register\x12\x11\n\tnode_name\x18\x01 \x01(\t\x12\r\n\x05pools\x18\x02 \x03(\t\x12/\n\x06labels\x18\x03 \x03(\x0b\x32\x1f.muster.v1.Register.LabelsEntry\x12(\n\x0b\x61llocatable\x18\x04 \x01(\x0b\x32\x13.muster.v1.Capacity\x12\x19\n\x11\x61\x64vertise_address\x18\x05 \x01(\t\x12\x15\n\ragent_version\x18\x06 \x01(\t\x12,\n\x0cnetwork_mode\x18\x07 \x01(\x0e\x32\x16.muster.v1.NetworkMode\x12\x14\n\x0cnetwork_name\x18\x08 \x01(\t\x12.\n\ncontainers\x18\t \x03(\x0b\x32\x1a.muster.v1.ContainerStatus\x12\x13\n\x0binstance_id\x18\n \x01(\t\x12\x13\n\x0bgpu_devices\x18\x14 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01J\x04\x08\x10\x10\x11J\x04\x08\x11\x10\x12\"y\n\nRegistered\x12\"\n\x1aheartbeat_interval_seconds\x18\x01 \x01(\x05\x12\x1f\n\x17node_lost_after_seconds\x18\x02 \x01(\x05\x12\x12\n\ncluster_id\x18\x03 \x01(\t\x12\x12\n\nlog_window\x18\x04 \x01(\x05\"5\n\tHeartbeat\x12(\n\x04time\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd2\x01\n\x08LogEntry\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12(\n\x04time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12$\n\x06stream\x18\x05 \x01(\x0e\x32\x14.muster.v1.LogStream\x12\x0c\n\x04text\x18\x06 \x01(\t\x12\x10\n\x08sequence\x18\x07 \x01(\x03\x12\x0f\n\x07partial\x18\x08 \x01(\x08\"B\n\x08LogBatch\x12$\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x13.muster.v1.LogEntry\x12\x10\n\x08\x62\x61tch_id\x18\x02 \x01(\x03\"\x1f\n\x0bLogBatchAck\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\x03\"\xb4\x05\n\x0eStartContainer\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\x12$\n\x04role\x18\x02 \x01(\x0e\x32\x16.muster.v1.ReplicaRole\x12\x0f\n\x07replica\x18\x03 \x01(\x05\x12\x16\n\x0e\x63ontainer_name\x18\x04 \x01(\t\x12\x10\n\x08hostname\x18\x05 \x01(\t\x12\r\n\x05image\x18\x06 \x01(\t\x12\x0f\n\x07\x63ommand\x18\x07 \x03(\t\x12\x0c\n\x04\x61rgs\x18\x08 \x03(\t\x12\x13\n\x0bworking_dir\x18\t \x01(\t\x12/\n\x03\x65nv\x18\n \x03(\x0b\x32\".muster.v1.StartContainer.EnvEntry\x12\x18\n\x10\x63pu_limit_millis\x18\x0b \x01(\x03\x12\x1a\n\x12memory_limit_bytes\x18\x0c \x01(\x03\x12*\n\tendpoints\x18\r \x03(\x0b\x32\x17.muster.v1.EndpointPort\x12\x12\n\ngeneration\x18\x0e \x01(\x03\x12\x33\n\x05hosts\x18\x0f \x03(\x0b\x32$.muster.v1.StartContainer.HostsEntry\x12\x13\n\x0bgpu_devices\x18\x14 \x03(\t\x12*\n\x0bpull_policy\x18\x10 \x01(\x0e\x32\x15.muster.v1.PullPolicy\x12;\n\x14registry_credentials\x18\x11 \x03(\x0b\x32\x1d.muster.v1.RegistryCredential\x12\x12\n\ncluster_id\x18\x15 \x01(\t\x12&\n\x07\x62uffers\x18\x16 \x03(\x0b\x32\x15.muster.v1.BufferPipe\x1a*\n\x08\x45nvEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a,\n\nHostsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\nBufferPipe\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06output\x18\x02 \x01(\x08\x12\x11\n\tbuffer_id\x18\x03 \x01(\t\x12\x12\n\naccess_url\x18\x04 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x05 \x01(\t\"\x1d\n\x0bTeardownRun\x12\x0e\n\x06run_id\x18\x01 \x01(\x03\"E\n\x0bJoinRequest\x12\x12\n\njoin_token\x18\x01 \x01(\t\x12\x11\n\tnode_name\x18\x02 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x03 \x01(\t\"Z\n\x0cJoinResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61_pem\x18\x02 \x01(\t\x12\x12\n\nagent_port\x18\x03 \x01(\x05\x12\r\n\x05pools\x18\x04 \x03(\t\"*\n\x17RenewCertificateRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"3\n\x18RenewCertificateResponse\x12\x17\n\x0f\x63\x65rtificate_pem\x18\x01 \x01(\t\"J\n\x12RegistryCredential\x12\x10\n\x08registry\x18\x01 \x01(\t\x12\x10\n\x08username\x18\x02 \x01(\t\x12\x10\n\x08password\x18\x03 \x01(\t\"\x92\x01\n\tPullImage\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12%\n\x06policy\x18\x03 \x01(\x0e\x32\x15.muster.v1.PullPolicy\x12;\n\x14registry_credentials\x18\x04 \x03(\x0b\x32\x1d.muster.v1.RegistryCredential\"_\n\x0bImagePulled\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12\r\n\x05image\x18\x02 \x01(\t\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x0e\n\x06pulled\x18\x05 \x01(\x08\" \n\nListImages\x12\x12\n\nrequest_id\x18\x01 \x01(\t\"H\n\x0cImagesListed\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12$\n\x06images\x18\x02 \x03(\x0b\x32\x14.muster.v1.NodeImage\"=\n\tNodeImage\x12\x0c\n\x04tags\x18\x01 \x03(\t\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x32\xea\x01\n\x0c\x41gentService\x12\x44\n\x07\x43onnect\x12\x19.muster.v1.ConnectRequest\x1a\x1a.muster.v1.ConnectResponse(\x01\x30\x01\x12\x37\n\x04Join\x12\x16.muster.v1.JoinRequest\x1a\x17.muster.v1.JoinResponse\x12[\n\x10RenewCertificate\x12\".muster.v1.RenewCertificateRequest\x1a#.muster.v1.RenewCertificateResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -49,49 +49,51 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENDPOINTADDRESS']._serialized_start=783
   _globals['_ENDPOINTADDRESS']._serialized_end=831
   _globals['_CONTAINERSTATUS']._serialized_start=834
-  _globals['_CONTAINERSTATUS']._serialized_end=1277
-  _globals['_REGISTER']._serialized_start=1280
-  _globals['_REGISTER']._serialized_end=1682
-  _globals['_REGISTER_LABELSENTRY']._serialized_start=1625
-  _globals['_REGISTER_LABELSENTRY']._serialized_end=1670
-  _globals['_REGISTERED']._serialized_start=1684
-  _globals['_REGISTERED']._serialized_end=1805
-  _globals['_HEARTBEAT']._serialized_start=1807
-  _globals['_HEARTBEAT']._serialized_end=1860
-  _globals['_LOGENTRY']._serialized_start=1863
-  _globals['_LOGENTRY']._serialized_end=2073
-  _globals['_LOGBATCH']._serialized_start=2075
-  _globals['_LOGBATCH']._serialized_end=2141
-  _globals['_LOGBATCHACK']._serialized_start=2143
-  _globals['_LOGBATCHACK']._serialized_end=2174
-  _globals['_STARTCONTAINER']._serialized_start=2177
-  _globals['_STARTCONTAINER']._serialized_end=2829
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=2741
-  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=2783
-  _globals['_STARTCONTAINER_HOSTSENTRY']._serialized_start=2785
-  _globals['_STARTCONTAINER_HOSTSENTRY']._serialized_end=2829
-  _globals['_TEARDOWNRUN']._serialized_start=2831
-  _globals['_TEARDOWNRUN']._serialized_end=2860
-  _globals['_JOINREQUEST']._serialized_start=2862
-  _globals['_JOINREQUEST']._serialized_end=2931
-  _globals['_JOINRESPONSE']._serialized_start=2933
-  _globals['_JOINRESPONSE']._serialized_end=3023
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=3025
-  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=3067
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=3069
-  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=3120
-  _globals['_REGISTRYCREDENTIAL']._serialized_start=3122
-  _globals['_REGISTRYCREDENTIAL']._serialized_end=3196
-  _globals['_PULLIMAGE']._serialized_start=3199
-  _globals['_PULLIMAGE']._serialized_end=3345
-  _globals['_IMAGEPULLED']._serialized_start=3347
-  _globals['_IMAGEPULLED']._serialized_end=3442
-  _globals['_LISTIMAGES']._serialized_start=3444
-  _globals['_LISTIMAGES']._serialized_end=3476
-  _globals['_IMAGESLISTED']._serialized_start=3478
-  _globals['_IMAGESLISTED']._serialized_end=3550
-  _globals['_NODEIMAGE']._serialized_start=3552
-  _globals['_NODEIMAGE']._serialized_end=3613
-  _globals['_AGENTSERVICE']._serialized_start=3616
-  _globals['_AGENTSERVICE']._serialized_end=3850
+  _globals['_CONTAINERSTATUS']._serialized_end=1299
+  _globals['_REGISTER']._serialized_start=1302
+  _globals['_REGISTER']._serialized_end=1704
+  _globals['_REGISTER_LABELSENTRY']._serialized_start=1647
+  _globals['_REGISTER_LABELSENTRY']._serialized_end=1692
+  _globals['_REGISTERED']._serialized_start=1706
+  _globals['_REGISTERED']._serialized_end=1827
+  _globals['_HEARTBEAT']._serialized_start=1829
+  _globals['_HEARTBEAT']._serialized_end=1882
+  _globals['_LOGENTRY']._serialized_start=1885
+  _globals['_LOGENTRY']._serialized_end=2095
+  _globals['_LOGBATCH']._serialized_start=2097
+  _globals['_LOGBATCH']._serialized_end=2163
+  _globals['_LOGBATCHACK']._serialized_start=2165
+  _globals['_LOGBATCHACK']._serialized_end=2196
+  _globals['_STARTCONTAINER']._serialized_start=2199
+  _globals['_STARTCONTAINER']._serialized_end=2891
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_start=2803
+  _globals['_STARTCONTAINER_ENVENTRY']._serialized_end=2845
+  _globals['_STARTCONTAINER_HOSTSENTRY']._serialized_start=2847
+  _globals['_STARTCONTAINER_HOSTSENTRY']._serialized_end=2891
+  _globals['_BUFFERPIPE']._serialized_start=2893
+  _globals['_BUFFERPIPE']._serialized_end=2990
+  _globals['_TEARDOWNRUN']._serialized_start=2992
+  _globals['_TEARDOWNRUN']._serialized_end=3021
+  _globals['_JOINREQUEST']._serialized_start=3023
+  _globals['_JOINREQUEST']._serialized_end=3092
+  _globals['_JOINRESPONSE']._serialized_start=3094
+  _globals['_JOINRESPONSE']._serialized_end=3184
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_start=3186
+  _globals['_RENEWCERTIFICATEREQUEST']._serialized_end=3228
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_start=3230
+  _globals['_RENEWCERTIFICATERESPONSE']._serialized_end=3281
+  _globals['_REGISTRYCREDENTIAL']._serialized_start=3283
+  _globals['_REGISTRYCREDENTIAL']._serialized_end=3357
+  _globals['_PULLIMAGE']._serialized_start=3360
+  _globals['_PULLIMAGE']._serialized_end=3506
+  _globals['_IMAGEPULLED']._serialized_start=3508
+  _globals['_IMAGEPULLED']._serialized_end=3603
+  _globals['_LISTIMAGES']._serialized_start=3605
+  _globals['_LISTIMAGES']._serialized_end=3637
+  _globals['_IMAGESLISTED']._serialized_start=3639
+  _globals['_IMAGESLISTED']._serialized_end=3711
+  _globals['_NODEIMAGE']._serialized_start=3713
+  _globals['_NODEIMAGE']._serialized_end=3774
+  _globals['_AGENTSERVICE']._serialized_start=3777
+  _globals['_AGENTSERVICE']._serialized_end=4011
 # @@protoc_insertion_point(module_scope)

@@ -60,7 +60,7 @@ class EndpointAddress(_message.Message):
     def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ...) -> None: ...
 
 class ContainerStatus(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip", "image_digest", "pull_bytes_done", "pull_bytes_total", "cluster_id")
+    __slots__ = ("run_id", "role", "replica", "container_name", "state", "ready", "exit_code", "message", "endpoints", "time", "generation", "host_ip", "image_digest", "pull_bytes_done", "pull_bytes_total", "cluster_id", "buffer_error")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     REPLICA_FIELD_NUMBER: _ClassVar[int]
@@ -77,6 +77,7 @@ class ContainerStatus(_message.Message):
     PULL_BYTES_DONE_FIELD_NUMBER: _ClassVar[int]
     PULL_BYTES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ERROR_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -93,7 +94,8 @@ class ContainerStatus(_message.Message):
     pull_bytes_done: int
     pull_bytes_total: int
     cluster_id: str
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    buffer_error: str
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ..., cluster_id: _Optional[str] = ..., buffer_error: _Optional[str] = ...) -> None: ...
 
 class Register(_message.Message):
     __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
@@ -181,7 +183,7 @@ class LogBatchAck(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ...) -> None: ...
 
 class StartContainer(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id")
+    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id", "buffers")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -215,6 +217,7 @@ class StartContainer(_message.Message):
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
     REGISTRY_CREDENTIALS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -234,7 +237,22 @@ class StartContainer(_message.Message):
     pull_policy: _run_pb2.PullPolicy
     registry_credentials: _containers.RepeatedCompositeFieldContainer[RegistryCredential]
     cluster_id: str
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ..., cluster_id: _Optional[str] = ...) -> None: ...
+    buffers: _containers.RepeatedCompositeFieldContainer[BufferPipe]
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[BufferPipe, _Mapping]]] = ...) -> None: ...
+
+class BufferPipe(_message.Message):
+    __slots__ = ("name", "output", "buffer_id", "access_url", "ca_pem")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELD_NUMBER: _ClassVar[int]
+    BUFFER_ID_FIELD_NUMBER: _ClassVar[int]
+    ACCESS_URL_FIELD_NUMBER: _ClassVar[int]
+    CA_PEM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    output: bool
+    buffer_id: str
+    access_url: str
+    ca_pem: str
+    def __init__(self, name: _Optional[str] = ..., output: _Optional[bool] = ..., buffer_id: _Optional[str] = ..., access_url: _Optional[str] = ..., ca_pem: _Optional[str] = ...) -> None: ...
 
 class TeardownRun(_message.Message):
     __slots__ = ("run_id",)

@@ -153,8 +153,15 @@ class RunEvent(_message.Message):
     def __init__(self, time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events", "pull_policy", "cluster", "buffer_access_ttl", "etag")
+    __slots__ = ("id", "job", "worker", "timeout_seconds", "tags", "status", "status_reason", "running_count", "created_at", "started_at", "finished_at", "replicas", "events", "pull_policy", "buffers", "cluster", "buffer_access_ttl", "etag")
     class TagsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class BuffersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -175,6 +182,7 @@ class Run(_message.Message):
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     PULL_POLICY_FIELD_NUMBER: _ClassVar[int]
+    BUFFERS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_FIELD_NUMBER: _ClassVar[int]
     BUFFER_ACCESS_TTL_FIELD_NUMBER: _ClassVar[int]
     ETAG_FIELD_NUMBER: _ClassVar[int]
@@ -192,10 +200,11 @@ class Run(_message.Message):
     replicas: _containers.RepeatedCompositeFieldContainer[Replica]
     events: _containers.RepeatedCompositeFieldContainer[RunEvent]
     pull_policy: PullPolicy
+    buffers: _containers.ScalarMap[str, str]
     cluster: str
     buffer_access_ttl: str
     etag: str
-    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., cluster: _Optional[str] = ..., buffer_access_ttl: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., job: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., worker: _Optional[_Union[RunCodeTarget, _Mapping]] = ..., timeout_seconds: _Optional[int] = ..., tags: _Optional[_Mapping[str, str]] = ..., status: _Optional[_Union[RunStatus, str]] = ..., status_reason: _Optional[str] = ..., running_count: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., started_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., finished_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., replicas: _Optional[_Iterable[_Union[Replica, _Mapping]]] = ..., events: _Optional[_Iterable[_Union[RunEvent, _Mapping]]] = ..., pull_policy: _Optional[_Union[PullPolicy, str]] = ..., buffers: _Optional[_Mapping[str, str]] = ..., cluster: _Optional[str] = ..., buffer_access_ttl: _Optional[str] = ..., etag: _Optional[str] = ...) -> None: ...
 
 class CreateRunRequest(_message.Message):
     __slots__ = ("run", "request_id")
