@@ -15,7 +15,7 @@ from pathlib import Path
 from controlplane.core.images import DEFAULT_PULL_POLICY, PULL_POLICIES
 from controlplane.core.nodes import Liveness
 from controlplane.security.tls import SecurityConfig
-from controlplane.server import start
+from controlplane.server import DataSettings, start
 from controlplane.services.orchestrator import Settings
 from muster.common.cli import OneLineParser
 from muster.common.clientconfig import default_state_dir
@@ -56,6 +56,29 @@ def default_agent_listen(listen: str) -> str:
     """The agent address beside the API address: same host, port 50052 (0 stays 0)."""
     host, _, port = listen.rpartition(":")
     return f"{host}:{0 if port == '0' else DEFAULT_AGENT_PORT}"
+
+
+DEFAULT_DATA_PORT = 50053
+
+
+def default_data_listen(listen: str) -> str:
+    """The data plane's address beside the API's: same host, port 50053 (0 stays 0)."""
+    host, _, port = listen.rpartition(":")
+    return f"{host}:{0 if port == '0' else DEFAULT_DATA_PORT}"
+
+
+def data_settings(args: argparse.Namespace) -> DataSettings | None:
+    """The embedded data plane's settings (None: --data-listen off). Its blobs
+    and key live in the state directory, or beside the database with --insecure."""
+    if args.data_listen == "off":
+        return None
+    home = Path(args.db).parent if args.insecure else args.state_dir
+    return DataSettings(
+        listen=args.data_listen or default_data_listen(args.listen),
+        root=args.data_dir or home / "buffers",
+        key_file=home / "dataplane.key",
+        advertise=args.data_advertise,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -149,6 +172,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="runs that may wait Pending at once; more are refused with RESOURCE_EXHAUSTED "
         "(default: %(default)s; 0: no limit)",
+    )
+    parser.add_argument(
+        "--data-listen",
+        metavar="HOST:PORT",
+        default="",
+        help="HOST:PORT of the data plane, which serves buffers' bytes over HTTP(S) "
+        "(default: the --listen host, port 50053; 'off': no data plane)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="where buffers' bytes are kept (default: STATE_DIR/buffers)",
+    )
+    parser.add_argument(
+        "--data-advertise",
+        metavar="HOST",
+        default="",
+        help="the host name or address put in buffer access URLs, as clients and agents "
+        "reach the data plane (default: the --data-listen host; loopback for a wildcard)",
     )
     parser.add_argument(
         "--max-streams",
@@ -257,20 +299,21 @@ async def serve(args: argparse.Namespace) -> None:
             client_ca=args.client_ca,
         )
     )
-    plane = await start(args.listen, args.db, settings, security)
+    plane = await start(args.listen, args.db, settings, security, data=data_settings(args))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     host = args.listen.rsplit(":", 1)[0]
+    buffers = f"buffers on {plane.dataplane.base_url}; " if plane.dataplane else ""
     if plane.secure:
         agent_host = args.agent_listen.rsplit(":", 1)[0]
         detail = (
-            f"(TLS; agents on {agent_host}:{plane.agent_port} with mTLS; "
+            f"(TLS; agents on {agent_host}:{plane.agent_port} with mTLS; {buffers}"
             f"admin credentials in {plane.admin_file})"
         )
     else:
-        detail = "(INSECURE: plaintext, no authentication)"
+        detail = f"(INSECURE: plaintext, no authentication; {buffers.rstrip('; ')})"
     print(f"muster control plane listening on {host}:{plane.port} {detail}", flush=True)
     await stop.wait()
     logging.getLogger("controlplane").info("event=shutdown_requested")

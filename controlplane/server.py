@@ -23,6 +23,8 @@ from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.api.tokens import TokenServicer
 from controlplane.core.errors import DomainError
+from controlplane.dataplane.sas import load_or_create_key
+from controlplane.dataplane.server import DataPlane
 from controlplane.security.sealing import KEY_FILE, Sealer
 from controlplane.security.tls import SecurityConfig, TlsMaterial, load_material
 from controlplane.services.auth import AuthService
@@ -103,6 +105,7 @@ class ControlPlane:
     retention_task: asyncio.Task[None] | None = None
     buffers: BufferService | None = None
     buffer_deleter_task: asyncio.Task[None] | None = None
+    dataplane: DataPlane | None = None
 
     @property
     def secure(self) -> bool:
@@ -114,6 +117,8 @@ class ControlPlane:
         for name in ["", *SERVICE_NAMES]:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(grace)
+        if self.dataplane is not None:
+            await self.dataplane.stop()
         for task in (self.loop_task, self.retention_task, self.buffer_deleter_task):
             if task is not None:
                 task.cancel()
@@ -167,6 +172,7 @@ async def start(
     *,
     store: Store | None = None,
     clock: Callable[[], datetime] = utcnow,
+    data: DataSettings | None = None,
 ) -> ControlPlane:
     """Open the store, load state, register every service and start listening.
 
@@ -174,7 +180,8 @@ async def start(
     with TLS and bearer tokens and agents connect on their own mTLS address;
     without it (`--insecure`), one plaintext address serves everything to
     everybody. Tests may hand in the `store` (say, one that injects faults)
-    and the wall `clock`."""
+    and the wall `clock`. With `data`, the embedded data plane (buffers'
+    bytes) serves HTTP(S) on its own address."""
     store = store or await SqliteStore.open(db_path)
     codespecs = CodespecService(store, clock)
     registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
@@ -187,7 +194,8 @@ async def start(
     tls: TlsMaterial | None = None
     auth: AuthService | None = None
     if security is not None:
-        tls = await asyncio.to_thread(load_material, security, [listen, security.agent_listen])
+        names = [listen, security.agent_listen, *(data.addresses() if data else [])]
+        tls = await asyncio.to_thread(load_material, security, names)
         auth = AuthService(store, tls.ca)
         await auth.load()
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(auth)])
@@ -207,7 +215,8 @@ async def start(
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(images), server)
     image_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registries), server)
-    buffers = BufferService(store, None, clock)  # no data plane yet: Access is UNAVAILABLE
+    dataplane = await _start_dataplane(data, tls) if data is not None else None
+    buffers = BufferService(store, dataplane, clock)  # without a data plane: UNAVAILABLE
     buffer_pb2_grpc.add_BufferServiceServicer_to_server(BufferServicer(buffers), server)
 
     health_servicer = health.aio.HealthServicer()
@@ -230,6 +239,8 @@ async def start(
             )
             join_info.agent_port = agent_port
     except OSError:
+        if dataplane is not None:
+            await dataplane.stop()
         await store.close()
         raise
     admin_file = None
@@ -268,7 +279,34 @@ async def start(
         retention_task,
         buffers,
         buffer_deleter_task,
+        dataplane,
     )
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    """Where the embedded data plane listens, keeps its blobs and its key."""
+
+    listen: str  # HOST:PORT (port 0: any free one)
+    root: Path  # the blobs (one folder per buffer)
+    key_file: Path  # the key that signs access URLs
+    advertise: str = ""  # the host put in access URLs; default: the listen host
+
+    def addresses(self) -> list[str]:
+        """Names the TLS certificate must also hold."""
+        return [self.listen, *([f"{self.advertise}:0"] if self.advertise else [])]
+
+
+async def _start_dataplane(data: DataSettings, tls: TlsMaterial | None) -> DataPlane:
+    """Open the blob store and listen; access URLs name the advertised host
+    (a wildcard listen address is advertised as loopback unless told otherwise)."""
+    key = await asyncio.to_thread(load_or_create_key, data.key_file)
+    context = tls.ssl_context() if tls is not None else None
+    plane = DataPlane(data.root, key, ssl_context=context)
+    host, _, port = data.listen.rpartition(":")
+    public = data.advertise or host_of(_client_address(data.listen, int(port or 0)))
+    await plane.start(host.strip("[]"), int(port), public_host=public)
+    return plane
 
 
 def retention_settings(settings: Settings) -> RetentionSettings:

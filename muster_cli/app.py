@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import importlib
 from collections.abc import Callable
 from typing import Any
 
@@ -114,6 +115,25 @@ class AliasGroup(click.Group):
         if self.aliases:
             with formatter.section("Aliases"):
                 formatter.write_dl(sorted(self.aliases.items()))
+
+
+class LazyGroup(click.Group):
+    """A group some of whose commands live in modules imported only when one
+    of them is run (or help lists them): heavy dependencies (the buffer data
+    path's HTTP client) cost nothing to every other command's start."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        self.lazy = dict(lazy or {})  # command name -> "module:attribute"
+        super().__init__(*args, **kwargs)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy and cmd_name not in self.commands:
+            module, _, attribute = self.lazy[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attribute), cmd_name)
+        return super().get_command(ctx, cmd_name)
 
 
 @click.group(cls=AliasGroup, context_settings=CONTEXT)

@@ -18,7 +18,16 @@ import grpc
 
 from muster.v1 import buffer_pb2 as pb
 from muster.v1 import buffer_pb2_grpc as pb_grpc
-from muster_cli.app import CONTEXT, POSITIVE, address, cli, comma_pairs, key_values, server_option
+from muster_cli.app import (
+    CONTEXT,
+    POSITIVE,
+    LazyGroup,
+    address,
+    cli,
+    comma_pairs,
+    key_values,
+    server_option,
+)
 from muster_cli.client import channel, collect_pages, fail
 from muster_cli.timeparse import parse_duration
 
@@ -99,16 +108,19 @@ def stub(ch: grpc.Channel) -> pb_grpc.BufferServiceStub:
     return pb_grpc.BufferServiceStub(ch)
 
 
-@cli.group("buffer", context_settings=CONTEXT)
+# `read` and `write` move the bytes (muster_cli/buffer_io.py); imported only when used.
+IO_COMMANDS = {
+    "read": "muster_cli.buffer_io:buffer_read",
+    "write": "muster_cli.buffer_io:buffer_write",
+}
+
+
+@cli.group("buffer", cls=LazyGroup, lazy=IO_COMMANDS, context_settings=CONTEXT)
 def buffer() -> None:
     """Buffers: named, tagged streams of bytes that runs read and write."""
 
 
-# Tyger's alias: the same commands (including those registered later) under `buffers`.
-cli.add_command(
-    click.Group("buffers", commands=buffer.commands, hidden=True, help=buffer.help),
-    "buffers",
-)
+cli.alias("buffers", "buffer")  # type: ignore[attr-defined]  # Tyger's name
 
 
 @buffer.command("create", context_settings=CONTEXT)
@@ -408,9 +420,3 @@ def buffer_access(
                 fail(details)  # the control plane answered: no "is it running?" hint
             raise
     click.echo(reply.uri)
-
-
-# -- read and write ------------------------------------------------------------
-# `muster buffer read|write` move the bytes; they live in muster_cli/buffer_io.py,
-# which registers them on this group with `buffer_io.register(buffer)` (the lead
-# wires that call here once the data plane lands).

@@ -12,6 +12,8 @@ address of their own, on which a handshake without a valid node certificate
 from __future__ import annotations
 
 import socket
+import ssl
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +22,7 @@ import psutil
 from cryptography import x509
 
 from controlplane.security.ca import ClusterCA
+from muster.common.files import write_private
 from muster.common.net import host_of
 from muster.common.pki import cert_pem
 
@@ -56,6 +59,17 @@ class TlsMaterial:
     def api_credentials(self) -> grpc.ServerCredentials:
         """TLS for the API address (no client certificate asked)."""
         return grpc.ssl_server_credentials([(self.server_key, self.server_chain)])
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """TLS for the data plane's HTTP address, with the API's certificate.
+        (The ssl module loads keys only from files: a private temporary one.)"""
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        with tempfile.TemporaryDirectory() as tmp:
+            key, chain = Path(tmp) / "server.key", Path(tmp) / "server.crt"
+            write_private(key, self.server_key)
+            write_private(chain, self.server_chain)
+            context.load_cert_chain(chain, key)
+        return context
 
     def agent_credentials(self) -> grpc.ServerCredentials:
         """mTLS for the agent address: a node certificate is required."""

@@ -1,13 +1,17 @@
-"""`muster buffer ...` against a real secure `muster-controlplane` process
-(no data plane configured: records only, access is UNAVAILABLE)."""
+"""`muster buffer ...` against a real secure `muster-controlplane` process:
+records, lifecycle and roles; the bytes through its embedded data plane
+(HTTPS with the cluster CA); and, with `--data-listen off`, access is
+UNAVAILABLE in one line."""
 
 from __future__ import annotations
 
 import json
+import os
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import Process, run_cli
+from tests.conftest import Process, run_cli, start_process
 
 
 def ok(cp: Process, *args: str, env: dict[str, str] | None = None) -> str:
@@ -113,10 +117,38 @@ def test_bad_ttls_are_usage_errors(cp_process: Process) -> None:
     assert run_cli("buffer", "count", server=cp_process).stdout == "0\n"
 
 
-def test_access_without_a_data_plane_is_unavailable_in_one_line(cp_process: Process) -> None:
-    buffer_id = ok(cp_process, "create").strip()
-    error = refused(cp_process, "access", buffer_id, "-w")
-    assert "no data plane configured" in error and "is it running" not in error
+def test_access_without_a_data_plane_is_unavailable_in_one_line(tmp_path: Path) -> None:
+    cp = start_process(tmp_path / "cp.db", extra=["--data-listen", "off"])
+    try:
+        buffer_id = ok(cp, "create").strip()
+        error = refused(cp, "access", buffer_id, "-w")
+        assert "no data plane configured" in error and "is it running" not in error
+    finally:
+        cp.stop()
+
+
+def test_bytes_go_through_the_embedded_data_plane(cp_process: Process, tmp_path: Path) -> None:
+    cp = cp_process
+    buffer_id = ok(cp, "create").strip()
+    data = os.urandom(5 * 1024 * 1024 + 7)
+    (tmp_path / "in").write_bytes(data)
+    ok(cp, "write", buffer_id, "-i", str(tmp_path / "in"), "--block-size", "1Mi")
+    ok(cp, "read", buffer_id, "-o", str(tmp_path / "out"))
+    assert (tmp_path / "out").read_bytes() == data
+    assert "buffer cannot be overwritten" in refused(cp, "write", buffer_id, "-i", os.devnull)
+    # An access URL works alone (no credentials), over HTTPS with the cluster CA.
+    url = ok(cp, "access", buffer_id).strip()
+    assert url.startswith("https://") and f"/containers/{buffer_id}?" in url
+    (tmp_path / "url").write_text(url)
+    again = run_cli("buffer", "read", str(tmp_path / "url"), "-o", str(tmp_path / "again"),
+                    env={"MUSTER_CONFIG": str(cp.config)})  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "again").read_bytes() == data
+    # A read-only URL cannot write a new buffer.
+    other = ok(cp, "create").strip()
+    (tmp_path / "ro").write_text(ok(cp, "access", other).strip())
+    error = refused(cp, "write", str(tmp_path / "ro"), "-i", os.devnull)
+    assert "does not allow write access" in error, error
 
 
 def test_roles_reader_reads_user_creates_admin_deletes(cp_process: Process) -> None:
