@@ -309,6 +309,18 @@ class Runtime(Protocol):
         """Every container of this node carrying ``muster.run-id``."""
         ...
 
+    async def watch_changes(self, notify: Callable[[], None]) -> None:
+        """Call ``notify`` (on the event loop) whenever a container may have
+        changed (it started, exited, was removed), until cancelled; returns or
+        raises if the source of such news ends, and may be called again.
+
+        A hint, not the truth: the supervisor then lists the containers, so a
+        missed or spurious notification costs only time (a periodic listing
+        catches anything missed). It lets an exit be seen at once instead of
+        at the next poll.
+        """
+        ...
+
     async def stop_run(self, run_id: int) -> None:
         """Stop (short timeout) every running container of ``run_id``, keeping them.
 

@@ -62,7 +62,7 @@ import hashlib
 import itertools
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 
 from agent import probe as probing
@@ -165,6 +165,9 @@ class FakeRuntime:
         self.list_count = 0
         self.started_names: list[str] = []
         self.closed = False
+        self.announce_changes = True
+        """Whether external changes are announced (False: found by polling only)."""
+        self._watchers: list[Callable[[], None]] = []
         self.log_chunk_lines = 1000
         self.log_follows: list[str] = []
         """Names passed to ``follow_logs``, in call order."""
@@ -271,6 +274,7 @@ class FakeRuntime:
         container.state, container.exit_code = "exited", code
         container.open_endpoints.clear()
         self._logs_changed()
+        self._announce()
 
     def kill(self, name: str) -> None:
         """Kill the container externally (SIGKILL: exit code 137)."""
@@ -280,6 +284,21 @@ class FakeRuntime:
         """Remove the container behind the agent's back."""
         self.containers.pop(name, None)
         self._logs_changed()
+        self._announce()
+
+    def _announce(self) -> None:
+        """Tell whoever watches changes (as Podman's event stream would)."""
+        if self.announce_changes:
+            for notify in list(self._watchers):
+                notify()
+
+    async def watch_changes(self, notify: Callable[[], None]) -> None:
+        """Announce external changes (exit, kill, vanish) until cancelled."""
+        self._watchers.append(notify)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self._watchers.remove(notify)
 
     def write_log(
         self, name: str, stream: LogStreamName, text: str, *, time_ns: int | None = None

@@ -371,6 +371,51 @@ class PodmanRuntime:
         """Full detail of one container of this node, ``None`` if absent/foreign."""
         return await self._call(self._inspect_sync, name)
 
+    async def watch_changes(self, notify: Callable[[], None]) -> None:
+        """Podman's event stream (this node's containers), as change hints.
+
+        Read by a thread of its own (the stream never ends by itself); when
+        this is cancelled the response is closed, which ends the thread."""
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        response: list[Any] = []
+
+        def finish(error: BaseException | None) -> None:
+            if not done.done():
+                done.set_exception(error) if error else done.set_result(None)
+
+        def read() -> None:
+            client = PodmanClient(base_url=self._url)
+            error: BaseException | None = None
+            try:
+                filters = {"type": ["container"], "label": [f"{LABEL_NODE}={self._node}"]}
+                reply = client.api.get(
+                    "/events",
+                    params={"stream": "true", "filters": json.dumps(filters)},
+                    stream=True,
+                )
+                response.append(reply)
+                reply.raise_for_status()
+                for line in reply.iter_lines():
+                    if line and not done.done():
+                        loop.call_soon_threadsafe(notify)
+            except BaseException as exc:  # ends with the stream; the caller retries
+                error = exc
+            finally:
+                client.close()
+                with contextlib.suppress(RuntimeError):  # the loop may be closed
+                    loop.call_soon_threadsafe(finish, error)
+
+        threading.Thread(target=read, name=f"podman-events-{self._node}", daemon=True).start()
+        try:
+            await done
+        finally:
+            if not done.done():
+                done.cancel()
+            for reply in response:
+                with contextlib.suppress(Exception):
+                    reply.close()
+
     async def list_managed(self) -> list[ContainerInfo]:
         """All containers of this node (one API call, no IPs)."""
         return await self._call(self._list_sync)

@@ -127,6 +127,8 @@ class Supervisor:
         self._pulling: set[str] = set()
         """Containers whose start is still getting its image."""
         self._poll_interval = poll_interval
+        self._changed = asyncio.Event()
+        """Set when the runtime announced a change: the watch loop lists at once."""
         self._probe_interval = probe_interval
         self._log_flush_timeout = log_flush_timeout
         self._vanished_log_timeout = vanished_log_timeout
@@ -279,8 +281,32 @@ class Supervisor:
     # -- watching -----------------------------------------------------------------------
 
     async def watch(self) -> None:
-        """Poll the runtime forever and report every state change."""
+        """List the runtime's containers and report every state change: at
+        once when the runtime announces a change, and every poll interval
+        anyway (announcements can be missed)."""
+        hints = asyncio.create_task(self._follow_changes(), name="agent-changes")
+        try:
+            await self._watch_loop()
+        finally:
+            hints.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await hints
+
+    async def _follow_changes(self) -> None:
+        """Turn the runtime's change announcements into wake-ups of the watch
+        loop; if they stop (Podman restarted), start them again after a pause."""
         while True:
+            try:
+                await self._rt.watch_changes(self._changed.set)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log(_log, logging.DEBUG, "change_feed_ended", error=exc)
+            await asyncio.sleep(1.0)
+
+    async def _watch_loop(self) -> None:
+        while True:
+            self._changed.clear()
             try:
                 await self.reconcile()
                 if self._watch_failing:
@@ -291,7 +317,8 @@ class Supervisor:
                     self._watch_failing = True
                     log(_log, logging.WARNING, "watch_failed", error=exc)
             self._retry_teardowns()
-            await asyncio.sleep(self._poll_interval)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), self._poll_interval)
 
     def _retry_teardowns(self) -> None:
         """Start again every failed teardown whose backoff has passed."""
