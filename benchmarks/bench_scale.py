@@ -210,9 +210,19 @@ async def bench(args: argparse.Namespace) -> None:
                 stats.append(stat)
                 procs.append(
                     subprocess.Popen(
-                        [sys.executable, __file__, "--agent-proc", "--server", address,
-                         "--first", str(k * per), "--count", str(count),
-                         "--status-file", str(stat)],
+                        [
+                            sys.executable,
+                            __file__,
+                            "--agent-proc",
+                            "--server",
+                            address,
+                            "--first",
+                            str(k * per),
+                            "--count",
+                            str(count),
+                            "--status-file",
+                            str(stat),
+                        ],
                         stderr=open(Path(tmp) / f"agents-{k}.log", "w"),
                     )  # fmt: skip
                 )
@@ -226,9 +236,7 @@ async def bench(args: argparse.Namespace) -> None:
                      *(["--format", "raw"] if args.profile.endswith(".txt") else [])],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
-            elapsed, cpu, done_at, began, failures, created = await drive(
-                args, address, cp, stats
-            )
+            elapsed, cpu, done_at, began, failures, created = await drive(args, address, cp, stats)
             sampling.cancel()
         finally:
             if spy is not None:
