@@ -107,6 +107,17 @@ def cpu_seconds(proc: psutil.Process) -> float:
     return times.user + times.system
 
 
+async def measure(
+    args: argparse.Namespace, address: str, pid: int, sampler: Sampler, agents: list[tuple]
+) -> tuple:
+    """Drive the runs while sampling the control plane's memory."""
+    sampling = asyncio.create_task(sampler.run())
+    try:
+        return await drive(args, address, psutil.Process(pid), [stat for _, stat in agents])
+    finally:
+        sampling.cancel()
+
+
 async def drive(args: argparse.Namespace, address: str, cp: psutil.Process, stats: list[Path]):
     from muster.v1 import codespec_pb2 as cpb
     from muster.v1 import codespec_pb2_grpc as cgrpc
@@ -186,76 +197,78 @@ def fifth_rates(done_at: list[float], began: float, containers_per_run: int) -> 
     return first, last
 
 
-async def bench(args: argparse.Namespace) -> None:
+def start_control_plane(tmp: Path, address: str, args: argparse.Namespace) -> subprocess.Popen:
+    """`muster-controlplane` on SQLite, plaintext on loopback; waits until it listens."""
+    log = open(tmp / "controlplane.log", "w")
+    # fmt: off
+    proc = subprocess.Popen(
+        [str(BIN / "muster-controlplane"), "--insecure", "--listen", address,
+         "--db", str(tmp / "cp.db"), "--max-pending-runs", "0", "--data-listen", "off",
+         "--max-streams", str(args.in_flight + 100), "--heartbeat-interval", "5",
+         "--log-level", "WARNING"],
+        stdout=subprocess.PIPE, stderr=log, text=True,
+    )
+    # fmt: on
+    assert proc.stdout is not None
+    proc.stdout.readline()  # "listening on ..."
+    return proc
+
+
+def start_agents(tmp: Path, address: str, args: argparse.Namespace) -> list[tuple]:
+    """The agent processes, each with its status file."""
+    per = -(-args.agents // args.agent_procs)
+    started = []
+    for k in range(args.agent_procs):
+        count = min(per, args.agents - k * per)
+        stat = tmp / f"agents-{k}.json"
+        # fmt: off
+        proc = subprocess.Popen(
+            [sys.executable, __file__, "--agent-proc", "--server", address,
+             "--first", str(k * per), "--count", str(count), "--status-file", str(stat)],
+            stderr=open(tmp / f"agents-{k}.log", "w"),
+        )
+        # fmt: on
+        started.append((proc, stat))
+    return started
+
+
+def start_profiler(pid: int, out: str) -> subprocess.Popen:
+    """py-spy recording `pid` (collapsed stacks if `out` ends in .txt)."""
+    raw = ["--format", "raw"] if out.endswith(".txt") else []
+    command = [str(BIN / "py-spy"), "record", "-p", str(pid), "-o", out, "--rate", "50"]
+    return subprocess.Popen(
+        [*command, "--nonblocking", *raw], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+
+
+def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
+    proc.send_signal(sig)
+    try:
+        proc.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def bench(args: argparse.Namespace) -> None:
     address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as tmp:
-        cp_log = open(Path(tmp) / "controlplane.log", "w")
-        cp_proc = subprocess.Popen(
-            [str(BIN / "muster-controlplane"), "--insecure", "--listen", address,
-             "--db", str(Path(tmp) / "cp.db"), "--max-pending-runs", "0",
-             "--max-streams", str(args.in_flight + 100), "--heartbeat-interval", "5",
-             "--log-level", "WARNING"],
-            stdout=subprocess.PIPE, stderr=cp_log, text=True,
-        )  # fmt: skip
-        assert cp_proc.stdout is not None
-        cp_proc.stdout.readline()  # "listening on ..."
-        procs: list[subprocess.Popen[bytes]] = []
+        cp_proc = start_control_plane(Path(tmp), address, args)
+        agents: list[tuple] = []
         spy = None
         try:
-            per = -(-args.agents // args.agent_procs)
-            stats = []
-            for k in range(args.agent_procs):
-                count = min(per, args.agents - k * per)
-                stat = Path(tmp) / f"agents-{k}.json"
-                stats.append(stat)
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            sys.executable,
-                            __file__,
-                            "--agent-proc",
-                            "--server",
-                            address,
-                            "--first",
-                            str(k * per),
-                            "--count",
-                            str(count),
-                            "--status-file",
-                            str(stat),
-                        ],
-                        stderr=open(Path(tmp) / f"agents-{k}.log", "w"),
-                    )  # fmt: skip
-                )
-            cp = psutil.Process(cp_proc.pid)
-            sampler = Sampler(cp_proc.pid)
-            sampling = asyncio.create_task(sampler.run())
+            agents = start_agents(Path(tmp), address, args)
             if args.profile:
-                spy = subprocess.Popen(
-                    [str(BIN / "py-spy"), "record", "-p", str(cp_proc.pid), "-o", args.profile,
-                     "--rate", "50", "--nonblocking",
-                     *(["--format", "raw"] if args.profile.endswith(".txt") else [])],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                )  # fmt: skip
-            elapsed, cpu, done_at, began, failures, created = await drive(args, address, cp, stats)
-            sampling.cancel()
+                spy = start_profiler(cp_proc.pid, args.profile)
+            sampler = Sampler(cp_proc.pid)
+            results = asyncio.run(measure(args, address, cp_proc.pid, sampler, agents))
         finally:
             if spy is not None:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(timeout=60)
-            for proc in procs:
-                proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            cp_proc.send_signal(signal.SIGTERM)
-            try:
-                cp_proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                cp_proc.kill()
-                cp_proc.wait()
+                stop(spy, signal.SIGINT)
+            for proc, _ in agents:
+                stop(proc)
+            stop(cp_proc)
+    elapsed, cpu, done_at, began, failures, created = results
     per_run = args.workers + 1
     containers = args.runs * per_run
     first, last = fifth_rates(done_at, began, per_run)
@@ -295,7 +308,7 @@ def main() -> None:
         asyncio.run(agents_main(args.server, args.first, args.count, Path(args.status_file)))
         return
     os.chdir(REPO)
-    asyncio.run(bench(args))
+    bench(args)
 
 
 if __name__ == "__main__":
