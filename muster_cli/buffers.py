@@ -9,13 +9,13 @@ written for `tyger buffer` read it unchanged.
 from __future__ import annotations
 
 import json
-import re
 import sys
 from typing import Any
 
 import click
 import grpc
 
+from muster.common.timespan import TimeSpanError, is_timespan, timespan_seconds
 from muster.v1 import buffer_pb2 as pb
 from muster.v1 import buffer_pb2_grpc as pb_grpc
 from muster_cli.app import (
@@ -31,22 +31,21 @@ from muster_cli.app import (
 from muster_cli.client import channel, collect_pages, fail
 from muster_cli.timeparse import parse_duration
 
-_TIMESPAN = re.compile(r"(\d+)(?:\.(\d\d)(?::(\d\d)(?::(\d\d))?)?)?")
 TTL_HELP = "D.HH:MM:SS as in Tyger (1 is a day, 0.01:30 is 90 minutes) or a duration (90m, 2h)"
 DEFAULT_LIST_LIMIT = 1000
 
 
 def parse_ttl(text: str, flag: str = "--ttl") -> int:
-    """Seconds of a TTL: Tyger's `D[.HH[:MM[:SS]]]` (hours < 24, minutes and
-    seconds < 60) or a duration with units (`90m`, `1h30m`)."""
-    match = _TIMESPAN.fullmatch(text.strip())
-    if match:
-        days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
-        if hours > 23 or minutes > 59 or seconds > 59:
-            raise click.BadParameter(f"'{text}' is out of range: {TTL_HELP}", param_hint=flag)
-        return ((days * 24 + hours) * 60 + minutes) * 60 + seconds
+    """Seconds of a TTL: Tyger's TimeSpan (`D.HH:MM:SS`, read by the same
+    code as the control plane's, muster.common.timespan) or a duration with
+    units (`90m`, `1h30m`)."""
+    if is_timespan(text):
+        try:
+            return timespan_seconds(text)
+        except TimeSpanError as exc:
+            raise click.BadParameter(f"{exc}; {TTL_HELP}", param_hint=flag) from None
     try:
-        if re.fullmatch(r"[\d.:]*", text.strip()):
+        if not any(c.isalpha() for c in text):
             raise click.BadParameter(text)  # digits without units: only Tyger's form
         seconds = parse_duration(text)
     except click.BadParameter:

@@ -7,13 +7,13 @@ as `resources.request` is caught before anything is sent to the server.
 from __future__ import annotations
 
 import difflib
-import re
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from muster.common.timespan import TimeSpanError, timespan_seconds
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import run_pb2 as rpb
 
@@ -238,8 +238,6 @@ PULL_POLICIES = {
     "always": rpb.PULL_POLICY_ALWAYS,
     "never": rpb.PULL_POLICY_NEVER,
 }
-# Tyger's TimeSpan text for buffer lifetimes: D.HH:MM or D.HH:MM:SS (also HH:MM[:SS]).
-TIME_SPAN = re.compile(r"^(?:\d+\.)?\d{1,2}:\d{2}(?::\d{2}(?:\.\d+)?)?$")
 
 
 def pull_policy_from_text(value: Any, where: str) -> int:
@@ -253,8 +251,11 @@ def pull_policy_from_text(value: Any, where: str) -> int:
 
 def time_span(value: str, where: str) -> str:
     """A Tyger TimeSpan ("1.00:00", "0.12:30:00"); "" means none."""
-    if value and not TIME_SPAN.match(value.strip()):
-        raise SpecError(f"{where}: '{value}' is not a time span; use D.HH:MM or D.HH:MM:SS")
+    if value:
+        try:
+            timespan_seconds(value)
+        except TimeSpanError as exc:
+            raise SpecError(f"{where}: {exc}") from None
     return value.strip()
 
 

@@ -16,11 +16,11 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from controlplane.core.errors import InvalidArgument
+from muster.common.timespan import TimeSpanError, timespan_seconds
 
 if TYPE_CHECKING:
     from controlplane.core.runs import Run
 
-TIME_SPAN = re.compile(r"^(?:\d+\.)?\d{1,2}:\d{2}(?::\d{2}(?:\.\d{1,7})?)?$")
 CLUSTER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9\-_.]{0,62}$")
 
 
@@ -55,9 +55,12 @@ class TygerFields:
 
 
 def validate_time_span(value: str, path: str) -> str:
-    """Tyger's TimeSpan text: D.HH:MM[:SS] ("" for none)."""
-    if value and not TIME_SPAN.match(value):
-        raise InvalidArgument(path, f"'{value}' is not a time span; use D.HH:MM or D.HH:MM:SS")
+    """Tyger's TimeSpan text: D.HH:MM[:SS] ("" for none), read as the CLI reads it."""
+    if value:
+        try:
+            timespan_seconds(value)
+        except TimeSpanError as exc:
+            raise InvalidArgument(path, str(exc)) from None
     return value
 
 
