@@ -271,6 +271,11 @@ def finish(run: pb.Run, fmt: str) -> None:
 )
 @click.option("--timestamps", is_flag=True, help="With --logs, prefix each line with its time.")
 @click.option("--cancel-on-exit", is_flag=True, help="On Ctrl-C, cancel the run without asking.")
+@click.option(
+    "--block-size", metavar="SIZE", help="Blocks of stdin written to the input buffer (4Mi)."
+)
+@click.option("--write-dop", type=POSITIVE, default=16, show_default=True, help="Uploads at once.")
+@click.option("--read-dop", type=POSITIVE, default=32, show_default=True, help="Downloads at once.")
 @format_option("-o", "--output")
 @server_option
 @click.pass_context
@@ -282,14 +287,26 @@ def run_exec(
     with_logs: bool,
     timestamps: bool,
     cancel_on_exit: bool,
+    block_size: str | None,
+    write_dop: int,
+    read_dop: int,
     **flags: Any,
 ) -> None:
     """Create a run and wait for it to end; exit code 0 only if it succeeded.
 
-    Progress, and logs with --logs, go to stderr, as in Tyger (stdout is for
-    the run's output); with -o json|yaml the final run is printed. On Ctrl-C
-    it asks whether to cancel the run (or cancels at once with --cancel-on-exit).
+    Progress, and logs with --logs, go to stderr, as in Tyger. When the job
+    has buffers, its one unbound input is fed from stdin and its one unbound
+    output is written to stdout (-b NAME=ID binds the others). With -o
+    json|yaml the final run is printed. On Ctrl-C it asks whether to cancel the run (or cancels
+    at once with --cancel-on-exit, or when stdin feeds the run).
     """
+    from muster_cli import exec_pipes
+
+    options = exec_pipes.Options(
+        fmt, with_logs, timestamps, cancel_on_exit, block_size, write_dop, read_dop
+    )
+    if exec_pipes.exec_with_pipes(ctx, leaf_server, file, dict(flags), options):
+        return
     server, created = _create(ctx, leaf_server, file, flags)
     show = fmt == "table" and sys.stderr.isatty()
     if show:
