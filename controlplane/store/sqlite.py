@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
@@ -33,6 +34,9 @@ MARKER_SEQUENCE = -1
 """The line number of a run's marker line (dropped lines); agents number lines from 0."""
 MARKER_ROOM = 200
 """Bytes kept free for the marker line when dropping a run's oldest lines."""
+
+RECENT_RUNS = 20_000
+"""Finished runs kept decoded (about 2 KB each), the most recently read first."""
 
 # Append-only list of migrations; schema version N means MIGRATIONS[:N] are applied.
 MIGRATIONS: list[str] = [
@@ -212,6 +216,7 @@ class SqliteStore:
     def __init__(self, path: str | Path) -> None:
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
+        self._recent: OrderedDict[int, tuple[str, Run]] = OrderedDict()
         self._conn: sqlite3.Connection | None = None
 
     @classmethod
@@ -452,13 +457,31 @@ class SqliteStore:
             [(run.id, k, v) for k, v in run.tags.items()],
         )
 
+    def _decoded(self, run_id: int, doc: str) -> Run:
+        """The run a stored document holds. Finished runs are read far more
+        often than they change (lists, watches, `run show`), so the decoded
+        form of recently read ones is kept, keyed by the document's exact
+        text: any change to the row (tags, retention) is a different text.
+        Callers never change a run they read (the orchestrator works on copies).
+        On the store thread only."""
+        cached = self._recent.get(run_id)
+        if cached is not None and cached[0] == doc:
+            self._recent.move_to_end(run_id)
+            return cached[1]
+        run = run_from_doc(json.loads(doc))
+        if run.terminal:
+            self._recent[run_id] = (doc, run)
+            if len(self._recent) > RECENT_RUNS:
+                self._recent.popitem(last=False)
+        return run
+
     async def save_run(self, run: Run) -> None:
         await self._call(self._tx, lambda conn: self._write_run(conn, run))
 
     async def get_run(self, run_id: int) -> Run | None:
         def q() -> Run | None:
             row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
-            return run_from_doc(json.loads(row["doc"])) if row else None
+            return self._decoded(run_id, row["doc"]) if row else None
 
         return await self._call(q)
 
@@ -493,9 +516,11 @@ class SqliteStore:
                 where += " AND id < ?"
                 params.append(before_id)
             rows = self._db.execute(
-                f"SELECT doc FROM runs WHERE {where} ORDER BY id DESC LIMIT ?", [*params, limit + 1]
+                f"SELECT id, doc FROM runs WHERE {where} ORDER BY id DESC LIMIT ?",
+                [*params, limit + 1],
             ).fetchall()
-            return [run_from_doc(json.loads(r["doc"])) for r in rows[:limit]], len(rows) > limit
+            runs = [self._decoded(r["id"], r["doc"]) for r in rows[:limit]]
+            return runs, len(rows) > limit
 
         return await self._call(q)
 

@@ -323,3 +323,23 @@ async def test_an_older_database_gains_retention_columns_from_its_runs(tmp_path:
         assert await s.log_usage(1) == (18, 0)  # bytes, not characters
     finally:
         await s.close()
+
+
+async def test_a_finished_run_read_again_shows_every_change(store) -> None:
+    """Reads of finished runs may be served from a decoded copy: a change to
+    the stored run (its tags) must show, in get_run and in list_runs."""
+    run = await finished_run(store, 1, {"a": "1"})
+    for _ in range(2):  # the second read may come from the copy
+        assert (await store.get_run(run.id)).tags == {"a": "1"}
+    changed = await store.get_run(run.id)
+    from controlplane.core import runs as sm
+
+    draft = sm.clone(changed)
+    draft.tags = {"a": "2"}
+    await store.save_run(draft)
+    assert (await store.get_run(run.id)).tags == {"a": "2"}
+    listed, _ = await store.list_runs(
+        statuses=frozenset(), tags={}, since=None, limit=10, before_id=None
+    )
+    assert [r.tags for r in listed] == [{"a": "2"}]
+    assert changed.tags == {"a": "1"}, "a run handed out earlier was changed in place"
