@@ -63,10 +63,10 @@ def _refusal(handler: grpc.RpcMethodHandler, error: DomainError) -> grpc.RpcMeth
         await context.abort(code, detail)
         yield  # pragma: no cover  (makes this an async generator)
 
-    return _same_shape(handler, unary, stream)
+    return same_shape(handler, unary, stream)
 
 
-def _same_shape(
+def same_shape(
     handler: grpc.RpcMethodHandler,
     unary: Callable[..., Awaitable[Any]],
     stream: Callable[..., Any],
@@ -85,7 +85,7 @@ def _same_shape(
     return grpc.stream_stream_rpc_method_handler(stream, **codecs)
 
 
-def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     """The servicer function behind a handler, whatever its shape."""
     return (
         handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
@@ -157,7 +157,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler:
         """Make the caller known to the servicer; a long stream (watch, logs -f)
         re-checks the token before each message, so revocation and expiry end it."""
-        behavior = _behavior(handler)
+        behavior = behavior_of(handler)
         auth = self._auth
         assert auth is not None
 
@@ -174,14 +174,14 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                     await context.abort(status_code(error), str(error))
                 yield item
 
-        return _same_shape(handler, unary, stream)
+        return same_shape(handler, unary, stream)
 
     def _node_gate(
         self, details: grpc.HandlerCallDetails, handler: grpc.RpcMethodHandler, has_token: bool
     ) -> grpc.RpcMethodHandler:
         auth = self._auth
         assert auth is not None
-        behavior = _behavior(handler)
+        behavior = behavior_of(handler)
 
         async def check(context: grpc.aio.ServicerContext) -> None:
             pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
@@ -211,4 +211,4 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
             async for item in behavior(request, context):
                 yield item
 
-        return _same_shape(handler, unary, stream)
+        return same_shape(handler, unary, stream)
