@@ -35,6 +35,7 @@ from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.services.registries import RegistryService
 from controlplane.services.retention import Retention, RetentionSettings
+from controlplane.services.run_buffers import RunBuffers
 from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
 from controlplane.store.sqlite import SqliteStore
@@ -106,6 +107,8 @@ class ControlPlane:
     buffers: BufferService | None = None
     buffer_deleter_task: asyncio.Task[None] | None = None
     dataplane: DataPlane | None = None
+    run_buffers: RunBuffers | None = None
+    marker_task: asyncio.Task[None] | None = None
 
     @property
     def secure(self) -> bool:
@@ -119,7 +122,8 @@ class ControlPlane:
         await self.server.stop(grace)
         if self.dataplane is not None:
             await self.dataplane.stop()
-        for task in (self.loop_task, self.retention_task, self.buffer_deleter_task):
+        tasks = (self.loop_task, self.retention_task, self.buffer_deleter_task, self.marker_task)
+        for task in tasks:
             if task is not None:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -186,16 +190,31 @@ async def start(
     codespecs = CodespecService(store, clock)
     registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
     await registries.load()
-    orchestrator = Orchestrator(
-        store, codespecs, settings, clock, credentials=lambda: registries.logins
-    )
-    await orchestrator.load()
-    images = ImageService(orchestrator, lambda: registries.logins)
     tls: TlsMaterial | None = None
-    auth: AuthService | None = None
     if security is not None:
         names = [listen, security.agent_listen, *(data.addresses() if data else [])]
         tls = await asyncio.to_thread(load_material, security, names)
+    dataplane = await _start_dataplane(data, tls) if data is not None else None
+    buffers = BufferService(store, dataplane, clock)  # without a data plane: UNAVAILABLE
+    # Job containers trust the data plane's certificate through the cluster CA.
+    run_buffers = RunBuffers(buffers, tls.trust_anchor.decode() if tls and dataplane else "")
+    orchestrator = Orchestrator(
+        store,
+        codespecs,
+        settings,
+        clock,
+        credentials=lambda: registries.logins,
+        run_buffers=run_buffers,
+    )
+    try:
+        await orchestrator.load()
+    except BaseException:
+        if dataplane is not None:
+            await dataplane.stop()
+        raise
+    images = ImageService(orchestrator, lambda: registries.logins)
+    auth: AuthService | None = None
+    if security is not None and tls is not None:
         auth = AuthService(store, tls.ca)
         await auth.load()
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(auth)])
@@ -215,8 +234,6 @@ async def start(
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(images), server)
     image_pb2_grpc.add_RegistryServiceServicer_to_server(RegistryServicer(registries), server)
-    dataplane = await _start_dataplane(data, tls) if data is not None else None
-    buffers = BufferService(store, dataplane, clock)  # without a data plane: UNAVAILABLE
     buffer_pb2_grpc.add_BufferServiceServicer_to_server(BufferServicer(buffers), server)
 
     health_servicer = health.aio.HealthServicer()
@@ -253,6 +270,7 @@ async def start(
     retention = Retention(store, retention_settings(orchestrator.settings), clock)
     retention_task = asyncio.create_task(retention.run_forever(), name="retention")
     buffer_deleter_task = asyncio.create_task(buffers.run_deleter(), name="buffer-deleter")
+    marker_task = asyncio.create_task(run_buffers.run_forever(), name="output-marker")
     for name in ["", *SERVICE_NAMES]:
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     log.info(
@@ -280,6 +298,8 @@ async def start(
         buffers,
         buffer_deleter_task,
         dataplane,
+        run_buffers,
+        marker_task,
     )
 
 

@@ -182,6 +182,7 @@ def run_request_from_pb(msg: run_pb.Run) -> RunRequest:
             job_tags=dict(msg.job.tags),
             job_buffer_ttl=msg.job.buffer_ttl,
         ),
+        buffers=dict(msg.buffers),
     )
 
 
@@ -222,6 +223,7 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
         cluster=run.tyger.cluster,
         buffer_access_ttl=run.tyger.buffer_access_ttl,
         etag=etag_of(run),
+        buffers=run.buffers,
     )
     if run.worker is not None:
         msg.worker.CopyFrom(_target_to_pb(run.worker))
@@ -333,6 +335,7 @@ def report_from_pb(msg: agent_pb.ContainerStatus) -> Report:
             image_digest=msg.image_digest,
             pull_bytes_done=msg.pull_bytes_done,
             pull_bytes_total=msg.pull_bytes_total,
+            buffer_error=msg.buffer_error,
         ),
     )
 
@@ -359,6 +362,16 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         pull_policy=PULL_POLICY_TO_PB[spec.pull_policy],
         registry_credentials=credentials_to_pb(spec.registry_credentials),
         cluster_id=spec.cluster_id,
+        buffers=[
+            agent_pb.BufferPipe(
+                name=p.name,
+                output=p.output,
+                buffer_id=p.buffer_id,
+                access_url=p.access_url,
+                ca_pem=p.ca_pem,
+            )
+            for p in spec.buffers
+        ],
     )
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import grpc
 
+from controlplane.api.buffers import data_plane_errors
 from controlplane.api.convert import (
     STATUS_FROM_PB,
     STATUS_TO_PB,
@@ -54,6 +55,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
         """Caps on WatchRun and GetRunLogs streams, in all and per run."""
 
     @grpc_errors
+    @data_plane_errors  # making a run's buffers needs the data plane
     async def CreateRun(
         self, request: pb.CreateRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CreateRunResponse:

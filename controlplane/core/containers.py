@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from controlplane.core.capacity import limit_of
-from controlplane.core.envvars import build_env, compact_json, endpoint_variable
+from controlplane.core.envvars import build_env, compact_json, endpoint_variable, expand
 from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy, registry_of
+from controlplane.core.run_buffers import Pipe, parameters, pipe_env
 from controlplane.core.runs import Run, hostname
 
 
@@ -39,6 +40,8 @@ class ContainerSpec:
     """The control plane's credentials for the image's registry, only when the node may pull."""
     cluster_id: str = ""
     """The cluster's id: the agent labels the container with it (muster.cluster)."""
+    buffers: tuple[Pipe, ...] = ()
+    """A job's buffers: one FIFO each, and the URL the agent copies it with."""
 
 
 def peer_hosts(run: Run, role: str, index: int, node_ips: Mapping[str, str]) -> dict[str, str]:
@@ -59,11 +62,13 @@ def peer_hosts(run: Run, role: str, index: int, node_ips: Mapping[str, str]) -> 
 
 
 def discovery_env(run: Run, role: str, index: int) -> dict[str, str]:
-    """TYGER_* variables. Jobs get worker addresses in worker index order."""
+    """TYGER_* variables, and a job's `<NAME>_PIPE` ones. Jobs get worker
+    addresses in worker index order."""
     env = {"TYGER_RUN_ID": str(run.id)}
     if role == "worker":
         env["TYGER_WORKER_INDEX"] = str(index)
         return env
+    env.update(pipe_env(parameters(run.job.codespec)))
     if run.worker is None:
         return env
     workers = run.workers
@@ -85,17 +90,24 @@ def container_spec(
     default_pull_policy: PullPolicy = DEFAULT_PULL_POLICY,
     credentials: Mapping[str, Credential] | None = None,
     cluster_id: str = "",
+    pipes: Sequence[Pipe] = (),
 ) -> ContainerSpec:
     """The container for replica (role, index) of `run`; `node_ips` maps node
     names to the IP address their host-port endpoints are published on;
     `credentials` maps registries to the logins the control plane holds (only
     the one for this image's registry is passed on, and none when the policy
-    forbids pulling); `cluster_id` is the cluster's (default: the run's)."""
+    forbids pulling); `cluster_id` is the cluster's (default: the run's);
+    `pipes` are the job's buffers with their URLs (workers have none).
+
+    `$(NAME)` in the command and args is expanded once the whole env is
+    known (discovery and pipe variables included), with the same rules as
+    env values (Kubernetes': `$$(` escapes, unknown names stay as written)."""
     target = run.worker if role == "worker" else run.job
     assert target is not None
     spec = target.codespec
     limits = limit_of(spec)
     replica = run.replica(role, index)
+    env = build_env(spec.env, discovery_env(run, role, index))
     return ContainerSpec(
         run_id=run.id,
         role=role,
@@ -103,10 +115,10 @@ def container_spec(
         name=run.container_name(role, index),
         hostname=hostname(run.id, role, index),
         image=spec.image,
-        command=spec.command,
-        args=spec.args,
+        command=tuple(expand(part, env) for part in spec.command),
+        args=tuple(expand(part, env) for part in spec.args),
         working_dir=spec.working_dir or "",
-        env=build_env(spec.env, discovery_env(run, role, index)),
+        env=env,
         cpu_limit_millis=limits.cpu_millis,
         memory_limit_bytes=limits.memory_bytes,
         endpoints=dict(spec.endpoints) if role == "worker" else {},
@@ -116,6 +128,7 @@ def container_spec(
         pull_policy=(policy := run.pull_policy or default_pull_policy),
         registry_credentials=credentials_for(spec.image, policy, credentials or {}),
         cluster_id=cluster_id or run.cluster,
+        buffers=tuple(pipes) if role == "job" else (),
     )
 
 

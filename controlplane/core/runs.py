@@ -145,6 +145,9 @@ class Run:
     first 6 characters); "" for runs stored before cluster ids existed."""
     tyger: TygerFields = field(default_factory=TygerFields)
     """Tyger's fields kept as written (cluster name, buffer lifetimes and tags)."""
+    buffers: dict[str, str] = field(default_factory=dict)
+    """The job's buffers: every parameter of its codespec -> buffer id, fixed
+    at creation (never changed in place, so copies may share it)."""
 
     @property
     def terminal(self) -> bool:
@@ -313,6 +316,9 @@ class Observation:
     image_digest: str = ""
     pull_bytes_done: int = 0
     pull_bytes_total: int = 0
+    buffer_error: str = ""
+    """A job with buffers: why a copy between a pipe and its buffer failed
+    (reported with EXITED, once every copy ended); "" when all succeeded."""
 
 
 def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action]:
@@ -341,7 +347,7 @@ def observe(run: Run, node: str, obs: Observation, now: datetime) -> list[Action
         _log(run, now, f"{r.label} running on {node}")
     if r.role == "worker":
         return _observe_worker(run, r, was_ready, now)
-    return _observe_job(run, r, now)
+    return _observe_job(run, r, now, obs.buffer_error)
 
 
 def _image_of(run: Run, r: Replica) -> str:
@@ -386,7 +392,9 @@ def _observe_worker(run: Run, r: Replica, was_ready: bool, now: datetime) -> lis
     return []
 
 
-def _observe_job(run: Run, r: Replica, now: datetime) -> list[Action]:
+def _observe_job(run: Run, r: Replica, now: datetime, buffer_error: str = "") -> list[Action]:
+    """A job's report decides the outcome: it succeeds only when every job
+    replica exited 0 and, with buffers, every copy of its pipes succeeded."""
     name = "job" if len(run.jobs) == 1 else f"job {r.index}"
     if r.state == "failed":
         return _finish(run, now, "Failed", f"{name} failed to start on {r.node}: {r.message}")
@@ -394,7 +402,12 @@ def _observe_job(run: Run, r: Replica, now: datetime) -> list[Action]:
         return _finish(run, now, "Failed", f"{name} container disappeared from {r.node}")
     if r.state in ("exited", "removed"):
         if r.exit_code != 0:
-            return _finish(run, now, "Failed", f"{name} exited with code {r.exit_code}")
+            copies = f" ({buffer_error})" if buffer_error else ""
+            return _finish(run, now, "Failed", f"{name} exited with code {r.exit_code}{copies}")
+        if buffer_error:  # the job did its part, but its data did not get through
+            return _finish(
+                run, now, "Failed", f"{name} exited with code 0 but a buffer failed: {buffer_error}"
+            )
         _log(run, now, f"{name} exited with code 0")
         if all(j.state in ("exited", "removed") and j.exit_code == 0 for j in run.jobs):
             return _finish(run, now, "Succeeded", "")

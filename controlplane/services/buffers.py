@@ -271,6 +271,15 @@ class BufferService:
             raise self._storage_failed("make an access URL", buffer.id, exc) from exc
         return Access(uri, expires_at)
 
+    def run_url(self, buffer_id: str, *, writable: bool, expires_at: datetime) -> str:
+        """A URL for a run's job container, valid until `expires_at`: beyond
+        the one-hour limit of `access`, because the agent that holds it cannot
+        ask for a fresh one yet. The run bound the buffer at its creation, so
+        the record is not looked up again."""
+        if self.storage is None:
+            raise DataPlaneUnavailable(NO_DATA_PLANE)
+        return self.storage.access_url(buffer_id, writable=writable, expires_at=expires_at)
+
     @staticmethod
     def _storage_failed(what: str, buffer_id: str, exc: Exception) -> DataPlaneUnavailable:
         log.error("event=data_plane_failed id=%s action=%r error=%r", buffer_id, what, str(exc))

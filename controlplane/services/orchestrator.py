@@ -71,6 +71,7 @@ from controlplane.services.requests import (
     timeout_of,
     validate_tags,
 )
+from controlplane.services.run_buffers import RunBuffers
 from controlplane.store.base import Store
 
 log = logging.getLogger(__name__)
@@ -168,8 +169,12 @@ class Orchestrator:
         clock: Callable[[], datetime] = utcnow,
         credentials: Callable[[], Mapping[str, Credential]] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
+        run_buffers: RunBuffers | None = None,
     ) -> None:
         self._store = store
+        self.run_buffers = run_buffers or RunBuffers(None)
+        """Binds jobs' buffers, signs their URLs, marks outputs of bad endings
+        (without one: no data plane, so jobs with buffers are refused)."""
         self._codespecs = codespecs
         self.settings = settings or Settings()
         self._clock = clock
@@ -237,11 +242,15 @@ class Orchestrator:
     # -- runs --------------------------------------------------------------
 
     async def create_run(self, request: RunRequest) -> Run:
-        """Resolve, admit, persist as Pending, then let the loop place it.
+        """Resolve, admit, bind the job's buffers, persist as Pending, then
+        let the loop place it.
 
         A request id seen in the last 24 h returns the run it created (as it
         is now) instead: the id is stored with the run, in one transaction, so
-        a client that retries after a lost reply never doubles a run."""
+        a client that retries after a lost reply never doubles a run. Buffers
+        are bound before the lock is taken (they need the store and the data
+        plane) and after every other check, so a refused request makes none;
+        buffers made for a run that is then not stored are discarded."""
         validate_tags(request.tags)
         validate_tags(request.tyger.job_tags, "job.tags")
         validate_fields(request.tyger)
@@ -253,28 +262,50 @@ class Orchestrator:
             else None
         )
         cluster = await self.cluster()
-        async with self._lock:
-            if request.request_id:
-                since = self._clock() - REQUEST_TTL
-                known = await self._store.run_for_request(request.request_id, since)
-                if known is not None:
-                    check_same_request(request, known.fingerprint, known.run_id)
-                    log.info("event=run_create_repeated run=%d", known.run_id)
-                    return await self.get_run(known.run_id)
-            self._check_pending()
-            admit(job, worker, self._admission_nodes())
-            policy = request.pull_policy or self.settings.default_pull_policy
-            run = sm.new_run(0, job, worker, self._clock(), timeout, request.tags, policy, cluster)
-            run.tyger = request.tyger
-            run = await self._store.insert_run(
-                run, request.request_id, fingerprint(request) if request.request_id else ""
-            )
-            self._runs[run.id] = run
-            self._mark(run)
-            self._notify(run.id)
+        if (known := await self._repeated(request)) is not None:
+            return known
+        self._check_pending()
+        admit(job, worker, self._admission_nodes())
+        bound = await self.run_buffers.bind(job, request.buffers, request.tyger)
+        made = [i for name, i in bound.items() if request.buffers.get(name) != i]
+        stored = False
+        try:
+            async with self._lock:
+                if (known := await self._repeated(request)) is not None:
+                    await self.run_buffers.discard(made)  # a concurrent twin won
+                    return known
+                self._check_pending()
+                admit(job, worker, self._admission_nodes())
+                policy = request.pull_policy or self.settings.default_pull_policy
+                run = sm.new_run(
+                    0, job, worker, self._clock(), timeout, request.tags, policy, cluster
+                )
+                run.tyger, run.buffers = request.tyger, bound
+                run = await self._store.insert_run(
+                    run, request.request_id, fingerprint(request) if request.request_id else ""
+                )
+                stored = True
+                self._runs[run.id] = run
+                self._mark(run)
+                self._notify(run.id)
+        except BaseException:
+            if not stored:  # nothing points at them
+                await self.run_buffers.discard(made)
+            raise
         log.info("event=run_created run=%d workers=%d", run.id, len(run.workers))
         self.wake()
         return run
+
+    async def _repeated(self, request: RunRequest) -> Run | None:
+        """The run this request id created in the last 24 h, as it is now."""
+        if not request.request_id:
+            return None
+        known = await self._store.run_for_request(request.request_id, self._clock() - REQUEST_TTL)
+        if known is None:
+            return None
+        check_same_request(request, known.fingerprint, known.run_id)
+        log.info("event=run_create_repeated run=%d", known.run_id)
+        return await self.get_run(known.run_id)
 
     def _check_pending(self) -> None:
         """Refuse a run beyond --max-pending-runs, saying what to do."""
@@ -386,7 +417,8 @@ class Orchestrator:
         and leaves memory as it was, with nothing sent."""
         await self._store.save_run(run)
         if run.terminal:
-            self._runs.pop(run.id, None)
+            if self._runs.pop(run.id, None) is not None:  # it has just ended
+                self.run_buffers.run_ended(run)
             self._marks.pop(run.id, None)
             self.wake()
         elif run.id in self._runs:
@@ -441,6 +473,7 @@ class Orchestrator:
                         self.settings.default_pull_policy,
                         self._credentials(),
                         self.cluster_id,
+                        self.run_buffers.pipes(run) if action.role == "job" else (),
                     )
                 )
             elif isinstance(action, Teardown):

@@ -42,6 +42,8 @@ class RunRequest:
     tags: dict[str, str] = field(default_factory=dict)
     pull_policy: PullPolicy | None = None  # None: the control plane's default
     tyger: TygerFields = field(default_factory=TygerFields)  # stored as written
+    buffers: dict[str, str] = field(default_factory=dict)
+    """Buffer parameter -> id, as the user bound them; the others get new buffers."""
     request_id: str = ""
     """The client's id for this request ("" none): a retry with it within
     24 h returns the run it created (docs/contract.md §2)."""
@@ -51,6 +53,8 @@ def fingerprint(request: RunRequest) -> str:
     """A hash of what the request asks for (everything but its id): a retry
     under the same id must ask for the same run, or it is not a retry."""
     asked = asdict(replace(request, request_id=""))
+    if not asked["buffers"]:
+        del asked["buffers"]  # requests without bindings hash as they did before buffers
     text = json.dumps(asked, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 

@@ -82,6 +82,7 @@ def run_to_doc(run: Run) -> dict[str, Any]:
         "pullPolicy": run.pull_policy,
         "cluster": run.cluster,
         "tyger": run.tyger.to_doc(),
+        "buffers": dict(run.buffers),
     }
 
 
@@ -124,6 +125,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
         pull_policy=doc.get("pullPolicy"),  # None: unspecified, the control plane's default
         cluster=doc.get("cluster", ""),  # "": stored before cluster ids (legacy names)
         tyger=TygerFields.from_doc(doc.get("tyger")),
+        buffers=dict(doc.get("buffers", {})),  # runs stored before buffers in runs have none
     )
 
 
