@@ -15,6 +15,7 @@ import signal
 
 import grpc
 
+from agent.buffer_copies import BufferCopies
 from agent.config import AgentConfig
 from agent.connection import CHANNEL_OPTIONS, AgentConnection, Backoff, ChannelFactory, Identity
 from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
@@ -180,6 +181,7 @@ async def run_agent(
         poll_interval=config.poll_interval,
         probe_interval=config.probe_interval,
         puller=puller,
+        copies=BufferCopies(config.pipes_root),
     )
     log(
         _log,

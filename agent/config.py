@@ -77,11 +77,19 @@ class AgentConfig:
     """Registries (``host:port``) pulled without TLS verification."""
     max_concurrent_pulls: int = DEFAULT_MAX_CONCURRENT_PULLS
     pull_timeout: float = DEFAULT_PULL_TIMEOUT
+    pipe_dir: Path | None = None
+    """Where jobs' buffer FIFOs are made (None: ``pipes`` in the state directory)."""
 
     @property
     def identity_dir(self) -> Path:
         """Where the node's key and certificate live."""
         return self.state_dir or default_state_dir(self.node_name)
+
+    @property
+    def pipes_root(self) -> Path:
+        """One directory per job container with buffers, bind-mounted into it, so
+        it must be a path Podman sees as the agent does."""
+        return self.pipe_dir or self.identity_dir / "pipes"
 
 
 def default_state_dir(node_name: str) -> Path:
@@ -226,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the node key and certificate live (default: "
         "$XDG_DATA_HOME/muster/agents/NODE_NAME)",
+    )
+    p.add_argument(
+        "--pipe-dir",
+        type=Path,
+        default=None,
+        help="where jobs' buffer FIFOs are made; Podman mounts them from there, so an "
+        "agent in a container needs a host path mounted at the same path "
+        "(default: STATE_DIR/pipes)",
     )
     p.add_argument(
         "--fence-after",
@@ -410,6 +426,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         fence_after=ns.fence_after,
         insecure=ns.insecure,
         state_dir=ns.state_dir,
+        pipe_dir=ns.pipe_dir,
         ca_pem=ns.ca_cert,
         join_token=join_token,
         agent_server=ns.agent_server,

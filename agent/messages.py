@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from agent.runtime import (
+    BufferPipe,
     ContainerSpec,
     EndpointTarget,
     NetworkMode,
@@ -94,7 +95,27 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         pull_policy=pull_policy_from_pb(msg.pull_policy),
         registry_credentials=credentials_from_pb(msg.registry_credentials),
         cluster_id=msg.cluster_id,
+        buffers=buffers_from_pb(msg.buffers),
     )
+
+
+def buffers_from_pb(pipes: Iterable[agent_pb2.BufferPipe]) -> tuple[BufferPipe, ...]:
+    """BufferPipe messages as :class:`~agent.runtime.BufferPipe`.
+
+    A name that is not a plain file name would put a FIFO outside the run's
+    pipe directory, so the whole start is refused instead."""
+    out: list[BufferPipe] = []
+    seen: set[str] = set()
+    for p in pipes:
+        if not p.name or p.name in (".", "..") or "/" in p.name or "\\0" in p.name:
+            raise BadAssignment(f"buffer name {p.name!r} is not a file name")
+        if p.name in seen:
+            raise BadAssignment(f"buffer {p.name!r} is named twice")
+        if not p.access_url:
+            raise BadAssignment(f"buffer {p.name!r} has no access URL")
+        seen.add(p.name)
+        out.append(BufferPipe(p.name, p.output, p.buffer_id, p.access_url, p.ca_pem))
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -126,6 +147,8 @@ class Status:
     """While pulling: bytes in all (0 when Podman does not say)."""
     cluster_id: str = ""
     """The container's cluster (label ``muster.cluster``; "" without one)."""
+    buffer_error: str = ""
+    """A job with buffers: what went wrong with a copy ("" while none did)."""
 
     def to_pb(self) -> agent_pb2.ContainerStatus:
         """Render as a ContainerStatus stamped with the current time."""
@@ -147,6 +170,7 @@ class Status:
             pull_bytes_done=self.pull_bytes_done,
             pull_bytes_total=self.pull_bytes_total,
             cluster_id=self.cluster_id,
+            buffer_error=self.buffer_error,
         )
         if self.exit_code is not None:
             msg.exit_code = self.exit_code

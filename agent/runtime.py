@@ -117,6 +117,20 @@ class ImageSummary:
 
 
 @dataclass(frozen=True)
+class BufferPipe:
+    """One buffer of a job: the FIFO ``name`` in its pipe directory, and the buffer
+    the agent copies it to (``output``: the job writes the FIFO) or from."""
+
+    name: str
+    output: bool
+    buffer_id: str
+    access_url: str = field(repr=False)
+    """A signed container URL: a bearer credential, never logged."""
+    ca_pem: str = ""
+    """CA of the data plane's TLS certificate ("": plain HTTP or the system's CAs)."""
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """Everything needed to create one replica's container."""
 
@@ -146,6 +160,11 @@ class ContainerSpec:
     """Credentials from the control plane; they win over the agent's own."""
     cluster_id: str = ""
     """The cluster's id, kept as the label ``muster.cluster`` ("": no label)."""
+    buffers: tuple[BufferPipe, ...] = ()
+    """The job's buffers, one FIFO each (:mod:`agent.buffer_copies`)."""
+    pipe_dir: str = ""
+    """Host directory holding the FIFOs, mounted at ``PIPE_DIR`` in the container; the
+    agent sets it before the start ("": no buffers, nothing mounted)."""
 
 
 @dataclass

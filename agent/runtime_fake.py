@@ -50,6 +50,10 @@ published digest; containers report the digest of their image.
   yields lines in chunks of at most ``log_chunk_lines`` and ends once the
   container stopped and every line was yielded, or when it is removed.
 
+Mounts: ``mounts(name)`` is what Podman would bind-mount into the container
+(the host directory of a job's buffer FIFOs at ``PIPE_DIR``); the fake mounts
+nothing, so a test plays the job by opening those FIFOs itself.
+
 Counters (``create_count``, ``probe_count``, ``list_count``, ``started_names``,
 ``log_follows``) let tests prove that restarts never duplicate containers and
 that polling or probing has stopped.
@@ -83,6 +87,7 @@ from agent.runtime import (
     RuntimeFailure,
     State,
 )
+from muster.common.pipes import PIPE_DIR
 
 
 def fake_digest(text: str) -> str:
@@ -429,6 +434,11 @@ class FakeRuntime:
         if spec.name in self.exit_on_start:
             self.exit(spec.name, self.exit_on_start[spec.name])
         return self._info(container)
+
+    def mounts(self, name: str) -> dict[str, str]:
+        """Container path -> host path of what ``name`` would have mounted."""
+        spec = self.containers[name].spec
+        return {PIPE_DIR: spec.pipe_dir} if spec.pipe_dir else {}
 
     async def inspect(self, name: str) -> ContainerInfo | None:
         """Current info of ``name`` or ``None``."""

@@ -130,6 +130,7 @@ from agent.runtime import (
     RuntimeFailure,
     container_labels,
 )
+from muster.common.pipes import PIPE_DIR
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
 CPU_PERIOD_US = 100_000
@@ -855,6 +856,12 @@ class PodmanRuntime:
             # Worker names resolve from /etc/hosts, not only through
             # aardvark-dns (which stalls under churn) or across hosts at all.
             kwargs["extra_hosts"] = dict(spec.hosts)
+        if spec.pipe_dir:
+            # The job's buffer FIFOs (agent.buffer_copies); "z" lets a container
+            # open them on an SELinux host (Podman ignores it elsewhere).
+            kwargs["mounts"] = [
+                {"type": "bind", "source": spec.pipe_dir, "target": PIPE_DIR, "relabel": "z"}
+            ]
         if spec.gpu_devices:
             # CDI names go to Podman as devices; Podman resolves them through the
             # CDI specs in /etc/cdi and /var/run/cdi (device nodes, variables).

@@ -48,6 +48,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from agent.buffer_copies import BufferCopies
 from agent.logship import LogShipper, LogSink
 from agent.logutil import log
 from agent.messages import (
@@ -108,6 +109,7 @@ class Supervisor:
         vanished_log_timeout: float = 5.0,
         teardown_retry: tuple[float, float] = (1.0, 30.0),
         puller: Puller | None = None,
+        copies: BufferCopies | None = None,
     ) -> None:
         """``poll_interval``: watch period; ``probe_interval``: readiness retry period.
 
@@ -119,11 +121,14 @@ class Supervisor:
         ``teardown_retry``: the first and the longest pause before a teardown
         that left containers behind is tried again (doubling in between).
         ``puller`` gets images onto the node (default: a :class:`Puller` with
-        its defaults).
+        its defaults). ``copies`` runs the pipes and copies of jobs with buffers
+        (default: none can run here).
         """
         self._rt = runtime
         self.puller = puller or Puller(runtime)
         """Pulls images as start and PullImage messages need them."""
+        self.copies = copies or BufferCopies(None)
+        """Jobs' FIFOs and the copies between them and their buffers."""
         self._pulling: set[str] = set()
         """Containers whose start is still getting its image."""
         self._poll_interval = poll_interval
@@ -415,6 +420,7 @@ class Supervisor:
             return
 
         async def report() -> None:
+            await self.copies.remove(name)
             if self._ship_logs and not await self.logs.flush([name], self._vanished_log_timeout):
                 log(_log, logging.WARNING, "log_flush_timeout", name=name)
             self.logs.forget(name)
@@ -454,7 +460,8 @@ class Supervisor:
             generation=spec.generation,
             cluster_id=spec.cluster_id,
         )
-        if not await self._existing(spec.name):
+        prior = await self._existing(spec.name)
+        if prior is None:
             # Only a container that is not there yet needs its image.
             self._pulling.add(spec.name)
             try:
@@ -474,24 +481,30 @@ class Supervisor:
                 self._pulling.discard(spec.name)
             base = replace(base, image_digest=outcome.digest)
         self._set(base)
+        # Copies start only with a container that never ran: one that did has lost them.
+        fresh = prior is None or prior.state == "creating"
         log(_log, logging.INFO, "start_container", name=spec.name, image=spec.image)
         try:
+            if spec.buffers:
+                spec = await self.copies.prepare(spec, fresh=fresh)
             info = await self._rt.start(spec)
-        except RuntimeFailure as exc:
-            self._fail(spec, str(exc))
-            return
         except Exception as exc:  # any runtime/transport error: report, never crash
-            self._fail(spec, f"{type(exc).__name__}: {exc}")
+            if fresh:
+                await self.copies.remove(spec.name)
+            self._fail(spec, str(exc) if isinstance(exc, RuntimeFailure | OSError) else
+                       f"{type(exc).__name__}: {exc}")  # fmt: skip
             return
+        if fresh:
+            self.copies.start(spec, self._buffer_failed)
         self._touch(spec.name)
         self._track(info, ready=False)
 
-    async def _existing(self, name: str) -> bool:
-        """Whether a container ``name`` exists already (its start adopts it, image or not)."""
+    async def _existing(self, name: str) -> ContainerInfo | None:
+        """The container ``name`` if it exists already (its start adopts it, image or not)."""
         try:
-            return await self._rt.inspect(name) is not None
+            return await self._rt.inspect(name)
         except Exception:  # the start itself will tell
-            return False
+            return None
 
     def _pull_progress(self, base: Status, progress: PullProgress) -> None:
         """Report PULLING with ``progress`` while the start still waits for its image."""
@@ -534,7 +547,13 @@ class Supervisor:
             generation=info.generation,
             image_digest=info.image_digest or (prev.image_digest if prev is not None else ""),
             cluster_id=info.cluster_id,
+            buffer_error=self.copies.error_of(info.name) if info.role == "job" else "",
         )
+        code = info.exit_code if info.state == "exited" and info.exit_code is not None else -1
+        if info.state in ("exited", "failed") and self.copies.job_exited(
+            info.name, code, lambda: self._copies_ended(info)
+        ):
+            return  # reported once the copies have ended
         if info.state == "running":
             if not _needs_probe(info):
                 self._set(replace(base, ready=True))
@@ -552,6 +571,21 @@ class Supervisor:
             self._set(replace(base, message=info.message or "container is in an unexpected state"))
         else:
             self._set(base)
+
+    def _copies_ended(self, info: ContainerInfo) -> None:
+        """The job's copies ended after it exited: report the exit, with their outcome."""
+        status = self._statuses.get(info.name)
+        if status is None or info.run_id in self._teardowns:
+            return  # removed or being torn down meanwhile: that report wins
+        self._touch(info.name)
+        self._track(info, ready=False)
+
+    def _buffer_failed(self, name: str) -> None:
+        """A copy failed while the job runs: tell the control plane at once."""
+        status = self._statuses.get(name)
+        if status is None or name in self._starts or status.run_id in self._teardowns:
+            return  # the start or the teardown reports
+        self._set(replace(status, buffer_error=self.copies.error_of(name)))
 
     def _ensure_probe(self, name: str) -> None:
         if name not in self._probes:
@@ -636,6 +670,8 @@ class Supervisor:
         names = [name for name, status in self._statuses.items() if status.run_id == run_id]
         for name in names:
             self._stop_probe(name)
+        # Before the job is stopped, so that no output is completed by its end of file.
+        await self.copies.stop_run(run_id)
         # Stop, let the log followers read to the end, then remove: the logs
         # live in the containers, and all of them go out before REMOVED.
         try:
@@ -687,6 +723,7 @@ class Supervisor:
             self._touch(name)
             self._forget(name)
             self.logs.forget(name)
+            await self.copies.remove(name)
             self._send(status)
         if remaining is None or remaining:
             failures = self._failed_teardowns.get(run_id, (0, 0.0))[0] + 1
@@ -756,6 +793,7 @@ class Supervisor:
     async def close(self) -> None:
         """Cancel every background task and log follower (containers keep running)."""
         self.detach()
+        await self.copies.close()
         await self.logs.close()
         await self.puller.close()
         tasks = list(self._background)
