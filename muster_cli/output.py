@@ -194,7 +194,7 @@ def run_dict(run: Any) -> dict[str, Any]:
         "createdAt": _time(run.created_at),
         "startedAt": _time(run.started_at),
         "finishedAt": _time(run.finished_at),
-        "job": _target_dict(run.job, "job"),
+        "job": _omit_empty({**_target_dict(run.job, "job"), "buffers": dict(run.buffers)}),
         "worker": _target_dict(run.worker, "worker") if run.HasField("worker") else None,
         "timeoutSeconds": run.timeout_seconds if run.HasField("timeout_seconds") else None,
         "cluster": run.cluster,

@@ -13,6 +13,7 @@ from typing import Any
 import click
 import grpc
 
+from muster.common.timespan import TimeSpanError, format_timespan, is_timespan, timespan_seconds
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
 from muster_cli.app import (
@@ -60,6 +61,23 @@ def timeout_seconds(text: str) -> int:
     return seconds
 
 
+def buffer_ttl(text: str) -> str:
+    """--buffer-ttl as Tyger's TimeSpan (kept as written), or a duration with
+    units (`90m`), written as a TimeSpan since job.bufferTtl is one."""
+    try:
+        if is_timespan(text):
+            timespan_seconds(text)
+            return text.strip()
+    except TimeSpanError as exc:
+        raise click.BadParameter(str(exc), param_hint="--buffer-ttl") from None
+    if not any(c.isalpha() for c in text):
+        raise click.BadParameter(f"'{text}' is not a time span", param_hint="--buffer-ttl")
+    seconds = parse_duration(text, "--buffer-ttl")
+    if seconds <= 0:
+        raise click.BadParameter(f"'{text}' is not a positive lifetime", param_hint="--buffer-ttl")
+    return format_timespan(seconds)
+
+
 def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
     """The Run message from a file (optional) with flags on top, as Tyger
     merges them: --tag adds to the file's tags, the other flags replace."""
@@ -95,6 +113,10 @@ def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
             raise click.BadParameter(detail, param_hint="--buffer-access-ttl") from None
     if flags["pull"]:
         run.pull_policy = PULL_POLICIES[flags["pull"].lower()]
+    run.buffers.update(key_values(comma_pairs(flags["buffer"]), "--buffer"))
+    run.job.tags.update(key_values(comma_pairs(flags["buffer_tag"]), "--buffer-tag"))
+    if flags["buffer_ttl"]:
+        run.job.buffer_ttl = buffer_ttl(flags["buffer_ttl"])
     if not run.job.codespec.WhichOneof("reference"):
         raise click.UsageError("the job needs a codespec: use -c NAME or -f FILE")
     if run.HasField("worker") and not run.worker.codespec.WhichOneof("reference"):
@@ -129,6 +151,25 @@ def run_options(fn: Any) -> Any:
             "(also --pull alone, as in Tyger), never (default: the control plane's).",
         ),
         click.option("--buffer-access-ttl", hidden=True, help="D.HH:MM:SS, stored."),
+        click.option(
+            "-b",
+            "--buffer",
+            multiple=True,
+            metavar="NAME=ID",
+            help="Bind the job's buffer parameter NAME to buffer ID (repeatable, or a=ID,b=ID); "
+            "parameters left out get new buffers.",
+        ),
+        click.option(
+            "--buffer-tag",
+            multiple=True,
+            metavar="K=V",
+            help="Tag of the buffers made for the run (repeatable, or a=1,b=2; job.tags).",
+        ),
+        click.option(
+            "--buffer-ttl",
+            metavar="D.HH:MM:SS",
+            help="Lifetime of the buffers made for the run (job.bufferTtl; default: none).",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)

@@ -202,15 +202,21 @@ def load_codespec(path: str) -> cpb.Codespec:
         raise SpecError(f"{path}: {exc}") from None
 
 
-# Tyger's RunCodeTarget; `buffers` (bindings) belongs to the buffers work, and
-# `resolvedCodespec` is muster's own output, ignored on the way back in.
+# Tyger's RunCodeTarget; the job's `buffers` (parameter -> buffer id) become
+# Run.buffers, and `resolvedCodespec` is muster's own output, ignored on the
+# way back in.
 TARGET_SCHEMA: dict[str, Any] = {
     "codespec": ANY,
     "nodePool": STR,
     "replicas": INT,
     "resolvedCodespec": ANY,
 }
-JOB_TARGET_SCHEMA: dict[str, Any] = {**TARGET_SCHEMA, "tags": {"*": SCALAR}, "bufferTtl": STR}
+JOB_TARGET_SCHEMA: dict[str, Any] = {
+    **TARGET_SCHEMA,
+    "tags": {"*": SCALAR},
+    "bufferTtl": STR,
+    "buffers": {"*": STR},
+}
 RUN_SCHEMA: dict[str, Any] = {
     # output only (what `run show` prints): accepted and ignored, as Tyger does
     "id": ANY,
@@ -307,6 +313,7 @@ def run_from_dict(doc: Any) -> rpb.Run:
     for role in ("job", "worker"):
         if role in doc:
             getattr(run, role).CopyFrom(_target_from_dict(doc[role], role))
+    run.buffers.update(doc.get("job", {}).get("buffers", {}))
     if "timeoutSeconds" in doc:
         run.timeout_seconds = doc["timeoutSeconds"]
     if "pullPolicy" in doc:
