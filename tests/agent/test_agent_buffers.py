@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
-from agent.buffer_copies import LOST
+from agent.buffer_copies import LOST, BufferCopies
 from agent.runtime_fake import FakeRuntime
+from agent.supervisor import Supervisor
 from controlplane.dataplane.server import DataPlane
 from muster.common.buffers import BufferFailedError, ContainerClient, read_buffer, write_buffer
 from muster.common.buffers.format import new_buffer_id
@@ -331,3 +332,37 @@ async def test_copies_lost_in_an_agent_restart_are_reported(
     exited = await fake_cp.wait_status(name, EXITED, stream=stream)
     assert exited.buffer_error == LOST
     assert pipes.exists()
+
+
+async def test_an_output_stalled_after_the_job_exited_is_given_up(
+    plane: Plane, tmp_path: Path
+) -> None:
+    runtime = FakeRuntime(node_name="node-a")
+    sent: list[agent_pb2.ContainerStatus] = []
+    sup = Supervisor(
+        runtime, poll_interval=0.02, copies=BufferCopies(tmp_path / "pipes", stall_timeout=0.5)
+    )
+    sup.attach(sent.append)
+    watcher = asyncio.create_task(sup.watch())
+    try:
+        out = await plane.new_buffer()
+        name = "muster-run-709-job-0"
+        sup.handle_start(
+            agent_pb2.StartContainer(**job(709, buffers=[pipe(plane, "out", out, output=True)]))
+        )
+        await eventually(lambda: any(s.state == RUNNING for s in sent), what="RUNNING")
+        plane.gate.clear()  # the data plane stops taking blocks
+        await write_fifo(Path(runtime.mounts(name)[PIPE_DIR]) / "out", b"stuck")
+        runtime.exit(name, 0)
+        await eventually(lambda: any(s.state == EXITED for s in sent), what="EXITED")
+        (exited,) = [s for s in sent if s.state == EXITED]
+        assert exited.buffer_error == (
+            "output buffer 'out': no block stored for 0.5 s after the job exited"
+        )
+        with pytest.raises(BufferFailedError):
+            await plane.read(out)
+    finally:
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await sup.close()
