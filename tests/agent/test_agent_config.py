@@ -178,3 +178,9 @@ def test_backoff_grows_with_jitter_and_is_capped() -> None:
     assert 0.2 <= delays[1] <= 0.4
     assert all(2.5 <= d <= 5.0 for d in delays[6:])
     assert len({round(d, 6) for d in delays[6:]}) > 1, "jittered, not constant"
+
+
+def test_pipe_dir_defaults_to_the_state_directory() -> None:
+    base = ["--node-name", "n", "--insecure", "--cpus", "1", "--memory", "1Gi"]
+    assert str(parse_args([*base, "--state-dir", "/s"]).pipes_root) == "/s/pipes"
+    assert str(parse_args([*base, "--state-dir", "/s", "--pipe-dir", "/p"]).pipes_root) == "/p"
