@@ -47,9 +47,7 @@ def parameters(spec: Codespec) -> list[Parameter]:
     ]
 
 
-def check_bindings(
-    spec: Codespec, bindings: Mapping[str, str], replicas: int
-) -> list[Parameter]:
+def check_bindings(spec: Codespec, bindings: Mapping[str, str], replicas: int) -> list[Parameter]:
     """Refuse bindings that cannot work, before anything is looked up or
     made; returns the parameters. Each key must be a parameter (Tyger's
     message), each value a buffer id, and a job with buffers runs one
