@@ -20,10 +20,12 @@ from agent.config import AgentConfig
 from agent.connection import CHANNEL_OPTIONS, AgentConnection, Backoff, ChannelFactory, Identity
 from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
 from agent.logutil import log
+from agent.metrics import AgentMetrics
 from agent.pulls import AuthFile, Puller
 from agent.runtime import Runtime
 from agent.runtime_podman import PodmanRuntime
 from agent.supervisor import Supervisor
+from muster.common.metrics import MetricsEndpoint
 
 _log = logging.getLogger(__name__)
 
@@ -167,6 +169,9 @@ async def run_agent(
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
     runtime = runtime or make_runtime(config)
+    metrics = AgentMetrics() if config.metrics_listen else None
+    if metrics is not None:
+        runtime = metrics.timed_runtime(runtime)
     backoff = backoff or Backoff(maximum=config.reconnect_max_seconds)
     puller = Puller(
         runtime,
@@ -202,7 +207,13 @@ async def run_agent(
     for note in config.gpu_notes:
         log(_log, logging.WARNING, "gpu_discovery", note=note)
     tasks: list[asyncio.Task[None]] = []
+    endpoint: MetricsEndpoint | None = None
     try:
+        if metrics is not None:
+            metrics.watch(supervisor.state_counts)
+            endpoint = MetricsEndpoint(metrics.registry)
+            port = await endpoint.start(config.metrics_listen)
+            log(_log, logging.INFO, "metrics_listening", port=port)
         channel: ChannelFactory | None = None
         renewer: Renewer | None = None
         if not config.insecure:
@@ -228,6 +239,8 @@ async def run_agent(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if endpoint is not None:
+            await endpoint.stop()
         await supervisor.close()
         await runtime.close()
         if owned_stop:

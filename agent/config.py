@@ -79,6 +79,8 @@ class AgentConfig:
     pull_timeout: float = DEFAULT_PULL_TIMEOUT
     pipe_dir: Path | None = None
     """Where jobs' buffer FIFOs are made (None: ``pipes`` in the state directory)."""
+    metrics_listen: str = ""
+    """HOST:PORT of the Prometheus /metrics endpoint ("": none)."""
 
     @property
     def identity_dir(self) -> Path:
@@ -234,6 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the node key and certificate live (default: "
         "$XDG_DATA_HOME/muster/agents/NODE_NAME)",
+    )
+    p.add_argument(
+        "--metrics-listen",
+        default="",
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
     )
     p.add_argument(
         "--pipe-dir",
@@ -427,6 +435,7 @@ def parse_args(argv: list[str] | None = None) -> AgentConfig:
         insecure=ns.insecure,
         state_dir=ns.state_dir,
         pipe_dir=ns.pipe_dir,
+        metrics_listen=ns.metrics_listen,
         ca_pem=ns.ca_cert,
         join_token=join_token,
         agent_server=ns.agent_server,

@@ -325,6 +325,13 @@ class Supervisor:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), self._poll_interval)
 
+    def state_counts(self) -> dict[str, int]:
+        """Managed containers by state, as last observed (metrics)."""
+        counts: dict[str, int] = {}
+        for status in self._statuses.values():
+            counts[status.state] = counts.get(status.state, 0) + 1
+        return counts
+
     def _retry_teardowns(self) -> None:
         """Start again every failed teardown whose backoff has passed."""
         now = asyncio.get_running_loop().time()
