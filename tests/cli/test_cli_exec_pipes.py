@@ -88,3 +88,12 @@ def test_exec_refuses_bad_bindings_in_one_line(
     line = refused(cp, "run", "exec", "-c", "pipe", "-b", binding)
     assert expected in line, line
     assert no_runs(cp)
+
+
+def test_exec_takes_an_underscore_binding_as_unbound(cp_process: Process) -> None:
+    cp = cp_process
+    codespec(cp, "two-in", "-i", "a,b", "-o", "out")
+    # Tyger's `_` (ephemeral) is unmapped: with `a=_`, both inputs are still unbound
+    line = refused(cp, "run", "exec", "-c", "two-in", "-b", "a=_")
+    assert line == f"error: {MULTIPLE_INPUTS}"
+    assert no_runs(cp)

@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import selectors
+import signal
 import subprocess
 import time
 
@@ -196,3 +197,53 @@ def test_cancel_marks_the_outputs_failed(make_cluster) -> None:
     for parameter in ("out-a", "out-b"):
         wait_failed(cluster, buffer_of(cluster, run_id, parameter))
     cluster.wait_no_containers(run_id)
+
+
+def test_a_bound_input_is_left_alone_and_stdin_is_not_read(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    pipe_codespec(cluster, "passthrough", 'cat "$INPUT_PIPE" > "$OUTPUT_PIPE"')
+    buffer_id = muster(cluster, "buffer", "create").stdout.decode().strip()
+    written = muster(cluster, "buffer", "write", buffer_id, stdin=b"from the buffer\n")
+    assert written.returncode == 0, written.stderr.decode()
+    result = muster(
+        cluster, "run", "exec", "-c", "passthrough", "-b", f"input={buffer_id}",
+        stdin=b"from stdin: must not be read\n",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout == b"from the buffer\n"
+    assert buffer_of(cluster, only_run(cluster), "input") == buffer_id
+
+
+def test_ctrl_c_while_stdin_feeds_the_run_cancels_it(make_cluster) -> None:
+    cluster = make_cluster({"a": ["cpu"]})
+    pipe_codespec(cluster, "passthrough", 'cat "$INPUT_PIPE" > "$OUTPUT_PIPE"')
+    proc = subprocess.Popen(
+        [str(BIN / "muster"), "run", "exec", "-c", "passthrough"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**isolated_env(), **cluster.cp.env()},
+    )
+    try:
+        assert proc.stdin is not None
+        proc.stdin.write(b"half a stream\n")
+        proc.stdin.flush()  # stdin stays open: the run waits for more
+        run_id = wait_for(
+            lambda: json.loads(cluster.cli("run", "list", "-o", "json").stdout),
+            20,
+            "the run to be created",
+        )[0]["id"]
+        cluster.wait_run(int(run_id), statuses={"Running"}, timeout=30)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err.decode()
+    assert f"run {run_id} canceled" in err.decode()
+    assert cluster.wait_run(int(run_id))["status"] == "Canceled"
+    # the input was cut short: marked failed, as is the output
+    wait_failed(cluster, buffer_of(cluster, int(run_id), "input"))
+    wait_failed(cluster, buffer_of(cluster, int(run_id), "output"))
+    cluster.wait_no_containers(int(run_id))
