@@ -174,6 +174,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "(default: %(default)s; 0: no limit)",
     )
     parser.add_argument(
+        "--metrics-listen",
+        metavar="HOST:PORT",
+        default="",
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (default: off)",
+    )
+    parser.add_argument(
         "--data-listen",
         metavar="HOST:PORT",
         default="",
@@ -299,7 +305,14 @@ async def serve(args: argparse.Namespace) -> None:
             client_ca=args.client_ca,
         )
     )
-    plane = await start(args.listen, args.db, settings, security, data=data_settings(args))
+    plane = await start(
+        args.listen,
+        args.db,
+        settings,
+        security,
+        data=data_settings(args),
+        metrics_listen=args.metrics_listen,
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -19,6 +19,7 @@ from controlplane.api.auth import AuthInterceptor
 from controlplane.api.buffers import BufferServicer
 from controlplane.api.codespecs import CodespecServicer
 from controlplane.api.images import ImageServicer, RegistryServicer
+from controlplane.api.metrics import ControlPlaneMetrics, MetricsInterceptor
 from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.api.tokens import TokenServicer
@@ -42,6 +43,7 @@ from controlplane.store.sqlite import SqliteStore
 from muster.common import clientconfig
 from muster.common.clientconfig import ClientConfig
 from muster.common.limits import SERVER_MAX_RECEIVE_BYTES
+from muster.common.metrics import MetricsEndpoint
 from muster.common.net import host_of
 from muster.v1 import (
     agent_pb2,
@@ -109,6 +111,7 @@ class ControlPlane:
     dataplane: DataPlane | None = None
     run_buffers: RunBuffers | None = None
     marker_task: asyncio.Task[None] | None = None
+    metrics: MetricsEndpoint | None = None
 
     @property
     def secure(self) -> bool:
@@ -122,6 +125,8 @@ class ControlPlane:
         await self.server.stop(grace)
         if self.dataplane is not None:
             await self.dataplane.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         tasks = (self.loop_task, self.retention_task, self.buffer_deleter_task, self.marker_task)
         for task in tasks:
             if task is not None:
@@ -177,6 +182,7 @@ async def start(
     store: Store | None = None,
     clock: Callable[[], datetime] = utcnow,
     data: DataSettings | None = None,
+    metrics_listen: str = "",
 ) -> ControlPlane:
     """Open the store, load state, register every service and start listening.
 
@@ -185,8 +191,12 @@ async def start(
     without it (`--insecure`), one plaintext address serves everything to
     everybody. Tests may hand in the `store` (say, one that injects faults)
     and the wall `clock`. With `data`, the embedded data plane (buffers'
-    bytes) serves HTTP(S) on its own address."""
+    bytes) serves HTTP(S) on its own address; with `metrics_listen`,
+    Prometheus metrics are served at http://HOST:PORT/metrics."""
+    metrics = ControlPlaneMetrics() if metrics_listen else None
     store = store or await SqliteStore.open(db_path)
+    if metrics is not None:
+        store = metrics.timed_store(store)
     codespecs = CodespecService(store, clock)
     registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
     await registries.load()
@@ -217,7 +227,10 @@ async def start(
     if security is not None and tls is not None:
         auth = AuthService(store, tls.ca)
         await auth.load()
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[AuthInterceptor(auth)])
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(auth)]
+    if metrics is not None:
+        interceptors.insert(0, MetricsInterceptor(metrics))
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     codespec_pb2_grpc.add_CodespecServiceServicer_to_server(CodespecServicer(codespecs), server)
     logs = LogService(store, orchestrator)
     streams = StreamLimits(
@@ -266,6 +279,7 @@ async def start(
             auth, security.state_dir, _client_address(listen, port), tls.trust_anchor
         )
     await server.start()
+    endpoint = await _serve_metrics(metrics, metrics_listen, orchestrator) if metrics else None
     loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
     retention = Retention(store, retention_settings(orchestrator.settings), clock)
     retention_task = asyncio.create_task(retention.run_forever(), name="retention")
@@ -300,7 +314,18 @@ async def start(
         dataplane,
         run_buffers,
         marker_task,
+        endpoint,
     )
+
+
+async def _serve_metrics(
+    metrics: ControlPlaneMetrics, listen: str, orchestrator: Orchestrator
+) -> MetricsEndpoint:
+    metrics.watch(orchestrator)
+    endpoint = MetricsEndpoint(metrics.registry)
+    port = await endpoint.start(listen)
+    log.info("event=metrics_listening port=%d", port)
+    return endpoint
 
 
 @dataclass(frozen=True)

@@ -194,6 +194,7 @@ class Orchestrator:
         # node -> (its drain deadline, the monotonic instant it falls due)
         self._drain_due: dict[str, tuple[datetime, float]] = {}
         self._admission_views: list[NodeView] | None = None
+        self._listeners: list[Callable[[Run | None, Run], None]] = []
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -416,6 +417,8 @@ class Orchestrator:
         make it the run in force, tell watchers and act. A failed write raises
         and leaves memory as it was, with nothing sent."""
         await self._store.save_run(run)
+        for listener in self._listeners:
+            listener(self._runs.get(run.id), run)
         if run.terminal:
             if self._runs.pop(run.id, None) is not None:  # it has just ended
                 self.run_buffers.run_ended(run)
@@ -766,6 +769,22 @@ class Orchestrator:
     def gpus_in_use(self) -> dict[str, set[str]]:
         """GPU devices held by replicas of active runs, per node."""
         return devices_in_use(self._runs.values())
+
+    def add_listener(self, listener: Callable[[Run | None, Run], None]) -> None:
+        """Tell `listener(before, after)` of every stored change of an active
+        run (metrics; it must be quick and must not change either run)."""
+        self._listeners.append(listener)
+
+    def active_counts(self) -> dict[str, int]:
+        """Active runs by status (from memory)."""
+        counts: dict[str, int] = {}
+        for run in self._runs.values():
+            counts[run.status] = counts.get(run.status, 0) + 1
+        return counts
+
+    def connected_count(self) -> int:
+        """Agents with an open stream."""
+        return len(self._links)
 
     def _put_node(self, node: Node) -> None:
         self._nodes[node.name] = node
