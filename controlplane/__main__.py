@@ -9,18 +9,24 @@ import os
 import re
 import signal
 import sys
+from collections.abc import Coroutine
 from datetime import timedelta
 from pathlib import Path
+from typing import Any, TypeVar
 
+from controlplane.core.errors import StoreUnavailable
 from controlplane.core.images import DEFAULT_PULL_POLICY, PULL_POLICIES
 from controlplane.core.nodes import Liveness
 from controlplane.security.tls import SecurityConfig
 from controlplane.server import DataSettings, start
 from controlplane.services.orchestrator import Settings
+from controlplane.store.base import SchemaTooNew
+from controlplane.store.factory import migrate_store, parse_store_url, store_directory
 from muster.common.cli import OneLineParser
 from muster.common.clientconfig import default_state_dir
 from muster.common.net import host_of, is_loopback
 
+T = TypeVar("T")
 DEFAULT_LISTEN = "127.0.0.1:50051"
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
@@ -72,7 +78,7 @@ def data_settings(args: argparse.Namespace) -> DataSettings | None:
     and key live in the state directory, or beside the database with --insecure."""
     if args.data_listen == "off":
         return None
-    home = Path(args.db).parent if args.insecure else args.state_dir
+    home = (store_directory(args.db) or args.state_dir) if args.insecure else args.state_dir
     return DataSettings(
         listen=args.data_listen or default_data_listen(args.listen),
         root=args.data_dir or home / "buffers",
@@ -99,7 +105,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--db",
         default=os.environ.get("MUSTER_DB") or None,
-        help="SQLite database file (default: STATE_DIR/controlplane.db)",
+        metavar="URL",
+        help="the store: a SQLite file (PATH or sqlite:///PATH; default "
+        "STATE_DIR/controlplane.db), postgresql://USER@HOST:PORT/DB, or memory: (tests)",
     )
     parser.add_argument(
         "--agent-listen",
@@ -243,6 +251,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--readiness-timeout must be positive")
     _check_security_flags(parser, args)
     args.db = args.db or str(args.state_dir / "controlplane.db")
+    try:
+        parse_store_url(args.db)
+    except ValueError as exc:
+        parser.error(str(exc))
     args.agent_listen = args.agent_listen or default_agent_listen(args.listen)
     return args
 
@@ -333,15 +345,52 @@ async def serve(args: argparse.Namespace) -> None:
     await plane.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Entry point of the console script."""
-    args = parse_args(argv)
-    configure_logging(args.log_level)
+def migrate_main(argv: list[str]) -> None:
+    """`muster-controlplane migrate --db URL`: bring the store's schema up to
+    date and exit (for operators who upgrade the database before the servers)."""
+    parser = OneLineParser(
+        prog="muster-controlplane migrate",
+        description="apply the store's schema migrations and exit",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("MUSTER_DB") or None,
+        required=not os.environ.get("MUSTER_DB"),
+        help="the store: PATH, sqlite:///PATH or postgresql://USER@HOST:PORT/DB",
+    )
+    parser.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING, ERROR")
+    args = parser.parse_args(argv)
     try:
-        asyncio.run(serve(args))
-    except OSError as exc:
+        parse_store_url(args.db)
+    except ValueError as exc:
+        parser.error(str(exc))
+    configure_logging(args.log_level)
+    before, after = _run_or_exit(migrate_store(args.db))
+    if before == after:
+        print(f"store schema is up to date (version {after})")
+    else:
+        print(f"store schema migrated from version {before} to {after}")
+
+
+def _run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro`; a store or address problem is one line on stderr and exit 1."""
+    try:
+        return asyncio.run(coro)
+    except (OSError, StoreUnavailable, SchemaTooNew) as exc:
         print(f"muster-controlplane: error: {exc}", file=sys.stderr)
         sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "migrate":
+        migrate_main(argv[1:])
+        return
+    args = parse_args(argv)
+    configure_logging(args.log_level)
+    _run_or_exit(serve(args))
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from controlplane.services.retention import Retention, RetentionSettings
 from controlplane.services.run_buffers import RunBuffers
 from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
-from controlplane.store.sqlite import SqliteStore
+from controlplane.store.factory import open_store, store_directory
 from muster.common import clientconfig
 from muster.common.clientconfig import ClientConfig
 from muster.common.limits import SERVER_MAX_RECEIVE_BYTES
@@ -194,7 +194,7 @@ async def start(
     bytes) serves HTTP(S) on its own address; with `metrics_listen`,
     Prometheus metrics are served at http://HOST:PORT/metrics."""
     metrics = ControlPlaneMetrics() if metrics_listen else None
-    store = store or await SqliteStore.open(db_path)
+    store = store or await open_store(db_path)
     if metrics is not None:
         store = metrics.timed_store(store)
     codespecs = CodespecService(store, clock)
@@ -364,13 +364,12 @@ def retention_settings(settings: Settings) -> RetentionSettings:
 
 def registry_key_path(db_path: str | Path, security: SecurityConfig | None) -> Path | None:
     """Where the key that seals registry passwords lives: the state directory
-    (beside the CA); with --insecure, which has none, beside the database;
-    nowhere (memory only) for a database in memory."""
+    (beside the CA); with --insecure, which has none, beside a SQLite file;
+    nowhere (memory only) for a store without a file (memory, PostgreSQL)."""
     if security is not None:
         return security.state_dir / KEY_FILE
-    if str(db_path) == ":memory:":
-        return None
-    return Path(db_path).parent / KEY_FILE
+    directory = store_directory(db_path)
+    return None if directory is None else directory / KEY_FILE
 
 
 def _bind(add: Callable[[str], int], address: str) -> int:

@@ -19,6 +19,7 @@ import grpc
 import pytest
 
 from controlplane.server import ControlPlane, start
+from tests.pg_support import pg_server, postgres_url  # noqa: F401  (PostgreSQL fixtures)
 from tests.registry_support import registry  # noqa: F401  (the `registry` fixture)
 
 REPO = Path(__file__).resolve().parent.parent

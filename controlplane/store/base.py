@@ -22,6 +22,14 @@ BufferChange = Callable[[str, Buffer | None], Buffer | None]
 """(id, the record or None) -> the record to store, or None to leave it; may raise."""
 
 
+class StoreInUse(OSError):
+    """Another control plane holds the database (SQLite: its lock file)."""
+
+
+class SchemaTooNew(RuntimeError):
+    """The database was migrated by a newer muster than this one."""
+
+
 @dataclass(frozen=True)
 class KnownRequest:
     """A CreateRun request id seen before: the run it made and what was asked."""

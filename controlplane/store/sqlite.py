@@ -7,8 +7,11 @@ serialises writers, which is what SQLite wants anyway.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import sqlite3
 from collections import OrderedDict
 from collections.abc import Callable
@@ -25,7 +28,14 @@ from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import BufferChange, CodespecOrder, CodespecPage, KnownRequest
+from controlplane.store.base import (
+    BufferChange,
+    CodespecOrder,
+    CodespecPage,
+    KnownRequest,
+    SchemaTooNew,
+    StoreInUse,
+)
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 
 log = logging.getLogger(__name__)
@@ -218,14 +228,23 @@ class SqliteStore:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite")
         self._recent: OrderedDict[int, tuple[str, Run]] = OrderedDict()
         self._conn: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
-        """Open (creating directories and the file if needed) and migrate."""
+        """Open (creating directories and the file if needed) and migrate.
+
+        A file is locked first (`<file>.lock`, until close or the process
+        ends): two control planes on one file would run two schedulers."""
+        store = cls(path)
         if str(path) != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        store = cls(path)
-        await store._call(store._connect)
+            store._lock_fd = lock_database(Path(path))
+        try:
+            await store._call(store._connect)
+        except BaseException:
+            await store.close()
+            raise
         return store
 
     def _connect(self) -> None:
@@ -250,7 +269,7 @@ class SqliteStore:
         row = conn.execute("SELECT version FROM schema_version").fetchone()
         current = row["version"] if row else 0
         if current > len(MIGRATIONS):
-            raise RuntimeError(
+            raise SchemaTooNew(
                 f"database schema version {current} is newer than this control plane "
                 f"({len(MIGRATIONS)}); upgrade muster"
             )
@@ -311,6 +330,9 @@ class SqliteStore:
             await self._call(self._conn.close)
             self._conn = None
         self._executor.shutdown(wait=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing the descriptor releases the lock
+            self._lock_fd = None
 
     # -- codespecs ---------------------------------------------------------
 
@@ -1112,6 +1134,48 @@ class SqliteStore:
             return gone
 
         return await self._call(self._tx, tx) if ids else 0
+
+
+async def schema_version(path: str | Path) -> int:
+    """The schema version of a SQLite file (0: no file, or not migrated yet)."""
+
+    def read() -> int:
+        if str(path) == ":memory:" or not Path(path).exists():
+            return 0
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT version FROM schema_version").fetchone()
+        except sqlite3.OperationalError:  # no such table: never migrated
+            return 0
+        finally:
+            conn.close()
+        return int(row[0]) if row else 0
+
+    return await asyncio.to_thread(read)
+
+
+def lock_database(path: Path) -> int:
+    """Take an exclusive lock on `<path>.lock` and return its descriptor.
+
+    flock, not a PID file: the kernel drops the lock when the process dies
+    (even by SIGKILL), so a crash never leaves a stale lock behind. The file
+    holds the owner's PID, only to name it in the refusal."""
+    lock_path = path.with_name(path.name + ".lock")
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = ""
+        with contextlib.suppress(OSError, ValueError):
+            owner = f" (pid {int(os.pread(fd, 32, 0).decode().strip())})"
+        os.close(fd)
+        raise StoreInUse(
+            f"database {path} is in use by another control plane{owner}: {lock_path} is "
+            "locked. Stop that control plane first, or give this one its own --db"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
 
 def _split_sql(script: str) -> list[str]:

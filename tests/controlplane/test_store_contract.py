@@ -1,4 +1,4 @@
-"""One contract, every Store backend (SQLite file, SQLite in memory, dict)."""
+"""One contract, every Store backend (SQLite file, SQLite in memory, dict, PostgreSQL)."""
 
 from __future__ import annotations
 
@@ -10,18 +10,21 @@ import pytest
 
 from controlplane.core.codespec import Codespec
 from controlplane.core.errors import Conflict
+from controlplane.store.factory import open_store
 from controlplane.store.memory import MemoryStore
 from controlplane.store.sqlite import MIGRATIONS, SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
-@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory"])
+@pytest.fixture(params=["sqlite-file", "sqlite-memory", "memory", "postgresql"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator:
     if request.param == "sqlite-file":
         s = await SqliteStore.open(tmp_path / "sub" / "db.sqlite")
     elif request.param == "sqlite-memory":
         s = await SqliteStore.open(":memory:")
+    elif request.param == "postgresql":  # the session's server, a database of its own
+        s = await open_store(request.getfixturevalue("postgres_url"))
     else:
         s = MemoryStore()
     yield s
