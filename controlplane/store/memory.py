@@ -28,6 +28,7 @@ class MemoryStore:
         self._codespecs: dict[str, list[Codespec]] = {}
         # Runs and nodes are kept as documents so callers never share mutable state.
         self._runs: dict[int, dict[str, Any]] = {}
+        self._last_run_id = 0
         self._nodes: dict[str, dict[str, Any]] = {}
         self._logs: list[StoredLine] = []
         self._log_keys: set[tuple[int, str, int, str, int]] = set()
@@ -86,7 +87,8 @@ class MemoryStore:
         return CodespecPage([h[1] for h in page], cursor)
 
     async def insert_run(self, run: Run, request_id: str = "", fingerprint: str = "") -> Run:
-        run.id = max(self._runs, default=0) + 1
+        self._last_run_id += 1  # ids only grow, even after the newest run was deleted
+        run.id = self._last_run_id
         self._runs[run.id] = run_to_doc(run)
         if request_id:
             self._requests[request_id] = (run.id, run.created_at, fingerprint)

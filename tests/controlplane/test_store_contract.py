@@ -346,3 +346,386 @@ async def test_a_finished_run_read_again_shows_every_change(store) -> None:
     )
     assert [r.tags for r in listed] == [{"a": "2"}]
     assert changed.tags == {"a": "1"}, "a run handed out earlier was changed in place"
+
+
+# -- runs ----------------------------------------------------------------------
+
+
+def run_at(minutes: int, tags: dict[str, str] | None = None):
+    """A new (Pending) run created `minutes` after T0."""
+    from tests.controlplane.test_runs_state import make_run
+
+    run = make_run()
+    run.created_at = T0 + timedelta(minutes=minutes)
+    run.tags = dict(tags or {})
+    return run
+
+
+async def test_runs_round_trip_and_their_ids_only_grow(store) -> None:
+    from controlplane.store.documents import run_to_doc
+
+    first = await store.insert_run(run_at(0, {"a": "1"}))
+    second = await store.insert_run(run_at(1))
+    assert 0 < first.id < second.id
+    stored = await store.get_run(first.id)
+    assert run_to_doc(stored) == run_to_doc(first)
+    assert stored.created_at == T0 and stored.tags == {"a": "1"}
+    assert await store.get_run(second.id + 100) is None
+    assert await store.delete_runs([second.id]) == 1
+    third = await store.insert_run(run_at(2))
+    assert third.id > second.id  # never the id of a deleted run
+    ghost = run_at(3)
+    ghost.id = third.id + 100
+    with pytest.raises(KeyError):
+        await store.save_run(ghost)
+    assert await store.get_run(ghost.id) is None
+
+
+async def test_list_runs_pages_newest_first_and_filters(store) -> None:
+    from controlplane.core import runs as sm
+
+    made = []
+    for i in range(7):
+        tags = {"team": "a" if i % 2 else "b", "n": str(i)}
+        made.append(await store.insert_run(run_at(i, tags)))
+    for run in made[:3]:  # the three oldest finished
+        sm.cancel(run, T0 + timedelta(hours=1))
+        await store.save_run(run)
+    ids = [r.id for r in made]
+
+    seen, before, more = [], None, True
+    while more:
+        page, more = await store.list_runs(
+            statuses=frozenset(), tags={}, since=None, limit=3, before_id=before
+        )
+        seen += [r.id for r in page]
+        before = page[-1].id if page else None
+    assert seen == ids[::-1]
+
+    def listed(**kw):
+        filters = {"statuses": frozenset(), "tags": {}, "since": None, **kw}
+        return store.list_runs(limit=100, before_id=None, **filters)
+
+    page, more = await listed(statuses=frozenset({"Canceled"}))
+    assert [r.id for r in page] == ids[2::-1] and not more
+    page, _ = await listed(statuses=frozenset({"Canceled", "Pending"}), tags={"team": "a"})
+    assert [r.id for r in page] == [ids[5], ids[3], ids[1]]
+    page, _ = await listed(tags={"team": "a", "n": "3"})
+    assert [r.id for r in page] == [ids[3]]
+    page, _ = await listed(tags={"team": "c"})
+    assert page == []
+    page, _ = await listed(since=T0 + timedelta(minutes=5))
+    assert [r.id for r in page] == [ids[6], ids[5]]
+    page, more = await store.list_runs(
+        statuses=frozenset(), tags={"team": "b"}, since=None, limit=2, before_id=ids[6]
+    )
+    assert [r.id for r in page] == [ids[4], ids[2]] and more
+
+    assert await store.count_runs(tags={}, since=None) == {"Canceled": 3, "Pending": 4}
+    assert await store.count_runs(tags={"team": "a"}, since=None) == {"Canceled": 1, "Pending": 2}
+    since = T0 + timedelta(minutes=2)
+    assert await store.count_runs(tags={"team": "b"}, since=since) == {
+        "Canceled": 1,
+        "Pending": 2,
+    }
+    assert await store.count_runs(tags={"nobody": "x"}, since=None) == {}
+
+
+async def test_active_runs_are_the_unfinished_ones_oldest_first(store) -> None:
+    from controlplane.core import runs as sm
+    from controlplane.store.documents import run_to_doc
+
+    made = [await store.insert_run(run_at(i)) for i in range(4)]
+    sm.cancel(made[1], T0 + timedelta(hours=1))
+    await store.save_run(made[1])
+    sm.place(made[3], {("job", 0): "n1", ("worker", 0): "n1", ("worker", 1): "n2"}, T0)
+    await store.save_run(made[3])
+    active = await store.active_runs()
+    assert [r.id for r in active] == [made[0].id, made[2].id, made[3].id]
+    assert run_to_doc(active[2]) == run_to_doc(made[3])  # its placement with it
+
+
+# -- nodes -----------------------------------------------------------------------
+
+
+def node(name: str, **kw):
+    from controlplane.core.capacity import Capacity
+    from controlplane.core.nodes import Node
+
+    return Node(name, ("cpu",), Capacity(4000, 2**33, 0), **kw)
+
+
+async def test_nodes_are_replaced_listed_by_name_and_removed(store) -> None:
+    from controlplane.store.documents import node_to_doc
+
+    await store.save_node(node("n2"))
+    await store.save_node(node("n1", labels={"zone": "a"}))
+    beat = T0 + timedelta(seconds=5)
+    replaced = node(
+        "n2",
+        labels={"x": "y"},
+        gpu_devices=("t.io/gpu=0",),
+        registered_at=T0,
+        last_heartbeat=beat,
+        cordoned=True,
+        advertise_address="10.0.0.2",
+    )
+    await store.save_node(replaced)
+    listed = await store.list_nodes()
+    assert [n.name for n in listed] == ["n1", "n2"]
+    assert node_to_doc(listed[1]) == node_to_doc(replaced)
+    assert listed[1].last_heartbeat == beat and listed[0].labels == {"zone": "a"}
+
+    assert await store.node_removed_at("n2") is None
+    await store.delete_node("n2", T0)
+    await store.delete_node("never-known", T0)
+    assert [n.name for n in await store.list_nodes()] == ["n1"]
+    assert await store.node_removed_at("n2") == T0
+    assert await store.node_removed_at("never-known") == T0
+    await store.delete_node("n2", beat)  # removed again: the latest time counts
+    assert await store.node_removed_at("n2") == beat
+    await store.save_node(node("n2"))  # a node may come back; its removal is remembered
+    assert await store.node_removed_at("n2") == beat
+
+
+# -- logs ------------------------------------------------------------------------
+
+
+def log_line(run_id: int, role: str, replica: int, seq: int, ts: int, **kw):
+    from controlplane.core.logs import LogLine
+
+    text = kw.pop("text", f"{role}{replica}-{seq}")
+    return LogLine(run_id, role, replica, kw.pop("stream", "stdout"), seq, ts, text, **kw)
+
+
+async def test_logs_are_kept_once_in_time_order_with_their_arrival_ids(store) -> None:
+    run = await store.insert_run(run_at(0))
+    other = await store.insert_run(run_at(0))
+    batch = [
+        log_line(run.id, "worker", 1, 0, 30),
+        log_line(run.id, "job", 0, 0, 10),
+        log_line(run.id, "worker", 0, 0, 20),
+        log_line(run.id, "job", 0, 1, 10),  # same time as job0-0: arrival breaks the tie
+        log_line(run.id, "job", 0, 0, 5, stream="stderr", text="err"),
+    ]
+    assert await store.last_log_id(run.id) == 0
+    assert await store.append_logs(batch) == 5
+    assert await store.append_logs([*batch[:2], log_line(other.id, "job", 0, 0, 1)]) == 1
+    assert await store.append_logs([log_line(run.id + 999, "job", 0, 0, 1)]) == 0
+    assert await store.append_logs([]) == 0
+
+    def read(**kw):
+        args = {"since_ns": None, "max_id": None, "after": None, "limit": 100, **kw}
+        return store.read_logs(run.id, **args)
+
+    everything = await read()
+    assert [s.line.text for s in everything] == [
+        "err",
+        "job0-0",
+        "job0-1",
+        "worker0-0",
+        "worker1-0",
+    ]
+    by_arrival = sorted(everything, key=lambda s: s.id)
+    assert [s.line.text for s in by_arrival] == [ln.text for ln in batch]
+    newest = await store.last_log_id(run.id)
+    assert newest == by_arrival[-1].id
+    assert await store.last_log_id(other.id) > newest  # ids are global and only grow
+
+    first = await read(limit=2)
+    rest = await read(after=(first[-1].line.time_ns, first[-1].id))
+    assert first + rest == everything
+    assert [s.line.text for s in await read(since_ns=20)] == ["worker0-0", "worker1-0"]
+    assert [s.line.text for s in await read(max_id=by_arrival[1].id)] == ["job0-0", "worker1-0"]
+    assert everything[0].line == batch[4]  # every field comes back
+
+
+async def test_tails_and_follows(store) -> None:
+    run = await store.insert_run(run_at(0))
+    await store.append_logs([log_line(run.id, "job", 0, i, 100 + 10 * i) for i in range(6)])
+
+    def tail(count: int, **kw):
+        args = {"since_ns": None, "max_id": None, **kw}
+        return store.tail_logs(run.id, count=count, **args)
+
+    def start(count: int, **kw):
+        args = {"since_ns": None, "max_id": None, **kw}
+        return store.tail_start(run.id, count=count, **args)
+
+    assert [s.line.sequence for s in await tail(2)] == [4, 5]
+    assert [s.line.sequence for s in await tail(100)] == list(range(6))
+    assert await tail(0) == []
+    lines = await tail(100)
+    assert await start(2) == (lines[4].line.time_ns, lines[4].id)
+    assert await start(100) == (lines[0].line.time_ns, lines[0].id)  # fewer than asked
+    assert await start(2, max_id=lines[2].id) == (lines[1].line.time_ns, lines[1].id)
+    assert [s.line.sequence for s in await tail(3, since_ns=140)] == [4, 5]
+    assert await start(1, since_ns=1000) is None
+    empty = await store.insert_run(run_at(0))
+    assert await store.tail_start(empty.id, count=5, since_ns=None, max_id=None) is None
+
+    mark = await store.last_log_id(run.id)
+    await store.append_logs([log_line(run.id, "job", 0, i, 1) for i in range(6, 9)])
+    arrived = await store.new_logs(run.id, after_id=mark, limit=2)
+    assert [s.line.sequence for s in arrived] == [6, 7]  # arrival order, not time
+    arrived += await store.new_logs(run.id, after_id=arrived[-1].id, limit=10)
+    assert [s.line.sequence for s in arrived] == [6, 7, 8]
+    assert await store.new_logs(run.id, after_id=arrived[-1].id, limit=10) == []
+
+
+async def test_any_line_text_comes_back_as_it_went_in(store) -> None:
+    """Container output is not always text: NUL, control characters, any
+    Unicode and parts of long lines (partial) are stored as they came."""
+    run = await store.insert_run(run_at(0))
+    texts = ["nul\x00byte", "tab\tbell\x07", "héllo wörld ✓ 🚀", "", "x" * 70_000]
+    lines = [log_line(run.id, "job", 0, i, i, text=t) for i, t in enumerate(texts)]
+    lines.append(log_line(run.id, "job", 0, 9, 9, text="part one ", partial=True))
+    assert await store.append_logs(lines) == len(lines)
+    back = await store.read_logs(run.id, since_ns=None, max_id=None, after=None, limit=10)
+    assert [s.line for s in back] == lines
+    size = sum(len(t.encode()) for t in texts) + len(b"part one ")
+    assert await store.log_usage(run.id) == (size, 0)
+
+
+async def test_a_follower_by_arrival_id_misses_no_line_while_writers_race(store) -> None:
+    """Lines of one run written by concurrent callers: a reader that asks for
+    what arrived after the last id it saw ends up with every line once."""
+    import asyncio
+
+    run = await store.insert_run(run_at(0))
+    writers, batches, size = 4, 10, 5
+    done = asyncio.Event()
+
+    async def write(writer: int) -> None:
+        for b in range(batches):
+            start = (writer * batches + b) * size
+            await store.append_logs(
+                [log_line(run.id, "worker", writer, start + i, start + i) for i in range(size)]
+            )
+
+    async def follow() -> list[int]:
+        seen: list[int] = []
+        after = 0
+        while True:
+            finished = done.is_set()
+            chunk = await store.new_logs(run.id, after_id=after, limit=7)
+            seen += [s.line.sequence for s in chunk]
+            after = chunk[-1].id if chunk else after
+            if finished and not chunk:
+                return seen
+            await asyncio.sleep(0)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.gather(*(write(w) for w in range(writers)))
+    done.set()
+    seen = await follower
+    assert sorted(seen) == list(range(writers * batches * size))
+
+
+# -- tokens ------------------------------------------------------------------------
+
+
+def api_token(name: str, hash: str, **kw):
+    from controlplane.core.auth import ApiToken, Role
+
+    return ApiToken(name, kw.pop("role", Role.USER), hash, T0, **kw)
+
+
+async def test_tokens_are_unique_listed_and_revoked_once(store) -> None:
+    from controlplane.core.auth import Role
+    from controlplane.core.errors import AlreadyExists
+
+    expires = T0 + timedelta(days=1)
+    await store.insert_token(api_token("ci", "h1", role=Role.ADMIN, expires_at=expires))
+    await store.insert_token(api_token("alice", "h2", role=Role.READER))
+    with pytest.raises(AlreadyExists, match="choose another name"):
+        await store.insert_token(api_token("ci", "h3"))
+    with pytest.raises(AlreadyExists):
+        await store.insert_token(api_token("bob", "h1"))  # the same secret twice
+    listed = await store.list_tokens()
+    assert listed == [
+        api_token("alice", "h2", role=Role.READER),
+        api_token("ci", "h1", role=Role.ADMIN, expires_at=expires),
+    ]
+    later = T0 + timedelta(hours=1)
+    revoked = await store.revoke_token("ci", later)
+    assert revoked is not None and revoked.revoked_at == later
+    again = await store.revoke_token("ci", later + timedelta(hours=1))
+    assert again is not None and again.revoked_at == later  # the first revocation stays
+    assert await store.revoke_token("nobody", later) is None
+    assert [t.revoked_at for t in await store.list_tokens()] == [None, later]
+
+
+async def test_a_join_token_is_spent_once_and_only_before_it_expires(store) -> None:
+    from controlplane.core.auth import JoinToken
+
+    expires = T0 + timedelta(hours=1)
+    await store.insert_join_token(JoinToken("j1", ("cpu", "gpu"), T0, expires))
+    await store.insert_join_token(JoinToken("j2", ("cpu",), T0, expires))
+    spent = await store.use_join_token("j1", "n1", T0 + timedelta(minutes=1))
+    assert spent == JoinToken("j1", ("cpu", "gpu"), T0, expires, used_by="n1")
+    assert await store.use_join_token("j1", "n2", T0 + timedelta(minutes=2)) is None
+    assert await store.use_join_token("j2", "n2", expires) is None  # expired at that instant
+    assert await store.use_join_token("unknown", "n2", T0) is None
+    assert (await store.use_join_token("j2", "n3", expires - timedelta(seconds=1))).used_by == "n3"
+
+
+# -- retention ---------------------------------------------------------------------
+
+
+async def test_finished_runs_come_oldest_first_and_capped_runs_largest_first(store) -> None:
+    runs = [await finished_run(store, minutes) for minutes in (30, 10, 20)]
+    cutoff = T0 + timedelta(hours=1)
+    assert await store.finished_before(cutoff, 10) == [runs[1].id, runs[2].id, runs[0].id]
+    assert await store.finished_before(cutoff, 2) == [runs[1].id, runs[2].id]
+    assert await store.finished_before(T0 + timedelta(minutes=20), 10) == [runs[1].id]
+    for run, count in zip(runs, (3, 10, 6), strict=True):
+        await store.append_logs(lines(run.id, count))
+    assert await store.runs_over_log_cap(250, 10) == [runs[1].id, runs[2].id, runs[0].id]
+    assert await store.runs_over_log_cap(250, 1) == [runs[1].id]
+    assert await store.runs_over_log_cap(1000, 10) == []
+    assert await store.delete_runs([runs[1].id, runs[1].id + 100]) == 1
+    assert await store.log_usage(runs[1].id) == (0, 0)
+    assert await store.runs_over_log_cap(250, 10) == [runs[2].id, runs[0].id]
+    assert await store.compact(10) >= 0
+
+
+# -- codespecs, concurrently ---------------------------------------------------------
+
+
+async def test_concurrent_writers_of_one_version_one_wins(store) -> None:
+    import asyncio
+
+    await store.insert_codespec(spec("a", 1))
+    results = await asyncio.gather(
+        *(store.insert_codespec(spec("a", 2, image=f"img{i}")) for i in range(5)),
+        return_exceptions=True,
+    )
+    assert sum(not isinstance(r, Exception) for r in results) == 1
+    assert all(isinstance(r, Conflict) for r in results if isinstance(r, Exception))
+    assert (await store.latest_codespec("a")).version == 2
+
+
+async def test_concurrent_joins_spend_a_token_once(store) -> None:
+    import asyncio
+
+    from controlplane.core.auth import JoinToken
+
+    await store.insert_join_token(JoinToken("j", ("cpu",), T0, T0 + timedelta(hours=1)))
+    results = await asyncio.gather(*(store.use_join_token("j", f"n{i}", T0) for i in range(5)))
+    assert len([r for r in results if r is not None]) == 1
+
+
+# -- coverage ------------------------------------------------------------------------
+
+
+def test_every_store_method_has_a_contract_test() -> None:
+    """Each method of the Store protocol is called by this suite (or the buffer
+    part of it), so every backend is held to all of it."""
+    from controlplane.store.base import Store
+
+    here = Path(__file__)
+    source = here.read_text() + (here.parent / "test_buffers_store_contract.py").read_text()
+    methods = [name for name in vars(Store) if not name.startswith("_")]
+    missing = [m for m in methods if f"store.{m}(" not in source and m != "close"]
+    assert len(methods) > 40 and missing == []
