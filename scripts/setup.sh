@@ -2,7 +2,9 @@
 # Prepares a (possibly brand new) Debian 12 machine to develop and test muster:
 #   1. apt packages: podman, runc, catatonit, netavark/aardvark-dns, busybox-static, mmdebstrap,
 #      iproute2 + nftables (tests/multihost: network namespaces and partitions),
-#      docker-registry + apache2-utils (tests: a private registry with htpasswd auth), ...
+#      docker-registry + apache2-utils (tests: a private registry with htpasswd auth),
+#      postgresql (tests start their own server with initdb/pg_ctl; the package's service is
+#      never started), ...
 #   2. Podman host quirks (runc instead of crun, lower default ulimits), written to
 #      /etc/containers/containers.conf.d/50-muster.conf only when a probe shows they are needed
 #   3. the Podman API service on unix:///run/podman/podman.sock (no systemd here)
@@ -217,6 +219,31 @@ else
     done
     log "podman API service up (pid $(cat "$SERVICE_PID"))"
   fi
+fi
+
+# --------------------------------------------------------- 3b. PostgreSQL
+# The PostgreSQL store's tests (tests/pg_support.py) start a server of their own in a
+# temporary directory; only the binaries are needed. Debian's postinst would start the
+# package's default cluster where an init system runs: a policy-rc.d that refuses
+# service starts (exit 101, the Debian convention) keeps it stopped during the install.
+if dpkg-query -W -f='${db:Status-Abbrev}' postgresql 2>/dev/null | grep -q '^ii'; then
+  log "postgresql present ($(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ' '))"
+else
+  log "installing postgresql (binaries only; its service is not started)"
+  t0=$(now)
+  policy_made=0
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    policy_made=1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q >/dev/null
+  status=0
+  apt-get install -y -q --no-install-recommends postgresql >/dev/null || status=$?
+  [ "$policy_made" = 1 ] && rm -f /usr/sbin/policy-rc.d
+  [ "$status" = 0 ] || die "apt-get install postgresql failed ($status)"
+  log "postgresql installed in $(elapsed "$t0") s"
 fi
 
 # ------------------------------------------------------------- 4. images
