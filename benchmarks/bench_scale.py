@@ -1,6 +1,7 @@
 """Benchmark: what the control plane costs per container, at a thousand nodes.
 
-The control plane runs as its own process (`muster-controlplane`, SQLite);
+The control plane runs as its own process (`muster-controlplane`, on SQLite or,
+with `--db postgresql`, on a PostgreSQL server of its own, fsync on);
 the agents (the project's agent code over its in-memory fake runtime, over
 real gRPC) run in other processes, so the control plane's CPU can be measured
 alone. Runs of W workers + 1 job go through the whole path: create, place,
@@ -8,12 +9,13 @@ persist, start, ready, release, the job's exit, teardown, removed. A driver
 keeps a window of runs in flight and counts them as they finish.
 
     .venv/bin/python benchmarks/bench_scale.py [--agents 1000] [--runs 5000] [--workers 3]
-        [--agent-procs 2] [--in-flight 400] [--profile out.svg]
+        [--agent-procs 2] [--in-flight 400] [--profile out.svg] [--db sqlite|postgresql|URL]
 
 Prints containers/s, control-plane CPU-seconds per 1,000 containers (and
-containers per CPU-second), its peak RSS, and the rate over the last fifth of
-the runs against the first fifth. `--profile` records the control plane with
-py-spy (`.venv/bin/py-spy`) into a flame graph (collapsed stacks if it ends in .txt).
+containers per CPU-second; PostgreSQL's own CPU apart), its peak RSS, and the
+rate over the last fifth of the runs against the first fifth. `--profile`
+records the control plane with py-spy (`.venv/bin/py-spy`) into a flame graph
+(collapsed stacks if it ends in .txt).
 """
 
 from __future__ import annotations
@@ -197,13 +199,15 @@ def fifth_rates(done_at: list[float], began: float, containers_per_run: int) -> 
     return first, last
 
 
-def start_control_plane(tmp: Path, address: str, args: argparse.Namespace) -> subprocess.Popen:
-    """`muster-controlplane` on SQLite, plaintext on loopback; waits until it listens."""
+def start_control_plane(
+    tmp: Path, address: str, args: argparse.Namespace, db: str
+) -> subprocess.Popen:
+    """`muster-controlplane` on `db`, plaintext on loopback; waits until it listens."""
     log = open(tmp / "controlplane.log", "w")
     # fmt: off
     proc = subprocess.Popen(
         [str(BIN / "muster-controlplane"), "--insecure", "--listen", address,
-         "--db", str(tmp / "cp.db"), "--max-pending-runs", "0", "--data-listen", "off",
+         "--db", db, "--max-pending-runs", "0", "--data-listen", "off",
          "--max-streams", str(args.in_flight + 100), "--heartbeat-interval", "5",
          "--log-level", "WARNING"],
         stdout=subprocess.PIPE, stderr=log, text=True,
@@ -250,18 +254,56 @@ def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
         proc.wait()
 
 
+def server_cpu(postmaster: int | None) -> float:
+    """CPU-seconds of a PostgreSQL server and its backends so far (0 without one)."""
+    if postmaster is None:
+        return 0.0
+    procs = [psutil.Process(postmaster)]
+    procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+@contextlib.contextmanager
+def store_for(args: argparse.Namespace, tmp: Path):
+    """(--db for the control plane, PID of a PostgreSQL server this benchmark
+    started or None); `--db postgresql` starts one (tests/pg_support.py) and
+    deletes it afterwards."""
+    if args.db == "sqlite":
+        yield str(tmp / "cp.db"), None
+        return
+    if args.db != "postgresql":
+        yield args.db, None
+        return
+    sys.path.insert(0, str(REPO))
+    from tests.pg_support import start_server
+
+    server = start_server(durable=True)
+    try:
+        pid = int((server.data / "postmaster.pid").read_text().split()[0])
+        yield server.url(server.create_database()), pid
+    finally:
+        server.stop()
+
+
 def bench(args: argparse.Namespace) -> None:
     address = f"127.0.0.1:{free_port()}"
-    with tempfile.TemporaryDirectory() as tmp:
-        cp_proc = start_control_plane(Path(tmp), address, args)
+    with tempfile.TemporaryDirectory() as tmp, store_for(args, Path(tmp)) as (db, postmaster):
+        cp_proc = start_control_plane(Path(tmp), address, args, db)
         agents: list[tuple] = []
         spy = None
+        pg_before = server_cpu(postmaster)
         try:
             agents = start_agents(Path(tmp), address, args)
             if args.profile:
                 spy = start_profiler(cp_proc.pid, args.profile)
             sampler = Sampler(cp_proc.pid)
             results = asyncio.run(measure(args, address, cp_proc.pid, sampler, agents))
+            pg_cpu = server_cpu(postmaster) - pg_before  # while its backends are alive
         finally:
             if spy is not None:
                 stop(spy, signal.SIGINT)
@@ -272,6 +314,7 @@ def bench(args: argparse.Namespace) -> None:
     per_run = args.workers + 1
     containers = args.runs * per_run
     first, last = fifth_rates(done_at, began, per_run)
+    print(f"  store: {args.db}")
     print(f"  {args.runs - len(failures)}/{args.runs} succeeded; {created} containers created")
     for failure in failures[:5]:
         print(f"    {failure}")
@@ -280,6 +323,11 @@ def bench(args: argparse.Namespace) -> None:
         f"  control plane CPU: {cpu:.1f} s = {cpu / containers * 1000:.2f} CPU-s per 1,000 "
         f"containers ({containers / cpu:.0f} containers per CPU-second)"
     )
+    if postmaster is not None:
+        print(
+            f"  PostgreSQL server CPU: {pg_cpu:.1f} s = {pg_cpu / containers * 1000:.2f} CPU-s "
+            "per 1,000 containers"
+        )
     print(f"  control plane peak RSS: {sampler.peak / 2**20:.0f} MiB")
     print(
         f"  rate: first fifth {first:.0f}/s, last fifth {last:.0f}/s "
@@ -297,6 +345,12 @@ def main() -> None:
     parser.add_argument("--agent-procs", type=int, default=2)
     parser.add_argument("--in-flight", type=int, default=400)
     parser.add_argument("--profile", default="")
+    parser.add_argument(
+        "--db",
+        default="sqlite",
+        help="sqlite (a file in a temporary directory), postgresql (a server of its own), "
+        "or a --db URL for the control plane",
+    )
     parser.add_argument("--agent-proc", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--server", default="", help=argparse.SUPPRESS)
     parser.add_argument("--first", type=int, default=0, help=argparse.SUPPRESS)

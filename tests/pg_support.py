@@ -117,8 +117,9 @@ class PgServer:
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
-def start_server() -> PgServer:
-    """initdb and start a server in a new temporary directory (a few seconds)."""
+def start_server(durable: bool = False) -> PgServer:
+    """initdb and start a server in a new temporary directory (a few seconds);
+    `durable` keeps fsync on (benchmarks), tests do without it."""
     binaries = pg_bin()
     if binaries is None:
         pytest.skip(
@@ -149,8 +150,8 @@ def start_server() -> PgServer:
         )
         for _ in range(3):  # another process may take the free port first
             server.port = _free_port()
-            options = (
-                f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1 {_DURABILITY_OFF}"
+            options = f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1 " + (
+                "" if durable else _DURABILITY_OFF
             )
             started = subprocess.run(
                 [
