@@ -375,11 +375,14 @@ class PodmanRuntime:
     async def watch_changes(self, notify: Callable[[], None]) -> None:
         """Podman's event stream (this node's containers), as change hints.
 
-        Read by a thread of its own (the stream never ends by itself); when
-        this is cancelled the response is closed, which ends the thread."""
+        Read by a thread of its own (the stream never ends by itself). When
+        this is cancelled, the stream's socket is shut down, which ends the
+        thread's read at once; the response is never closed from the event
+        loop, since closing waits for the reading thread's lock (it would block
+        the loop until Podman's next event)."""
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
-        response: list[Any] = []
+        sockets: list[socket.socket] = []
 
         def finish(error: BaseException | None) -> None:
             if not done.done():
@@ -395,15 +398,20 @@ class PodmanRuntime:
                     params={"stream": "true", "filters": json.dumps(filters)},
                     stream=True,
                 )
-                response.append(reply)
+                sock = getattr(getattr(reply.raw, "connection", None), "sock", None)
+                if isinstance(sock, socket.socket):
+                    sockets.append(sock)
                 reply.raise_for_status()
                 for line in reply.iter_lines():
-                    if line and not done.done():
+                    if done.done():
+                        break
+                    if line:
                         loop.call_soon_threadsafe(notify)
             except BaseException as exc:  # ends with the stream; the caller retries
                 error = exc
             finally:
-                client.close()
+                with contextlib.suppress(Exception):
+                    client.close()
                 with contextlib.suppress(RuntimeError):  # the loop may be closed
                     loop.call_soon_threadsafe(finish, error)
 
@@ -413,9 +421,9 @@ class PodmanRuntime:
         finally:
             if not done.done():
                 done.cancel()
-            for reply in response:
-                with contextlib.suppress(Exception):
-                    reply.close()
+            for sock in sockets:  # no lock involved: the reader sees the end at once
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     async def list_managed(self) -> list[ContainerInfo]:
         """All containers of this node (one API call, no IPs)."""
