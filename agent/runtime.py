@@ -146,6 +146,8 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
+    shm_size_bytes: int = 0
+    """Size of /dev/shm; 0: the runtime's default."""
     endpoints: dict[str, int] = field(default_factory=dict)
     """Endpoint name -> container port, in declaration order (workers only)."""
     generation: int = 0

@@ -880,6 +880,8 @@ class PodmanRuntime:
             kwargs["cpu_quota"] = spec.cpu_limit_millis * CPU_PERIOD_US // 1000
         if spec.memory_limit_bytes > 0:
             kwargs["mem_limit"] = spec.memory_limit_bytes
+        if spec.shm_size_bytes > 0:
+            kwargs["shm_size"] = spec.shm_size_bytes
         if host_ports:
             bind = self._publish if self._publish not in ("", "0.0.0.0") else None
             kwargs["ports"] = {

@@ -355,6 +355,7 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         env=spec.env,
         cpu_limit_millis=spec.cpu_limit_millis,
         memory_limit_bytes=spec.memory_limit_bytes,
+        shm_size_bytes=spec.shm_size_bytes,
         endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
         generation=spec.generation,
         hosts=spec.hosts,

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from controlplane.core.capacity import limit_of
 from controlplane.core.envvars import build_env, compact_json, endpoint_variable, expand
 from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy, registry_of
+from controlplane.core.quantities import memory_bytes
 from controlplane.core.run_buffers import Pipe, parameters, pipe_env
 from controlplane.core.runs import Run, hostname
 
@@ -28,6 +29,7 @@ class ContainerSpec:
     env: dict[str, str] = field(default_factory=dict)
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
+    shm_size_bytes: int = 0  # /dev/shm (resources.shm); 0: the runtime's default
     endpoints: dict[str, int] = field(default_factory=dict)
     generation: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
@@ -121,6 +123,7 @@ def container_spec(
         env=env,
         cpu_limit_millis=limits.cpu_millis,
         memory_limit_bytes=limits.memory_bytes,
+        shm_size_bytes=memory_bytes(spec.resources.shm) if spec.resources.shm else 0,
         endpoints=dict(spec.endpoints) if role == "worker" else {},
         generation=run.generation,
         hosts=peer_hosts(run, role, index, node_ips or {}),

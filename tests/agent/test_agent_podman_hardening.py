@@ -274,3 +274,17 @@ async def test_a_hardened_worker_serves_http_and_a_job_reaches_it(
     await rt.start(failing)
     assert (await wait_for_state(rt, failing.name, "exited")).exit_code == 7
     assert [x.text for x in await read_all(rt, failing.name)] == ["bye"]
+
+
+async def test_resources_shm_sizes_dev_shm(podman_node: PodmanNode) -> None:
+    rt = podman_node.runtime()
+    job = spec(
+        random_run_id(), "job", 0, BUSYBOX, ["sh", "-c"], ["df -k /dev/shm | tail -n 1"],
+        shm_size_bytes=96 * 2**20,
+    )  # fmt: skip
+    await rt.start(job)
+    done = await wait_for_state(rt, job.name, "exited")
+    lines = [x.text for x in await read_all(rt, job.name)]
+    assert done.exit_code == 0, lines
+    assert lines and lines[-1].split()[1] == str(96 * 1024), lines  # 1K-blocks of /dev/shm
+    assert (await podman_node.inspect(job.name))["HostConfig"]["ShmSize"] == 96 * 2**20

@@ -72,3 +72,13 @@ def test_container_names_carry_the_cluster_and_older_runs_keep_theirs() -> None:
     older = run_from_doc(doc)
     assert older.container_name("worker", 1) == "muster-run-7-worker-1"
     assert container_spec(older, "worker", 1, cluster_id=run.cluster).cluster_id == run.cluster
+
+
+def test_resources_shm_reaches_the_container_spec() -> None:
+    from dataclasses import replace
+
+    run = placed()
+    assert container_spec(run, "job", 0).shm_size_bytes == 0  # the runtime's default
+    job = run.job.codespec
+    run.job.codespec = replace(job, resources=replace(job.resources, shm="1Gi"))
+    assert container_spec(run, "job", 0).shm_size_bytes == 2**30
