@@ -12,6 +12,8 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from muster.v1 import run_pb2 as rpb
+
 FORMATS = ("table", "json", "yaml")
 
 
@@ -163,6 +165,8 @@ def _target_dict(target: Any, role: str) -> dict[str, Any]:
     }
     if role == "job":
         doc.update(tags=dict(target.tags), bufferTtl=target.buffer_ttl)
+    if target.restart_policy == rpb.RESTART_POLICY_ALWAYS:
+        doc["restartPolicy"] = "Always"  # muster's extra; absent means Never
     return _omit_empty(doc)
 
 

@@ -41,7 +41,13 @@ from muster_cli.client import (
 )
 from muster_cli.logs import stream_logs
 from muster_cli.output import dump, enum_text, human_bytes, run_dict, run_metadata, table
-from muster_cli.specfile import PULL_POLICIES, SpecError, load_run, time_span
+from muster_cli.specfile import (
+    PULL_POLICIES,
+    RESTART_POLICIES,
+    SpecError,
+    load_run,
+    time_span,
+)
 from muster_cli.timeparse import parse_duration, parse_since
 
 STATUSES = ["Pending", "Running", "Succeeded", "Failed", "Canceled"]
@@ -100,6 +106,8 @@ def build_run(file: str | None, flags: dict[str, Any]) -> pb.Run:
         run.worker.replicas = flags["worker_replicas"]
     if flags["worker_node_pool"]:
         run.worker.node_pool = flags["worker_node_pool"]
+    if flags["worker_restart"]:
+        run.worker.restart_policy = RESTART_POLICIES[flags["worker_restart"].lower()]
     if flags["timeout"]:
         run.timeout_seconds = timeout_seconds(flags["timeout"])
     run.tags.update(key_values(comma_pairs(flags["tag"]), "--tag"))
@@ -136,6 +144,12 @@ def run_options(fn: Any) -> Any:
         click.option("--worker-version", type=POSITIVE, help="Worker codespec version."),
         click.option("--worker-replicas", type=POSITIVE, help="Worker replicas (default 1)."),
         click.option("--worker-node-pool", help="Node pool of the workers."),
+        click.option(
+            "--worker-restart",
+            type=click.Choice(["never", "always"], case_sensitive=False),
+            help="When a worker's process exits: never restart it, the run fails (default, "
+            "for MPI-style jobs), or always restart it in place (Tyger's behaviour).",
+        ),
         click.option(
             "--timeout",
             help="Run timeout: a Go duration (300s, 1.5h, 2h45m) or seconds (default 12h).",

@@ -210,6 +210,7 @@ TARGET_SCHEMA: dict[str, Any] = {
     "nodePool": STR,
     "replicas": INT,
     "resolvedCodespec": ANY,
+    "restartPolicy": STR,  # muster's: workers only, Never (default) or Always
 }
 JOB_TARGET_SCHEMA: dict[str, Any] = {
     **TARGET_SCHEMA,
@@ -295,7 +296,20 @@ def _target_from_dict(doc: Any, role: str) -> rpb.RunCodeTarget:
         target.replicas = doc["replicas"]
     target.tags.update(doc.get("tags", {}))
     target.buffer_ttl = time_span(doc.get("bufferTtl", ""), f"{role}.bufferTtl")
+    if "restartPolicy" in doc:
+        target.restart_policy = restart_policy(doc["restartPolicy"], f"{role}.restartPolicy")
     return target
+
+
+RESTART_POLICIES = {"never": rpb.RESTART_POLICY_NEVER, "always": rpb.RESTART_POLICY_ALWAYS}
+
+
+def restart_policy(text: str, where: str) -> Any:
+    """Never or Always (any case) -> RestartPolicy."""
+    found = RESTART_POLICIES.get(text.strip().lower())
+    if found is None:
+        raise SpecError(f"{where}: '{text}' is not a restart policy; use Never or Always")
+    return found
 
 
 RUN_KINDS = ("user", "")

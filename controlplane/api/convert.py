@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from datetime import UTC, datetime
+from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -139,6 +140,11 @@ PULL_POLICY_TO_PB = {
     "never": run_pb.PULL_POLICY_NEVER,
 }
 PULL_POLICY_FROM_PB = {v: k for k, v in PULL_POLICY_TO_PB.items()}
+RESTART_FROM_PB = {
+    run_pb.RESTART_POLICY_UNSPECIFIED: False,
+    run_pb.RESTART_POLICY_NEVER: False,
+    run_pb.RESTART_POLICY_ALWAYS: True,
+}
 
 
 def pull_policy_from_pb(value: int, field: str) -> PullPolicy | None:
@@ -150,7 +156,7 @@ def pull_policy_from_pb(value: int, field: str) -> PullPolicy | None:
     return PULL_POLICY_FROM_PB[value]  # type: ignore[return-value]
 
 
-def _known(table: dict, value: int, field: str) -> str:
+def _known(table: dict, value: int, field: str) -> Any:
     """An enum value the control plane knows, or InvalidArgument (never a guess)."""
     if value not in table:
         raise InvalidArgument(field, f"unknown value {value}")
@@ -165,6 +171,7 @@ def target_request_from_pb(msg: run_pb.RunCodeTarget, role: str) -> TargetReques
         inline=codespec_from_pb(msg.codespec.inline) if which == "inline" else None,
         node_pool=msg.node_pool,
         replicas=msg.replicas if msg.HasField("replicas") else None,
+        restart=_known(RESTART_FROM_PB, msg.restart_policy, f"{role}.restartPolicy"),
     )
 
 
@@ -199,6 +206,7 @@ def _target_to_pb(t: Target, fields: TygerFields | None = None) -> run_pb.RunCod
         resolved_codespec=codespec_to_pb(t.codespec),
         tags=fields.job_tags if fields else {},
         buffer_ttl=fields.job_buffer_ttl if fields else "",
+        restart_policy=run_pb.RESTART_POLICY_ALWAYS if t.restart else 0,  # type: ignore[arg-type]
     )
 
 
@@ -356,6 +364,7 @@ def start_to_pb(spec: ContainerSpec) -> agent_pb.StartContainer:
         cpu_limit_millis=spec.cpu_limit_millis,
         memory_limit_bytes=spec.memory_limit_bytes,
         shm_size_bytes=spec.shm_size_bytes,
+        restart_always=spec.restart_always,
         endpoints=[agent_pb.EndpointPort(name=k, port=v) for k, v in spec.endpoints.items()],
         generation=spec.generation,
         hosts=spec.hosts,

@@ -30,6 +30,7 @@ class ContainerSpec:
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
     shm_size_bytes: int = 0  # /dev/shm (resources.shm); 0: the runtime's default
+    restart_always: bool = False  # a worker restarted in place when its process exits
     endpoints: dict[str, int] = field(default_factory=dict)
     generation: int = 0
     hosts: dict[str, str] = field(default_factory=dict)
@@ -124,6 +125,7 @@ def container_spec(
         cpu_limit_millis=limits.cpu_millis,
         memory_limit_bytes=limits.memory_bytes,
         shm_size_bytes=memory_bytes(spec.resources.shm) if spec.resources.shm else 0,
+        restart_always=role == "worker" and target.restart,
         endpoints=dict(spec.endpoints) if role == "worker" else {},
         generation=run.generation,
         hosts=peer_hosts(run, role, index, node_ips or {}),

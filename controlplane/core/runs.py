@@ -34,6 +34,9 @@ class Target:
     reference: str  # what the user asked for: "name", "name/versions/N" or "" (inline)
     node_pool: str = ""
     replicas: int = 1
+    restart: bool = False
+    """Workers only: restarted in place when their process exits (Tyger's
+    behaviour) instead of failing the run."""
 
     @cached_property
     def request(self) -> Capacity:
@@ -381,6 +384,10 @@ def _observe_worker(run: Run, r: Replica, was_ready: bool, now: datetime) -> lis
         )
     if r.state in ("exited", "removed"):
         code = f"with code {r.exit_code}" if r.exit_code is not None else "unexpectedly"
+        if r.state == "exited" and run.worker is not None and run.worker.restart:
+            r.ready = False
+            _log(run, now, f"worker {r.index} exited {code}; restarting it (restartPolicy Always)")
+            return []
         return _finish(run, now, "Failed", f"worker {r.index} exited {code}")
     if r.ready and not was_ready:
         _log(run, now, f"worker {r.index} ready")

@@ -30,6 +30,7 @@ class TargetRequest:
     inline: Codespec | None = None
     node_pool: str = ""
     replicas: int | None = None
+    restart: bool = False  # workers only: restart in place when the process exits
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,9 @@ def fingerprint(request: RunRequest) -> str:
     asked = asdict(replace(request, request_id=""))
     if not asked["buffers"]:
         del asked["buffers"]  # requests without bindings hash as they did before buffers
+    for half in (asked["job"], asked["worker"] or {}):
+        if not half.get("restart", True):
+            del half["restart"]  # nor do those without a restart policy
     text = json.dumps(asked, sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
 
@@ -123,4 +127,9 @@ async def resolve_target(codespecs: CodespecService, request: TargetRequest, rol
     else:
         raise InvalidArgument(path, f"the {role} needs a codespec: a name or an inline codespec")
     replicas = 1 if request.replicas is None else request.replicas
-    return Target(spec, reference, request.node_pool, replicas)
+    if request.restart and role != "worker":
+        raise InvalidArgument(
+            f"{role}.restartPolicy",
+            "only workers can be restarted; a job's exit decides the run's outcome",
+        )
+    return Target(spec, reference, request.node_pool, replicas, restart=request.restart)

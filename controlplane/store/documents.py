@@ -31,6 +31,7 @@ def _target(t: Target) -> dict[str, Any]:
         "reference": t.reference,
         "nodePool": t.node_pool,
         "replicas": t.replicas,
+        **({"restart": True} if t.restart else {}),
     }
 
 
@@ -41,6 +42,7 @@ def _target_from(doc: dict[str, Any]) -> Target:
         reference=doc["reference"],
         node_pool=doc["nodePool"],
         replicas=doc["replicas"],
+        restart=bool(doc.get("restart", False)),
     )
 
 

@@ -183,7 +183,7 @@ class LogBatchAck(_message.Message):
     def __init__(self, batch_id: _Optional[int] = ...) -> None: ...
 
 class StartContainer(_message.Message):
-    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id", "buffers", "shm_size_bytes")
+    __slots__ = ("run_id", "role", "replica", "container_name", "hostname", "image", "command", "args", "working_dir", "env", "cpu_limit_millis", "memory_limit_bytes", "endpoints", "generation", "hosts", "gpu_devices", "pull_policy", "registry_credentials", "cluster_id", "buffers", "shm_size_bytes", "restart_always")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -219,6 +219,7 @@ class StartContainer(_message.Message):
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     BUFFERS_FIELD_NUMBER: _ClassVar[int]
     SHM_SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESTART_ALWAYS_FIELD_NUMBER: _ClassVar[int]
     run_id: int
     role: _run_pb2.ReplicaRole
     replica: int
@@ -240,7 +241,8 @@ class StartContainer(_message.Message):
     cluster_id: str
     buffers: _containers.RepeatedCompositeFieldContainer[BufferPipe]
     shm_size_bytes: int
-    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[BufferPipe, _Mapping]]] = ..., shm_size_bytes: _Optional[int] = ...) -> None: ...
+    restart_always: bool
+    def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., hostname: _Optional[str] = ..., image: _Optional[str] = ..., command: _Optional[_Iterable[str]] = ..., args: _Optional[_Iterable[str]] = ..., working_dir: _Optional[str] = ..., env: _Optional[_Mapping[str, str]] = ..., cpu_limit_millis: _Optional[int] = ..., memory_limit_bytes: _Optional[int] = ..., endpoints: _Optional[_Iterable[_Union[EndpointPort, _Mapping]]] = ..., generation: _Optional[int] = ..., hosts: _Optional[_Mapping[str, str]] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., pull_policy: _Optional[_Union[_run_pb2.PullPolicy, str]] = ..., registry_credentials: _Optional[_Iterable[_Union[RegistryCredential, _Mapping]]] = ..., cluster_id: _Optional[str] = ..., buffers: _Optional[_Iterable[_Union[BufferPipe, _Mapping]]] = ..., shm_size_bytes: _Optional[int] = ..., restart_always: _Optional[bool] = ...) -> None: ...
 
 class BufferPipe(_message.Message):
     __slots__ = ("name", "output", "buffer_id", "access_url", "ca_pem")

@@ -37,6 +37,12 @@ class ContainerState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CONTAINER_STATE_REMOVED: _ClassVar[ContainerState]
     CONTAINER_STATE_PULLING: _ClassVar[ContainerState]
 
+class RestartPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    RESTART_POLICY_UNSPECIFIED: _ClassVar[RestartPolicy]
+    RESTART_POLICY_NEVER: _ClassVar[RestartPolicy]
+    RESTART_POLICY_ALWAYS: _ClassVar[RestartPolicy]
+
 class LogStream(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LOG_STREAM_UNSPECIFIED: _ClassVar[LogStream]
@@ -66,6 +72,9 @@ CONTAINER_STATE_EXITED: ContainerState
 CONTAINER_STATE_FAILED: ContainerState
 CONTAINER_STATE_REMOVED: ContainerState
 CONTAINER_STATE_PULLING: ContainerState
+RESTART_POLICY_UNSPECIFIED: RestartPolicy
+RESTART_POLICY_NEVER: RestartPolicy
+RESTART_POLICY_ALWAYS: RestartPolicy
 LOG_STREAM_UNSPECIFIED: LogStream
 LOG_STREAM_STDOUT: LogStream
 LOG_STREAM_STDERR: LogStream
@@ -83,7 +92,7 @@ class CodespecRef(_message.Message):
     def __init__(self, named: _Optional[str] = ..., inline: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ...) -> None: ...
 
 class RunCodeTarget(_message.Message):
-    __slots__ = ("codespec", "node_pool", "replicas", "resolved_codespec", "tags", "buffer_ttl")
+    __slots__ = ("codespec", "node_pool", "replicas", "resolved_codespec", "tags", "buffer_ttl", "restart_policy")
     class TagsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -97,13 +106,15 @@ class RunCodeTarget(_message.Message):
     RESOLVED_CODESPEC_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     BUFFER_TTL_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
     codespec: CodespecRef
     node_pool: str
     replicas: int
     resolved_codespec: _codespec_pb2.Codespec
     tags: _containers.ScalarMap[str, str]
     buffer_ttl: str
-    def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., buffer_ttl: _Optional[str] = ...) -> None: ...
+    restart_policy: RestartPolicy
+    def __init__(self, codespec: _Optional[_Union[CodespecRef, _Mapping]] = ..., node_pool: _Optional[str] = ..., replicas: _Optional[int] = ..., resolved_codespec: _Optional[_Union[_codespec_pb2.Codespec, _Mapping]] = ..., tags: _Optional[_Mapping[str, str]] = ..., buffer_ttl: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, str]] = ...) -> None: ...
 
 class Replica(_message.Message):
     __slots__ = ("role", "index", "node_name", "state", "ready", "exit_code", "hostname", "container_name", "endpoint_addresses", "message", "gpu_devices", "image_digest", "pull_bytes_done", "pull_bytes_total")

@@ -137,3 +137,35 @@ def test_out_of_range_numbers_are_one_line_usage_errors(tmp_path: Path) -> None:
         assert result.returncode in (1, 2), args
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and ("range" in lines[0] or "too far" in lines[0]), (args, lines)
+
+
+def test_worker_restart_policy_by_flag_and_file(cp_process, tmp_path: Path) -> None:
+    srv = cp_process
+    run_cli("codespec", "create", "j", "--image", "img", server=srv, check=True)
+    run_cli("codespec", "create", "w", "--image", "img", "-k", "worker", server=srv, check=True)
+    made = run_cli(
+        "run", "create", "-c", "j", "--worker-codespec", "w", "--worker-restart", "always",
+        server=srv, check=True,
+    ).stdout.strip()  # fmt: skip
+    shown = json.loads(run_cli("run", "show", made, "-o", "json", server=srv, check=True).stdout)
+    assert shown["worker"]["restartPolicy"] == "Always"
+    assert "restartPolicy" not in shown["job"]
+    # What `run show` prints makes the same run again.
+    (tmp_path / "again.yaml").write_text(yaml.safe_dump(shown))
+    again = run_cli("run", "create", "-f", str(tmp_path / "again.yaml"), server=srv, check=True)
+    twin = run_cli("run", "show", again.stdout.strip(), "-o", "json", server=srv, check=True)
+    assert json.loads(twin.stdout)["worker"]["restartPolicy"] == "Always"
+    # Only workers restart; a policy muster does not know is one line.
+    (tmp_path / "job.yaml").write_text(
+        yaml.safe_dump({"job": {"codespec": "j", "restartPolicy": "Always"}})
+    )
+    refused = run_cli("run", "create", "-f", str(tmp_path / "job.yaml"), server=srv)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1
+    assert "job.restartPolicy: only workers can be restarted" in refused.stderr
+    (tmp_path / "odd.yaml").write_text(
+        yaml.safe_dump(
+            {"job": {"codespec": "j"}, "worker": {"codespec": "w", "restartPolicy": "x"}}
+        )
+    )
+    odd = run_cli("run", "create", "-f", str(tmp_path / "odd.yaml"), server=srv)
+    assert odd.returncode != 0 and "'x' is not a restart policy; use Never or Always" in odd.stderr
