@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from agent import runtime_podman
+from agent import podman_logs_reader
 from agent.runtime import LogLine
 from agent.runtime_podman import PodmanRuntime
 from muster.v1 import run_pb2
@@ -281,12 +281,12 @@ async def test_an_unreadable_log_file_falls_back_to_the_api(
     def unreadable(path: str, *args: object) -> None:
         raise PermissionError(13, "Permission denied", path)
 
-    monkeypatch.setattr(runtime_podman, "LogFileTail", unreadable)
+    monkeypatch.setattr(podman_logs_reader, "LogFileTail", unreadable)
     rt = podman_node.runtime()
     info = await rt.start(
         spec(random_run_id(), "job", 0, BUSYBOX, ["sh", "-c"], ["echo one; echo two >&2"])
     )
-    with caplog.at_level(logging.WARNING, logger="agent.runtime_podman"):
+    with caplog.at_level(logging.WARNING, logger="agent.podman_logs_reader"):
         lines = await read_all(rt, info.name)
     assert sorted((x.stream, x.text) for x in lines) == [("stderr", "two"), ("stdout", "one")]
     assert "event=log_file_unreadable" in caplog.text and "podman log API" in caplog.text
