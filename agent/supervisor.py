@@ -54,44 +54,26 @@ from agent.logutil import log
 from agent.messages import (
     BadAssignment,
     Status,
-    addresses,
     credentials_from_pb,
     pull_policy_from_pb,
     spec_from_start,
 )
-from agent.probe import ip_literal
 from agent.pulls import Puller
+from agent.readiness import Probes, accepts_now, needs_probe, reachable
 from agent.runtime import (
     ContainerInfo,
     ContainerSpec,
-    EndpointTarget,
     PullProgress,
     Runtime,
     RuntimeFailure,
 )
+from agent.teardowns import TeardownRetries
 from muster.v1 import agent_pb2
 
 Sink = Callable[[agent_pb2.ContainerStatus], None]
 Reply = Callable[[agent_pb2.ConnectRequest], None]
 """Sends an answer (ImagePulled, ImagesListed) on the stream the request came from."""
 _log = logging.getLogger(__name__)
-
-
-def _needs_probe(info: ContainerInfo | ContainerSpec) -> bool:
-    """Workers with endpoints are ready only once every endpoint accepts."""
-    return info.role == "worker" and bool(info.endpoints)
-
-
-def reachable(targets: list[EndpointTarget]) -> dict[str, Any]:
-    """Status fields of a ready worker: its endpoint addresses, and the IP the
-    job reaches it at (where the probe connected, the way the job will)."""
-    host_ip = ip_literal(targets[0].probe_host) if targets else ""
-    return {"endpoints": addresses(targets), "host_ip": host_ip}
-
-
-def not_accepting(target: EndpointTarget) -> str:
-    """The probe message naming the first endpoint that does not accept yet."""
-    return f"endpoint '{target.name}' (port {target.port}) not accepting connections yet"
 
 
 class Supervisor:
@@ -134,20 +116,19 @@ class Supervisor:
         self._poll_interval = poll_interval
         self._changed = asyncio.Event()
         """Set when the runtime announced a change: the watch loop lists at once."""
-        self._probe_interval = probe_interval
         self._log_flush_timeout = log_flush_timeout
         self._vanished_log_timeout = vanished_log_timeout
-        self._teardown_retry = teardown_retry
         self.logs = LogShipper(
             runtime, batch_lines=log_batch_lines, batch_seconds=log_batch_seconds
         )
         """The log shipper (one follower per container for the current stream)."""
         self._statuses: dict[str, Status] = {}
         self._starts: dict[str, tuple[int, asyncio.Task[None]]] = {}
-        self._probes: dict[str, asyncio.Task[None]] = {}
+        self._probes = Probes(runtime, probe_interval, self._statuses.get, self._set, self._spawn)
+        """Readiness probes of running workers that are not ready yet."""
         self._teardowns: dict[int, asyncio.Task[None]] = {}
-        self._failed_teardowns: dict[int, tuple[int, float]] = {}
-        """Runs whose teardown left containers behind: (failures so far, retry at loop time)."""
+        self._failed_teardowns = TeardownRetries(*teardown_retry)
+        """Runs whose teardown left containers behind."""
         self._deferred_starts: set[str] = set()
         self._vanishing: dict[str, asyncio.Task[None]] = {}
         self._ship_logs = False
@@ -335,8 +316,8 @@ class Supervisor:
     def _retry_teardowns(self) -> None:
         """Start again every failed teardown whose backoff has passed."""
         now = asyncio.get_running_loop().time()
-        for run_id, (failures, due) in list(self._failed_teardowns.items()):
-            if due <= now and run_id not in self._teardowns:
+        for run_id, failures in self._failed_teardowns.due(now):
+            if run_id not in self._teardowns:
                 log(_log, logging.INFO, "teardown_retry", run_id=run_id, failures=failures)
                 self.handle_teardown(run_id)
 
@@ -378,21 +359,12 @@ class Supervisor:
         fresh = [
             i
             for i in infos
-            if i.name not in self._statuses and i.state == "running" and _needs_probe(i)
+            if i.name not in self._statuses and i.state == "running" and needs_probe(i)
         ]
         results = await asyncio.gather(
-            *(self._probe_once(i.name) for i in fresh), return_exceptions=True
+            *(accepts_now(self._rt, i.name) for i in fresh), return_exceptions=True
         )
         return {i.name for i, ok in zip(fresh, results, strict=True) if ok is True}
-
-    async def _probe_once(self, name: str) -> bool:
-        info = await self._rt.inspect(name)
-        if info is None or info.state != "running":
-            return False
-        for target in self._rt.endpoint_targets(info):
-            if not await self._rt.probe(target):
-                return False
-        return True
 
     def _apply(self, infos: list[ContainerInfo], started_at: int, ready: set[str]) -> None:
         seen: set[str] = set()
@@ -456,7 +428,7 @@ class Supervisor:
             # Already known: the control plane may have missed our last word.
             self._send(current)
             if current.state == "running" and not current.ready:
-                self._ensure_probe(spec.name)
+                self._probes.ensure(spec.name)
             return
         base = Status(
             spec.run_id,
@@ -562,16 +534,16 @@ class Supervisor:
         ):
             return  # reported once the copies have ended
         if info.state == "running":
-            if not _needs_probe(info):
+            if not needs_probe(info):
                 self._set(replace(base, ready=True))
             elif ready:
                 targets = self._rt.endpoint_targets(info)
                 self._set(replace(base, ready=True, **reachable(targets)))
             else:
                 self._set(base)
-                self._ensure_probe(info.name)
+                self._probes.ensure(info.name)
             return
-        self._stop_probe(info.name)
+        self._probes.stop(info.name)
         if info.state == "exited":
             self._set(replace(base, exit_code=info.exit_code))
         elif info.state == "failed":
@@ -594,59 +566,6 @@ class Supervisor:
             return  # the start or the teardown reports
         self._set(replace(status, buffer_error=self.copies.error_of(name)))
 
-    def _ensure_probe(self, name: str) -> None:
-        if name not in self._probes:
-            task = self._spawn(self._probe_until_ready(name), f"probe {name}")
-            self._probes[name] = task
-            task.add_done_callback(
-                lambda t: self._probes.pop(name, None) if self._probes.get(name) is t else None
-            )
-
-    def _stop_probe(self, name: str) -> None:
-        task = self._probes.pop(name, None)
-        if task is not None:
-            task.cancel()
-
-    async def _probe_until_ready(self, name: str) -> None:
-        """Probe until every endpoint accepts; stop if the container stops running."""
-        info: ContainerInfo | None = None
-        failing = False
-        while True:
-            status = self._statuses.get(name)
-            if status is None or status.state != "running" or status.ready:
-                return
-            try:
-                if info is None or (self._rt.network_mode == "bridge" and info.ip is None):
-                    info = await self._rt.inspect(name)
-                closed = None
-                targets = self._rt.endpoint_targets(info) if info is not None else []
-                for target in targets:
-                    if not await self._rt.probe(target):
-                        closed = target
-                        break
-            except Exception as exc:  # runtime hiccup: keep probing, log once per streak
-                log(
-                    _log,
-                    logging.DEBUG if failing else logging.WARNING,
-                    "probe_error",
-                    name=name,
-                    error=exc,
-                )
-                failing = True
-                await asyncio.sleep(self._probe_interval)
-                continue
-            failing = False
-            status = self._statuses.get(name)
-            if status is None or status.state != "running" or info is None:
-                await asyncio.sleep(self._probe_interval)
-                continue
-            if closed is None:
-                log(_log, logging.INFO, "container_ready", name=name)
-                self._set(replace(status, ready=True, message="", **reachable(targets)))
-                return
-            self._set(replace(status, ready=False, message=not_accepting(closed)))
-            await asyncio.sleep(self._probe_interval)
-
     # -- teardown ---------------------------------------------------------------------------
 
     def fence(self) -> list[int]:
@@ -667,30 +586,13 @@ class Supervisor:
 
     async def _teardown(self, run_id: int, keep_logs: bool = True) -> None:
         log(_log, logging.INFO, "teardown_run", run_id=run_id)
-        # A start already in flight finishes first, so nothing is created after
-        # removal; one still getting its image is cancelled (it created nothing).
-        pending = [(name, task) for name, (rid, task) in self._starts.items() if rid == run_id]
-        for name, task in pending:
-            if name in self._pulling:
-                task.cancel()
-        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+        await self._settle_starts(run_id)
         names = [name for name, status in self._statuses.items() if status.run_id == run_id]
         for name in names:
-            self._stop_probe(name)
+            self._probes.stop(name)
         # Before the job is stopped, so that no output is completed by its end of file.
         await self.copies.stop_run(run_id)
-        # Stop, let the log followers read to the end, then remove: the logs
-        # live in the containers, and all of them go out before REMOVED.
-        try:
-            await self._rt.stop_run(run_id)
-        except Exception as exc:  # removal (which stops too) is still attempted
-            log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
-        if (
-            keep_logs
-            and self._ship_logs
-            and not await self.logs.flush(names, self._log_flush_timeout)
-        ):
-            log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
+        await self._stop_and_flush(run_id, names, keep_logs)
         removed: list[ContainerInfo] = []
         try:
             removed = await self._rt.remove_run(run_id)
@@ -703,6 +605,54 @@ class Supervisor:
         except Exception as exc:
             log(_log, logging.WARNING, "teardown_check_failed", run_id=run_id, error=exc)
             remaining = None
+        for name, status in self._gone(run_id, removed, remaining).items():
+            self._touch(name)
+            self._forget(name)
+            self.logs.forget(name)
+            await self.copies.remove(name)
+            self._send(status)
+        if remaining is None or remaining:
+            delay = self._failed_teardowns.failed(run_id, asyncio.get_running_loop().time())
+            log(
+                _log,
+                logging.WARNING,
+                "teardown_incomplete",
+                run_id=run_id,
+                left=sorted(remaining) if remaining is not None else "unknown",
+                retry_in=f"{delay:.2f}s",
+            )
+        else:
+            self._failed_teardowns.succeeded(run_id)
+
+    async def _settle_starts(self, run_id: int) -> None:
+        """A start already in flight finishes first, so nothing is created after
+        removal; one still getting its image is cancelled (it created nothing)."""
+        pending = [(name, task) for name, (rid, task) in self._starts.items() if rid == run_id]
+        for name, task in pending:
+            if name in self._pulling:
+                task.cancel()
+        await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
+
+    async def _stop_and_flush(self, run_id: int, names: list[str], keep_logs: bool) -> None:
+        """Stop, let the log followers read to the end (removal comes next): the logs
+        live in the containers, and all of them go out before REMOVED."""
+        try:
+            await self._rt.stop_run(run_id)
+        except Exception as exc:  # removal (which stops too) is still attempted
+            log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
+        if (
+            keep_logs
+            and self._ship_logs
+            and not await self.logs.flush(names, self._log_flush_timeout)
+        ):
+            log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
+
+    def _gone(
+        self, run_id: int, removed: list[ContainerInfo], remaining: set[str] | None
+    ) -> dict[str, Status]:
+        """The REMOVED statuses of ``run_id``'s containers that are really gone:
+        those no longer listed (``remaining``; ``None``: the list failed) and those
+        ``remove_run`` removed that were not listed after it."""
         gone: dict[str, Status] = {}
         if remaining is not None:
             gone = {
@@ -726,30 +676,7 @@ class Supervisor:
                         cluster_id=i.cluster_id,
                     )
                 )
-        for name, status in gone.items():
-            self._touch(name)
-            self._forget(name)
-            self.logs.forget(name)
-            await self.copies.remove(name)
-            self._send(status)
-        if remaining is None or remaining:
-            failures = self._failed_teardowns.get(run_id, (0, 0.0))[0] + 1
-            first, longest = self._teardown_retry
-            delay = min(longest, first * 2 ** min(failures - 1, 30))
-            log(
-                _log,
-                logging.WARNING,
-                "teardown_incomplete",
-                run_id=run_id,
-                left=sorted(remaining) if remaining is not None else "unknown",
-                retry_in=f"{delay:.2f}s",
-            )
-            self._failed_teardowns[run_id] = (
-                failures,
-                asyncio.get_running_loop().time() + delay,
-            )
-        else:
-            self._failed_teardowns.pop(run_id, None)
+        return gone
 
     # -- bookkeeping ----------------------------------------------------------------------------
 
@@ -776,7 +703,7 @@ class Supervisor:
             self._sink(status.to_pb())
 
     def _forget(self, name: str) -> None:
-        self._stop_probe(name)
+        self._probes.stop(name)
         self._statuses.pop(name, None)
 
     def _touch(self, name: str) -> None:
