@@ -17,8 +17,15 @@ import grpc
 
 from agent.buffer_copies import BufferCopies
 from agent.config import AgentConfig
-from agent.connection import CHANNEL_OPTIONS, AgentConnection, Backoff, ChannelFactory, Identity
+from agent.connection import (
+    CHANNEL_OPTIONS,
+    AddressedChannels,
+    AgentConnection,
+    Backoff,
+    Identity,
+)
 from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
+from agent.leaders import EpochGuard, split_addresses
 from agent.logutil import log
 from agent.metrics import AgentMetrics
 from agent.pulls import AuthFile, Puller
@@ -85,9 +92,11 @@ class SecureChannels:
     def __init__(self, creds: NodeCredentials) -> None:
         self.creds = creds
 
-    def __call__(self) -> grpc.aio.Channel:
+    def __call__(self, address: str | None = None) -> grpc.aio.Channel:
         return grpc.aio.secure_channel(
-            self.creds.agent_server, self.creds.channel_credentials(), options=CHANNEL_OPTIONS
+            address or self.creds.agent_server,
+            self.creds.channel_credentials(),
+            options=CHANNEL_OPTIONS,
         )
 
     def renewed(self, creds: NodeCredentials) -> None:
@@ -95,26 +104,43 @@ class SecureChannels:
         self.creds = creds
 
 
+def agent_addresses(config: AgentConfig, joined_at: str) -> list[str]:
+    """Every control plane's agent address, the one joined at first: the
+    --agent-server list if given, else each --server host with the agent
+    port learned when joining (control planes of one cluster share it)."""
+    if config.agent_server:
+        return split_addresses(config.agent_server)
+    port = joined_at.rsplit(":", 1)[-1]
+    derived = [f"{server.rsplit(':', 1)[0]}:{port}" for server in split_addresses(config.server)]
+    return split_addresses(",".join([joined_at, *derived]))
+
+
 async def _secure_channels(
     config: AgentConfig, stop: asyncio.Event, backoff: Backoff
-) -> tuple[ChannelFactory, Renewer] | None:
-    """Join if needed; None when stopped before the identity was ready."""
+) -> tuple[AddressedChannels, Renewer, list[str]] | None:
+    """Join if needed (through the first --server; any control plane signs);
+    None when stopped before the identity was ready."""
     store = CredentialStore(config.identity_dir)
     rng = random.Random()
+    agent_servers = split_addresses(config.agent_server or "")
     creds = await ensure_credentials(
         store,
         config.node_name,
-        config.server,
+        split_addresses(config.server)[0],
         config.ca_pem,
         config.join_token,
-        config.agent_server,
+        agent_servers[0] if agent_servers else None,
         stop,
         lambda attempt: backoff.delay(attempt, rng),
     )
     if creds is None:
         return None
     channels = SecureChannels(creds)
-    return channels, Renewer(store, creds, channels.renewed)
+    return (
+        channels,
+        Renewer(store, creds, channels.renewed),
+        agent_addresses(config, creds.agent_server),
+    )
 
 
 DEFAULT_FENCE_AFTER = 30.0
@@ -214,15 +240,22 @@ async def run_agent(
             endpoint = MetricsEndpoint(metrics.registry)
             port = await endpoint.start(config.metrics_listen)
             log(_log, logging.INFO, "metrics_listening", port=port)
-        channel: ChannelFactory | None = None
+        channel_to: AddressedChannels | None = None
         renewer: Renewer | None = None
+        servers = config.server
         if not config.insecure:
             secured = await _secure_channels(config, stop, backoff)
             if secured is None:
                 return
-            channel, renewer = secured
+            channel_to, renewer, addresses = secured
+            servers = ",".join(addresses)
         connection = AgentConnection(
-            config.server, make_identity(config), supervisor, backoff=backoff, channel=channel
+            servers,
+            make_identity(config),
+            supervisor,
+            backoff=backoff,
+            channel_to=channel_to,
+            epochs=EpochGuard(config.epoch_dir),
         )
         await _ensure_network(runtime, stop, backoff)
         tasks.append(asyncio.create_task(supervisor.watch(), name="agent-watch"))

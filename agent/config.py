@@ -88,6 +88,12 @@ class AgentConfig:
         return self.state_dir or default_state_dir(self.node_name)
 
     @property
+    def epoch_dir(self) -> Path | None:
+        """Where the newest leader epoch is kept: the state directory, unless
+        an insecure agent was given none (tests; then only in memory)."""
+        return None if self.insecure and self.state_dir is None else self.identity_dir
+
+    @property
     def pipes_root(self) -> Path:
         """One directory per job container with buffers, bind-mounted into it, so
         it must be a path Podman sees as the agent does."""
@@ -210,12 +216,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--server",
         default=os.environ.get("MUSTER_SERVER", DEFAULT_SERVER),
-        help="control plane HOST:PORT (env MUSTER_SERVER; default %(default)s)",
+        help="control plane HOST:PORT, or several comma-separated (control planes sharing a "
+        "database: the agent follows their leader) (env MUSTER_SERVER; default %(default)s)",
     )
     p.add_argument(
         "--agent-server",
         default=os.environ.get("MUSTER_AGENT_SERVER") or None,
-        help="control plane agent address HOST:PORT (mTLS); default: learned when joining",
+        help="control plane agent address HOST:PORT (mTLS), or several comma-separated; "
+        "default: learned when joining (with several --server: each host, that port)",
     )
     p.add_argument(
         "--ca-cert",

@@ -37,8 +37,9 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.leaders import EpochGuard, Targets, leader_hint, split_addresses
 from agent.logutil import log
-from agent.messages import NETWORK_MODE_TO_PB
+from agent.messages import NETWORK_MODE_TO_PB, PullRequest, start_from_pb
 from agent.runtime import NetworkMode
 from agent.supervisor import Supervisor
 from muster.common.limits import AGENT_MAX_SEND_BYTES
@@ -100,6 +101,12 @@ class Backoff:
 
 ChannelFactory = Callable[[], grpc.aio.Channel]
 """Opens a new channel to the control plane for each session."""
+AddressedChannels = Callable[[str], grpc.aio.Channel]
+"""Opens a new channel to one control plane address (several control planes)."""
+
+
+class StaleLeader(Exception):
+    """A message came from a leader older than one the agent has already seen."""
 
 
 def plaintext(server: str) -> ChannelFactory:
@@ -119,11 +126,18 @@ class AgentConnection:
         backoff: Backoff | None = None,
         rng: random.Random | None = None,
         channel: ChannelFactory | None = None,
+        channel_to: AddressedChannels | None = None,
+        epochs: EpochGuard | None = None,
     ) -> None:
-        """``server`` is ``host:port`` of the control plane; ``channel`` opens
-        channels to it (plaintext when not given)."""
-        self._server = server
-        self._channel = channel or plaintext(server)
+        """``server`` is ``host:port`` of the control plane, or several,
+        comma-separated (control planes sharing a database: the agent follows
+        their leader). ``channel_to`` opens a channel to one of them
+        (``channel``, to the one control plane; plaintext when neither is
+        given). ``epochs`` remembers the newest leader's epoch."""
+        self._targets = Targets(split_addresses(server) or [server])
+        self._fixed_channel = channel
+        self._channel_to = channel_to
+        self.epochs = epochs or EpochGuard()
         self.fence_after: float | None = None
         """Seconds the control plane waits before declaring a silent node Lost
         (learned at registration); how long the agent may be cut off before it
@@ -149,10 +163,21 @@ class AgentConnection:
             agent_version=ident.agent_version,
             network_mode=NETWORK_MODE_TO_PB[ident.network_mode],  # type: ignore[arg-type]
             network_name=ident.network_name,
-            containers=self._sup.snapshot(),
+            containers=[s.to_pb() for s in self._sup.snapshot()],
             instance_id=ident.instance_id,
             gpu_devices=list(ident.gpu_devices),
         )
+
+    @property
+    def _server(self) -> str:
+        return self._targets.current
+
+    def _channel(self) -> grpc.aio.Channel:
+        if self._channel_to is not None:
+            return self._channel_to(self._targets.current)
+        if self._fixed_channel is not None:
+            return self._fixed_channel()
+        return plaintext(self._targets.current)()
 
     def cut_for(self) -> float:
         """Seconds since the agent last had a registered stream (0 while it has one)."""
@@ -177,14 +202,20 @@ class AgentConnection:
             if self._registered:
                 attempt = 0
                 self._cut_since = time.monotonic()
+            error = None if session.cancelled() else session.exception()
+            left = self._server
+            self._targets.failed(error)
             delay = self._backoff.delay(attempt, self._rng)
+            if leader_hint(error) is not None:
+                delay = min(delay, 0.1)  # a follower named the leader: go there now
             attempt += 1
             log(
                 _log,
                 logging.WARNING,
                 "disconnected",
-                server=self._server,
+                server=left,
                 reason=reason,
+                next_server=self._server,
                 retry_in=f"{delay:.2f}s",
             )
             with contextlib.suppress(TimeoutError):
@@ -215,13 +246,18 @@ class AgentConnection:
             await self._sup.reconcile()
             outbox.put(agent_pb2.ConnectRequest(register=self.register_message()))
             self._sup.attach(
-                lambda status: outbox.put(agent_pb2.ConnectRequest(container_status=status))
+                lambda status: outbox.put(agent_pb2.ConnectRequest(container_status=status.to_pb()))
             )
             call = stub.Connect(self._drain(outbox, window))
             heartbeat: asyncio.Task[None] | None = None
             try:
                 async for response in call:
                     kind = response.WhichOneof("message")
+                    if not self.epochs.admit(response.epoch, kind or "none"):
+                        raise StaleLeader(
+                            f"epoch {response.epoch} is older than {self.epochs.newest}: "
+                            "that control plane no longer leads"
+                        )
                     if kind == "registered":
                         seconds = response.registered.heartbeat_interval_seconds
                         interval = float(seconds) if seconds > 0 else DEFAULT_HEARTBEAT_SECONDS
@@ -238,8 +274,9 @@ class AgentConnection:
                             # Logs only for an accepted session: a rejected one
                             # (say, a duplicate node name) starts no followers.
                             window.use_acks(response.registered.log_window)
-                            self._sup.attach_logs(window.send)
+                            self._sup.attach_logs(lambda batch: window.send(batch.to_pb()))
                         self._registered = True
+                        self._targets.connected()
                         log(
                             _log,
                             logging.INFO,
@@ -250,13 +287,19 @@ class AgentConnection:
                             heartbeat_seconds=interval,
                         )
                     elif kind == "start_container":
-                        self._sup.handle_start(response.start_container)
+                        if (spec := start_from_pb(response.start_container)) is not None:
+                            self._sup.handle_start(spec)
                     elif kind == "teardown_run":
                         self._sup.handle_teardown(response.teardown_run.run_id)
                     elif kind == "pull_image":
-                        self._sup.handle_pull_image(response.pull_image, outbox.put)
+                        self._sup.handle_pull_image(
+                            PullRequest.from_pb(response.pull_image),
+                            lambda a: outbox.put(a.to_pb()),
+                        )
                     elif kind == "list_images":
-                        self._sup.handle_list_images(response.list_images, outbox.put)
+                        self._sup.handle_list_images(
+                            response.list_images.request_id, lambda a: outbox.put(a.to_pb())
+                        )
                     elif kind == "log_batch_ack":
                         window.acked(response.log_batch_ack.batch_id)
                     else:

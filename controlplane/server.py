@@ -19,11 +19,12 @@ from controlplane.api.auth import AuthInterceptor
 from controlplane.api.buffers import BufferServicer
 from controlplane.api.codespecs import CodespecServicer
 from controlplane.api.images import ImageServicer, RegistryServicer
+from controlplane.api.leader import LeaderGate
 from controlplane.api.metrics import ControlPlaneMetrics, MetricsInterceptor
 from controlplane.api.nodes import NodeServicer
 from controlplane.api.runs import RunServicer
 from controlplane.api.tokens import TokenServicer
-from controlplane.core.errors import DomainError
+from controlplane.core.errors import DomainError, StoreUnavailable
 from controlplane.dataplane.sas import load_or_create_key
 from controlplane.dataplane.server import DataPlane
 from controlplane.security.sealing import KEY_FILE, Sealer
@@ -32,6 +33,7 @@ from controlplane.services.auth import AuthService
 from controlplane.services.buffers import BufferService
 from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.images import ImageService
+from controlplane.services.leadership import Candidate, Leadership, LeaseSettings, new_holder
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.services.registries import RegistryService
@@ -63,6 +65,8 @@ from muster.v1 import (
 )
 
 log = logging.getLogger(__name__)
+LEADER_HEALTH = "muster-leader"
+"""Health service name that is SERVING only on the leader (for load balancers and checks)."""
 
 # Agents send keepalive pings (every 10 s, even with no call in flight) so a
 # dead connection is noticed in seconds, not after TCP's ~15 minutes; the
@@ -98,7 +102,7 @@ class ControlPlane:
     health: health.aio.HealthServicer
     port: int
     orchestrator: Orchestrator
-    loop_task: asyncio.Task[None]
+    loop_task: asyncio.Task[None] | None
     agent_port: int = 0
     auth: AuthService | None = None
     admin_file: Path | None = None
@@ -112,6 +116,10 @@ class ControlPlane:
     run_buffers: RunBuffers | None = None
     marker_task: asyncio.Task[None] | None = None
     metrics: MetricsEndpoint | None = None
+    leadership: Leadership | None = None
+    lease_task: asyncio.Task[None] | None = None
+    office_task: asyncio.Task[None] | None = None
+    """A follower's: waits to be elected, then takes office."""
 
     @property
     def secure(self) -> bool:
@@ -127,19 +135,79 @@ class ControlPlane:
             await self.dataplane.stop()
         if self.metrics is not None:
             await self.metrics.stop()
-        tasks = (self.loop_task, self.retention_task, self.buffer_deleter_task, self.marker_task)
-        for task in tasks:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self._cancel_tasks(self.lease_task, self.office_task)
+        await self.stand_down()
+        if self.leadership is not None and self.leadership.leading:
+            with contextlib.suppress(StoreUnavailable):
+                await self.store.release_lease(self.leadership.me.holder)
+            log.info("event=lease_released epoch=%d", self.leadership.epoch)
         await self.store.close()
         log.info("event=stopped")
 
+    async def stand_down(self) -> None:
+        """Stop everything only a leader does (the reconcile loop, retention,
+        buffer deletion and output markers); agent streams end by themselves."""
+        await self._cancel_tasks(
+            self.loop_task, self.retention_task, self.buffer_deleter_task, self.marker_task
+        )
+        self.loop_task = self.retention_task = self.buffer_deleter_task = self.marker_task = None
 
-def _client_address(listen: str, port: int) -> str:
-    """How a client on this machine reaches `listen` (wildcards become loopback)."""
-    host = host_of(listen)
+    @staticmethod
+    async def _cancel_tasks(*tasks: asyncio.Task[None] | None) -> None:
+        for task in tasks:
+            if task is not None and task is not asyncio.current_task():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    async def take_office(self) -> None:
+        """Crash-only: a new leader's state is the database's, loaded exactly as
+        after a restart (tokens and logins too: other control planes wrote them)."""
+        if self.auth is not None:
+            await self.auth.load()
+        if self.registries is not None:
+            await self.registries.load()
+        await self.orchestrator.load()
+        assert self.retention is not None and self.buffers is not None
+        assert self.run_buffers is not None
+        self.loop_task = asyncio.create_task(self.orchestrator.run_forever(), name="reconcile")
+        self.retention_task = asyncio.create_task(self.retention.run_forever(), name="retention")
+        self.buffer_deleter_task = asyncio.create_task(
+            self.buffers.run_deleter(), name="buffer-deleter"
+        )
+        self.marker_task = asyncio.create_task(self.run_buffers.run_forever(), name="output-marker")
+        if self.leadership is not None:
+            self.leadership.ready = True
+            log.info("event=leading epoch=%d", self.leadership.epoch)
+        await self.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.SERVING)
+
+    async def follow(self) -> None:
+        """A follower's life: keep its tokens fresh (the leader makes and revokes
+        them), take office once elected, stand down once deposed."""
+        leadership = self.leadership
+        assert leadership is not None
+        while not leadership.elected.is_set():
+            if self.auth is not None:
+                with contextlib.suppress(StoreUnavailable):
+                    await self.auth.load()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(leadership.elected.wait(), leadership.settings.renew_every)
+        while not leadership.ready and not leadership.deposed.is_set():
+            try:
+                await self.take_office()
+            except StoreUnavailable as exc:
+                log.warning("event=take_office_failed error=%r", str(exc))
+                await self.stand_down()
+                await asyncio.sleep(leadership.settings.renew_every)
+        await leadership.deposed.wait()
+        await self.health.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.stand_down()
+
+
+def _client_address(listen: str, port: int, advertise: str = "") -> str:
+    """How a client reaches `listen`: at the `advertise` host if given,
+    otherwise as a client on this machine does (wildcards become loopback)."""
+    host = advertise or host_of(listen)
     if host in ("", "0.0.0.0"):
         host = "127.0.0.1"
     elif host in ("::", "[::]"):
@@ -183,6 +251,8 @@ async def start(
     clock: Callable[[], datetime] = utcnow,
     data: DataSettings | None = None,
     metrics_listen: str = "",
+    lease: LeaseSettings | None = None,
+    advertise: str = "",
 ) -> ControlPlane:
     """Open the store, load state, register every service and start listening.
 
@@ -192,7 +262,12 @@ async def start(
     everybody. Tests may hand in the `store` (say, one that injects faults)
     and the wall `clock`. With `data`, the embedded data plane (buffers'
     bytes) serves HTTP(S) on its own address; with `metrics_listen`,
-    Prometheus metrics are served at http://HOST:PORT/metrics."""
+    Prometheus metrics are served at http://HOST:PORT/metrics.
+
+    Several control planes may share one PostgreSQL database: each competes
+    for the lease (`lease`), and only the leader loads runs and acts; the
+    lease names this one's API and agent addresses with the host
+    `advertise` (default: the listen host, loopback for a wildcard)."""
     metrics = ControlPlaneMetrics() if metrics_listen else None
     store = store or await open_store(db_path)
     if metrics is not None:
@@ -216,18 +291,14 @@ async def start(
         credentials=lambda: registries.logins,
         run_buffers=run_buffers,
     )
-    try:
-        await orchestrator.load()
-    except BaseException:
-        if dataplane is not None:
-            await dataplane.stop()
-        raise
+    await orchestrator.cluster()
     images = ImageService(orchestrator, lambda: registries.logins)
     auth: AuthService | None = None
     if security is not None and tls is not None:
         auth = AuthService(store, tls.ca)
         await auth.load()
-    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(auth)]
+    leadership = Leadership(store, Candidate(new_holder(), "", ""), lease)
+    interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(auth), LeaderGate(leadership)]
     if metrics is not None:
         interceptors.insert(0, MetricsInterceptor(metrics))
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
@@ -242,7 +313,7 @@ async def start(
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
     join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")
     agent_pb2_grpc.add_AgentServiceServicer_to_server(
-        AgentServicer(orchestrator, logs, auth, join_info, images), server
+        AgentServicer(orchestrator, logs, auth, join_info, images, leadership), server
     )
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)
     image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(images), server)
@@ -273,49 +344,75 @@ async def start(
             await dataplane.stop()
         await store.close()
         raise
+    api_address = _client_address(listen, port, advertise)
+    agent_address = (
+        api_address
+        if security is None
+        else _client_address(security.agent_listen, agent_port, advertise)
+    )
+    leadership.me = Candidate(leadership.me.holder, api_address, agent_address)
+    try:
+        await leadership.round()
+    except BaseException:
+        if dataplane is not None:
+            await dataplane.stop()
+        await store.close()
+        raise
     admin_file = None
     if auth is not None and tls is not None and security is not None:
         admin_file = await _admin_credentials(
             auth, security.state_dir, _client_address(listen, port), tls.trust_anchor
         )
-    await server.start()
-    endpoint = await _serve_metrics(metrics, metrics_listen, orchestrator) if metrics else None
-    loop_task = asyncio.create_task(orchestrator.run_forever(), name="reconcile")
     retention = Retention(store, retention_settings(orchestrator.settings), clock)
-    retention_task = asyncio.create_task(retention.run_forever(), name="retention")
-    buffer_deleter_task = asyncio.create_task(buffers.run_deleter(), name="buffer-deleter")
-    marker_task = asyncio.create_task(run_buffers.run_forever(), name="output-marker")
-    for name in ["", *SERVICE_NAMES]:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info(
-        "event=listening address=%s port=%d agent_port=%d secure=%s db=%s",
-        listen,
-        port,
-        agent_port,
-        auth is not None,
-        db_path,
-    )
-    return ControlPlane(
+    plane = ControlPlane(
         server,
         store,
         health_servicer,
         port,
         orchestrator,
-        loop_task,
+        None,
         agent_port,
         auth,
         admin_file,
         registries,
         images,
         retention,
-        retention_task,
+        None,
         buffers,
-        buffer_deleter_task,
+        None,
         dataplane,
         run_buffers,
-        marker_task,
-        endpoint,
+        None,
+        None,
+        leadership,
     )
+    await health_servicer.set(LEADER_HEALTH, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if leadership.leading:
+        try:
+            await plane.take_office()
+        except BaseException:
+            await plane.stand_down()
+            if dataplane is not None:
+                await dataplane.stop()
+            await store.close()
+            raise
+    await server.start()
+    plane.metrics = await _serve_metrics(metrics, metrics_listen, orchestrator) if metrics else None
+    plane.lease_task = asyncio.create_task(leadership.run_forever(), name="lease")
+    plane.office_task = asyncio.create_task(plane.follow(), name="office")
+    for name in ["", *SERVICE_NAMES]:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info(
+        "event=listening address=%s port=%d agent_port=%d secure=%s db=%s leader=%s epoch=%d",
+        listen,
+        port,
+        agent_port,
+        auth is not None,
+        db_path,
+        leadership.leading,
+        leadership.epoch,
+    )
+    return plane
 
 
 async def _serve_metrics(

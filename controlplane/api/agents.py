@@ -45,6 +45,7 @@ from controlplane.core.errors import (
 from controlplane.core.nodes import check_registration
 from controlplane.services.auth import AuthService
 from controlplane.services.images import ImageService
+from controlplane.services.leadership import Leadership
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator, PullOrder, Report
 from muster.v1 import agent_pb2 as pb
@@ -154,8 +155,10 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         auth: AuthService | None = None,
         join_info: JoinInfo | None = None,
         images: ImageService | None = None,
+        leadership: Leadership | None = None,
     ) -> None:
         self._orchestrator = orchestrator
+        self._leadership = leadership
         self._logs = logs
         self._auth = auth
         self._join_info = join_info or JoinInfo()
@@ -234,10 +237,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             )
         reader: asyncio.Task[None] | None = None
         get: asyncio.Future[pb.ConnectResponse | object] | None = None
+        deposed = asyncio.ensure_future(self._deposed())
         try:
             # Registered goes first; what connect() queued on the link follows.
             lost_after = int(self._orchestrator.settings.liveness.lost.total_seconds())
-            yield pb.ConnectResponse(
+            registered = pb.ConnectResponse(
                 registered=pb.Registered(
                     heartbeat_interval_seconds=interval,
                     node_lost_after_seconds=lost_after,
@@ -245,18 +249,23 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     log_window=LOG_WINDOW,
                 )
             )
-            reader = asyncio.create_task(self._read(name, request_iterator, link))
-            while True:
+            if self._stamp(registered, name):
+                yield registered
+                reader = asyncio.create_task(self._read(name, request_iterator, link))
+            while reader is not None:
                 get = asyncio.ensure_future(link.queue.get())
-                done, _ = await asyncio.wait({get, reader}, return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait(
+                    {get, reader, deposed}, return_when=asyncio.FIRST_COMPLETED
+                )
                 if get not in done:
                     get.cancel()
                     break
                 message = get.result()
-                if message is _CLOSE:
+                if message is _CLOSE or not self._stamp(message, name):
                     break
                 yield message
         finally:
+            deposed.cancel()
             if get is not None:
                 get.cancel()  # the agent went away while we waited: no pending read left behind
             if reader is not None:
@@ -265,6 +274,30 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     await reader
             self._images.node_gone(name, link)
             await self._orchestrator.disconnect(name, link)
+
+    def _stamp(self, message: pb.ConnectResponse | object, node: str) -> bool:
+        """Give an outgoing message this leader's epoch, if it still leads:
+        a leader whose lease ran out (say, after a pause) sends nothing more
+        and ends the stream, so the agent goes to find the new leader."""
+        assert isinstance(message, pb.ConnectResponse)
+        if self._leadership is None:
+            return True
+        if not self._leadership.acting():
+            log.warning(
+                "event=agent_stream_ended node=%s reason=not_leader epoch=%d",
+                node,
+                self._leadership.epoch,
+            )
+            return False
+        message.epoch = self._leadership.epoch
+        return True
+
+    async def _deposed(self) -> None:
+        """Done when this control plane is deposed (never without leadership)."""
+        if self._leadership is None:
+            await asyncio.Event().wait()
+        else:
+            await self._leadership.deposed.wait()
 
     async def _read(
         self, name: str, requests: AsyncIterator[pb.ConnectRequest], link: GrpcAgentLink

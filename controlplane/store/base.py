@@ -39,6 +39,22 @@ class KnownRequest:
 
 
 @dataclass(frozen=True)
+class Lease:
+    """Who leads the control planes sharing this database, as the database says.
+
+    `epoch` grows by one with each new leader and is never reused; it fences
+    a deposed leader (agents and the store refuse its older epoch).
+    `seconds_left` is measured on the database's clock, the one clock every
+    control plane shares (0 or less: expired, anyone may take it)."""
+
+    holder: str
+    epoch: int
+    api_address: str = ""
+    agent_address: str = ""
+    seconds_left: float = 0.0
+
+
+@dataclass(frozen=True)
 class CodespecPage:
     """One page of codespecs plus the cursor after its last item (None at the end)."""
 
@@ -210,6 +226,26 @@ class Store(Protocol):
 
     async def compact(self, pages: int) -> int:
         """Give up to `pages` free pages back to the file system; returns how many."""
+
+    # -- leadership ----------------------------------------------------------
+
+    async def acquire_lease(
+        self, holder: str, api_address: str, agent_address: str, seconds: float
+    ) -> Lease:
+        """Renew the lease if `holder` has it, take it (with the next epoch) if
+        it is free or expired, and return it as it now stands, whoever holds
+        it. Backends with one control plane per database (SQLite, memory)
+        give it to the first holder that asks, with an epoch one above the
+        last start's, and keep it theirs."""
+
+    async def release_lease(self, holder: str) -> None:
+        """Let the lease expire now if `holder` has it (a clean stop): another
+        control plane takes over at its next try instead of after the lease."""
+
+    async def set_fence(self, epoch: int | None) -> None:
+        """From now on, commit a write only while the lease of `epoch` is held
+        and unexpired (None: no check); a fenced write raises StoreUnavailable.
+        A no-op where there is one control plane per database."""
 
     # -- buffers -------------------------------------------------------------
 

@@ -16,7 +16,13 @@ from controlplane.core.images import StoredLogin
 from controlplane.core.logs import LogLine, StoredLine, time_key
 from controlplane.core.nodes import Node
 from controlplane.core.runs import TERMINAL, Run
-from controlplane.store.base import BufferChange, CodespecOrder, CodespecPage, KnownRequest
+from controlplane.store.base import (
+    BufferChange,
+    CodespecOrder,
+    CodespecPage,
+    KnownRequest,
+    Lease,
+)
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
 
@@ -42,6 +48,7 @@ class MemoryStore:
         # request id -> (run id, when, fingerprint of what was asked)
         self._requests: dict[str, tuple[int, datetime, str]] = {}
         self._buffers: dict[str, Buffer] = {}  # each with a tags dict nobody else holds
+        self._lease: Lease | None = None  # one control plane per memory store
 
     async def close(self) -> None:
         """Nothing to release."""
@@ -153,6 +160,19 @@ class MemoryStore:
 
     async def cluster_id(self) -> str:
         return self._cluster_id
+
+    async def acquire_lease(
+        self, holder: str, api_address: str, agent_address: str, seconds: float
+    ) -> Lease:
+        if self._lease is None:
+            self._lease = Lease(holder, 1, api_address, agent_address, float("inf"))
+        return self._lease
+
+    async def release_lease(self, holder: str) -> None:
+        """Nothing to hand over: nobody else shares this store."""
+
+    async def set_fence(self, epoch: int | None) -> None:
+        """Nothing to fence: no other control plane can share this store."""
 
     async def save_node(self, node: Node) -> None:
         self._nodes[node.name] = node_to_doc(node)

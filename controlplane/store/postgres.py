@@ -45,6 +45,7 @@ from controlplane.store.base import (
     CodespecOrder,
     CodespecPage,
     KnownRequest,
+    Lease,
     SchemaTooNew,
 )
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
@@ -69,6 +70,8 @@ POOL_MAX = 10
 POOL_TIMEOUT = 10.0
 """Seconds a call waits for a connection before it fails with StoreUnavailable."""
 CONNECT_TIMEOUT = 10
+IDLE_TX_TIMEOUT_MS = 5000
+"""The server ends a transaction left idle this long (its session goes too)."""
 """Seconds to wait for the server when connecting."""
 
 # Append-only list of migrations; schema version N means MIGRATIONS[:N] are applied.
@@ -206,6 +209,18 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX buffer_tags_kv ON buffer_tags (key, value);
     """,
+    """
+    -- The leader's lease (docs/ha.md): one row; epoch grows with each new leader.
+    CREATE TABLE leader_lease (
+        id             INTEGER PRIMARY KEY CHECK (id = 1),
+        holder         TEXT        NOT NULL,
+        epoch          BIGINT      NOT NULL,
+        api_address    TEXT        NOT NULL,
+        agent_address  TEXT        NOT NULL,
+        expires_at     TIMESTAMPTZ NOT NULL   -- the database's clock
+    );
+    INSERT INTO leader_lease VALUES (1, '', 0, '', '', 'epoch');
+    """,
 ]
 
 _LOG_COLUMNS = "id, run_id, role, replica, stream, sequence, ts, text, partial"
@@ -315,6 +330,7 @@ class PostgresStore:
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
         self._pool = pool
         self._recent: OrderedDict[int, tuple[str, Run]] = OrderedDict()
+        self._fence: int | None = None
 
     @classmethod
     async def open(cls, url: str) -> PostgresStore:
@@ -331,6 +347,9 @@ class PostgresStore:
                 "autocommit": True,
                 "row_factory": dict_row,
                 "connect_timeout": CONNECT_TIMEOUT,
+                # A control plane paused mid-transaction (SIGSTOP, a frozen VM)
+                # must not keep the lease row locked for the next leader.
+                "options": f"-c idle_in_transaction_session_timeout={IDLE_TX_TIMEOUT_MS}",
             },
             # Checked when handed out: after a server restart, the first call
             # gets a new connection instead of an error.
@@ -350,16 +369,21 @@ class PostgresStore:
         """Close every connection of the pool."""
         await self._pool.close()
 
-    async def _call(self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True) -> T:
+    async def _call(
+        self, fn: Callable[[Conn], Awaitable[T]], *, write: bool = True, fenced: bool = True
+    ) -> T:
         """Run fn on a pooled connection, inside one transaction when it writes.
         Errors of the database or the connection become StoreUnavailable
         (UNAVAILABLE to API callers), as SQLite's do; integrity errors that
-        fn did not turn into a domain error propagate."""
+        fn did not turn into a domain error propagate. A fenced store (a
+        leader's) checks its lease first in every write transaction."""
         try:
             async with self._pool.connection() as conn:
                 if not write:
                     return await fn(conn)
                 async with conn.transaction():
+                    if fenced and self._fence is not None:
+                        await self._check_fence(conn, self._fence)
                     return await fn(conn)
         except psycopg.IntegrityError:
             raise
@@ -624,6 +648,81 @@ class PostgresStore:
             return str(row["id"])
 
         return await self._read(q)
+
+    # -- leadership ----------------------------------------------------------
+
+    async def acquire_lease(
+        self, holder: str, api_address: str, agent_address: str, seconds: float
+    ) -> Lease:
+        """One transaction on the lease row, locked FOR UPDATE: that waits for
+        the writes in flight of the current holder (they hold it FOR KEY
+        SHARE, see _check_fence), so a taker never overlaps a fenced write;
+        lock_timeout keeps a holder stuck mid-transaction (paused) from
+        blocking the taker for long (its connection's transaction is then
+        ended by idle_in_transaction_session_timeout)."""
+
+        async def tx(conn: Conn) -> Lease:
+            await conn.execute("SET LOCAL lock_timeout = '2s'")
+            row = await _row(
+                conn,
+                "SELECT holder, epoch, api_address, agent_address, "
+                "EXTRACT(EPOCH FROM expires_at - clock_timestamp())::float8 AS left_s "
+                "FROM leader_lease WHERE id = 1 FOR UPDATE",
+            )
+            assert row is not None, "migration 2 makes the lease row"
+            live = row["left_s"] > 0
+            if live and row["holder"] != holder:
+                return Lease(
+                    row["holder"],
+                    int(row["epoch"]),
+                    row["api_address"],
+                    row["agent_address"],
+                    float(row["left_s"]),
+                )
+            taking = row["holder"] != holder or not live
+            epoch = int(row["epoch"]) + (1 if row["holder"] != holder else 0)
+            await conn.execute(
+                "UPDATE leader_lease SET holder = %s, epoch = %s, api_address = %s, "
+                "agent_address = %s, expires_at = clock_timestamp() + make_interval(secs => %s) "
+                "WHERE id = 1",
+                [holder, epoch, api_address, agent_address, seconds],
+            )
+            if taking:
+                log.info("event=lease_taken holder=%s epoch=%d", holder, epoch)
+            return Lease(holder, epoch, api_address, agent_address, seconds)
+
+        return await self._call(tx, fenced=False)
+
+    async def release_lease(self, holder: str) -> None:
+        await self._call(
+            lambda conn: conn.execute(
+                "UPDATE leader_lease SET expires_at = clock_timestamp() "
+                "WHERE id = 1 AND holder = %s AND expires_at > clock_timestamp()",
+                [holder],
+            ),
+            fenced=False,
+        )
+
+    async def set_fence(self, epoch: int | None) -> None:
+        self._fence = epoch
+
+    @staticmethod
+    async def _check_fence(conn: Conn, epoch: int) -> None:
+        """Commit only while the lease of `epoch` is held and unexpired: the
+        row is held FOR KEY SHARE until this transaction ends, so a new leader
+        (which takes it FOR UPDATE) waits for this write, and a write that
+        starts after a takeover sees the new epoch and is refused."""
+        row = await _row(
+            conn,
+            "SELECT 1 AS ok FROM leader_lease WHERE id = 1 AND epoch = %s "
+            "AND expires_at > clock_timestamp() FOR KEY SHARE",
+            [epoch],
+        )
+        if row is None:
+            raise StoreUnavailable(
+                f"this control plane's lease (epoch {epoch}) is lost or expired: "
+                "it is no longer the leader and writes nothing"
+            )
 
     # -- nodes ---------------------------------------------------------------
 

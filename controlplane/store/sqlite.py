@@ -33,6 +33,7 @@ from controlplane.store.base import (
     CodespecOrder,
     CodespecPage,
     KnownRequest,
+    Lease,
     SchemaTooNew,
     StoreInUse,
 )
@@ -198,6 +199,16 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX IF NOT EXISTS buffer_tags_kv ON buffer_tags (key, value);
     """,
+    """
+    -- The leadership epoch: one above the previous start's, so agents that saw
+    -- an older control plane's commands take this one's (docs/ha.md).
+    CREATE TABLE IF NOT EXISTS leader (
+        id      INTEGER PRIMARY KEY CHECK (id = 1),
+        holder  TEXT    NOT NULL,
+        epoch   INTEGER NOT NULL
+    );
+    INSERT OR IGNORE INTO leader (id, holder, epoch) VALUES (1, '', 0);
+    """,
 ]
 
 
@@ -229,6 +240,7 @@ class SqliteStore:
         self._recent: OrderedDict[int, tuple[str, Run]] = OrderedDict()
         self._conn: sqlite3.Connection | None = None
         self._lock_fd: int | None = None
+        self._lease: Lease | None = None
 
     @classmethod
     async def open(cls, path: str | Path) -> SqliteStore:
@@ -571,6 +583,28 @@ class SqliteStore:
             return str(self._db.execute("SELECT id FROM cluster").fetchone()["id"])
 
         return await self._call(q)
+
+    async def acquire_lease(
+        self, holder: str, api_address: str, agent_address: str, seconds: float
+    ) -> Lease:
+        """The file lock already makes this the only control plane: the first
+        holder to ask takes the next epoch and keeps it for the store's life."""
+        if self._lease is not None:
+            return self._lease
+
+        def tx(conn: sqlite3.Connection) -> int:
+            conn.execute("UPDATE leader SET holder = ?, epoch = epoch + 1 WHERE id = 1", [holder])
+            return int(conn.execute("SELECT epoch FROM leader WHERE id = 1").fetchone()["epoch"])
+
+        epoch = await self._call(self._tx, tx)
+        self._lease = Lease(holder, epoch, api_address, agent_address, float("inf"))
+        return self._lease
+
+    async def release_lease(self, holder: str) -> None:
+        """Nothing to hand over: the file lock goes with the store."""
+
+    async def set_fence(self, epoch: int | None) -> None:
+        """Nothing to fence: the file lock keeps other control planes out."""
 
     # -- nodes ---------------------------------------------------------------
 

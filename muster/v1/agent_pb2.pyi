@@ -28,20 +28,22 @@ class ConnectRequest(_message.Message):
     def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ..., image_pulled: _Optional[_Union[ImagePulled, _Mapping]] = ..., images_listed: _Optional[_Union[ImagesListed, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images", "log_batch_ack")
+    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images", "log_batch_ack", "epoch")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_CONTAINER_FIELD_NUMBER: _ClassVar[int]
     TEARDOWN_RUN_FIELD_NUMBER: _ClassVar[int]
     PULL_IMAGE_FIELD_NUMBER: _ClassVar[int]
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     LOG_BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start_container: StartContainer
     teardown_run: TeardownRun
     pull_image: PullImage
     list_images: ListImages
     log_batch_ack: LogBatchAck
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ..., log_batch_ack: _Optional[_Union[LogBatchAck, _Mapping]] = ...) -> None: ...
+    epoch: int
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ..., log_batch_ack: _Optional[_Union[LogBatchAck, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class EndpointPort(_message.Message):
     __slots__ = ("name", "port")
