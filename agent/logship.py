@@ -38,12 +38,11 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 
 from agent.logparts import DEFAULT_PART_BYTES, split_line
 from agent.logutil import log
-from agent.messages import ROLE_TO_PB, Status
-from agent.runtime import LogLine, Runtime
+from agent.messages import LogBatch, LogEntry, Status
+from agent.runtime import LogLine, LogStreamName, Runtime
 from muster.common.limits import LOG_BATCH_BYTES
-from muster.v1 import agent_pb2, run_pb2
 
-LogSink = Callable[[agent_pb2.LogBatch], Awaitable["asyncio.Future[None] | None"]]
+LogSink = Callable[[LogBatch], Awaitable["asyncio.Future[None] | None"]]
 """Hands one batch to the current stream; returns once the stream accepted it,
 with a future that is done once the batch was delivered (``None``: accepted is
 delivered)."""
@@ -51,8 +50,6 @@ delivered)."""
 FOLLOWED_STATES = frozenset({"running", "exited", "failed"})
 """States in which a container has (or had) a process whose output is followed."""
 
-_STREAM_TO_PB = {"stdout": run_pb2.LOG_STREAM_STDOUT, "stderr": run_pb2.LOG_STREAM_STDERR}
-_NS = 1_000_000_000
 _ENTRY_OVERHEAD = 64
 """Bytes an entry takes in a batch besides its text, at most (ids, time, framing)."""
 _log = logging.getLogger(__name__)
@@ -181,26 +178,24 @@ class LogShipper:
     async def _follow(self, status: Status, sink: LogSink) -> None:
         """Read ``status``'s container to its end, shipping numbered lines in batches."""
         loop = asyncio.get_running_loop()
-        role = ROLE_TO_PB[status.role]
-        counts = {run_pb2.LOG_STREAM_STDOUT: 0, run_pb2.LOG_STREAM_STDERR: 0}
-        batch = agent_pb2.LogBatch()
+        counts: dict[LogStreamName, int] = {"stdout": 0, "stderr": 0}
+        batch = LogBatch()
         size = 0
         send_at = 0.0
         lines: AsyncIterator[list[LogLine]] = aiter(self._rt.follow_logs(status.name))
         upcoming: asyncio.Future[list[LogLine]] | None = None
         delivered: asyncio.Future[None] | None = None
         shipped = 0
-        limit = self._part_bytes
         try:
             while True:
                 if upcoming is None:
                     upcoming = asyncio.ensure_future(anext(lines))
-                if len(batch.entries):
+                if batch.entries:
                     done, _ = await asyncio.wait({upcoming}, timeout=send_at - loop.time())
                     if not done:  # the batch is old enough: send it while more may come
                         shipped += len(batch.entries)
                         delivered = await self._ship(status.name, sink, batch)
-                        batch, size = agent_pb2.LogBatch(), 0
+                        batch, size = LogBatch(), 0
                         continue
                 else:
                     await asyncio.wait({upcoming})
@@ -210,52 +205,24 @@ class LogShipper:
                 except StopAsyncIteration:
                     break
                 for long_line in chunk:
-                    for line in split_line(long_line, limit):
-                        if not len(batch.entries):
+                    for line in split_line(long_line, self._part_bytes):
+                        if not batch.entries:
                             send_at = loop.time() + self._batch_seconds
-                        stream = _STREAM_TO_PB[line.stream]
-                        sequence = counts[stream] if line.sequence is None else line.sequence
-                        counts[stream] = sequence + 1
-                        entry = batch.entries.add(
-                            run_id=status.run_id,
-                            role=role,  # type: ignore[arg-type]
-                            replica=status.replica,
-                            stream=stream,
-                            sequence=sequence,
-                            partial=line.partial,
-                        )
-                        try:
-                            entry.text = line.text
-                        except ValueError:  # lone surrogates cannot go on the wire
-                            entry.text = line.text.encode("utf-8", "replace").decode("utf-8")
-                        entry.time.seconds, entry.time.nanos = divmod(line.time_ns, _NS)
-                        text = line.text
-                        size += _ENTRY_OVERHEAD + (
-                            len(text) if text.isascii() else len(text.encode("utf-8", "replace"))
-                        )
+                        size += _add(batch, status, counts, line)
                         if len(batch.entries) >= self._batch_lines or size > self._batch_full:
                             shipped += len(batch.entries)
                             delivered = await self._ship(status.name, sink, batch)
-                            batch, size = agent_pb2.LogBatch(), 0
-            if len(batch.entries):
+                            batch, size = LogBatch(), 0
+            if batch.entries:
                 shipped += len(batch.entries)
                 delivered = await self._ship(status.name, sink, batch)
             if delivered is not None:
                 await delivered  # batches are delivered in order: this one is the last
             log(_log, logging.DEBUG, "logs_shipped", name=status.name, lines=shipped)
         finally:
-            if upcoming is not None:
-                upcoming.cancel()
-                with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                    await upcoming
-            aclose = getattr(lines, "aclose", None)
-            if aclose is not None:
-                with contextlib.suppress(Exception):
-                    await aclose()
+            await _stop_reading(upcoming, lines)
 
-    async def _ship(
-        self, name: str, sink: LogSink, batch: agent_pb2.LogBatch
-    ) -> asyncio.Future[None] | None:
+    async def _ship(self, name: str, sink: LogSink, batch: LogBatch) -> asyncio.Future[None] | None:
         delivered = await sink(batch)
         self._batches[name] = self._batches.get(name, 0) + 1
         return delivered
@@ -284,3 +251,37 @@ class LogShipper:
                 task=task.get_name(),
                 error=task.exception(),
             )
+
+
+def _add(batch: LogBatch, status: Status, counts: dict[LogStreamName, int], line: LogLine) -> int:
+    """Number ``line`` and add it to ``batch``; the bytes it takes there, at most."""
+    sequence = counts[line.stream] if line.sequence is None else line.sequence
+    counts[line.stream] = sequence + 1
+    batch.entries.append(
+        LogEntry(
+            run_id=status.run_id,
+            role=status.role,
+            replica=status.replica,
+            stream=line.stream,
+            sequence=sequence,
+            text=line.text,
+            time_ns=line.time_ns,
+            partial=line.partial,
+        )
+    )
+    text = line.text
+    return _ENTRY_OVERHEAD + (len(text) if text.isascii() else len(text.encode("utf-8", "replace")))
+
+
+async def _stop_reading(
+    upcoming: asyncio.Future[list[LogLine]] | None, lines: AsyncIterator[list[LogLine]]
+) -> None:
+    """Cancel the read in flight and close the runtime's reader."""
+    if upcoming is not None:
+        upcoming.cancel()
+        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
+            await upcoming
+    aclose = getattr(lines, "aclose", None)
+    if aclose is not None:
+        with contextlib.suppress(Exception):
+            await aclose()

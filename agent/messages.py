@@ -6,15 +6,19 @@ runtimes' types never leak onto the wire.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.logutil import log
 from agent.runtime import (
     BufferPipe,
     ContainerSpec,
     EndpointTarget,
+    ImageSummary,
+    LogStreamName,
     NetworkMode,
     PullPolicy,
     RegistryAuth,
@@ -38,6 +42,10 @@ STATE_TO_PB: dict[str, int] = {
     "failed": run_pb2.CONTAINER_STATE_FAILED,
     "removed": run_pb2.CONTAINER_STATE_REMOVED,
 }
+STREAM_TO_PB: dict[LogStreamName, int] = {
+    "stdout": run_pb2.LOG_STREAM_STDOUT,
+    "stderr": run_pb2.LOG_STREAM_STDERR,
+}
 NETWORK_MODE_TO_PB: dict[NetworkMode, int] = {
     "bridge": node_pb2.NETWORK_MODE_BRIDGE,
     "host-port": node_pb2.NETWORK_MODE_HOST_PORT,
@@ -50,6 +58,10 @@ _POLICY_FROM_PB: dict[int, PullPolicy] = {
     run_pb2.PULL_POLICY_ALWAYS: "always",
     run_pb2.PULL_POLICY_NEVER: "never",
 }
+
+
+_log = logging.getLogger(__name__)
+_NS = 1_000_000_000
 
 
 class BadAssignment(ValueError):
@@ -98,6 +110,16 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         cluster_id=msg.cluster_id,
         buffers=buffers_from_pb(msg.buffers),
     )
+
+
+def start_from_pb(msg: agent_pb2.StartContainer) -> ContainerSpec | None:
+    """:func:`spec_from_start`, or ``None`` (logged) for an assignment the agent
+    cannot act on."""
+    try:
+        return spec_from_start(msg)
+    except BadAssignment as exc:
+        log(_log, logging.WARNING, "bad_assignment", error=exc)
+        return None
 
 
 def buffers_from_pb(pipes: Iterable[agent_pb2.BufferPipe]) -> tuple[BufferPipe, ...]:
@@ -181,3 +203,104 @@ class Status:
 def addresses(targets: list[EndpointTarget]) -> tuple[tuple[str, str], ...]:
     """(name, address) pairs for :attr:`Status.endpoints`."""
     return tuple((t.name, t.address) for t in targets)
+
+
+@dataclass(frozen=True)
+class PullRequest:
+    """The control plane asks for an image on this node (PullImage)."""
+
+    request_id: str
+    image: str
+    policy: PullPolicy
+    credentials: tuple[RegistryAuth, ...] = ()
+
+    @classmethod
+    def from_pb(cls, msg: agent_pb2.PullImage) -> PullRequest:
+        """From a PullImage message."""
+        return cls(
+            msg.request_id,
+            msg.image,
+            pull_policy_from_pb(msg.policy),
+            credentials_from_pb(msg.registry_credentials),
+        )
+
+
+@dataclass(frozen=True)
+class PullAnswer:
+    """The agent's answer to a :class:`PullRequest` (ImagePulled)."""
+
+    request_id: str
+    image: str
+    digest: str = ""
+    pulled: bool = False
+    error: str = ""
+
+    def to_pb(self) -> agent_pb2.ConnectRequest:
+        """As an ImagePulled message on the stream."""
+        answer = agent_pb2.ImagePulled(
+            request_id=self.request_id,
+            image=self.image,
+            digest=self.digest,
+            pulled=self.pulled,
+            error=self.error,
+        )
+        return agent_pb2.ConnectRequest(image_pulled=answer)
+
+
+@dataclass(frozen=True)
+class ImagesAnswer:
+    """The agent's answer to ListImages (ImagesListed)."""
+
+    request_id: str
+    images: tuple[ImageSummary, ...] = ()
+
+    def to_pb(self) -> agent_pb2.ConnectRequest:
+        """As an ImagesListed message on the stream."""
+        answer = agent_pb2.ImagesListed(request_id=self.request_id)
+        for image in self.images:
+            answer.images.append(
+                agent_pb2.NodeImage(
+                    tags=list(image.tags), digest=image.digest, size_bytes=image.size_bytes
+                )
+            )
+        return agent_pb2.ConnectRequest(images_listed=answer)
+
+
+@dataclass(frozen=True)
+class LogEntry:
+    """One numbered line (or part of a line) of a container's output."""
+
+    run_id: int
+    role: Role
+    replica: int
+    stream: LogStreamName
+    sequence: int
+    text: str
+    time_ns: int
+    partial: bool = False
+
+
+@dataclass
+class LogBatch:
+    """Log entries that go out together (a LogBatch message)."""
+
+    entries: list[LogEntry] = field(default_factory=list)
+
+    def to_pb(self) -> agent_pb2.LogBatch:
+        """As a LogBatch message (``batch_id`` is the connection's to set)."""
+        batch = agent_pb2.LogBatch()
+        for e in self.entries:
+            entry = batch.entries.add(
+                run_id=e.run_id,
+                role=ROLE_TO_PB[e.role],  # type: ignore[arg-type]
+                replica=e.replica,
+                stream=STREAM_TO_PB[e.stream],  # type: ignore[arg-type]
+                sequence=e.sequence,
+                partial=e.partial,
+            )
+            try:
+                entry.text = e.text
+            except ValueError:  # lone surrogates cannot go on the wire
+                entry.text = e.text.encode("utf-8", "replace").decode("utf-8")
+            entry.time.seconds, entry.time.nanos = divmod(e.time_ns, _NS)
+        return batch

@@ -51,13 +51,7 @@ from typing import Any
 from agent.buffer_copies import BufferCopies
 from agent.logship import LogShipper, LogSink
 from agent.logutil import log
-from agent.messages import (
-    BadAssignment,
-    Status,
-    credentials_from_pb,
-    pull_policy_from_pb,
-    spec_from_start,
-)
+from agent.messages import ImagesAnswer, PullAnswer, PullRequest, Status
 from agent.pulls import Puller
 from agent.readiness import Probes, accepts_now, needs_probe, reachable
 from agent.runtime import (
@@ -68,11 +62,9 @@ from agent.runtime import (
     RuntimeFailure,
 )
 from agent.teardowns import TeardownRetries
-from muster.v1 import agent_pb2
 
-Sink = Callable[[agent_pb2.ContainerStatus], None]
-Reply = Callable[[agent_pb2.ConnectRequest], None]
-"""Sends an answer (ImagePulled, ImagesListed) on the stream the request came from."""
+Sink = Callable[[Status], None]
+"""Sends a container's status on the current stream."""
 _log = logging.getLogger(__name__)
 
 
@@ -174,19 +166,14 @@ class Supervisor:
                 self._forget(name)
                 self.logs.forget(name)
 
-    def snapshot(self) -> list[agent_pb2.ContainerStatus]:
+    def snapshot(self) -> list[Status]:
         """Current status of every container present, for Register."""
-        return [s.to_pb() for s in self._statuses.values()]
+        return list(self._statuses.values())
 
     # -- commands from the control plane ----------------------------------------------
 
-    def handle_start(self, msg: agent_pb2.StartContainer) -> None:
+    def handle_start(self, spec: ContainerSpec) -> None:
         """Start a replica in the background (idempotent by container name)."""
-        try:
-            spec = spec_from_start(msg)
-        except BadAssignment as exc:
-            log(_log, logging.WARNING, "bad_assignment", error=exc)
-            return
         if spec.name in self._starts:
             log(_log, logging.DEBUG, "start_in_progress", name=spec.name)
             return
@@ -197,20 +184,18 @@ class Supervisor:
             if spec.name not in self._deferred_starts:
                 log(_log, logging.INFO, "start_deferred_until_teardown_ends", name=spec.name)
                 self._deferred_starts.add(spec.name)
-                self._spawn(self._start_after(teardown, msg, spec.name), f"deferred {spec.name}")
+                self._spawn(self._start_after(teardown, spec), f"deferred {spec.name}")
             return
         task = self._spawn(self._start(spec), f"start {spec.name}")
         self._starts[spec.name] = (spec.run_id, task)
         task.add_done_callback(lambda _t, name=spec.name: self._starts.pop(name, None))
 
-    async def _start_after(
-        self, teardown: asyncio.Task[None], msg: agent_pb2.StartContainer, name: str
-    ) -> None:
+    async def _start_after(self, teardown: asyncio.Task[None], spec: ContainerSpec) -> None:
         try:
             await asyncio.wait({teardown})
         finally:
-            self._deferred_starts.discard(name)
-        self.handle_start(msg)
+            self._deferred_starts.discard(spec.name)
+        self.handle_start(spec)
 
     def handle_teardown(self, run_id: int, *, keep_logs: bool = True) -> None:
         """Remove every container of ``run_id`` in the background (idempotent).
@@ -223,46 +208,39 @@ class Supervisor:
         self._teardowns[run_id] = task
         task.add_done_callback(lambda _t: self._teardowns.pop(run_id, None))
 
-    def handle_pull_image(self, msg: agent_pb2.PullImage, reply: Reply) -> None:
-        """Pull ``msg.image`` in the background; answer ImagePulled through ``reply``."""
-        self._spawn(self._pull_image(msg, reply), f"pull-image {msg.request_id}")
+    def handle_pull_image(self, request: PullRequest, reply: Callable[[PullAnswer], None]) -> None:
+        """Pull ``request.image`` in the background; answer through ``reply``."""
+        self._spawn(self._pull_image(request, reply), f"pull-image {request.request_id}")
 
-    async def _pull_image(self, msg: agent_pb2.PullImage, reply: Reply) -> None:
-        answer = agent_pb2.ImagePulled(request_id=msg.request_id, image=msg.image)
-        if not msg.image.strip():
-            answer.error = f"PullImage needs an image (node '{self._rt.node_name}')"
+    async def _pull_image(self, request: PullRequest, reply: Callable[[PullAnswer], None]) -> None:
+        answer = PullAnswer(request.request_id, request.image)
+        if not request.image.strip():
+            answer = replace(
+                answer, error=f"PullImage needs an image (node '{self._rt.node_name}')"
+            )
         else:
             try:
                 outcome = await self.puller.ensure(
-                    msg.image,
-                    pull_policy_from_pb(msg.policy),
-                    credentials_from_pb(msg.registry_credentials),
+                    request.image, request.policy, request.credentials
                 )
-                answer.digest, answer.pulled = outcome.digest, outcome.pulled
+                answer = replace(answer, digest=outcome.digest, pulled=outcome.pulled)
             except RuntimeFailure as exc:
-                answer.error = str(exc)
+                answer = replace(answer, error=str(exc))
             except Exception as exc:  # report, never crash
-                answer.error = f"{type(exc).__name__}: {exc}"
-        reply(agent_pb2.ConnectRequest(image_pulled=answer))
+                answer = replace(answer, error=f"{type(exc).__name__}: {exc}")
+        reply(answer)
 
-    def handle_list_images(self, msg: agent_pb2.ListImages, reply: Reply) -> None:
-        """List the node's images in the background; answer ImagesListed through ``reply``."""
-        self._spawn(self._list_images(msg, reply), f"list-images {msg.request_id}")
+    def handle_list_images(self, request_id: str, reply: Callable[[ImagesAnswer], None]) -> None:
+        """List the node's images in the background; answer through ``reply``."""
+        self._spawn(self._list_images(request_id, reply), f"list-images {request_id}")
 
-    async def _list_images(self, msg: agent_pb2.ListImages, reply: Reply) -> None:
-        answer = agent_pb2.ImagesListed(request_id=msg.request_id)
+    async def _list_images(self, request_id: str, reply: Callable[[ImagesAnswer], None]) -> None:
         try:
             images = await self._rt.list_images()
         except Exception as exc:  # the answer is still sent: an empty list
             log(_log, logging.WARNING, "list_images_failed", error=exc)
             images = []
-        for image in images:
-            answer.images.append(
-                agent_pb2.NodeImage(
-                    tags=list(image.tags), digest=image.digest, size_bytes=image.size_bytes
-                )
-            )
-        reply(agent_pb2.ConnectRequest(images_listed=answer))
+        reply(ImagesAnswer(request_id, tuple(images)))
 
     # -- watching -----------------------------------------------------------------------
 
@@ -700,7 +678,7 @@ class Supervisor:
             message=status.message or None,
         )
         if self._sink is not None:
-            self._sink(status.to_pb())
+            self._sink(status)
 
     def _forget(self, name: str) -> None:
         self._probes.stop(name)

@@ -19,6 +19,7 @@ import pytest
 from aiohttp import web
 
 from agent.buffer_copies import LOST, BufferCopies
+from agent.messages import spec_from_start
 from agent.runtime_fake import FakeRuntime
 from agent.supervisor import Supervisor
 from controlplane.dataplane.server import DataPlane
@@ -342,13 +343,15 @@ async def test_an_output_stalled_after_the_job_exited_is_given_up(
     sup = Supervisor(
         runtime, poll_interval=0.02, copies=BufferCopies(tmp_path / "pipes", stall_timeout=0.5)
     )
-    sup.attach(sent.append)
+    sup.attach(lambda status: sent.append(status.to_pb()))
     watcher = asyncio.create_task(sup.watch())
     try:
         out = await plane.new_buffer()
         name = "muster-run-709-job-0"
         sup.handle_start(
-            agent_pb2.StartContainer(**job(709, buffers=[pipe(plane, "out", out, output=True)]))
+            spec_from_start(
+                agent_pb2.StartContainer(**job(709, buffers=[pipe(plane, "out", out, output=True)]))
+            )
         )
         await eventually(lambda: any(s.state == RUNNING for s in sent), what="RUNNING")
         plane.gate.clear()  # the data plane stops taking blocks

@@ -8,7 +8,7 @@ import asyncio
 
 from agent.connection import LogWindow, Outbox
 from agent.logship import LogShipper
-from agent.messages import Status
+from agent.messages import LogBatch, Status
 from agent.runtime import ContainerSpec
 from agent.runtime_fake import FakeRuntime
 from muster.common.limits import LOG_BATCH_BYTES, LOG_PART_BYTES
@@ -162,9 +162,9 @@ async def test_a_flush_waits_as_long_as_batches_keep_going_out() -> None:
     runtime.add_existing(spec, state="exited", exit_code=0)
     runtime.write_log("c", "stdout", "".join(f"{i}\n" for i in range(2_000)))
     shipper = LogShipper(runtime, batch_lines=100)
-    sent: list[agent_pb2.LogBatch] = []
+    sent: list[LogBatch] = []
 
-    async def slow_sink(batch: agent_pb2.LogBatch) -> None:
+    async def slow_sink(batch: LogBatch) -> None:
         await asyncio.sleep(0.1)  # 20 batches: 2 s in all, far beyond `within`
         sent.append(batch)
 

@@ -7,10 +7,10 @@ import itertools
 from collections.abc import AsyncIterator
 
 from agent.logship import LogShipper
-from agent.messages import Status
+from agent.messages import LogBatch, Status
 from agent.runtime import ContainerSpec, LogLine
 from agent.runtime_fake import FakeRuntime
-from muster.v1 import agent_pb2, run_pb2
+from muster.v1 import run_pb2
 from tests.agent.conftest import StartAgent, eventually
 from tests.agent.fakecp import FakeControlPlane, Stream, container_of
 from tests.agent.test_agent_protocol import job, worker
@@ -251,9 +251,9 @@ async def test_a_sink_that_does_not_take_batches_stops_the_reading() -> None:
     runtime.write_log("c", "stdout", "".join(f"{i}\n" for i in range(100_000)))
     shipper = LogShipper(runtime, batch_lines=500)
     stuck = asyncio.Event()
-    sent: list[agent_pb2.LogBatch] = []
+    sent: list[LogBatch] = []
 
-    async def sink(batch: agent_pb2.LogBatch) -> None:
+    async def sink(batch: LogBatch) -> None:
         sent.append(batch)
         await stuck.wait()  # the stream never accepts
 

@@ -9,15 +9,22 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from agent.messages import Status, spec_from_start
+from agent.runtime import ContainerSpec
 from agent.runtime_fake import FakeRuntime
 from agent.supervisor import Supervisor
-from muster.v1 import agent_pb2, run_pb2
+from muster.v1 import agent_pb2
 from tests.agent.conftest import eventually
 from tests.agent.test_agent_protocol import job
 
-RUNNING = run_pb2.CONTAINER_STATE_RUNNING
-CREATING = run_pb2.CONTAINER_STATE_CREATING
-REMOVED = run_pb2.CONTAINER_STATE_REMOVED
+RUNNING = "running"
+CREATING = "creating"
+REMOVED = "removed"
+
+
+def start(run_id: int, **fields: object) -> ContainerSpec:
+    """The spec a StartContainer for ``run_id`` carries (see ``job``)."""
+    return spec_from_start(agent_pb2.StartContainer(**job(run_id, **fields)))
 
 
 @dataclass
@@ -26,11 +33,11 @@ class Node:
 
     runtime: FakeRuntime
     sup: Supervisor
-    sent: list[agent_pb2.ContainerStatus] = field(default_factory=list)
+    sent: list[Status] = field(default_factory=list)
 
-    def states(self, name: str) -> list[int]:
+    def states(self, name: str) -> list[str]:
         """States reported for ``name``, in order."""
-        return [s.state for s in self.sent if s.container_name == name]
+        return [s.state for s in self.sent if s.name == name]
 
 
 @pytest.fixture
@@ -51,10 +58,8 @@ async def node() -> AsyncIterator[Node]:
 
 async def test_failed_removal_is_not_reported_removed_and_is_retried(node: Node) -> None:
     a, b = "muster-run-40-job-0", "muster-run-40-job-1"
-    node.sup.handle_start(agent_pb2.StartContainer(**job(40, args=["sleep 100"])))
-    node.sup.handle_start(
-        agent_pb2.StartContainer(**job(40, replica=1, container_name=b, hostname="h1"))
-    )
+    node.sup.handle_start(start(40, args=["sleep 100"]))
+    node.sup.handle_start(start(40, replica=1, container_name=b, hostname="h1"))
     await eventually(lambda: RUNNING in node.states(a) and RUNNING in node.states(b))
     node.runtime.fail_next_remove(a, times=2)
 
@@ -62,7 +67,7 @@ async def test_failed_removal_is_not_reported_removed_and_is_retried(node: Node)
     await eventually(lambda: REMOVED in node.states(b), what=f"{b} REMOVED")
     assert REMOVED not in node.states(a), "a container that is still there is not REMOVED"
     assert a in node.runtime.containers
-    assert a in {s.container_name for s in node.sup.snapshot()}, "still reported at Register"
+    assert a in {s.name for s in node.sup.snapshot()}, "still reported at Register"
 
     # The watch loop retries with backoff until the container is really gone.
     await eventually(lambda: REMOVED in node.states(a), what=f"{a} REMOVED after retries")
@@ -76,7 +81,7 @@ async def test_failed_removal_is_not_reported_removed_and_is_retried(node: Node)
 
 async def test_start_during_teardown_of_its_run_waits_for_the_teardown(node: Node) -> None:
     name = "muster-run-41-job-0"
-    msg = agent_pb2.StartContainer(**job(41, args=["sleep 100"]))
+    msg = start(41, args=["sleep 100"])
     node.sup.handle_start(msg)
     await eventually(lambda: RUNNING in node.states(name))
 
