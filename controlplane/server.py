@@ -39,6 +39,7 @@ from controlplane.services.orchestrator import Orchestrator, Settings
 from controlplane.services.registries import RegistryService
 from controlplane.services.retention import Retention, RetentionSettings
 from controlplane.services.run_buffers import RunBuffers
+from controlplane.services.runs import RunQueries
 from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
 from controlplane.store.factory import open_store, store_directory
@@ -308,7 +309,7 @@ async def start(
         orchestrator.settings.max_streams, orchestrator.settings.max_watchers_per_run
     )
     run_pb2_grpc.add_RunServiceServicer_to_server(
-        RunServicer(orchestrator, store, logs, streams), server
+        RunServicer(orchestrator, RunQueries(store), logs, streams), server
     )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
     join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")

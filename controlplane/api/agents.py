@@ -220,7 +220,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             await context.abort(status_code(error), str(error))
         name = register.node_name
         link = GrpcAgentLink(name)
-        interval = int(self._orchestrator.settings.heartbeat_interval.total_seconds()) or 1
+        interval = self._orchestrator.settings.heartbeat_seconds
         try:
             cluster = await self._orchestrator.cluster()
             reports = [

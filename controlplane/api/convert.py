@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TypeVar
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.core.capacity import Capacity
-from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
+from controlplane.core.codespec import Buffers, Codespec, Kind, Quantities, Resources
 from controlplane.core.containers import ContainerSpec
 from controlplane.core.errors import InvalidArgument
 from controlplane.core.images import Credential, NodeImage, NodeImages, NodePull, PullPolicy
 from controlplane.core.logs import LogLine, StoredLine
-from controlplane.core.nodes import Node
-from controlplane.core.runs import Observation, Run, Target, hostname
+from controlplane.core.nodes import NetworkMode, Node
+from controlplane.core.runs import ContainerState, Observation, Role, Run, Target, hostname
+from controlplane.core.runs import Status as RunStatus
 from controlplane.core.tyger import TygerFields, etag_of
 from controlplane.services.orchestrator import PullOrder, Report
 from controlplane.services.requests import RunRequest, TargetRequest
@@ -25,8 +26,10 @@ from muster.v1 import image_pb2 as image_pb
 from muster.v1 import node_pb2 as node_pb
 from muster.v1 import run_pb2 as run_pb
 
+_V = TypeVar("_V")
+
 KIND_TO_PB = {"job": pb.CODESPEC_KIND_JOB, "worker": pb.CODESPEC_KIND_WORKER}
-KIND_FROM_PB = {
+KIND_FROM_PB: dict[int, Kind] = {
     pb.CODESPEC_KIND_UNSPECIFIED: "job",
     pb.CODESPEC_KIND_JOB: "job",
     pb.CODESPEC_KIND_WORKER: "worker",
@@ -65,7 +68,7 @@ def codespec_from_pb(msg: pb.Codespec, name: str | None = None) -> Codespec:
     """Proto codespec -> domain codespec (unvalidated)."""
     return Codespec(
         name=name if name is not None else msg.name,
-        kind=KIND_FROM_PB.get(msg.kind, "job"),  # type: ignore[arg-type]
+        kind=_known(KIND_FROM_PB, msg.kind, "kind"),
         image=msg.image,
         command=tuple(msg.command),
         args=tuple(msg.args),
@@ -114,17 +117,17 @@ def codespec_to_pb(spec: Codespec) -> pb.Codespec:
 
 # -- runs ----------------------------------------------------------------------
 
-STATUS_TO_PB = {
+STATUS_TO_PB: dict[RunStatus, int] = {
     "Pending": run_pb.RUN_STATUS_PENDING,
     "Running": run_pb.RUN_STATUS_RUNNING,
     "Succeeded": run_pb.RUN_STATUS_SUCCEEDED,
     "Failed": run_pb.RUN_STATUS_FAILED,
     "Canceled": run_pb.RUN_STATUS_CANCELED,
 }
-STATUS_FROM_PB = {v: k for k, v in STATUS_TO_PB.items()}
-ROLE_TO_PB = {"job": run_pb.REPLICA_ROLE_JOB, "worker": run_pb.REPLICA_ROLE_WORKER}
-ROLE_FROM_PB = {v: k for k, v in ROLE_TO_PB.items()}
-STATE_TO_PB = {
+STATUS_FROM_PB: dict[int, RunStatus] = {v: k for k, v in STATUS_TO_PB.items()}
+ROLE_TO_PB: dict[Role, int] = {"job": run_pb.REPLICA_ROLE_JOB, "worker": run_pb.REPLICA_ROLE_WORKER}
+ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in ROLE_TO_PB.items()}
+STATE_TO_PB: dict[ContainerState, int] = {
     "pending": run_pb.CONTAINER_STATE_PENDING,
     "pulling": run_pb.CONTAINER_STATE_PULLING,
     "creating": run_pb.CONTAINER_STATE_CREATING,
@@ -133,13 +136,13 @@ STATE_TO_PB = {
     "failed": run_pb.CONTAINER_STATE_FAILED,
     "removed": run_pb.CONTAINER_STATE_REMOVED,
 }
-STATE_FROM_PB = {v: k for k, v in STATE_TO_PB.items()}
-PULL_POLICY_TO_PB = {
+STATE_FROM_PB: dict[int, ContainerState] = {v: k for k, v in STATE_TO_PB.items()}
+PULL_POLICY_TO_PB: dict[PullPolicy, int] = {
     "missing": run_pb.PULL_POLICY_MISSING,
     "always": run_pb.PULL_POLICY_ALWAYS,
     "never": run_pb.PULL_POLICY_NEVER,
 }
-PULL_POLICY_FROM_PB = {v: k for k, v in PULL_POLICY_TO_PB.items()}
+PULL_POLICY_FROM_PB: dict[int, PullPolicy] = {v: k for k, v in PULL_POLICY_TO_PB.items()}
 RESTART_FROM_PB = {
     run_pb.RESTART_POLICY_UNSPECIFIED: False,
     run_pb.RESTART_POLICY_NEVER: False,
@@ -153,10 +156,18 @@ def pull_policy_from_pb(value: int, field: str) -> PullPolicy | None:
         return None
     if value not in PULL_POLICY_FROM_PB:
         raise InvalidArgument(field, f"{value} is not a pull policy (missing, always or never)")
-    return PULL_POLICY_FROM_PB[value]  # type: ignore[return-value]
+    return PULL_POLICY_FROM_PB[value]
 
 
-def _known(table: dict, value: int, field: str) -> Any:
+def statuses_from_pb(values: Collection[int]) -> frozenset[RunStatus]:
+    """RunStatus values -> domain statuses; an unknown number is refused."""
+    statuses = frozenset(STATUS_FROM_PB[s] for s in values if s in STATUS_FROM_PB)
+    if len(statuses) != len(set(values)):
+        raise InvalidArgument("statuses", "unknown status value")
+    return statuses
+
+
+def _known(table: Mapping[int, _V], value: int, field: str) -> _V:
     """An enum value the control plane knows, or InvalidArgument (never a guess)."""
     if value not in table:
         raise InvalidArgument(field, f"unknown value {value}")
@@ -267,7 +278,7 @@ NODE_STATUS_TO_PB = {
     "Lost": node_pb.NODE_STATUS_LOST,
 }
 MODE_TO_PB = {"bridge": node_pb.NETWORK_MODE_BRIDGE, "host-port": node_pb.NETWORK_MODE_HOST_PORT}
-MODE_FROM_PB = {
+MODE_FROM_PB: dict[int, NetworkMode] = {
     node_pb.NETWORK_MODE_UNSPECIFIED: "bridge",
     node_pb.NETWORK_MODE_BRIDGE: "bridge",
     node_pb.NETWORK_MODE_HOST_PORT: "host-port",
@@ -316,7 +327,7 @@ def node_from_register(msg: agent_pb.Register) -> Node:
         labels=dict(msg.labels),
         advertise_address=msg.advertise_address,
         agent_version=msg.agent_version,
-        network_mode=MODE_FROM_PB.get(msg.network_mode, "bridge"),  # type: ignore[arg-type]
+        network_mode=_known(MODE_FROM_PB, msg.network_mode, "network_mode"),
         network_name=msg.network_name,
         instance_id=msg.instance_id,
         gpu_devices=tuple(msg.gpu_devices),
@@ -331,9 +342,9 @@ def report_from_pb(msg: agent_pb.ContainerStatus) -> Report:
     return Report(
         run_id=msg.run_id,
         observation=Observation(
-            role=_known(ROLE_FROM_PB, msg.role, "role"),  # type: ignore[arg-type]
+            role=_known(ROLE_FROM_PB, msg.role, "role"),
             index=msg.replica,
-            state=_known(STATE_FROM_PB, msg.state, "state"),  # type: ignore[arg-type]
+            state=_known(STATE_FROM_PB, msg.state, "state"),
             ready=msg.ready,
             exit_code=msg.exit_code if msg.HasField("exit_code") else None,
             message=msg.message,

@@ -9,22 +9,21 @@ import grpc
 
 from controlplane.api.buffers import data_plane_errors
 from controlplane.api.convert import (
-    STATUS_FROM_PB,
     STATUS_TO_PB,
     check_timestamp,
     from_timestamp,
     log_line_to_pb,
     run_request_from_pb,
     run_to_pb,
+    statuses_from_pb,
 )
 from controlplane.api.errors import grpc_errors
 from controlplane.core.errors import InvalidArgument
-from controlplane.services import paging
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
-from controlplane.services.requests import validate_request_id, validate_tags
+from controlplane.services.requests import validate_request_id
+from controlplane.services.runs import RunQueries
 from controlplane.services.streams import StreamLimits
-from controlplane.store.base import Store
 from muster.v1 import run_pb2 as pb
 from muster.v1 import run_pb2_grpc as pb_grpc
 
@@ -39,17 +38,17 @@ MAX_TIME_NS = 2**63 - 1
 
 
 class RunServicer(pb_grpc.RunServiceServicer):
-    """Translates RunService calls to the orchestrator and the store."""
+    """Translates RunService calls to the orchestrator and the run queries."""
 
     def __init__(
         self,
         orchestrator: Orchestrator,
-        store: Store,
+        runs: RunQueries,
         logs: LogService,
         streams: StreamLimits | None = None,
     ) -> None:
         self._orchestrator = orchestrator
-        self._store = store
+        self._runs = runs
         self._logs = logs
         self._streams = streams or StreamLimits()
         """Caps on WatchRun and GetRunLogs streams, in all and per run."""
@@ -77,30 +76,13 @@ class RunServicer(pb_grpc.RunServiceServicer):
     async def ListRuns(
         self, request: pb.ListRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListRunsResponse:
-        limit = paging.page_size(request.page_size)
-        statuses = frozenset(STATUS_FROM_PB[s] for s in request.statuses if s in STATUS_FROM_PB)
-        if len(statuses) != len(set(request.statuses)):
-            raise InvalidArgument("statuses", "unknown status value")
-        validate_tags(dict(request.tags))
-        since = from_timestamp(request.since, "since") if request.HasField("since") else None
-        query = {
-            "statuses": sorted(statuses),
-            "tags": dict(sorted(request.tags.items())),
-            "since": since.isoformat() if since else None,
-        }
-        before = paging.decode(request.page_token, query)
-        if before is not None and (
-            not isinstance(before, int) or isinstance(before, bool) or not 0 < before < 2**63
-        ):
-            raise InvalidArgument("page_token", "the page token is malformed")
-        runs, more = await self._store.list_runs(
-            statuses=statuses,
+        runs, token = await self._runs.list(
+            statuses=statuses_from_pb(request.statuses),
             tags=dict(request.tags),
-            since=since,
-            limit=limit,
-            before_id=before,
+            since=from_timestamp(request.since, "since") if request.HasField("since") else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
         )
-        token = paging.encode(query, runs[-1].id) if more and runs else ""
         return pb.ListRunsResponse(
             runs=[run_to_pb(r, with_events=False) for r in runs], next_page_token=token
         )
@@ -109,9 +91,8 @@ class RunServicer(pb_grpc.RunServiceServicer):
     async def CountRuns(
         self, request: pb.CountRunsRequest, context: grpc.aio.ServicerContext
     ) -> pb.CountRunsResponse:
-        validate_tags(dict(request.tags))
         since = from_timestamp(request.since, "since") if request.HasField("since") else None
-        counts = await self._store.count_runs(tags=dict(request.tags), since=since)
+        counts = await self._runs.count(tags=dict(request.tags), since=since)
         ordered = sorted(counts.items(), key=lambda kv: STATUS_TO_PB[kv[0]])
         return pb.CountRunsResponse(
             counts=[pb.RunStatusCount(status=STATUS_TO_PB[s], count=n) for s, n in ordered],

@@ -157,6 +157,12 @@ class Settings:
     max_log_bytes_per_run: int = 1024**3
     """A run's stored log text beyond this loses its oldest lines (0: no cap)."""
 
+    @property
+    def heartbeat_seconds(self) -> int:
+        """The heartbeat interval agents are told, in the whole seconds the wire
+        carries: rounded down, at least 1."""
+        return int(self.heartbeat_interval.total_seconds()) or 1
+
 
 class Orchestrator:
     """Runs, nodes and agent links, behind one asyncio lock."""

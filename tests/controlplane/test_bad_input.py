@@ -107,3 +107,17 @@ async def test_logs_and_watch_over_grpc(channel) -> None:
         async for _ in runs.WatchRun(rpb.WatchRunRequest(run_id=run_id + 1)):
             pass
     assert info.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_enum_values_the_control_plane_does_not_know_are_refused(channel) -> None:
+    """Conversions never guess: an unknown kind or status is INVALID_ARGUMENT."""
+    runs, codespecs = rgrpc.RunServiceStub(channel), cgrpc.CodespecServiceStub(channel)
+    odd_kind = cpb.Codespec(name="k", image="i", kind=99)
+    await expect_invalid(
+        codespecs.CreateCodespec(cpb.CreateCodespecRequest(codespec=odd_kind)), "kind"
+    )
+    await expect_invalid(runs.ListRuns(rpb.ListRunsRequest(statuses=[99])), "statuses")
+    made = await codespecs.CreateCodespec(
+        cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="k", image="i"))
+    )
+    assert made.codespec.kind == cpb.CODESPEC_KIND_JOB, "unspecified is a job, as documented"
