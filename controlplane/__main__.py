@@ -19,6 +19,7 @@ from controlplane.core.images import DEFAULT_PULL_POLICY, PULL_POLICIES
 from controlplane.core.nodes import Liveness
 from controlplane.security.tls import SecurityConfig
 from controlplane.server import DataSettings, start
+from controlplane.services.leadership import LeaseSettings
 from controlplane.services.orchestrator import Settings
 from controlplane.store.base import SchemaTooNew
 from controlplane.store.factory import migrate_store, parse_store_url, store_directory
@@ -28,6 +29,9 @@ from muster.common.net import host_of, is_loopback
 
 T = TypeVar("T")
 DEFAULT_LISTEN = "127.0.0.1:50051"
+EXIT_DEPOSED = 3
+"""Exit status of a leader that lost its lease: its service manager starts it again, as a
+follower (crash-only, like Kubernetes' controller managers)."""
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?$", re.IGNORECASE)
 
@@ -137,6 +141,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="extra DNS name or IP address for the server certificate (repeatable)",
     )
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ERROR")
+    parser.add_argument(
+        "--advertise-address",
+        default=os.environ.get("MUSTER_ADVERTISE_ADDRESS", ""),
+        metavar="HOST",
+        help="the host clients and agents reach this control plane at, recorded with the "
+        "lease when it leads so that the others can name it (default: the --listen host; "
+        "loopback for a wildcard)",
+    )
+    parser.add_argument(
+        "--lease-seconds",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="control planes sharing a PostgreSQL database: how long the leader's lease lasts; "
+        "a follower takes over this long after the leader stopped renewing (default 5)",
+    )
     parser.add_argument(
         "--readiness-timeout",
         type=float,
@@ -249,6 +269,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     if args.readiness_timeout <= 0:
         parser.error("--readiness-timeout must be positive")
+    if args.lease_seconds < 2:
+        parser.error("--lease-seconds must be at least 2 (it is renewed every second)")
     _check_security_flags(parser, args)
     args.db = args.db or str(args.state_dir / "controlplane.db")
     try:
@@ -324,6 +346,8 @@ async def serve(args: argparse.Namespace) -> None:
         security,
         data=data_settings(args),
         metrics_listen=args.metrics_listen,
+        lease=LeaseSettings(duration=args.lease_seconds),
+        advertise=args.advertise_address,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -340,7 +364,31 @@ async def serve(args: argparse.Namespace) -> None:
     else:
         detail = f"(INSECURE: plaintext, no authentication; {buffers.rstrip('; ')})"
     print(f"muster control plane listening on {host}:{plane.port} {detail}", flush=True)
-    await stop.wait()
+    leadership = plane.leadership
+    assert leadership is not None
+    if leadership.leading:
+        print(f"leading (epoch {leadership.epoch})", flush=True)
+    else:
+        print(f"following: {leadership.hint()}", flush=True)
+    stopped = asyncio.ensure_future(stop.wait())
+    deposed = asyncio.ensure_future(leadership.deposed.wait())
+    elected = asyncio.ensure_future(leadership.elected.wait())
+    if not leadership.leading:
+        await asyncio.wait({stopped, deposed, elected}, return_when=asyncio.FIRST_COMPLETED)
+        if elected.done() and not stop.is_set():
+            print(f"leading (epoch {leadership.epoch})", flush=True)
+    await asyncio.wait({stopped, deposed}, return_when=asyncio.FIRST_COMPLETED)
+    for waiter in (stopped, deposed, elected):
+        waiter.cancel()
+    if leadership.deposed.is_set() and not stop.is_set():
+        print(
+            f"muster-controlplane: lost the leadership (epoch {leadership.epoch}): "
+            f"{leadership.reason}; exiting so that it starts again as a follower",
+            file=sys.stderr,
+            flush=True,
+        )
+        await plane.stop(grace=0)
+        sys.exit(EXIT_DEPOSED)
     logging.getLogger("controlplane").info("event=shutdown_requested")
     await plane.stop()
 

@@ -86,8 +86,17 @@ def server_address(flag: str | None) -> str:
 
 def open_channel(address: str, config: ClientConfig | None = None) -> grpc.Channel:
     """A channel to `address` with the credentials in force (TLS and the
-    bearer token, or plaintext with no credential file or `insecure: true`)."""
+    bearer token, or plaintext with no credential file or `insecure: true`).
+    `address` may list several control planes, comma-separated: the channel
+    finds their leader and follows it (muster_cli/leader.py)."""
+    from muster_cli.leader import LeaderChannel, split_addresses
+
     config = config or client_config()
+    return LeaderChannel(split_addresses(address) or [address], lambda one: _open_one(one, config))
+
+
+def _open_one(address: str, config: ClientConfig | None) -> grpc.Channel:
+    """A plain gRPC channel to one control plane."""
     token = os.environ.get("MUSTER_TOKEN") or (config.token if config else "")
     if config is None or config.insecure:
         if token and not is_loopback(address):
