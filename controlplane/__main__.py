@@ -8,6 +8,7 @@ import logging
 import os
 import re
 import signal
+import sqlite3
 import sys
 from collections.abc import Coroutine
 from datetime import timedelta
@@ -421,6 +422,73 @@ def migrate_main(argv: list[str]) -> None:
         print(f"store schema migrated from version {before} to {after}")
 
 
+def backup_main(argv: list[str]) -> None:
+    """`muster-controlplane backup --db URL OUT`: a consistent copy of a SQLite
+    store, taken while the control plane runs (SQLite's online backup API).
+    PostgreSQL is backed up with its own tools: the guidance, and exit 2."""
+    parser = OneLineParser(
+        prog="muster-controlplane backup",
+        description="copy the store to OUT while the control plane runs (SQLite)",
+    )
+    parser.add_argument(
+        "--db",
+        metavar="URL",
+        default=os.environ.get("MUSTER_DB") or None,
+        required=not os.environ.get("MUSTER_DB"),
+        help="the store: PATH or sqlite:///PATH",
+    )
+    parser.add_argument("out", type=Path, metavar="OUT", help="the backup file to write (new)")
+    args = parser.parse_args(argv)
+    try:
+        parsed = parse_store_url(args.db)
+    except ValueError as exc:
+        parser.error(str(exc))
+    if parsed.kind == "postgresql":
+        from controlplane.store.postgres import redact
+
+        print(
+            "muster-controlplane: PostgreSQL is backed up with its own tools, while control "
+            f"planes run: pg_dump -Fc -d '{redact(args.db)}' -f {args.out}; restore into an "
+            "empty database with pg_restore -d URL FILE (the cluster id comes with it). "
+            "See README, High availability",
+            file=sys.stderr,
+        )
+        sys.exit(2)
+    if parsed.kind == "memory" or parsed.target == ":memory:":
+        parser.error(f"--db {args.db} keeps nothing to back up")
+    try:
+        pages = sqlite_backup(Path(parsed.target), args.out)
+    except (OSError, sqlite3.Error) as exc:
+        print(f"muster-controlplane: error: backup failed: {exc}", file=sys.stderr)
+        sys.exit(1)
+    print(f"backed up {parsed.target} to {args.out} ({pages} pages)")
+
+
+def sqlite_backup(source: Path, out: Path) -> int:
+    """Copy a live SQLite database page by page (a consistent snapshot even
+    while the control plane writes); the copy is written beside `out` and
+    renamed into place, so `out` is never half a database. Returns the pages."""
+    if not source.is_file():
+        raise FileNotFoundError(f"no database at {source}")
+    if out.exists():
+        raise FileExistsError(f"{out} exists; give a new file")
+    partial = out.with_name(out.name + ".partial")
+    partial.unlink(missing_ok=True)
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
+    try:
+        dst = sqlite3.connect(partial)
+        try:
+            src.backup(dst)
+            dst.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+            pages = int(dst.execute("PRAGMA page_count").fetchone()[0])
+        finally:
+            dst.close()
+    finally:
+        src.close()
+    os.replace(partial, out)
+    return pages
+
+
 def _run_or_exit(coro: Coroutine[Any, Any, T]) -> T:
     """Run `coro`; a store or address problem is one line on stderr and exit 1."""
     try:
@@ -435,6 +503,9 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "migrate":
         migrate_main(argv[1:])
+        return
+    if argv and argv[0] == "backup":
+        backup_main(argv[1:])
         return
     args = parse_args(argv)
     configure_logging(args.log_level)
