@@ -23,6 +23,7 @@ FLAGS = {
     "worker_version": None,
     "worker_replicas": None,
     "worker_node_pool": None,
+    "worker_restart": None,
     "timeout": None,
     "tag": (),
     "cluster": None,
