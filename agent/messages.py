@@ -101,6 +101,7 @@ def spec_from_start(msg: agent_pb2.StartContainer) -> ContainerSpec:
         cpu_limit_millis=msg.cpu_limit_millis,
         memory_limit_bytes=msg.memory_limit_bytes,
         shm_size_bytes=max(0, msg.shm_size_bytes),
+        restart_always=msg.restart_always,
         endpoints={e.name: e.port for e in msg.endpoints},
         generation=msg.generation,
         hosts=dict(msg.hosts),

@@ -147,6 +147,9 @@ class ContainerSpec:
     cpu_limit_millis: int = 0
     memory_limit_bytes: int = 0
     shm_size_bytes: int = 0
+    restart_always: bool = False
+    """Restarted in place by the runtime whenever its process exits (a worker
+    whose run says restartPolicy Always); stopping it is final."""
     """Size of /dev/shm; 0: the runtime's default."""
     endpoints: dict[str, int] = field(default_factory=dict)
     """Endpoint name -> container port, in declaration order (workers only)."""

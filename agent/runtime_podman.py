@@ -545,6 +545,9 @@ class PodmanRuntime:
             kwargs["mem_limit"] = spec.memory_limit_bytes
         if spec.shm_size_bytes > 0:
             kwargs["shm_size"] = spec.shm_size_bytes
+        if spec.restart_always:
+            # Podman restarts it whenever its process exits; a stop is final.
+            kwargs["restart_policy"] = {"Name": "always"}
         if host_ports:
             bind = self._publish if self._publish not in ("", "0.0.0.0") else None
             kwargs["ports"] = {

@@ -288,3 +288,29 @@ async def test_resources_shm_sizes_dev_shm(podman_node: PodmanNode) -> None:
     assert done.exit_code == 0, lines
     assert lines and lines[-1].split()[1] == str(96 * 1024), lines  # 1K-blocks of /dev/shm
     assert (await podman_node.inspect(job.name))["HostConfig"]["ShmSize"] == 96 * 2**20
+
+
+async def test_restart_always_restarts_a_worker_until_it_is_stopped(
+    podman_node: PodmanNode,
+) -> None:
+    rt = podman_node.runtime()
+    await rt.ensure_network()
+    worker = spec(
+        random_run_id(), "worker", 0, BUSYBOX, ["sh", "-c"], ["sleep 1; exit 3"],
+        restart_always=True,
+    )  # fmt: skip
+    await rt.start(worker)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 30
+    while (await podman_node.inspect(worker.name))["RestartCount"] < 1:
+        assert loop.time() < deadline, "Podman did not restart the exited worker"
+        await asyncio.sleep(0.2)
+    await rt.stop_run(worker.run_id)  # a stop is final: no restart after it
+    stopped = await podman_node.inspect(worker.name)
+    assert stopped["State"]["Status"] == "exited"
+    count = stopped["RestartCount"]
+    end = loop.time() + 3
+    while loop.time() < end:
+        now = await podman_node.inspect(worker.name)
+        assert now["State"]["Status"] == "exited" and now["RestartCount"] == count
+        await asyncio.sleep(0.5)
