@@ -137,24 +137,9 @@ async def ensure_credentials(
 ) -> NodeCredentials | None:
     """The stored identity, or a new one from a join (retried while the
     control plane is unreachable). None if `stop` is set first."""
-    creds = store.load()
+    creds = _stored(store, node_name, join_token, agent_server)
     if creds is not None:
-        info = creds.info
-        if info.node != node_name:
-            raise JoinError(
-                f"{store.dir} holds the certificate of node '{info.node}', not '{node_name}'; "
-                "use another --state-dir or --node-name"
-            )
-        if utcnow() < info.not_after:
-            if agent_server and agent_server != creds.agent_server:
-                creds = NodeCredentials(creds.key, creds.cert, creds.ca, agent_server)
-            return creds
-        if not join_token:
-            raise JoinError(
-                f"the certificate of node '{node_name}' expired at "
-                f"{info.not_after:%Y-%m-%d %H:%M}Z; remove the node (muster node remove) "
-                "and join again with a new --join-token"
-            )
+        return creds
     if not join_token:
         raise JoinError(
             f"no node certificate in {store.dir}: join first with --join-token "
@@ -192,6 +177,33 @@ async def ensure_credentials(
             agent_server=creds.agent_server,
         )
         return creds
+    return None
+
+
+def _stored(
+    store: CredentialStore, node_name: str, join_token: str, agent_server: str | None
+) -> NodeCredentials | None:
+    """The stored identity of ``node_name`` while it is valid; None when there is
+    none, or when it expired and ``join_token`` can make a new one."""
+    creds = store.load()
+    if creds is None:
+        return None
+    info = creds.info
+    if info.node != node_name:
+        raise JoinError(
+            f"{store.dir} holds the certificate of node '{info.node}', not '{node_name}'; "
+            "use another --state-dir or --node-name"
+        )
+    if utcnow() < info.not_after:
+        if agent_server and agent_server != creds.agent_server:
+            creds = NodeCredentials(creds.key, creds.cert, creds.ca, agent_server)
+        return creds
+    if not join_token:
+        raise JoinError(
+            f"the certificate of node '{node_name}' expired at "
+            f"{info.not_after:%Y-%m-%d %H:%M}Z; remove the node (muster node remove) "
+            "and join again with a new --join-token"
+        )
     return None
 
 

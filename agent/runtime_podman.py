@@ -140,12 +140,7 @@ class PodmanRuntime:
         ``log_part_bytes``: its ``settle``, ``poll``, ``files``, ``file_poll``
         and ``part_bytes``).
         """
-        if pids_limit < 1:
-            raise ValueError(f"pids_limit must be at least 1, not {pids_limit}")
-        if log_max_size < MIN_LOG_MAX_SIZE:
-            raise ValueError(
-                f"log_max_size must be at least {MIN_LOG_MAX_SIZE} bytes, not {log_max_size}"
-            )
+        _check_limits(pids_limit, log_max_size)
         self._pids_limit = pids_limit
         self._log_max_size = log_max_size
         self._node = node_name
@@ -248,7 +243,14 @@ class PodmanRuntime:
         held: list[Any] = []  # the streaming reply, so a cancelled pull can cut it
         try:
             return await self._call(
-                self._pull_sync, image, auth, tls_verify, report, limit_seconds, held
+                lambda: (
+                    self._image_digest_sync(
+                        pull_sync(
+                            self._client(), image, auth, tls_verify, report, limit_seconds, held
+                        )
+                    )
+                    or ""
+                )
             )
         except asyncio.CancelledError:
             # The caller gave up (timeout, teardown): end the reading thread now
@@ -368,19 +370,6 @@ class PodmanRuntime:
         except (NotFound, PodmanImageNotFound):  # podman-py's is no NotFound
             return None
         return str(attrs.get("Digest") or "")
-
-    def _pull_sync(
-        self,
-        image: str,
-        auth: RegistryAuth | None,
-        tls_verify: bool,
-        report: ProgressCallback,
-        limit_seconds: float | None,
-        held: list[Any],
-    ) -> str:
-        image_id = pull_sync(self._client(), image, auth, tls_verify, report, limit_seconds, held)
-        digest = self._image_digest_sync(image_id)
-        return digest or ""
 
     def _start_sync(self, spec: ContainerSpec) -> ContainerInfo:
         client = self._client()
@@ -623,6 +612,15 @@ class PodmanRuntime:
         except NotFound:
             pass
         self._ports.forget(name)
+
+
+def _check_limits(pids_limit: int, log_max_size: int) -> None:
+    if pids_limit < 1:
+        raise ValueError(f"pids_limit must be at least 1, not {pids_limit}")
+    if log_max_size < MIN_LOG_MAX_SIZE:
+        raise ValueError(
+            f"log_max_size must be at least {MIN_LOG_MAX_SIZE} bytes, not {log_max_size}"
+        )
 
 
 class _PortTaken(Exception):
