@@ -61,9 +61,10 @@ import os
 import shutil
 import stat
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from agent.logutil import log
 from agent.runtime import BufferPipe, ContainerSpec, RuntimeFailure
@@ -127,7 +128,7 @@ class _Opening:
         elif error is not None:
             self._future.set_exception(error)
         else:
-            self._future.set_result(fd)  # type: ignore[arg-type]
+            self._future.set_result(fd)  # type: ignore[arg-type]  # no error: an fd
 
     @property
     def opened(self) -> bool:
@@ -278,8 +279,8 @@ class BufferCopies:
             copy.task = self._spawn(job, self._copy(job, copy), label)
         log(_log, logging.INFO, "buffer_copies_started", name=spec.name, buffers=len(copies))
 
-    def _spawn(self, job: _Job, coro: object, name: str) -> asyncio.Task[None]:
-        task = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+    def _spawn(self, job: _Job, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         job.tasks.add(task)
         task.add_done_callback(job.tasks.discard)
         return task
@@ -509,7 +510,7 @@ async def _write_all(fd: int, data: bytes) -> None:
 async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
     """Wait until ``fd`` takes more bytes (or its reader is gone)."""
     ready: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, lambda: ready.done() or ready.set_result(None))
+    loop.add_writer(fd, lambda: None if ready.done() else ready.set_result(None))
     try:
         await ready
     finally:

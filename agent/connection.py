@@ -161,7 +161,7 @@ class AgentConnection:
             ),
             advertise_address=ident.advertise_address,
             agent_version=ident.agent_version,
-            network_mode=NETWORK_MODE_TO_PB[ident.network_mode],  # type: ignore[arg-type]
+            network_mode=NETWORK_MODE_TO_PB[ident.network_mode],
             network_name=ident.network_name,
             containers=[s.to_pb() for s in self._sup.snapshot()],
             instance_id=ident.instance_id,

@@ -27,14 +27,14 @@ from agent.runtime import (
 )
 from muster.v1 import agent_pb2, node_pb2, run_pb2
 
-ROLE_TO_PB: dict[Role, int] = {
+ROLE_TO_PB: dict[Role, run_pb2.ReplicaRole] = {
     "job": run_pb2.REPLICA_ROLE_JOB,
     "worker": run_pb2.REPLICA_ROLE_WORKER,
 }
 _ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in ROLE_TO_PB.items()}
 
 WireState = State | str  # plus "pulling" and "removed", which only exist on the wire
-STATE_TO_PB: dict[str, int] = {
+STATE_TO_PB: dict[str, run_pb2.ContainerState] = {
     "pulling": run_pb2.CONTAINER_STATE_PULLING,
     "creating": run_pb2.CONTAINER_STATE_CREATING,
     "running": run_pb2.CONTAINER_STATE_RUNNING,
@@ -42,11 +42,11 @@ STATE_TO_PB: dict[str, int] = {
     "failed": run_pb2.CONTAINER_STATE_FAILED,
     "removed": run_pb2.CONTAINER_STATE_REMOVED,
 }
-STREAM_TO_PB: dict[LogStreamName, int] = {
+STREAM_TO_PB: dict[LogStreamName, run_pb2.LogStream] = {
     "stdout": run_pb2.LOG_STREAM_STDOUT,
     "stderr": run_pb2.LOG_STREAM_STDERR,
 }
-NETWORK_MODE_TO_PB: dict[NetworkMode, int] = {
+NETWORK_MODE_TO_PB: dict[NetworkMode, node_pb2.NetworkMode] = {
     "bridge": node_pb2.NETWORK_MODE_BRIDGE,
     "host-port": node_pb2.NETWORK_MODE_HOST_PORT,
 }
@@ -180,10 +180,10 @@ class Status:
         time.GetCurrentTime()
         msg = agent_pb2.ContainerStatus(
             run_id=self.run_id,
-            role=ROLE_TO_PB[self.role],  # type: ignore[arg-type]
+            role=ROLE_TO_PB[self.role],
             replica=self.replica,
             container_name=self.name,
-            state=STATE_TO_PB[self.state],  # type: ignore[arg-type]
+            state=STATE_TO_PB[self.state],
             ready=self.ready,
             message=self.message,
             endpoints=[agent_pb2.EndpointAddress(name=n, address=a) for n, a in self.endpoints],
@@ -293,9 +293,9 @@ class LogBatch:
         for e in self.entries:
             entry = batch.entries.add(
                 run_id=e.run_id,
-                role=ROLE_TO_PB[e.role],  # type: ignore[arg-type]
+                role=ROLE_TO_PB[e.role],
                 replica=e.replica,
-                stream=STREAM_TO_PB[e.stream],  # type: ignore[arg-type]
+                stream=STREAM_TO_PB[e.stream],
                 sequence=e.sequence,
                 partial=e.partial,
             )

@@ -47,7 +47,7 @@ class AgentMetrics:
                 "probe",
             }
         )
-        return TimedProxy(runtime, self.runtime_calls, methods=quick)  # type: ignore[return-value]
+        return TimedProxy(runtime, self.runtime_calls, methods=quick)
 
     def watch(self, states: Callable[[], dict[str, int]]) -> None:
         """Read containers by state from `states()` at each scrape."""

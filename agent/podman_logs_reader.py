@@ -40,7 +40,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -118,7 +118,7 @@ class PodmanLogReader:
             self.forget(name)
         await asyncio.to_thread(self._executor.shutdown, True)
 
-    async def follow(self, name: str) -> AsyncIterator[list[LogLine]]:
+    async def follow(self, name: str) -> AsyncGenerator[list[LogLine], None]:
         """Every line of ``name`` from the first; see the module docstring for how."""
         tail = await self._open_log_file(name) if self._files else None
         source = self._follow_file(name, tail) if tail else self._follow_api(name)
@@ -168,7 +168,9 @@ class PodmanLogReader:
             idle.close()
         self._bases.forget(name)
 
-    async def _follow_file(self, name: str, tail: LogFileTail) -> AsyncIterator[list[LogLine]]:
+    async def _follow_file(
+        self, name: str, tail: LogFileTail
+    ) -> AsyncGenerator[list[LogLine], None]:
         """Every line of the log file from the first until the container has stopped."""
         loop = asyncio.get_running_loop()
         shortest, longest = self._file_poll
@@ -234,7 +236,7 @@ class PodmanLogReader:
             if not wakers:
                 del self._wakers[name]
 
-    async def _follow_api(self, name: str) -> AsyncIterator[list[LogLine]]:
+    async def _follow_api(self, name: str) -> AsyncGenerator[list[LogLine], None]:
         """Every line of ``name`` through the log API, by time windows."""
         cursor = _LogCursor(LogDecoder(self._part_bytes))
         shortest, longest = self._poll
@@ -284,7 +286,7 @@ class PodmanLogReader:
 
     async def _read_log_once(
         self, name: str, cursor: _LogCursor
-    ) -> AsyncIterator[list[LogLine] | _ReadDone]:
+    ) -> AsyncGenerator[list[LogLine] | _ReadDone, None]:
         """One window read in a reader thread: its chunks, then its ``_ReadDone``."""
         loop = asyncio.get_running_loop()
         handoff = _Handoff(loop)

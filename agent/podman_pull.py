@@ -53,7 +53,7 @@ def pull_sync(
             params=params,
             headers=headers,
             stream=True,
-            timeout=(10, limit_seconds),
+            timeout=(10.0, limit_seconds) if limit_seconds is not None else (10.0, None),
         )
         held.append(response)
         try:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import json
 import logging
 import os
@@ -340,7 +341,7 @@ class Puller:
                 self._pull(pull, credentials), name=f"pull {image}"
             )
             self._inflight[key] = pull
-            pull.task.add_done_callback(lambda t, k=key, p=pull: self._done(k, p, t))
+            pull.task.add_done_callback(functools.partial(self._done, key, pull))
         else:
             log(_log, logging.INFO, "pull_joined", image=image)
         if on_pulling is not None:

@@ -188,7 +188,7 @@ class Supervisor:
             return
         task = self._spawn(self._start(spec), f"start {spec.name}")
         self._starts[spec.name] = (spec.run_id, task)
-        task.add_done_callback(lambda _t, name=spec.name: self._starts.pop(name, None))
+        task.add_done_callback(lambda _t: self._starts.pop(spec.name, None))
 
     async def _start_after(self, teardown: asyncio.Task[None], spec: ContainerSpec) -> None:
         try:

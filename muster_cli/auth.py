@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import cast
 
 import click
 import grpc
@@ -22,12 +23,12 @@ ROLES = ["admin", "user", "reader"]
 
 def role_pb(text: str) -> pb.Role:
     """'user' -> ROLE_USER."""
-    return pb.Role.Value(f"ROLE_{text.upper()}")
+    return cast(pb.Role, pb.Role.Value(f"ROLE_{text.upper()}"))
 
 
 def role_text(value: int) -> str:
     """ROLE_USER -> 'user'."""
-    return pb.Role.Name(value).removeprefix("ROLE_").lower()  # type: ignore[arg-type]
+    return pb.Role.Name(value).removeprefix("ROLE_").lower()
 
 
 def ttl_seconds(text: str | None) -> int:
@@ -58,8 +59,8 @@ def login(login_server: str, ca_cert: Path, token: str, target: Path | None) -> 
     try:
         me = pb_grpc.TokenServiceStub(ch).WhoAmI(pb.WhoAmIRequest(), timeout=15)
     except grpc.RpcError as err:
-        code = err.code()  # type: ignore[attr-defined]
-        fail(f"login to {login_server} failed: {code.name}: {err.details()}")  # type: ignore[attr-defined]
+        code = err.code()
+        fail(f"login to {login_server} failed: {code.name}: {err.details()}")
     finally:
         ch.close()
     path = target or Path(os.environ.get("MUSTER_CONFIG") or user_config_path())

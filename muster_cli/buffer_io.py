@@ -13,8 +13,8 @@ import asyncio
 import contextlib
 import os
 import sys
-from collections.abc import Awaitable, Callable, Iterator
-from typing import IO, Any
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any, BinaryIO, cast
 
 import click
 import grpc
@@ -74,7 +74,7 @@ def _refresher(server: str, buffer_id: str, writable: bool) -> Callable[[], Awai
         try:
             return await loop.run_in_executor(None, _request_url, server, buffer_id, writable)
         except grpc.RpcError as err:
-            detail = err.details() or err.code().name  # type: ignore[attr-defined]
+            detail = err.details() or err.code().name
             raise errors.InvalidAccessUrlError(f"could not get a new one: {detail}") from None
 
     return refresh
@@ -109,7 +109,7 @@ def _ca_pem_if_any() -> str | None:
         return None
 
 
-def _run(work: Callable[[], Awaitable[Any]]) -> None:
+def _run(work: Callable[[], Coroutine[Any, Any, Any]]) -> None:
     """Run the transfer; its errors become one line, Ctrl-C exit code 130."""
     try:
         asyncio.run(work())
@@ -122,12 +122,12 @@ def _run(work: Callable[[], Awaitable[Any]]) -> None:
 
 
 @contextlib.contextmanager
-def _opened(path: str | None, mode: str, std: IO[bytes]) -> Iterator[IO[bytes]]:
+def _opened(path: str | None, mode: str, std: BinaryIO) -> Iterator[BinaryIO]:
     if path is None or path == "-":
         yield std
         return
     try:
-        f = open(path, mode)
+        f = cast(BinaryIO, open(path, mode))  # a binary mode
     except OSError as exc:
         fail(f"cannot open {path}: {exc.strerror}")
     with f:

@@ -119,7 +119,7 @@ def buffer() -> None:
     """Buffers: named, tagged streams of bytes that runs read and write."""
 
 
-cli.alias("buffers", "buffer")  # type: ignore[attr-defined]  # Tyger's name
+cli.alias("buffers", "buffer")  # Tyger's name
 
 
 @buffer.command("create", context_settings=CONTEXT)
@@ -290,7 +290,7 @@ def _bulk(
     click.echo(f"{verb.capitalize()}d {len(done)} buffers.")
 
 
-def _ttl_seconds(ttl: str | None) -> dict[str, int]:
+def _ttl_seconds(ttl: str | None) -> dict[str, Any]:
     return {"ttl_seconds": parse_ttl(ttl)} if ttl is not None else {}
 
 
@@ -414,8 +414,8 @@ def buffer_access(
         try:
             reply = stub(ch).GetBufferAccess(request, timeout=30)
         except grpc.RpcError as err:
-            details = err.details() or ""  # type: ignore[attr-defined]
-            if err.code() == grpc.StatusCode.UNAVAILABLE and "data plane" in details:  # type: ignore[attr-defined]
+            details = err.details() or ""
+            if err.code() == grpc.StatusCode.UNAVAILABLE and "data plane" in details:
                 fail(details)  # the control plane answered: no "is it running?" hint
             raise
     click.echo(reply.uri)

@@ -52,7 +52,7 @@ def codespec() -> None:
     """Create and inspect versioned codespecs."""
 
 
-cli.alias("codespecs", "codespec")  # type: ignore[attr-defined]
+cli.alias("codespecs", "codespec")
 codespec.alias("get", "show")  # type: ignore[attr-defined]
 
 
@@ -170,14 +170,14 @@ def apply_codespec_flags(
         if flags[flag]:
             del group[:]
             group.extend(comma_list(flags[flag]))
-    for flag, group, key in (
+    for flag, section, key in (
         ("cpu_request", "requests", "cpu"),
         ("memory_request", "requests", "memory"),
         ("cpu_limit", "limits", "cpu"),
         ("memory_limit", "limits", "memory"),
     ):
         if flags[flag]:
-            setattr(getattr(spec.resources, group), key, flags[flag])
+            setattr(getattr(spec.resources, section), key, flags[flag])
     if flags["gpu"] is not None:
         spec.resources.gpu = gpu_flag(flags["gpu"])
     if flags["shm"]:

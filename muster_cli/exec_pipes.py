@@ -364,7 +364,7 @@ class _PipeRun:
         try:
             url = await loop.run_in_executor(None, _request_url, self.server, buffer_id, writable)
         except grpc.RpcError as err:
-            detail = err.details() or err.code().name  # type: ignore[attr-defined]
+            detail = err.details() or err.code().name
             raise BufferDataError(f"no access to the buffer: {detail}") from None
         refresh = _refresher(self.server, buffer_id, writable)
         return ContainerClient(url, ca_pem=ca_pem, refresh=refresh)

@@ -109,7 +109,7 @@ def stream_logs(
                 out.flush()
             return
         except grpc.RpcError as err:
-            if not follow and err.code() == grpc.StatusCode.UNAVAILABLE:  # type: ignore[attr-defined]
+            if not follow and err.code() == grpc.StatusCode.UNAVAILABLE:
                 fail(f"cannot reach the muster control plane at {server}")
             retry.failed(err)  # a follow reconnects
             # With a resume point the server continues exactly where it was; without

@@ -213,4 +213,5 @@ def run_dict(run: Any) -> dict[str, Any]:
 
 def _enum_name(msg: Message, field: str) -> str:
     descriptor = msg.DESCRIPTOR.fields_by_name[field].enum_type
+    assert descriptor is not None, f"{field} is not an enum field"
     return descriptor.values_by_number[getattr(msg, field)].name

@@ -195,7 +195,7 @@ def run() -> None:
     """Create, follow and inspect runs."""
 
 
-cli.alias("runs", "run")  # type: ignore[attr-defined]
+cli.alias("runs", "run")
 run.alias("get", "show")  # type: ignore[attr-defined]
 run.alias("stop", "cancel")  # type: ignore[attr-defined]
 run.alias("count", "counts")  # type: ignore[attr-defined]

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's one test command (CI runs it via .ci/run):
-#   setup (scripts/setup.sh) -> ruff check -> ruff format --check -> buf lint
+#   setup (scripts/setup.sh) -> ruff check -> ruff format --check -> mypy -> buf lint
 #   -> generated code is up to date (scripts/gen-proto.sh + git diff) -> pytest
 # Extra arguments go to pytest, e.g. scripts/test.sh -k runs -x
 # MUSTER_SKIP_SETUP=1 skips the setup step (when you know the machine is ready).
@@ -51,6 +51,7 @@ else
 fi
 step "ruff check" .venv/bin/ruff check .
 step "ruff format --check" .venv/bin/ruff format --check .
+step mypy .venv/bin/mypy  # what it checks and how: [tool.mypy] in pyproject.toml
 step "buf lint" .tools/node_modules/.bin/buf lint
 step "generated code up to date" gen_check
 step pytest .venv/bin/pytest -q "$@"

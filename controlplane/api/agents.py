@@ -21,6 +21,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from typing import cast
 
 import grpc
 
@@ -263,7 +264,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 message = get.result()
                 if message is _CLOSE or not self._stamp(message, name):
                     break
-                yield message
+                yield cast(pb.ConnectResponse, message)  # _stamp checked it
         finally:
             deposed.cancel()
             if get is not None:
@@ -374,8 +375,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 answer = message.image_pulled
                 self._images.answer(name, answer.request_id, node_pull_from_pb(answer))
             elif kind == "images_listed":
-                answer = message.images_listed
-                self._images.answer(name, answer.request_id, node_images_from_pb(answer))
+                listed = message.images_listed
+                self._images.answer(name, listed.request_id, node_images_from_pb(listed))
             else:
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextvars
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeAlias, cast
 
 import grpc
 
@@ -23,6 +23,11 @@ from controlplane.core.auth import JOIN, NODE, PUBLIC, Principal, Role, requirem
 from controlplane.core.errors import DomainError, PermissionDenied, Unauthenticated
 from controlplane.services.auth import AuthService
 from muster.common.pki import NodeCert
+
+Handler: TypeAlias = "grpc.RpcMethodHandler[Any, Any]"
+"""A servicer method's gRPC handler, whatever its messages."""
+Continuation: TypeAlias = "Callable[[grpc.HandlerCallDetails], Awaitable[Handler | None]]"
+"""What an interceptor calls for the handler of a call (None: no such method)."""
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +92,12 @@ def same_shape(
 
 def behavior_of(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
     """The servicer function behind a handler, whatever its shape."""
-    return (
-        handler.unary_unary or handler.unary_stream or handler.stream_unary or handler.stream_stream
+    return cast(
+        Callable[..., Any],
+        handler.unary_unary
+        or handler.unary_stream
+        or handler.stream_unary
+        or handler.stream_stream,
     )
 
 
@@ -100,9 +109,9 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or self._auth is None:
             return handler
@@ -184,7 +193,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         behavior = behavior_of(handler)
 
         async def check(context: grpc.aio.ServicerContext) -> None:
-            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+            pem = next(iter(context.auth_context().get("x509_pem_cert") or ()), b"")
             try:
                 if not pem and has_token:
                     raise PermissionDenied(

@@ -8,10 +8,11 @@ from controlplane.api.convert import codespec_from_pb, codespec_to_pb
 from controlplane.api.errors import grpc_errors
 from controlplane.core.errors import InvalidArgument
 from controlplane.services.codespecs import CodespecService
+from controlplane.store.base import CodespecOrder
 from muster.v1 import codespec_pb2 as pb
 from muster.v1 import codespec_pb2_grpc as pb_grpc
 
-_ORDERS = {
+_ORDERS: dict[int, CodespecOrder] = {
     pb.CODESPEC_ORDER_UNSPECIFIED: "newest",
     pb.CODESPEC_ORDER_NEWEST_FIRST: "newest",
     pb.CODESPEC_ORDER_NAME: "name",
@@ -52,7 +53,7 @@ class CodespecServicer(pb_grpc.CodespecServiceServicer):
         items, token = await self._service.list(
             prefix=request.prefix,
             order=order,
-            size=request.page_size,  # type: ignore[arg-type]
+            size=request.page_size,
             token=request.page_token,
         )
         return pb.ListCodespecsResponse(

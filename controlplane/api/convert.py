@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from datetime import UTC, datetime
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -117,17 +117,20 @@ def codespec_to_pb(spec: Codespec) -> pb.Codespec:
 
 # -- runs ----------------------------------------------------------------------
 
-STATUS_TO_PB: dict[RunStatus, int] = {
+STATUS_TO_PB: dict[str, run_pb.RunStatus] = {
     "Pending": run_pb.RUN_STATUS_PENDING,
     "Running": run_pb.RUN_STATUS_RUNNING,
     "Succeeded": run_pb.RUN_STATUS_SUCCEEDED,
     "Failed": run_pb.RUN_STATUS_FAILED,
     "Canceled": run_pb.RUN_STATUS_CANCELED,
 }
-STATUS_FROM_PB: dict[int, RunStatus] = {v: k for k, v in STATUS_TO_PB.items()}
-ROLE_TO_PB: dict[Role, int] = {"job": run_pb.REPLICA_ROLE_JOB, "worker": run_pb.REPLICA_ROLE_WORKER}
-ROLE_FROM_PB: dict[int, Role] = {v: k for k, v in ROLE_TO_PB.items()}
-STATE_TO_PB: dict[ContainerState, int] = {
+STATUS_FROM_PB = cast(dict[int, RunStatus], {v: k for k, v in STATUS_TO_PB.items()})
+ROLE_TO_PB: dict[str, run_pb.ReplicaRole] = {
+    "job": run_pb.REPLICA_ROLE_JOB,
+    "worker": run_pb.REPLICA_ROLE_WORKER,
+}
+ROLE_FROM_PB = cast(dict[int, Role], {v: k for k, v in ROLE_TO_PB.items()})
+STATE_TO_PB: dict[str, run_pb.ContainerState] = {
     "pending": run_pb.CONTAINER_STATE_PENDING,
     "pulling": run_pb.CONTAINER_STATE_PULLING,
     "creating": run_pb.CONTAINER_STATE_CREATING,
@@ -136,13 +139,13 @@ STATE_TO_PB: dict[ContainerState, int] = {
     "failed": run_pb.CONTAINER_STATE_FAILED,
     "removed": run_pb.CONTAINER_STATE_REMOVED,
 }
-STATE_FROM_PB: dict[int, ContainerState] = {v: k for k, v in STATE_TO_PB.items()}
-PULL_POLICY_TO_PB: dict[PullPolicy, int] = {
+STATE_FROM_PB = cast(dict[int, ContainerState], {v: k for k, v in STATE_TO_PB.items()})
+PULL_POLICY_TO_PB: dict[str, run_pb.PullPolicy] = {
     "missing": run_pb.PULL_POLICY_MISSING,
     "always": run_pb.PULL_POLICY_ALWAYS,
     "never": run_pb.PULL_POLICY_NEVER,
 }
-PULL_POLICY_FROM_PB: dict[int, PullPolicy] = {v: k for k, v in PULL_POLICY_TO_PB.items()}
+PULL_POLICY_FROM_PB = cast(dict[int, PullPolicy], {v: k for k, v in PULL_POLICY_TO_PB.items()})
 RESTART_FROM_PB = {
     run_pb.RESTART_POLICY_UNSPECIFIED: False,
     run_pb.RESTART_POLICY_NEVER: False,
@@ -167,7 +170,7 @@ def statuses_from_pb(values: Collection[int]) -> frozenset[RunStatus]:
     return statuses
 
 
-def _known(table: Mapping[int, _V], value: int, field: str) -> _V:
+def _known(table: Mapping[Any, _V], value: int, field: str) -> _V:
     """An enum value the control plane knows, or InvalidArgument (never a guess)."""
     if value not in table:
         raise InvalidArgument(field, f"unknown value {value}")
@@ -217,7 +220,9 @@ def _target_to_pb(t: Target, fields: TygerFields | None = None) -> run_pb.RunCod
         resolved_codespec=codespec_to_pb(t.codespec),
         tags=fields.job_tags if fields else {},
         buffer_ttl=fields.job_buffer_ttl if fields else "",
-        restart_policy=run_pb.RESTART_POLICY_ALWAYS if t.restart else 0,  # type: ignore[arg-type]
+        restart_policy=run_pb.RESTART_POLICY_ALWAYS
+        if t.restart
+        else run_pb.RESTART_POLICY_UNSPECIFIED,
     )
 
 

@@ -10,12 +10,11 @@ follower reads are leader-only: a new method is safe by default.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
 
-from controlplane.api.auth import same_shape
+from controlplane.api.auth import Continuation, Handler, same_shape
 from controlplane.services.leadership import Leadership
 
 LEADER_API_KEY = "muster-leader-api"
@@ -55,9 +54,9 @@ class LeaderGate(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or details.method in FOLLOWER_METHODS:
             return handler

@@ -11,7 +11,7 @@ proxy around the store and a commit listener, so the services stay unaware.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import grpc
@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from controlplane.api.auth import behavior_of, same_shape
+from controlplane.api.auth import Continuation, Handler, behavior_of, same_shape
 from controlplane.core.runs import Run
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.store.base import Store
@@ -76,7 +76,7 @@ class ControlPlaneMetrics:
             if method == "append_logs" and args:
                 self.log_lines.inc(len(args[0]))
 
-        return TimedProxy(store, self.store, observe=observe)  # type: ignore[return-value]
+        return TimedProxy(store, self.store, observe=observe)
 
     def watch(self, orchestrator: Orchestrator) -> None:
         """Read gauges from `orchestrator` at each scrape; observe its commits."""
@@ -128,9 +128,9 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Continuation,
         details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler:
+    ) -> Handler | None:
         handler = await continuation(details)
         if handler is None or not (handler.unary_unary or handler.stream_unary):
             return handler

@@ -93,7 +93,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
     ) -> pb.CountRunsResponse:
         since = from_timestamp(request.since, "since") if request.HasField("since") else None
         counts = await self._runs.count(tags=dict(request.tags), since=since)
-        ordered = sorted(counts.items(), key=lambda kv: STATUS_TO_PB[kv[0]])
+        ordered = sorted(counts.items(), key=lambda kv: int(STATUS_TO_PB[kv[0]]))
         return pb.CountRunsResponse(
             counts=[pb.RunStatusCount(status=STATUS_TO_PB[s], count=n) for s, n in ordered],
             total=sum(counts.values()),

@@ -13,12 +13,18 @@ from controlplane.services.auth import AuthService
 from muster.v1 import auth_pb2 as pb
 from muster.v1 import auth_pb2_grpc as pb_grpc
 
+_ROLE_TO_PB = {
+    Role.READER: pb.ROLE_READER,
+    Role.USER: pb.ROLE_USER,
+    Role.ADMIN: pb.ROLE_ADMIN,
+}
+
 
 def token_to_pb(token: ApiToken) -> pb.Token:
     """Domain token -> message (never the secret or its hash)."""
     return pb.Token(
         name=token.name,
-        role=int(token.role),  # type: ignore[arg-type]  (Role values equal the enum's)
+        role=_ROLE_TO_PB[token.role],
         created_at=timestamp(token.created_at),
         expires_at=timestamp(token.expires_at),
         revoked_at=timestamp(token.revoked_at),
@@ -70,6 +76,6 @@ class TokenServicer(pb_grpc.TokenServiceServicer):
         token = self._secured().token_named(principal.name)
         return pb.WhoAmIResponse(
             name=principal.name,
-            role=int(principal.role),  # type: ignore[arg-type]
+            role=_ROLE_TO_PB[principal.role],
             expires_at=timestamp(token.expires_at if token else None),
         )

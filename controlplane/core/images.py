@@ -33,7 +33,7 @@ def pull_policy(text: str, field_name: str = "pull_policy") -> PullPolicy:
         raise InvalidArgument(
             field_name, f"'{text}' is not a pull policy; use missing, always or never"
         )
-    return value  # type: ignore[return-value]
+    return value
 
 
 def registry_of(image: str) -> str:

@@ -274,6 +274,7 @@ def place(
     run.placed_at = now
     if run.workers:
         run.status_reason = f"waiting for workers to be ready: 0 of {len(run.workers)} ready"
+        # Every replica was just placed: r.node is set.
         return [StartReplica(r.node, run.id, "worker", r.index) for r in run.workers]  # type: ignore[arg-type]
     return _release(run, now)
 
@@ -283,6 +284,7 @@ def _release(run: Run, now: datetime) -> list[Action]:
     run.status = "Running"
     run.status_reason = ""
     _log(run, now, "job released")
+    # Released replicas are placed: r.node is set.
     return [StartReplica(r.node, run.id, "job", r.index) for r in run.jobs]  # type: ignore[arg-type]
 
 

@@ -11,6 +11,7 @@ deleter's next round purges again. Expiry is counted on the wall clock
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import os
 from collections.abc import Callable
@@ -134,7 +135,7 @@ class BufferService:
 
     async def list(
         self, flt: BufferFilter, *, size: int = 0, token: str = ""
-    ) -> tuple[list[Buffer], str]:
+    ) -> tuple[builtins.list[Buffer], str]:
         """One page, newest first, and the next page's token ('' at the end)."""
         core.validate_filter(flt)
         if size < 0:
@@ -186,7 +187,9 @@ class BufferService:
         (stored,) = await self._store.change_buffers([buffer_id], change)
         return stored
 
-    async def delete(self, selection: Selection, ttl_seconds: int | None = None) -> list[Buffer]:
+    async def delete(
+        self, selection: Selection, ttl_seconds: int | None = None
+    ) -> builtins.list[Buffer]:
         """Soft-delete active buffers; restorable until `ttl_seconds` from now
         (default one day), then purged by the deleter."""
         selection = selection.validated()
@@ -199,7 +202,7 @@ class BufferService:
         log.info("event=buffers_deleted count=%d", len(changed))
         return changed
 
-    async def restore(self, selection: Selection) -> list[Buffer]:
+    async def restore(self, selection: Selection) -> builtins.list[Buffer]:
         """Make soft-deleted buffers active again (they then never expire)."""
         selection = selection.validated()
         now = self._clock()
@@ -208,7 +211,7 @@ class BufferService:
         log.info("event=buffers_restored count=%d", len(changed))
         return changed
 
-    async def purge(self, selection: Selection) -> list[Buffer]:
+    async def purge(self, selection: Selection) -> builtins.list[Buffer]:
         """Delete soft-deleted buffers and their bytes now. The records go out
         of sight first (expired), then the bytes, then the records."""
         selection = selection.validated()
@@ -225,7 +228,7 @@ class BufferService:
         flt: BufferFilter,
         now: datetime,
         step: Callable[[Buffer], Buffer],
-    ) -> list[Buffer]:
+    ) -> builtins.list[Buffer]:
         """Apply `step` to the selected buffers in one transaction: by ids,
         each must exist (else nothing changes); by filter, what matches."""
 
@@ -239,7 +242,7 @@ class BufferService:
             return await self._store.change_buffers(selection.ids, by_id)
         return await self._store.change_matching(flt, now=now, change=matched)
 
-    async def _purge(self, ids: list[str]) -> None:
+    async def _purge(self, ids: builtins.list[str]) -> None:
         """Each buffer's bytes, then its record: bytes never outlive their
         record, so nothing is left that no one can see and purge again."""
         for buffer_id in ids:
@@ -326,7 +329,7 @@ class BufferService:
             log.info("event=buffers_expired soft_deleted=%d purged=%d", softened, purged)
         return softened, purged
 
-    async def _purge_expired(self, ids: list[str]) -> int:
+    async def _purge_expired(self, ids: builtins.list[str]) -> int:
         """Purge what can be purged; a buffer whose bytes cannot be deleted
         now is left for the next round without holding up the others."""
         gone = []

@@ -9,12 +9,13 @@ the timeout, whatever the nodes do.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import timedelta
-from typing import Protocol
+from typing import Protocol, TypeVar, cast
 
 from controlplane.core.containers import credentials_for
 from controlplane.core.errors import FailedPrecondition, InvalidArgument
@@ -30,6 +31,7 @@ from controlplane.services.orchestrator import AgentLink, PullOrder
 
 log = logging.getLogger(__name__)
 Result = NodePull | NodeImages
+_R = TypeVar("_R", NodePull, NodeImages)
 
 
 class Agents(Protocol):
@@ -97,9 +99,9 @@ class ImageService:
             len(results),
             failed,
         )
-        return results  # type: ignore[return-value]
+        return results
 
-    async def list(self, node: str = "", within: float | None = None) -> list[NodeImages]:
+    async def list(self, node: str = "", within: float | None = None) -> builtins.list[NodeImages]:
         """The images of every Ready node, or of one node (which must be known)."""
         if node:
             known, link = self._agents.agent_of(node)
@@ -115,7 +117,7 @@ class ImageService:
             _list_error,
             self._limit(within, self.list_timeout),
         )
-        return results  # type: ignore[return-value]
+        return results
 
     @staticmethod
     def _limit(within: float | None, default: timedelta) -> float:
@@ -125,14 +127,14 @@ class ImageService:
 
     async def _ask(
         self,
-        targets: list[tuple[str, AgentLink]],
+        targets: builtins.list[tuple[str, AgentLink]],
         send: Callable[[AgentLink, str], None],
-        missing: Callable[[str, str], Result],
+        missing: Callable[[str, str], _R],
         wait: float,
-    ) -> list[Result]:
+    ) -> builtins.list[_R]:
         loop = asyncio.get_running_loop()
-        asked: list[tuple[str, str]] = []
-        results: dict[str, Result] = {}
+        asked: builtins.list[tuple[str, str]] = []
+        results: dict[str, _R] = {}
         try:
             for node, link in targets:
                 rid = secrets.token_hex(8)
@@ -150,7 +152,8 @@ class ImageService:
             for node, rid in asked:
                 future = self._waiting[rid].future
                 if future.done():
-                    results[node] = future.result()
+                    # answer() takes only a result of the kind asked for.
+                    results[node] = cast(_R, future.result())
                 else:
                     results[node] = missing(
                         node, f"node {node} did not answer within {_secs(wait)}"

@@ -36,6 +36,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Protocol
 
 from controlplane.core import nodes as maintenance
@@ -551,7 +552,7 @@ class Orchestrator:
             if run is None:
                 link.teardown(report.run_id)  # finished or unknown run: remove leftovers
                 continue
-            await self._change(run, lambda d, obs=obs: sm.observe(d, name, obs, now), always=True)
+            await self._change(run, partial(sm.observe, node=name, obs=obs, now=now), always=True)
 
         def catch_up(run: Run) -> list[Action]:
             actions: list[Action] = []
@@ -768,6 +769,7 @@ class Orchestrator:
             for r in run.replicas:
                 if r.node:
                     target = run.worker if r.role == "worker" else run.job
+                    # A worker replica exists only with a worker target.
                     allocated[r.node] = allocated.get(r.node, Capacity()) + target.request  # type: ignore[union-attr]
                     counts[r.node] = counts.get(r.node, 0) + 1
         return allocated, counts
@@ -841,7 +843,12 @@ class Orchestrator:
             run = self._runs.get(run_id)
             if run is not None:
                 elapsed = self._elapsed(run)
-                await self._change(run, lambda d, e=elapsed: sm.check_deadlines(d, now, timeout, e))
+                await self._change(
+                    run,
+                    partial(
+                        sm.check_deadlines, now=now, readiness_timeout=timeout, elapsed=elapsed
+                    ),
+                )
         await self._schedule()
 
     async def _check_nodes(self, now: datetime) -> None:
@@ -866,8 +873,10 @@ class Orchestrator:
             return
         for run_id in self._active():
             run = self._runs.get(run_id)
-            for name in sorted(lost & set(run.nodes())) if run is not None else ():
-                run = await self._change(run, lambda d, n=name: sm.node_lost(d, n, now))
+            if run is None:
+                continue
+            for name in sorted(lost & set(run.nodes())):
+                run = await self._change(run, partial(sm.node_lost, node=name, now=now))
                 if run.terminal:
                     break
 
@@ -886,7 +895,7 @@ class Orchestrator:
                     if run is None:
                         continue
                     run = await self._change(
-                        run, lambda d, n=node.name: sm.drain_deadline_passed(d, n, now)
+                        run, partial(sm.drain_deadline_passed, node=node.name, now=now)
                     )
                     canceled += run.terminal
                 log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)

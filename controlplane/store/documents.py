@@ -20,6 +20,11 @@ def _dt(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
+def _at(value: str) -> datetime:
+    """A time every document has (run_to_doc writes it from a set field)."""
+    return datetime.fromisoformat(value)
+
+
 def _target(t: Target) -> dict[str, Any]:
     return {
         "codespec": {
@@ -94,7 +99,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
         id=doc["id"],
         job=_target_from(doc["job"]),
         worker=_target_from(doc["worker"]) if doc["worker"] else None,
-        created_at=_dt(doc["createdAt"]),  # type: ignore[arg-type]
+        created_at=_at(doc["createdAt"]),
         timeout_seconds=doc["timeoutSeconds"],
         tags=dict(doc["tags"]),
         status=doc["status"],
@@ -123,7 +128,7 @@ def run_from_doc(doc: dict[str, Any]) -> Run:
             )
             for r in doc["replicas"]
         ],
-        events=[Event(_dt(e["time"]), e["message"]) for e in doc["events"]],  # type: ignore[arg-type]
+        events=[Event(_at(e["time"]), e["message"]) for e in doc["events"]],
         pull_policy=doc.get("pullPolicy"),  # None: unspecified, the control plane's default
         cluster=doc.get("cluster", ""),  # "": stored before cluster ids (legacy names)
         tyger=TygerFields.from_doc(doc.get("tyger")),

@@ -22,12 +22,13 @@ from controlplane.store.base import (
     CodespecPage,
     KnownRequest,
     Lease,
+    Store,
 )
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
 
 
-class MemoryStore:
+class MemoryStore(Store):
     """Dict-backed Store. Not durable by design."""
 
     def __init__(self) -> None:
@@ -77,7 +78,7 @@ class MemoryStore:
         after: tuple[int, str] | None,
     ) -> CodespecPage:
         heads = [
-            (to_micros(v[0].created_at), v[-1])  # type: ignore[arg-type]
+            (to_micros(v[0].created_at), v[-1])  # type: ignore[arg-type]  # stored: set
             for name, v in self._codespecs.items()
             if name.startswith(prefix) and v
         ]

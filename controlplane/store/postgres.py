@@ -47,6 +47,7 @@ from controlplane.store.base import (
     KnownRequest,
     Lease,
     SchemaTooNew,
+    Store,
 )
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
 from controlplane.store.sqlite import (
@@ -253,18 +254,18 @@ def _unavailable(exc: BaseException) -> StoreUnavailable:
 
 
 async def _rows(conn: Conn, sql: str, params: Iterable[Any] = ()) -> list[DictRow]:
-    cur = await conn.execute(sql, list(params))  # type: ignore[arg-type]
+    cur = await conn.execute(sql, list(params))
     return await cur.fetchall()
 
 
 async def _row(conn: Conn, sql: str, params: Iterable[Any] = ()) -> DictRow | None:
-    cur = await conn.execute(sql, list(params))  # type: ignore[arg-type]
+    cur = await conn.execute(sql, list(params))
     return await cur.fetchone()
 
 
 async def _count(conn: Conn, sql: str, params: Iterable[Any] = ()) -> int:
     """Rows a statement changed."""
-    cur = await conn.execute(sql, list(params))  # type: ignore[arg-type]
+    cur = await conn.execute(sql, list(params))
     return max(cur.rowcount, 0)
 
 
@@ -305,7 +306,7 @@ async def _apply_migrations(conn: Conn) -> tuple[int, int]:
                 f"({len(MIGRATIONS)}); upgrade muster"
             )
         for number in range(current, len(MIGRATIONS)):
-            await conn.execute(MIGRATIONS[number])  # type: ignore[arg-type]
+            await conn.execute(MIGRATIONS[number])
             log.info("event=store_migrated backend=postgresql version=%d", number + 1)
         if current < len(MIGRATIONS):
             await conn.execute("DELETE FROM schema_version")
@@ -324,7 +325,7 @@ async def migrate(url: str) -> tuple[int, int]:
         await conn.close()
 
 
-class PostgresStore:
+class PostgresStore(Store):
     """Store implementation on a PostgreSQL database, through a connection pool."""
 
     def __init__(self, pool: AsyncConnectionPool[Conn]) -> None:
@@ -580,7 +581,7 @@ class PostgresStore:
     def _filters(
         tags: dict[str, str], since: datetime | None, statuses: frozenset[str] = frozenset()
     ) -> tuple[str, list[Any]]:
-        clauses, params = ["true"], []
+        clauses, params = ["true"], list[Any]()
         for key, value in sorted(tags.items()):
             clauses.append("id IN (SELECT run_id FROM run_tags WHERE key = %s AND value = %s)")
             params += [key, value]
@@ -894,7 +895,7 @@ class PostgresStore:
         exist, are skipped by the statement itself."""
         if not lines:
             return 0
-        columns = [
+        columns: list[list[Any]] = [
             [ln.run_id for ln in lines],
             [ln.role for ln in lines],
             [ln.replica for ln in lines],

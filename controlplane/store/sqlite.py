@@ -35,6 +35,7 @@ from controlplane.store.base import (
     KnownRequest,
     Lease,
     SchemaTooNew,
+    Store,
     StoreInUse,
 )
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
@@ -231,7 +232,7 @@ def from_micros(value: int) -> datetime:
     return datetime.fromtimestamp(value // 1_000_000, UTC).replace(microsecond=value % 1_000_000)
 
 
-class SqliteStore:
+class SqliteStore(Store):
     """Store implementation on a local SQLite file (or ':memory:' for tests)."""
 
     def __init__(self, path: str | Path) -> None:
@@ -374,6 +375,7 @@ class SqliteStore:
 
     async def insert_codespec(self, spec: Codespec) -> Codespec:
         assert spec.created_at is not None and spec.version >= 1
+        created_at = to_micros(spec.created_at)
 
         def tx(conn: sqlite3.Connection) -> Codespec:
             row = conn.execute(
@@ -388,7 +390,7 @@ class SqliteStore:
                     spec.version,
                     spec.kind,
                     json.dumps(to_document(spec)),
-                    to_micros(spec.created_at),
+                    created_at,
                 ),
             )
             return spec
@@ -443,7 +445,7 @@ class SqliteStore:
                 "INSERT INTO runs (status, created_at, doc) VALUES (?, ?, '{}')",
                 (run.status, to_micros(run.created_at)),
             )
-            run.id = int(cur.lastrowid)  # type: ignore[arg-type]
+            run.id = int(cur.lastrowid)  # type: ignore[arg-type]  # set by an INSERT
             self._write_run(conn, run)
             if request_id:
                 conn.execute(
@@ -523,7 +525,7 @@ class SqliteStore:
     def _filters(
         tags: dict[str, str], since: datetime | None, statuses: frozenset[str] = frozenset()
     ) -> tuple[str, list[Any]]:
-        clauses, params = ["1 = 1"], []
+        clauses, params = ["1 = 1"], list[Any]()
         for key, value in sorted(tags.items()):
             clauses.append("id IN (SELECT run_id FROM run_tags WHERE key = ? AND value = ?)")
             params += [key, value]

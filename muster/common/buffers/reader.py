@@ -14,7 +14,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from muster.common.buffers import errors
 from muster.common.buffers.client import Blob, ContainerClient
@@ -32,6 +34,8 @@ from muster.common.buffers.format import (
     parse_start_marker,
 )
 from muster.common.buffers.streams import ByteSink, open_sink
+
+_T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 END_POLL_INTERVAL = 5.0
@@ -96,12 +100,13 @@ async def read_buffer(
         _forget(queue, abort)
 
 
-async def _first(awaitable: object, abort: asyncio.Future[None]) -> object:
+async def _first(awaitable: Awaitable[_T], abort: asyncio.Future[None]) -> _T:
     """Await `awaitable`, unless `abort` fails first (then raise its error)."""
     owned = not isinstance(awaitable, asyncio.Future)
-    task = asyncio.ensure_future(awaitable)  # type: ignore[arg-type]
+    task = asyncio.ensure_future(awaitable)
     try:
-        await asyncio.wait({task, abort}, return_when=asyncio.FIRST_COMPLETED)
+        waiting: set[asyncio.Future[Any]] = {task, abort}
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
     finally:
         if owned and not task.done():
             task.cancel()
@@ -219,7 +224,7 @@ async def _consume(
     """Check each block's chain value in order and write it; stop at the empty blob."""
     chain, total = INITIAL_HASH_CHAIN, 0
     while True:
-        number, fut = await _first(queue.get(), abort)  # type: ignore[misc]
+        number, fut = await _first(queue.get(), abort)
         blob = await _first(fut, abort)
         if not isinstance(blob, Blob):
             raise errors.BufferDataError(f"blob number {number} is past the end of the buffer")

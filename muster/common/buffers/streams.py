@@ -69,7 +69,7 @@ async def open_source(obj: ByteSource) -> Source:
     if isinstance(obj, bytes | bytearray):
         return _FileSource(io.BytesIO(bytes(obj)))
     if hasattr(obj, "__aiter__"):
-        return _IterSource(obj.__aiter__())  # type: ignore[union-attr]
+        return _IterSource(obj.__aiter__())
     fd = _fd_of(obj)
     if fd is None:
         return _FileSource(obj)  # type: ignore[arg-type]

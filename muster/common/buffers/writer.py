@@ -17,7 +17,7 @@ import hashlib
 import logging
 import time
 from base64 import b64encode
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 
 from muster.common.buffers import errors
@@ -169,7 +169,9 @@ async def _md5_b64(block: bytes) -> str:
     return b64encode(digest).decode("ascii")
 
 
-async def blocks(src: Source, block_size: int, flush_interval: float) -> AsyncIterator[bytes]:
+async def blocks(
+    src: Source, block_size: int, flush_interval: float
+) -> AsyncGenerator[bytes, None]:
     """Cut `src` into blocks of `block_size`; with `flush_interval` > 0, a partial
     block is let go once it has waited that long for more input. Pieces are
     joined once per block (one copy)."""
