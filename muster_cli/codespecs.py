@@ -53,7 +53,7 @@ def codespec() -> None:
 
 
 cli.alias("codespecs", "codespec")
-codespec.alias("get", "show")  # type: ignore[attr-defined]
+codespec.alias("get", "show")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
 
 
 @codespec.command("create", cls=DashCommand, context_settings=CONTEXT)
@@ -157,7 +157,7 @@ def apply_codespec_flags(
     if flags["image"]:
         spec.image = flags["image"]
     if flags["kind"] and spec.kind == cpb.CODESPEC_KIND_UNSPECIFIED:
-        spec.kind = kind_from_text(flags["kind"], "--kind")  # type: ignore[assignment]
+        spec.kind = kind_from_text(flags["kind"], "--kind")  # type: ignore[assignment]  # the enum value kind_from_text checked
     if flags["max_replicas"] is not None:
         spec.max_replicas = flags["max_replicas"]
     if flags["env"]:

@@ -196,9 +196,9 @@ def run() -> None:
 
 
 cli.alias("runs", "run")
-run.alias("get", "show")  # type: ignore[attr-defined]
-run.alias("stop", "cancel")  # type: ignore[attr-defined]
-run.alias("count", "counts")  # type: ignore[attr-defined]
+run.alias("get", "show")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
+run.alias("stop", "cancel")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
+run.alias("count", "counts")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
 
 
 def _create(

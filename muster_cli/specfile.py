@@ -172,7 +172,7 @@ def codespec_from_dict(doc: dict[str, Any], path: str = "") -> cpb.Codespec:
     refuse_unsupported(doc, path)
     msg = cpb.Codespec(name=doc.get("name", ""), image=doc.get("image", ""))
     if doc.get("kind"):
-        msg.kind = kind_from_text(doc["kind"], _join(path, "kind"))  # type: ignore[assignment]
+        msg.kind = kind_from_text(doc["kind"], _join(path, "kind"))  # type: ignore[assignment]  # the enum value kind_from_text checked
     msg.command.extend(doc.get("command", []))
     msg.args.extend(doc.get("args", []))
     msg.working_dir = doc.get("workingDir", "")
@@ -331,7 +331,7 @@ def run_from_dict(doc: Any) -> rpb.Run:
     if "timeoutSeconds" in doc:
         run.timeout_seconds = doc["timeoutSeconds"]
     if "pullPolicy" in doc:
-        run.pull_policy = pull_policy_from_text(doc["pullPolicy"], "pullPolicy")  # type: ignore[assignment]
+        run.pull_policy = pull_policy_from_text(doc["pullPolicy"], "pullPolicy")  # type: ignore[assignment]  # the enum value the parser checked
     run.tags.update(doc.get("tags", {}))
     run.cluster = doc.get("cluster", "")
     run.buffer_access_ttl = time_span(doc.get("bufferAccessTtl", ""), "bufferAccessTtl")

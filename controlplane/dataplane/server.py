@@ -99,7 +99,7 @@ class DataPlane:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl, reuse_address=True)
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp keeps the bound socket private
         self._base_url = _base_url(public_host or host, bound, self._ssl is not None)
         log.info("data plane listening on %s", self._base_url)
         return bound

@@ -81,7 +81,7 @@ class MetricsEndpoint:
         host, _, port = listen.rpartition(":")
         site = web.TCPSite(self._runner, host.strip("[]") or "127.0.0.1", int(port))
         await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]  # aiohttp keeps the bound socket private
         return self.port
 
     async def stop(self) -> None:

@@ -264,7 +264,7 @@ class ContainerClient:
 
 def _lower(headers: object) -> dict[str, str]:
     """Response headers with lower-case names (HTTP names are case-insensitive)."""
-    return {k.lower(): v for k, v in headers.items()}  # type: ignore[attr-defined]
+    return {k.lower(): v for k, v in headers.items()}  # type: ignore[attr-defined]  # a multidict
 
 
 async def _check_body(blob: str, head: dict[str, str], body: bytes) -> Exception | None:

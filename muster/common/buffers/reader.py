@@ -33,7 +33,7 @@ from muster.common.buffers.format import (
     parse_end_marker,
     parse_start_marker,
 )
-from muster.common.buffers.streams import ByteSink, open_sink
+from muster.common.buffers.streams import ByteSink, Sink, open_sink
 
 _T = TypeVar("_T")
 
@@ -120,7 +120,7 @@ async def _first(awaitable: Awaitable[_T], abort: asyncio.Future[None]) -> _T:
 
 def _forget(queue: asyncio.Queue, abort: asyncio.Future[None]) -> None:
     """Mark errors nobody will look at as seen (no 'never retrieved' noise)."""
-    for fut in [abort, *(f for _, f in list(queue._queue))]:  # type: ignore[attr-defined]
+    for fut in [abort, *(f for _, f in list(queue._queue))]:  # type: ignore[attr-defined]  # asyncio.Queue keeps its items private
         if fut.done() and not fut.cancelled():
             fut.exception()
         else:
@@ -219,7 +219,7 @@ async def _fetch(client: ContainerClient, state: _State, number: int) -> Blob | 
 async def _consume(
     queue: asyncio.Queue[tuple[int, asyncio.Future[Blob | None]]],
     abort: asyncio.Future[None],
-    out: object,
+    out: Sink,
 ) -> int:
     """Check each block's chain value in order and write it; stop at the empty blob."""
     chain, total = INITIAL_HASH_CHAIN, 0
@@ -237,5 +237,5 @@ async def _consume(
         chain = next_hash_chain(chain, blob.md5)
         if blob.chain != chain:
             raise errors.HashChainMismatchError()
-        await out.write(blob.data)  # type: ignore[attr-defined]
+        await out.write(blob.data)
         total += len(blob.data)

@@ -59,7 +59,7 @@ def _fd_of(obj: object) -> int | None:
     if isinstance(obj, int):
         return obj
     try:
-        return obj.fileno()  # type: ignore[attr-defined]
+        return obj.fileno()  # type: ignore[attr-defined]  # none: AttributeError, below
     except (AttributeError, OSError, io.UnsupportedOperation):
         return None
 
@@ -72,7 +72,7 @@ async def open_source(obj: ByteSource) -> Source:
         return _IterSource(obj.__aiter__())
     fd = _fd_of(obj)
     if fd is None:
-        return _FileSource(obj)  # type: ignore[arg-type]
+        return _FileSource(obj)  # type: ignore[arg-type]  # what is left: a file object
     if stat.S_ISREG(os.fstat(fd).st_mode):
         return _FileSource(obj if not isinstance(obj, int) else os.fdopen(fd, "rb", closefd=False))
     return await _PipeSource.open(fd)
@@ -133,7 +133,7 @@ class _PipeProtocol(asyncio.Protocol):
         self._paused = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
+        self._transport = transport  # type: ignore[assignment]  # a read pipe's transport
 
     def data_received(self, data: bytes) -> None:
         self._chunks.append(data)
@@ -209,7 +209,7 @@ def open_sink(obj: ByteSink) -> Sink:
         return _FileSink(os.fdopen(obj, "wb", closefd=False))
     if callable(obj) and not hasattr(obj, "write"):
         return _CallbackSink(obj)
-    return _FileSink(obj)  # type: ignore[arg-type]
+    return _FileSink(obj)  # type: ignore[arg-type]  # what is left: a file object
 
 
 class _FileSink:
