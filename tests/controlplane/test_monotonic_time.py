@@ -12,11 +12,16 @@ from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Codespec, Quantities, Resources
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Observation
-from controlplane.services.codespecs import CodespecService
 from controlplane.services.orchestrator import Orchestrator, Report, Settings
 from controlplane.services.requests import RunRequest, TargetRequest
-from controlplane.store.memory import MemoryStore
-from tests.controlplane.test_orchestrator import Clock, FakeLink, report, tick
+from tests.controlplane.test_orchestrator import (
+    Clock,
+    FakeLink,
+    build_world,
+    cpu_and_gpu_nodes,
+    report,
+    tick,
+)
 
 SETTINGS = Settings(
     readiness_timeout=timedelta(seconds=120),
@@ -27,14 +32,7 @@ JUMPS = [timedelta(hours=1), timedelta(hours=-1), timedelta(hours=-1), timedelta
 
 @pytest.fixture
 async def world():
-    store, clock = MemoryStore(), Clock()
-    codespecs = CodespecService(store, clock)
-    await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
-    await codespecs.create(Codespec(name="j", image="img"))
-    orch = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
-    links = {"a": FakeLink(), "b": FakeLink()}
-    for name, pool in (("a", "cpu"), ("b", "gpu")):
-        await orch.connect(Node(name, (pool,), Capacity(4000, 2**33, 0)), links[name], [])
+    orch, store, clock, _links, codespecs = await build_world(SETTINGS, cpu_and_gpu_nodes())
     return orch, store, clock, codespecs
 
 

@@ -18,13 +18,18 @@ from controlplane.core.errors import InvalidArgument, NotFound
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Replica, Target, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
-from controlplane.services.codespecs import CodespecService
 from controlplane.services.orchestrator import Orchestrator
 from controlplane.services.requests import RunRequest, TargetRequest
 from controlplane.store.documents import node_from_doc, node_to_doc
 from controlplane.store.memory import MemoryStore
 from controlplane.store.sqlite import SqliteStore
-from tests.controlplane.test_orchestrator import SETTINGS, Clock, FakeLink, report, tick
+from tests.controlplane.test_orchestrator import (
+    SETTINGS,
+    FakeLink,
+    build_world,
+    report,
+    tick,
+)
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 HOUR = timedelta(hours=1)
@@ -161,15 +166,7 @@ async def test_every_store_keeps_maintenance(backend: str, tmp_path: Path) -> No
 @pytest.fixture
 async def world():
     """Two cpu nodes a and b, and codespecs: job `j`, worker `w`."""
-    store, clock = MemoryStore(), Clock()
-    codespecs = CodespecService(store, clock)
-    await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
-    await codespecs.create(Codespec(name="j", image="img"))
-    orch = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
-    links = {"a": FakeLink(), "b": FakeLink()}
-    for name in links:
-        await orch.connect(a_node(name), links[name], [])
-    return orch, store, clock, links, codespecs
+    return await build_world(SETTINGS, [a_node("a"), a_node("b")])
 
 
 JOB = RunRequest(TargetRequest("j", node_pool="cpu"))

@@ -64,17 +64,32 @@ class FakeLink:
 SETTINGS = Settings(liveness=Liveness(timedelta(seconds=10), timedelta(seconds=30)))
 
 
-@pytest.fixture
-async def world():
+async def build_world(
+    settings: Settings, nodes: list[Node]
+) -> tuple[Orchestrator, MemoryStore, Clock, dict[str, FakeLink], CodespecService]:
+    """A memory store, a fake clock, codespecs `j` (job) and `w` (worker), and an
+    orchestrator with `nodes` connected, each through a FakeLink."""
     store, clock = MemoryStore(), Clock()
     codespecs = CodespecService(store, clock)
     await codespecs.create(Codespec(name="w", image="img", kind="worker", endpoints={"http": 80}))
     await codespecs.create(Codespec(name="j", image="img"))
-    orch = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
-    links = {"a": FakeLink(), "b": FakeLink()}
-    for name, pool in (("a", "cpu"), ("b", "gpu")):
-        await orch.connect(Node(name, (pool,), Capacity(4000, 2**33, 0)), links[name], [])
+    orch = Orchestrator(store, codespecs, settings, clock, monotonic=clock.mono)
+    links = {node.name: FakeLink() for node in nodes}
+    for node in nodes:
+        await orch.connect(node, links[node.name], [])
     return orch, store, clock, links, codespecs
+
+
+def cpu_and_gpu_nodes() -> list[Node]:
+    """Node a in pool cpu, node b in pool gpu (no GPU devices)."""
+    return [
+        Node(name, (pool,), Capacity(4000, 2**33, 0)) for name, pool in (("a", "cpu"), ("b", "gpu"))
+    ]
+
+
+@pytest.fixture
+async def world():
+    return await build_world(SETTINGS, cpu_and_gpu_nodes())
 
 
 def request(workers: int = 2) -> RunRequest:
