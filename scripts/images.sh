@@ -3,9 +3,12 @@
 #
 #   localhost/muster-busybox:latest  busybox-static from the Debian archive (sh, sleep, echo, ...)
 #   localhost/muster-python:latest   minimal Debian bookworm rootfs with python3 (mmdebstrap)
+#   localhost/muster-postgres:latest Debian bookworm rootfs with postgresql (mmdebstrap) and
+#                                    images/postgres/muster-postgres as entrypoint (compose.ha.yaml;
+#                                    only when named: it is not a test image of every run)
 #
-# Usage: scripts/images.sh [--no-verify] [--force] [busybox] [python]
-#   (no image names = all). Idempotent: an image is skipped when it exists with
+# Usage: scripts/images.sh [--no-verify] [--force] [busybox] [python] [postgres]
+#   (no image names = busybox and python). Idempotent: an image is skipped when it exists with
 #   the current recipe revision (label muster.image-rev). Rootfs tarballs are
 #   cached under $REPO/.data/images/ (gitignored) so re-imports are quick.
 # Run as root. Needs busybox-static's .deb (apt-get download), mmdebstrap, podman.
@@ -22,9 +25,11 @@ SUITE=bookworm
 # Bump a revision when its recipe changes: the image (and cached rootfs) is rebuilt.
 BUSYBOX_REV=1
 PYTHON_REV=1
+POSTGRES_REV=1  # the image's label adds a hash of images/postgres/muster-postgres
 
 BUSYBOX_IMAGE=localhost/muster-busybox:latest
 PYTHON_IMAGE=localhost/muster-python:latest
+POSTGRES_IMAGE=localhost/muster-postgres:latest
 
 log() { echo "[images] $*"; }
 die() { echo "[images] ERROR: $*" >&2; exit 1; }
@@ -36,8 +41,8 @@ for arg in "$@"; do
   case "$arg" in
     --no-verify) verify=0 ;;
     --force) force=1 ;;
-    busybox|python) want+=("$arg") ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    busybox|python|postgres) want+=("$arg") ;;
+    -h|--help) sed -n '2,15p' "$0"; exit 0 ;;
     *) die "unknown argument: $arg" ;;
   esac
 done
@@ -181,6 +186,67 @@ build_python() {
   log "built $PYTHON_IMAGE in $(elapsed "$t0") s"
 }
 
+# The rootfs (mmdebstrap, cached) and the entrypoint (appended at import, so that editing it
+# rebuilds the image in seconds): the label is POSTGRES_REV plus the entrypoint's hash.
+build_postgres() {
+  local t0 tar="$CACHE/postgres-rootfs-$SUITE-r$POSTGRES_REV.tar" entry rev bindir
+  entry="$IMAGES_DIR/postgres/muster-postgres"
+  [ -x "$entry" ] || die "$entry is missing or not executable"
+  rev="$POSTGRES_REV-$(sha256sum "$entry" | cut -c1-12)"
+  if [ "$force" = 0 ] && image_current "$POSTGRES_IMAGE" "$rev"; then
+    log "$POSTGRES_IMAGE exists (rev $rev): skip"
+    return 0
+  fi
+  t0=$(now)
+  if [ "$force" = 1 ] || [ ! -s "$tar" ]; then
+    command -v mmdebstrap >/dev/null || die "mmdebstrap is not installed (run scripts/setup.sh)"
+    log "building postgres rootfs with mmdebstrap ($SUITE, postgresql; ~30-90 s)"
+    # The package's postinst makes a cluster "main" (its service is not started in the
+    # chroot); the entrypoint makes its own in the volume, so that one is removed.
+    mmdebstrap --quiet --format=tar --variant=apt --include=postgresql \
+      --dpkgopt='path-exclude=/usr/share/man/*' \
+      --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-include=/usr/share/doc/*/copyright' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' \
+      --dpkgopt='path-exclude=/usr/share/info/*' \
+      --customize-hook='rm -rf "$1"/var/lib/postgresql/[0-9]* "$1"/etc/postgresql/[0-9]*' \
+      --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*.bin' \
+      "$SUITE" "$tar.tmp" \
+      "deb $MIRROR $SUITE main" \
+      "deb $MIRROR $SUITE-updates main" \
+      "deb $SECURITY_MIRROR $SUITE-security main" \
+      || { rm -rf "$tar.tmp"; die "mmdebstrap failed"; }
+    mv -f "$tar.tmp" "$tar"
+  else
+    log "using cached rootfs $tar"
+  fi
+  bindir=$(tar -tf "$tar" | grep -m1 -E '^\./usr/lib/postgresql/[0-9]+/bin/postgres$' || true)
+  [ -n "$bindir" ] || die "$tar has no usr/lib/postgresql/*/bin/postgres"
+  bindir=${bindir#.}
+  bindir=${bindir%/postgres}
+  work=$(mktemp -d /tmp/muster-postgres.XXXXXX)
+  mkdir -p "$work/root/usr/local/bin"
+  install -m 0755 "$entry" "$work/root/usr/local/bin/muster-postgres"
+  cp "$tar" "$work/rootfs.tar"
+  tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$work/root" \
+    -rf "$work/rootfs.tar" ./usr/local/bin/muster-postgres
+  # SIGINT is PostgreSQL's fast shutdown (SIGTERM would wait for every client to leave).
+  import_rootfs "$work/rootfs.tar" "$POSTGRES_IMAGE" \
+    --change 'ENTRYPOINT ["/usr/local/bin/muster-postgres"]' \
+    --change 'CMD []' \
+    --change "ENV PATH=$bindir:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    --change 'ENV LANG=C.UTF-8' \
+    --change 'ENV PGDATA=/var/lib/postgresql/data' \
+    --change 'STOPSIGNAL SIGINT' \
+    --change 'EXPOSE 5432' \
+    --change "LABEL muster.image-rev=$rev" \
+    --change 'LABEL muster.image=postgres' \
+    --message "muster image: debian $SUITE + postgresql rev $rev"
+  rm -rf "$work"
+  work=
+  log "built $POSTGRES_IMAGE in $(elapsed "$t0") s"
+}
+
 verify_image() {
   local image=$1 expect=$2 t0 out
   shift 2
@@ -191,10 +257,29 @@ verify_image() {
   log "verified $image ($*) in $(elapsed "$t0") s"
 }
 
+# Starts the image for real (initdb, role, database), connects as muster by TCP with the
+# generated password, and removes the container (a few seconds).
+verify_postgres() {
+  local t0 name="muster-images-verify-postgres-$$" out=""
+  t0=$(now)
+  podman run -d --rm --init --name "$name" "$POSTGRES_IMAGE" >/dev/null \
+    || die "verify failed: cannot start $POSTGRES_IMAGE"
+  local i
+  for i in $(seq 1 60); do
+    out=$(podman exec "$name" sh -c 'PGPASSFILE=/var/lib/muster-db-secret/pgpass \
+      psql -h 127.0.0.1 -U muster -d muster -tAc "select current_user"' 2>&1) && break
+    sleep 0.5
+  done
+  podman rm -f -t 0 "$name" >/dev/null 2>&1 || true
+  [ "$out" = muster ] || die "verify failed: $POSTGRES_IMAGE answered '$out'"
+  log "verified $POSTGRES_IMAGE (initdb, password login over TCP) in $(elapsed "$t0") s"
+}
+
 for name in "${want[@]}"; do
   case "$name" in
     busybox) build_busybox ;;
     python) build_python ;;
+    postgres) build_postgres ;;
   esac
 done
 
@@ -203,6 +288,7 @@ if [ "$verify" = 1 ]; then
     case "$name" in
       busybox) verify_image "$BUSYBOX_IMAGE" ok sh -c 'echo ok; true && ! false && sleep 0 && echo ok | cat >/dev/null' ;;
       python) verify_image "$PYTHON_IMAGE" 1 python3 -c 'print(1)' ;;
+      postgres) verify_postgres ;;
     esac
   done
 fi
