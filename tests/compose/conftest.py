@@ -75,6 +75,8 @@ class Stack:
     env: dict[str, str]
     log: Path
     config: Path  # the admin credentials, copied out of the control plane's volume
+    compose_file: Path = COMPOSE_FILE
+    services: tuple[str, ...] = SERVICES
 
     @property
     def server(self) -> str:
@@ -104,8 +106,8 @@ class Stack:
     # -- podman-compose ---------------------------------------------------------
 
     def compose(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess:
-        """``podman-compose -f compose.yaml -p PROJECT ARGS``; fails with its output."""
-        cmd = [str(BIN / "podman-compose"), "-f", str(COMPOSE_FILE), "-p", self.project, *args]
+        """``podman-compose -f COMPOSE_FILE -p PROJECT ARGS``; fails with its output."""
+        cmd = [str(BIN / "podman-compose"), "-f", str(self.compose_file), "-p", self.project, *args]
         result = subprocess.run(
             cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout
         )
@@ -170,7 +172,7 @@ class Stack:
 
     def save_logs(self) -> None:
         """Each service's log next to compose.log, for post-mortems."""
-        for service in SERVICES:
+        for service in self.services:
             logs = podman("logs", self.container(service), check=False)
             if logs.returncode == 0:
                 (self.log.parent / f"{service}.log").write_text(logs.stdout + logs.stderr)
