@@ -212,8 +212,8 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Register"
             )
         register = first.register
-        node = node_from_register(register)
         try:
+            node = node_from_register(register)
             check_registration(node)
             check_claims(register)
         except DomainError as error:

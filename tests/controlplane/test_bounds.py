@@ -193,6 +193,7 @@ async def test_a_huge_tail_is_read_a_chunk_at_a_time(tmp_path: Path) -> None:
         ({"node_name": "-bad"}, "node_name"),
         ({"advertise_address": "a" * 300}, "advertise_address"),
         ({"gpu_devices": ["nvidia.com/gpu=" + "0" * 300]}, "gpu_devices"),
+        ({"network_mode": 3}, "network_mode"),
     ],
 )
 async def test_an_oversized_or_malformed_registration_is_refused(plane, change, field) -> None:
