@@ -20,7 +20,13 @@ import grpc
 LEADER_API_KEY = "muster-leader-api"
 ELECTION_WAIT = 20.0
 """How long a call waits for a leader to be elected (a lease is 5 s by default)."""
-_UNREACHABLE = ("failed to connect", "connection refused", "connections to all backends failing")
+_UNREACHABLE = (
+    "failed to connect",
+    "connection refused",
+    "connections to all backends failing",
+    "dns resolution failed",  # a stopped container's name leaves its network's DNS
+    "errors resolving",
+)
 
 
 def split_addresses(text: str) -> list[str]:
