@@ -199,39 +199,8 @@ async def run_agent(
     if metrics is not None:
         runtime = metrics.timed_runtime(runtime)
     backoff = backoff or Backoff(maximum=config.reconnect_max_seconds)
-    puller = Puller(
-        runtime,
-        node_name=config.node_name,
-        max_concurrent=config.max_concurrent_pulls,
-        timeout=config.pull_timeout,
-        auth_file=AuthFile(config.registry_auth_file) if config.registry_auth_file else None,
-        insecure_registries=config.insecure_registries,
-    )
-    supervisor = Supervisor(
-        runtime,
-        poll_interval=config.poll_interval,
-        probe_interval=config.probe_interval,
-        puller=puller,
-        copies=BufferCopies(config.pipes_root),
-    )
-    log(
-        _log,
-        logging.INFO,
-        "agent_starting",
-        node=config.node_name,
-        server=config.server,
-        network=config.network,
-        network_mode=config.network_mode,
-        version=config.agent_version,
-        max_concurrent_pulls=config.max_concurrent_pulls,
-        pull_timeout=f"{config.pull_timeout:g}s",
-        registry_auth_file=config.registry_auth_file,
-        insecure_registries=",".join(config.insecure_registries) or None,
-    )
-    if config.gpus or config.gpu_notes:
-        log(_log, logging.INFO, "gpus", count=config.gpus, devices=",".join(config.gpu_devices))
-    for note in config.gpu_notes:
-        log(_log, logging.WARNING, "gpu_discovery", note=note)
+    supervisor = make_supervisor(config, runtime)
+    _log_start(config)
     tasks: list[asyncio.Task[None]] = []
     endpoint: MetricsEndpoint | None = None
     try:
@@ -240,23 +209,10 @@ async def run_agent(
             endpoint = MetricsEndpoint(metrics.registry)
             port = await endpoint.start(config.metrics_listen)
             log(_log, logging.INFO, "metrics_listening", port=port)
-        channel_to: AddressedChannels | None = None
-        renewer: Renewer | None = None
-        servers = config.server
-        if not config.insecure:
-            secured = await _secure_channels(config, stop, backoff)
-            if secured is None:
-                return
-            channel_to, renewer, addresses = secured
-            servers = ",".join(addresses)
-        connection = AgentConnection(
-            servers,
-            make_identity(config),
-            supervisor,
-            backoff=backoff,
-            channel_to=channel_to,
-            epochs=EpochGuard(config.epoch_dir),
-        )
+        connected = await _connection(config, supervisor, stop, backoff)
+        if connected is None:
+            return
+        connection, renewer = connected
         await _ensure_network(runtime, stop, backoff)
         tasks.append(asyncio.create_task(supervisor.watch(), name="agent-watch"))
         tasks.append(
@@ -280,3 +236,68 @@ async def run_agent(
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
         log(_log, logging.INFO, "agent_stopped", node=config.node_name)
+
+
+def make_supervisor(config: AgentConfig, runtime: Runtime) -> Supervisor:
+    """The supervisor of this node's containers, with its image puller."""
+    puller = Puller(
+        runtime,
+        node_name=config.node_name,
+        max_concurrent=config.max_concurrent_pulls,
+        timeout=config.pull_timeout,
+        auth_file=AuthFile(config.registry_auth_file) if config.registry_auth_file else None,
+        insecure_registries=config.insecure_registries,
+    )
+    return Supervisor(
+        runtime,
+        poll_interval=config.poll_interval,
+        probe_interval=config.probe_interval,
+        puller=puller,
+        copies=BufferCopies(config.pipes_root),
+    )
+
+
+def _log_start(config: AgentConfig) -> None:
+    log(
+        _log,
+        logging.INFO,
+        "agent_starting",
+        node=config.node_name,
+        server=config.server,
+        network=config.network,
+        network_mode=config.network_mode,
+        version=config.agent_version,
+        max_concurrent_pulls=config.max_concurrent_pulls,
+        pull_timeout=f"{config.pull_timeout:g}s",
+        registry_auth_file=config.registry_auth_file,
+        insecure_registries=",".join(config.insecure_registries) or None,
+    )
+    if config.gpus or config.gpu_notes:
+        log(_log, logging.INFO, "gpus", count=config.gpus, devices=",".join(config.gpu_devices))
+    for note in config.gpu_notes:
+        log(_log, logging.WARNING, "gpu_discovery", note=note)
+
+
+async def _connection(
+    config: AgentConfig, supervisor: Supervisor, stop: asyncio.Event, backoff: Backoff
+) -> tuple[AgentConnection, Renewer | None] | None:
+    """The connection to the control plane, with the certificate renewer unless
+    --insecure; None when stopped before the node had its credentials."""
+    channel_to: AddressedChannels | None = None
+    renewer: Renewer | None = None
+    servers = config.server
+    if not config.insecure:
+        secured = await _secure_channels(config, stop, backoff)
+        if secured is None:
+            return None
+        channel_to, renewer, addresses = secured
+        servers = ",".join(addresses)
+    connection = AgentConnection(
+        servers,
+        make_identity(config),
+        supervisor,
+        backoff=backoff,
+        channel_to=channel_to,
+        epochs=EpochGuard(config.epoch_dir),
+    )
+    return connection, renewer

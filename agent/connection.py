@@ -253,63 +253,83 @@ class AgentConnection:
             try:
                 async for response in call:
                     kind = response.WhichOneof("message")
-                    if not self.epochs.admit(response.epoch, kind or "none"):
-                        raise StaleLeader(
-                            f"epoch {response.epoch} is older than {self.epochs.newest}: "
-                            "that control plane no longer leads"
-                        )
+                    self._admit(response.epoch, kind)
                     if kind == "registered":
-                        seconds = response.registered.heartbeat_interval_seconds
-                        interval = float(seconds) if seconds > 0 else DEFAULT_HEARTBEAT_SECONDS
-                        self._cut_since = None
-                        lost_after = response.registered.node_lost_after_seconds
-                        self.fence_after = float(lost_after) if lost_after > 0 else None
-                        # Before any log follower starts: another cluster's
-                        # containers are dropped, never followed.
-                        self._sup.join_cluster(response.registered.cluster_id)
                         if heartbeat is not None:
                             heartbeat.cancel()
+                        interval = self._on_registered(response.registered, window)
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
-                        if not self._registered:
-                            # Logs only for an accepted session: a rejected one
-                            # (say, a duplicate node name) starts no followers.
-                            window.use_acks(response.registered.log_window)
-                            self._sup.attach_logs(lambda batch: window.send(batch.to_pb()))
-                        self._registered = True
-                        self._targets.connected()
-                        log(
-                            _log,
-                            logging.INFO,
-                            "registered",
-                            server=self._server,
-                            node=self._identity.node_name,
-                            containers=len(self._sup.snapshot()),
-                            heartbeat_seconds=interval,
-                        )
-                    elif kind == "start_container":
-                        if (spec := start_from_pb(response.start_container)) is not None:
-                            self._sup.handle_start(spec)
-                    elif kind == "teardown_run":
-                        self._sup.handle_teardown(response.teardown_run.run_id)
-                    elif kind == "pull_image":
-                        self._sup.handle_pull_image(
-                            PullRequest.from_pb(response.pull_image),
-                            lambda a: outbox.put(a.to_pb()),
-                        )
-                    elif kind == "list_images":
-                        self._sup.handle_list_images(
-                            response.list_images.request_id, lambda a: outbox.put(a.to_pb())
-                        )
-                    elif kind == "log_batch_ack":
-                        window.acked(response.log_batch_ack.batch_id)
                     else:
-                        log(_log, logging.WARNING, "unknown_message", kind=kind)
+                        self._dispatch(kind, response, outbox, window)
             finally:
                 self._sup.detach()
                 window.close()
                 if heartbeat is not None:
                     heartbeat.cancel()
                 call.cancel()
+
+    def _admit(self, epoch: int, kind: str | None) -> None:
+        """Refuse a message from a leader older than the newest one seen."""
+        if not self.epochs.admit(epoch, kind or "none"):
+            raise StaleLeader(
+                f"epoch {epoch} is older than {self.epochs.newest}: "
+                "that control plane no longer leads"
+            )
+
+    def _on_registered(self, registered: agent_pb2.Registered, window: LogWindow) -> float:
+        """Take in what Registered says; returns the heartbeat interval in seconds."""
+        seconds = registered.heartbeat_interval_seconds
+        interval = float(seconds) if seconds > 0 else DEFAULT_HEARTBEAT_SECONDS
+        self._cut_since = None
+        lost_after = registered.node_lost_after_seconds
+        self.fence_after = float(lost_after) if lost_after > 0 else None
+        # Before any log follower starts: another cluster's
+        # containers are dropped, never followed.
+        self._sup.join_cluster(registered.cluster_id)
+        if not self._registered:
+            # Logs only for an accepted session: a rejected one
+            # (say, a duplicate node name) starts no followers.
+            window.use_acks(registered.log_window)
+            self._sup.attach_logs(lambda batch: window.send(batch.to_pb()))
+        self._registered = True
+        self._targets.connected()
+        log(
+            _log,
+            logging.INFO,
+            "registered",
+            server=self._server,
+            node=self._identity.node_name,
+            containers=len(self._sup.snapshot()),
+            heartbeat_seconds=interval,
+        )
+        return interval
+
+    def _dispatch(
+        self,
+        kind: str | None,
+        response: agent_pb2.ConnectResponse,
+        outbox: Outbox,
+        window: LogWindow,
+    ) -> None:
+        """Hand a message other than Registered to the supervisor or the log window."""
+        if kind == "start_container":
+            if (spec := start_from_pb(response.start_container)) is not None:
+                self._sup.handle_start(spec)
+        elif kind == "teardown_run":
+            self._sup.handle_teardown(response.teardown_run.run_id)
+        elif kind == "pull_image":
+            self._sup.handle_pull_image(
+                PullRequest.from_pb(response.pull_image),
+                lambda a: outbox.put(a.to_pb()),
+            )
+        elif kind == "list_images":
+            self._sup.handle_list_images(
+                response.list_images.request_id, lambda a: outbox.put(a.to_pb())
+            )
+        elif kind == "log_batch_ack":
+            window.acked(response.log_batch_ack.batch_id)
+        else:
+            log(_log, logging.WARNING, "unknown_message", kind=kind)
 
     @staticmethod
     async def _drain(outbox: Outbox, window: LogWindow) -> AsyncIterator[agent_pb2.ConnectRequest]:

@@ -207,49 +207,14 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
-        if not first.HasField("register"):
-            await context.abort(
-                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Register"
-            )
-        register = first.register
-        try:
-            node = node_from_register(register)
-            check_registration(node)
-            check_claims(register)
-        except DomainError as error:
-            log.warning("event=register_refused node=%s reason=%r", register.node_name, str(error))
-            await context.abort(status_code(error), str(error))
-        name = register.node_name
-        link = GrpcAgentLink(name)
-        interval = self._orchestrator.settings.heartbeat_seconds
-        try:
-            cluster = await self._orchestrator.cluster()
-            reports = [
-                r for c in register.containers if (r := _report(name, c, cluster)) is not None
-            ]
-            await self._orchestrator.connect(node, link, reports)
-        except DomainError as error:
-            log.warning("event=register_refused node=%s reason=%r", name, str(error))
-            await context.abort(status_code(error), str(error))
-        except StoreUnavailable as error:  # the agent retries; nothing changed in memory
-            log.error("event=register_failed node=%s error=%r", name, str(error))
-            await context.abort(
-                grpc.StatusCode.UNAVAILABLE, f"the control plane's store is unavailable ({error})"
-            )
+        link, cluster = await self._accept(first, context)
+        name = link.node
         reader: asyncio.Task[None] | None = None
         get: asyncio.Future[pb.ConnectResponse | object] | None = None
         deposed = asyncio.ensure_future(self._deposed())
         try:
             # Registered goes first; what connect() queued on the link follows.
-            lost_after = int(self._orchestrator.settings.liveness.lost.total_seconds())
-            registered = pb.ConnectResponse(
-                registered=pb.Registered(
-                    heartbeat_interval_seconds=interval,
-                    node_lost_after_seconds=lost_after,
-                    cluster_id=cluster,
-                    log_window=LOG_WINDOW,
-                )
-            )
+            registered = self._registered(cluster)
             if self._stamp(registered, name):
                 yield registered
                 reader = asyncio.create_task(self._read(name, request_iterator, link))
@@ -275,6 +240,54 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     await reader
             self._images.node_gone(name, link)
             await self._orchestrator.disconnect(name, link)
+
+    async def _accept(
+        self, first: pb.ConnectRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[GrpcAgentLink, str]:
+        """Check the stream's Register and connect its node with the containers it
+        reports; aborts the call when refused. Returns the node's link and the
+        cluster id."""
+        if not first.HasField("register"):
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, "the first message must be a Register"
+            )
+        register = first.register
+        try:
+            node = node_from_register(register)
+            check_registration(node)
+            check_claims(register)
+        except DomainError as error:
+            log.warning("event=register_refused node=%s reason=%r", register.node_name, str(error))
+            await context.abort(status_code(error), str(error))
+        name = register.node_name
+        link = GrpcAgentLink(name)
+        try:
+            cluster = await self._orchestrator.cluster()
+            reports = [
+                r for c in register.containers if (r := _report(name, c, cluster)) is not None
+            ]
+            await self._orchestrator.connect(node, link, reports)
+        except DomainError as error:
+            log.warning("event=register_refused node=%s reason=%r", name, str(error))
+            await context.abort(status_code(error), str(error))
+        except StoreUnavailable as error:  # the agent retries; nothing changed in memory
+            log.error("event=register_failed node=%s error=%r", name, str(error))
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE, f"the control plane's store is unavailable ({error})"
+            )
+        return link, cluster
+
+    def _registered(self, cluster: str) -> pb.ConnectResponse:
+        """What a node is told once registered: heartbeats, liveness, cluster, log window."""
+        settings = self._orchestrator.settings
+        return pb.ConnectResponse(
+            registered=pb.Registered(
+                heartbeat_interval_seconds=settings.heartbeat_seconds,
+                node_lost_after_seconds=int(settings.liveness.lost.total_seconds()),
+                cluster_id=cluster,
+                log_window=LOG_WINDOW,
+            )
+        )
 
     def _stamp(self, message: pb.ConnectResponse | object, node: str) -> bool:
         """Give an outgoing message this leader's epoch, if it still leads:
