@@ -77,8 +77,17 @@ class AuthService:
         self._by_hash: dict[str, ApiToken] = {}
 
     async def load(self) -> None:
-        """Read every token into memory."""
-        self._by_hash = {t.hash: t for t in await self._store.list_tokens()}
+        """Read every token into memory (again: followers and a new leader do).
+
+        A token created or revoked here while the store was being read is
+        kept as it is in memory: the read may predate it, and a revocation
+        must never be undone, even for a moment."""
+        loaded = {t.hash: t for t in await self._store.list_tokens()}
+        for key, token in self._by_hash.items():
+            known = loaded.get(key)
+            if known is None or (token.revoked_at is not None and known.revoked_at is None):
+                loaded[key] = token
+        self._by_hash = loaded
 
     # -- bearer tokens -----------------------------------------------------
 
