@@ -128,8 +128,8 @@ def channel(address: str) -> Iterator[grpc.Channel]:
     try:
         yield ch
     except grpc.RpcError as err:
-        code = err.code()  # type: ignore[attr-defined]
-        detail = err.details() or code.name  # type: ignore[attr-defined]
+        code = err.code()
+        detail = err.details() or code.name
         if code == grpc.StatusCode.UNAVAILABLE:
             fail(_unreachable(address, detail))
         if code == grpc.StatusCode.DEADLINE_EXCEEDED:
@@ -150,7 +150,7 @@ def with_retries(call: Callable[[], T], budget: float = RETRY_SECONDS) -> T:
         try:
             return call()
         except grpc.RpcError as err:
-            code = err.code()  # type: ignore[attr-defined]
+            code = err.code()
             retryable = code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
             if not retryable or time.monotonic() + pause > give_up:
                 raise
@@ -192,11 +192,11 @@ class Reconnect:
 
     def failed(self, err: grpc.RpcError) -> None:
         """Return to retry after a pause, or exit with one clear line."""
-        code = err.code()  # type: ignore[attr-defined]
+        code = err.code()
         if code != grpc.StatusCode.UNAVAILABLE:
-            fail(err.details() or code.name)  # type: ignore[attr-defined]
+            fail(err.details() or code.name)
         if not self._connected_once:
-            fail(_unreachable(self.server, err.details() or code.name))  # type: ignore[attr-defined]
+            fail(_unreachable(self.server, err.details() or code.name))
         self._failing_since = self._failing_since or time.monotonic()
         if time.monotonic() - self._failing_since > self.give_up:
             fail(f"lost the control plane at {self.server} while {self.what}")

@@ -42,10 +42,10 @@ def split_addresses(text: str) -> list[str]:
 def leader_hint(err: grpc.RpcError) -> str | None:
     """The leader's API address named by a follower's refusal, if any."""
     try:
-        metadata = err.trailing_metadata() or ()  # type: ignore[attr-defined]
+        metadata: Any = err.trailing_metadata() or ()
     except Exception:
         return None
-    for key, value in metadata:
+    for key, value in metadata:  # (key, value) pairs; grpc's stubs say otherwise
         if key == LEADER_API_KEY and value:
             return value if isinstance(value, str) else value.decode()
     return None
@@ -53,14 +53,14 @@ def leader_hint(err: grpc.RpcError) -> str | None:
 
 def _code(err: grpc.RpcError) -> grpc.StatusCode | None:
     try:
-        return err.code()  # type: ignore[attr-defined,no-any-return]
+        return err.code()
     except Exception:
         return None
 
 
 def _details(err: grpc.RpcError) -> str:
     try:
-        return str(err.details() or "")  # type: ignore[attr-defined]
+        return str(err.details() or "")
     except Exception:
         return ""
 
@@ -154,9 +154,8 @@ class LeaderChannel(grpc.Channel):
     def __enter__(self) -> LeaderChannel:
         return self
 
-    def __exit__(self, *exc: object) -> bool:
+    def __exit__(self, *exc: object) -> None:
         self.close()
-        return False
 
 
 class _Unary:
