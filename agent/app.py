@@ -25,13 +25,14 @@ from agent.connection import (
     Identity,
 )
 from agent.credentials import CredentialStore, NodeCredentials, Renewer, ensure_credentials
-from agent.leaders import EpochGuard, split_addresses
+from agent.leaders import EpochGuard
 from agent.logutil import log
 from agent.metrics import AgentMetrics
 from agent.pulls import AuthFile, Puller
 from agent.runtime import Runtime
 from agent.runtime_podman import PodmanRuntime
 from agent.supervisor import Supervisor
+from muster.common.leaders import split_addresses
 from muster.common.metrics import MetricsEndpoint
 
 _log = logging.getLogger(__name__)

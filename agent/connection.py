@@ -37,11 +37,12 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from agent.leaders import EpochGuard, Targets, leader_hint, split_addresses
+from agent.leaders import EpochGuard, Targets, leader_hint
 from agent.logutil import log
 from agent.messages import NETWORK_MODE_TO_PB, PullRequest, start_from_pb
 from agent.runtime import NetworkMode
 from agent.supervisor import Supervisor
+from muster.common.leaders import split_addresses
 from muster.common.limits import AGENT_MAX_SEND_BYTES
 from muster.v1 import agent_pb2, agent_pb2_grpc, node_pb2
 

@@ -12,7 +12,6 @@ the trailing metadata; the agent goes there next.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -20,11 +19,10 @@ from pathlib import Path
 import grpc
 
 from agent.logutil import log
+from muster.common.leaders import LEADER_AGENT_KEY, hint_in
 
 _log = logging.getLogger(__name__)
 EPOCH_FILE = "leader-epoch"
-LEADER_AGENT_KEY = "muster-leader-agent"
-"""Trailing metadata of a follower's refusal: the leader's agent address."""
 
 
 class EpochGuard:
@@ -78,16 +76,6 @@ class EpochGuard:
             log(_log, logging.ERROR, "epoch_not_saved", error=exc)
 
 
-def split_addresses(text: str) -> list[str]:
-    """`a:1,b:2` -> ['a:1', 'b:2'] (blanks dropped, order kept, no repeats)."""
-    seen: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part and part not in seen:
-            seen.append(part)
-    return seen
-
-
 class Targets:
     """The control plane addresses an agent tries, in turn, starting with the
     leader it last heard of."""
@@ -131,8 +119,4 @@ def leader_hint(error: BaseException | None) -> str | None:
         return None
     if error.code() != grpc.StatusCode.UNAVAILABLE:
         return None
-    with contextlib.suppress(Exception):
-        for key, value in error.trailing_metadata() or ():
-            if key == LEADER_AGENT_KEY and value:
-                return value if isinstance(value, str) else value.decode()
-    return None
+    return hint_in(error, LEADER_AGENT_KEY)

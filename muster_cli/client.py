@@ -89,7 +89,8 @@ def open_channel(address: str, config: ClientConfig | None = None) -> grpc.Chann
     bearer token, or plaintext with no credential file or `insecure: true`).
     `address` may list several control planes, comma-separated: the channel
     finds their leader and follows it (muster_cli/leader.py)."""
-    from muster_cli.leader import LeaderChannel, split_addresses
+    from muster.common.leaders import split_addresses
+    from muster_cli.leader import LeaderChannel
 
     config = config or client_config()
     return LeaderChannel(split_addresses(address) or [address], lambda one: _open_one(one, config))

@@ -17,7 +17,8 @@ from typing import Any
 
 import grpc
 
-LEADER_API_KEY = "muster-leader-api"
+from muster.common.leaders import LEADER_API_KEY, hint_in
+
 ELECTION_WAIT = 20.0
 """How long a call waits for a leader to be elected (a lease is 5 s by default)."""
 _UNREACHABLE = (
@@ -29,26 +30,9 @@ _UNREACHABLE = (
 )
 
 
-def split_addresses(text: str) -> list[str]:
-    """`a:1, b:2` -> ['a:1', 'b:2'] (order kept, no blanks or repeats)."""
-    out: list[str] = []
-    for part in text.split(","):
-        part = part.strip()
-        if part and part not in out:
-            out.append(part)
-    return out
-
-
 def leader_hint(err: grpc.RpcError) -> str | None:
     """The leader's API address named by a follower's refusal, if any."""
-    try:
-        metadata: Any = err.trailing_metadata() or ()
-    except Exception:
-        return None
-    for key, value in metadata:  # (key, value) pairs; grpc's stubs say otherwise
-        if key == LEADER_API_KEY and value:
-            return value if isinstance(value, str) else value.decode()
-    return None
+    return hint_in(err, LEADER_API_KEY)
 
 
 def _code(err: grpc.RpcError) -> grpc.StatusCode | None:

@@ -16,9 +16,7 @@ import grpc
 
 from controlplane.api.auth import Continuation, Handler, same_shape
 from controlplane.services.leadership import Leadership
-
-LEADER_API_KEY = "muster-leader-api"
-LEADER_AGENT_KEY = "muster-leader-agent"
+from muster.common.leaders import LEADER_AGENT_KEY, LEADER_API_KEY
 
 _V1 = "/muster.v1."
 FOLLOWER_METHODS = frozenset(

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.leaders import EpochGuard, Targets, split_addresses
+from agent.leaders import EpochGuard, Targets
+from muster.common.leaders import split_addresses
 
 
 def test_older_epochs_are_refused_and_the_newest_is_kept(tmp_path: Path) -> None:
