@@ -31,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -200,16 +201,17 @@ def fifth_rates(done_at: list[float], began: float, containers_per_run: int) -> 
 
 
 def start_control_plane(
-    tmp: Path, address: str, args: argparse.Namespace, db: str
+    tmp: Path, address: str, args: argparse.Namespace, db: str, metrics: str
 ) -> subprocess.Popen:
-    """`muster-controlplane` on `db`, plaintext on loopback; waits until it listens."""
+    """`muster-controlplane` on `db`, plaintext on loopback, its metrics on
+    `metrics`; waits until it listens."""
     log = open(tmp / "controlplane.log", "w")
     # fmt: off
     proc = subprocess.Popen(
         [str(BIN / "muster-controlplane"), "--insecure", "--listen", address,
          "--db", db, "--max-pending-runs", "0", "--data-listen", "off",
          "--max-streams", str(args.in_flight + 100), "--heartbeat-interval", "5",
-         "--log-level", "WARNING"],
+         "--log-level", "WARNING", "--metrics-listen", metrics],
         stdout=subprocess.PIPE, stderr=log, text=True,
     )
     # fmt: on
@@ -243,6 +245,19 @@ def start_profiler(pid: int, out: str) -> subprocess.Popen:
     return subprocess.Popen(
         [*command, "--nonblocking", *raw], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
+
+
+def store_calls(metrics: str) -> dict[str, int]:
+    """Store calls so far by method, from the control plane's /metrics."""
+    with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
+        text = reply.read().decode()
+    calls: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("muster_store_call_duration_seconds_count{"):
+            labels, value = line.rsplit(" ", 1)
+            method = labels.split('method="', 1)[1].split('"', 1)[0]
+            calls[method] = calls.get(method, 0) + int(float(value))
+    return calls
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -293,7 +308,8 @@ def store_for(args: argparse.Namespace, tmp: Path):
 def bench(args: argparse.Namespace) -> None:
     address = f"127.0.0.1:{free_port()}"
     with tempfile.TemporaryDirectory() as tmp, store_for(args, Path(tmp)) as (db, postmaster):
-        cp_proc = start_control_plane(Path(tmp), address, args, db)
+        metrics = f"127.0.0.1:{free_port()}"
+        cp_proc = start_control_plane(Path(tmp), address, args, db, metrics)
         agents: list[tuple] = []
         spy = None
         pg_before = server_cpu(postmaster)
@@ -303,6 +319,7 @@ def bench(args: argparse.Namespace) -> None:
                 spy = start_profiler(cp_proc.pid, args.profile)
             sampler = Sampler(cp_proc.pid)
             results = asyncio.run(measure(args, address, cp_proc.pid, sampler, agents))
+            calls = store_calls(metrics)
             pg_cpu = server_cpu(postmaster) - pg_before  # while its backends are alive
         finally:
             if spy is not None:
@@ -332,6 +349,11 @@ def bench(args: argparse.Namespace) -> None:
     print(
         f"  rate: first fifth {first:.0f}/s, last fifth {last:.0f}/s "
         f"(last/first {last / first:.2f})"
+    )
+    top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
+    print(
+        "  store calls per container: "
+        + ", ".join(f"{method} {count / containers:.2f}" for method, count in top)
     )
     if args.profile:
         print(f"  profile: {args.profile}")

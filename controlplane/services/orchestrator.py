@@ -33,7 +33,8 @@ import ipaddress
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from functools import partial
@@ -63,6 +64,7 @@ from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Action, Observation, Run, StartReplica, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
 from controlplane.core.tyger import etag_of, validate_fields
+from controlplane.services.batch import Change, Coalescer, RunBatch
 from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.requests import (
     RunRequest,
@@ -95,6 +97,8 @@ def new_generation() -> int:
 
 RESCHEDULE_EVERY = timedelta(seconds=5)
 REQUEST_TTL = timedelta(hours=24)
+ENDED_KEPT = 2000
+"""Recently ended runs kept in memory for the reports that follow their end."""
 """How long a CreateRun request id is remembered (a retry within it returns the same run)."""
 
 
@@ -202,6 +206,10 @@ class Orchestrator:
         self._drain_due: dict[str, tuple[datetime, float]] = {}
         self._admission_views: list[NodeView] | None = None
         self._listeners: list[Callable[[Run | None, Run], None]] = []
+        self._reports: Coalescer[tuple[str, Report]] = Coalescer(self._handle_reports)
+        # Runs this control plane saw end, newest last (reports of their
+        # containers' ends keep arriving after the run ended).
+        self._ended: OrderedDict[int, Run] = OrderedDict()
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -211,6 +219,7 @@ class Orchestrator:
         """Load active runs and nodes; give every node a fresh grace period,
         since the control plane itself was away."""
         await self.cluster()
+        self._ended.clear()
         now, mono = self._clock(), self._mono()
         for node in await self._store.list_nodes():
             node.last_heartbeat = now
@@ -329,8 +338,9 @@ class Orchestrator:
             )
 
     async def get_run(self, run_id: int) -> Run:
-        """The stored run, or NotFound."""
-        run = await self._store.get_run(run_id)
+        """The stored run, or NotFound. Active runs come from memory: the run
+        in force is always the one stored (it is replaced only after a write)."""
+        run = self._runs.get(run_id) or await self._store.get_run(run_id)
         if run is None:
             raise NotFound(f"The run '{run_id}' was not found.")
         return run
@@ -363,13 +373,19 @@ class Orchestrator:
                 )
             merged = dict(tags) if clear else {**run.tags, **tags}
             validate_tags(merged)
-            draft = sm.clone(run)
-            draft.tags = merged
+
+            def retag(draft: Run) -> list[Action]:
+                draft.tags = merged
+                return []
+
             if run_id in self._runs:
-                await self._commit(draft, [])
-            else:
-                await self._store.save_run(draft)
-                self._notify(run_id)
+                return await self._change(run, retag, always=True)
+            draft = sm.clone(run)
+            retag(draft)
+            await self._store.save_run(draft)
+            if run_id in self._ended:
+                self._remember_ended(draft)
+            self._notify(run_id)
             return draft
 
     async def watch(self, run_id: int) -> AsyncIterator[Run]:
@@ -412,32 +428,44 @@ class Orchestrator:
         follow; commit the copy when there are actions, when the run ended, or
         `always` (decisions that change a run without actions). Returns the
         run in force afterwards."""
-        draft = sm.clone(run)
-        actions = decide(draft)
-        if actions or (draft.terminal and not run.terminal) or always:
-            await self._commit(draft, actions)
-            return draft
-        return run
+        batch = RunBatch()
+        after = batch.change(run, decide, always)
+        await self._commit(batch)
+        return after
 
-    async def _commit(self, run: Run, actions: list[Action]) -> None:
-        """Persist `run` (a copy the state machine changed) first; only then
-        make it the run in force, tell watchers and act. A failed write raises
-        and leaves memory as it was, with nothing sent."""
-        await self._store.save_run(run)
+    async def _commit(self, batch: Iterable[Change]) -> None:
+        """Persist every run the batch changed (copies the state machine
+        changed) in one transaction first; only then make them the runs in
+        force, tell watchers and act. A failed write raises and leaves memory
+        as it was, with nothing sent."""
+        changes = list(batch)
+        if not changes:
+            return
+        await self._store.save_runs([change.after for change in changes])
+        for change in changes:
+            self._in_force(change)
+        for change in changes:
+            run = change.after
+            failures = [e for action in change.actions if (e := self._dispatch(run, action))]
+            if failures and not run.terminal:
+                await self._change(run, partial(sm.fail, now=self._clock(), reason=failures[0]))
+
+    def _in_force(self, change: Change) -> None:
+        """The run a change made (just stored) replaces the run in memory; its
+        watchers wake."""
+        run = change.after
         for listener in self._listeners:
-            listener(self._runs.get(run.id), run)
+            listener(change.before, run)
         if run.terminal:
+            self._remember_ended(run)
             if self._runs.pop(run.id, None) is not None:  # it has just ended
                 self.run_buffers.run_ended(run)
-            self._marks.pop(run.id, None)
-            self.wake()
+                self._marks.pop(run.id, None)
+                self.wake()
         elif run.id in self._runs:
             self._runs[run.id] = run
             self._mark(run)
         self._notify(run.id)
-        failures = [error for action in actions if (error := self._dispatch(run, action))]
-        if failures and not run.terminal:
-            await self._change(run, lambda draft: sm.fail(draft, self._clock(), failures[0]))
 
     def _mark(self, run: Run) -> None:
         """Take the monotonic instant of every deadline anchor of `run` not
@@ -461,10 +489,6 @@ class Orchestrator:
             return timedelta(seconds=max(0.0, mono - marks.get(anchor, mono)))
 
         return since
-
-    def _active(self) -> list[int]:
-        """Ids of the active runs (a loop re-reads each: commits replace them)."""
-        return list(self._runs)
 
     def _dispatch(self, run: Run, action: Action) -> str | None:
         """Send one action; returns why it could not be sent (a bug, never bad input)."""
@@ -545,14 +569,15 @@ class Orchestrator:
         self, name: str, link: AgentLink, containers: list[Report], now: datetime
     ) -> None:
         present: set[tuple[int, str, int]] = set()
+        batch, leftovers = RunBatch(), set()
         for report in containers:
             obs = report.observation
             present.add((report.run_id, obs.role, obs.index))
             run = self._runs.get(report.run_id)
             if run is None:
-                link.teardown(report.run_id)  # finished or unknown run: remove leftovers
+                leftovers.add(report.run_id)  # finished or unknown run: remove leftovers
                 continue
-            await self._change(run, partial(sm.observe, node=name, obs=obs, now=now), always=True)
+            batch.change(run, partial(sm.observe, node=name, obs=obs, now=now), always=True)
 
         def catch_up(run: Run) -> list[Action]:
             actions: list[Action] = []
@@ -561,10 +586,12 @@ class Orchestrator:
                     actions += sm.missing_container(run, name, r.role, r.index, now)
             return actions + sm.pending_starts(run, name)
 
-        for run_id in self._active():
-            run = self._runs.get(run_id)
-            if run is not None and any(r.node == name for r in run.replicas):
-                await self._change(run, catch_up)
+        for run in list(self._runs.values()):
+            if any(r.node == name for r in run.replicas):
+                batch.change(run, catch_up)
+        await self._commit(batch)
+        for run_id in sorted(leftovers):
+            link.teardown(run_id)
 
     async def disconnect(self, name: str, link: AgentLink) -> None:
         """The stream ended; liveness decides the node's fate from its heartbeats."""
@@ -602,28 +629,52 @@ class Orchestrator:
                 node.last_heartbeat = self._clock()  # shown by node list; kept in memory
 
     async def report(self, name: str, report: Report) -> None:
-        """A container changed state on node `name`."""
+        """A container changed state on node `name`. Reports that arrive while
+        others are being stored are decided and stored together (group commit)."""
+        await self._reports.submit((name, report))
+
+    async def _handle_reports(self, reports: list[tuple[str, Report]]) -> None:
+        """Decide every report in order, store them all at once, then act.
+        A report about a finished run records how its container ended (and a
+        container of it still running is removed); one about an unknown run
+        only removes the container."""
         async with self._lock:
-            run = self._runs.get(report.run_id)
-            if run is not None:
-                now = self._clock()
-                await self._change(
-                    run, lambda d: sm.observe(d, name, report.observation, now), always=True
-                )
-                return
-            # A finished (or unknown) run: record how its containers ended, and
-            # remove any that still run.
-            finished = await self._store.get_run(report.run_id)
-            if finished is not None and finished.terminal:
-                sm.observe(finished, name, report.observation, self._clock())
-                try:
-                    await self._store.save_run(finished)
-                    self._notify(finished.id)
-                except KeyError:
-                    pass  # retention deleted it meanwhile
-            link = self._links.get(name)
-            if link is not None and report.observation.state in ("running", "creating"):
-                link.teardown(report.run_id)
+            batch, now, strays = RunBatch(), self._clock(), []
+            for name, report in reports:
+                run = self._runs.get(report.run_id)
+                if run is None:
+                    run = await self._finished_run(report.run_id)
+                    if report.observation.state in ("running", "creating"):
+                        strays.append((name, report.run_id))
+                if run is not None:
+                    observe = partial(sm.observe, node=name, obs=report.observation, now=now)
+                    batch.change(run, observe, always=True)
+            try:
+                await self._commit(batch)
+            except KeyError:  # retention deleted a finished run meanwhile: store the others
+                for change in batch:
+                    try:
+                        await self._commit([change])
+                    except KeyError:
+                        self._ended.pop(change.after.id, None)
+            for name, run_id in strays:
+                link = self._links.get(name)
+                if link is not None:
+                    link.teardown(run_id)
+
+    async def _finished_run(self, run_id: int) -> Run | None:
+        """A run that has ended: from the recently ended ones kept in memory
+        (this control plane stored them and alone writes runs), else the store."""
+        run = self._ended.get(run_id)
+        if run is None:
+            run = await self._store.get_run(run_id)
+        return run if run is not None and run.terminal else None
+
+    def _remember_ended(self, run: Run) -> None:
+        self._ended[run.id] = run
+        self._ended.move_to_end(run.id)
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
 
     async def remove_node(self, name: str) -> list[int]:
         """Forget a node for good: fail the runs placed on it (each persisted,
@@ -634,15 +685,11 @@ class Orchestrator:
         async with self._lock:
             if name not in self._nodes:
                 raise NotFound(f"The node '{name}' was not found; `muster node list` shows them.")
-            now = self._clock()
-            failed = []
-            for run_id in self._active():
-                run = self._runs.get(run_id)
-                if run is None:
-                    continue
-                run = await self._change(run, lambda d: sm.node_lost(d, name, now, "was removed"))
-                if run.terminal:
-                    failed.append(run.id)
+            now, batch = self._clock(), RunBatch()
+            for run in list(self._runs.values()):
+                batch.change(run, lambda d: sm.node_lost(d, name, now, "was removed"))
+            await self._commit(batch)
+            failed = [change.after.id for change in batch if change.after.terminal]
             await self._store.delete_node(name, now)
             del self._nodes[name]
             self._admission_views = None
@@ -838,17 +885,14 @@ class Orchestrator:
         now = self._clock()
         await self._check_nodes(now)
         await self._check_drains(now)
-        timeout = self.settings.readiness_timeout
-        for run_id in self._active():
-            run = self._runs.get(run_id)
-            if run is not None:
-                elapsed = self._elapsed(run)
-                await self._change(
-                    run,
-                    partial(
-                        sm.check_deadlines, now=now, readiness_timeout=timeout, elapsed=elapsed
-                    ),
-                )
+        timeout, batch = self.settings.readiness_timeout, RunBatch()
+        for run in list(self._runs.values()):
+            elapsed = self._elapsed(run)
+            batch.change(
+                run,
+                partial(sm.check_deadlines, now=now, readiness_timeout=timeout, elapsed=elapsed),
+            )
+        await self._commit(batch)
         await self._schedule()
 
     async def _check_nodes(self, now: datetime) -> None:
@@ -871,14 +915,12 @@ class Orchestrator:
                 lost.add(name)
         if not lost:
             return
-        for run_id in self._active():
-            run = self._runs.get(run_id)
-            if run is None:
-                continue
+        batch = RunBatch()
+        for run in list(self._runs.values()):
             for name in sorted(lost & set(run.nodes())):
-                run = await self._change(run, partial(sm.node_lost, node=name, now=now))
-                if run.terminal:
+                if batch.change(run, partial(sm.node_lost, node=name, now=now)).terminal:
                     break
+        await self._commit(batch)
 
     async def _check_drains(self, now: datetime) -> None:
         """Drains: complete those with no replica left; at a drain's deadline,
@@ -889,15 +931,11 @@ class Orchestrator:
         for node in list(self._nodes.values()):
             step = maintenance.drain_step(node, counts.get(node.name, 0), self._drain_now(node))
             if step == "deadline":
-                canceled = 0
-                for run_id in self._active():
-                    run = self._runs.get(run_id)
-                    if run is None:
-                        continue
-                    run = await self._change(
-                        run, partial(sm.drain_deadline_passed, node=node.name, now=now)
-                    )
-                    canceled += run.terminal
+                batch = RunBatch()
+                for run in list(self._runs.values()):
+                    batch.change(run, partial(sm.drain_deadline_passed, node=node.name, now=now))
+                await self._commit(batch)
+                canceled = sum(1 for change in batch if change.after.terminal)
                 log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)
                 _, counts = self._allocations()
                 step = maintenance.drain_step(node, counts.get(node.name, 0), self._drain_now(node))
@@ -948,6 +986,7 @@ class Orchestrator:
         )
         in_use = self.gpus_in_use()
         node_devices = {n.name: n.gpu_devices for n in self._nodes.values()}
+        batch = RunBatch()
         for run_id, assignment in decision.placements.items():
             run = self._runs[run_id]
             try:  # each replica gets GPU devices of its own, stored before any start
@@ -962,7 +1001,7 @@ class Orchestrator:
             def place(d: Run, a: dict = assignment, g: dict = gpus, gen: int = generation) -> list:
                 return sm.place(d, a, now, gen, gpu_devices=g)
 
-            run = await self._change(run, place, always=True)
+            run = batch.change(run, place, always=True)
             log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
         for run_id, reason in decision.waiting.items():
             run = self._runs[run_id]
@@ -972,4 +1011,5 @@ class Orchestrator:
                     sm.waiting(d, why)
                     return []
 
-                await self._change(run, wait, always=True)
+                batch.change(run, wait, always=True)
+        await self._commit(batch)

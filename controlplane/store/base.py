@@ -4,7 +4,7 @@ suite in tests/controlplane/test_store_contract.py runs against every backend.""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, Protocol
@@ -105,6 +105,12 @@ class Store(Protocol):
 
     async def save_run(self, run: Run) -> None:
         """Replace the stored state of an existing run."""
+
+    async def save_runs(self, runs: Sequence[Run]) -> None:
+        """Replace the stored state of several existing runs in one
+        transaction: all or none (KeyError naming a missing run, and nothing
+        written). The orchestrator commits what one round decided this way,
+        so a busy control plane pays one commit for many changes."""
 
     async def get_run(self, run_id: int) -> Run | None:
         """One run, or None."""

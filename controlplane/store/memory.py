@@ -4,6 +4,7 @@ tests as the SQLite backend, so services behave the same on both."""
 from __future__ import annotations
 
 import secrets
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import datetime
 from typing import Any
@@ -115,9 +116,14 @@ class MemoryStore(Store):
         return len(old)
 
     async def save_run(self, run: Run) -> None:
-        if run.id not in self._runs:
-            raise KeyError(f"run {run.id} does not exist")
-        self._runs[run.id] = run_to_doc(run)
+        await self.save_runs([run])
+
+    async def save_runs(self, runs: Sequence[Run]) -> None:
+        for run in runs:
+            if run.id not in self._runs:
+                raise KeyError(f"run {run.id} does not exist")
+        for run in runs:
+            self._runs[run.id] = run_to_doc(run)
 
     async def get_run(self, run_id: int) -> Run | None:
         doc = self._runs.get(run_id)

@@ -23,7 +23,7 @@ import json
 import logging
 import re
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -568,7 +568,14 @@ class PostgresStore(Store):
         return run
 
     async def save_run(self, run: Run) -> None:
-        await self._call(lambda conn: self._write_run(conn, run))
+        await self.save_runs([run])
+
+    async def save_runs(self, runs: Sequence[Run]) -> None:
+        async def tx(conn: Conn) -> None:
+            for run in runs:
+                await self._write_run(conn, run)
+
+        await self._call(tx)
 
     async def get_run(self, run_id: int) -> Run | None:
         async def q(conn: Conn) -> Run | None:

@@ -14,7 +14,7 @@ import logging
 import os
 import sqlite3
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path
@@ -515,7 +515,14 @@ class SqliteStore(Store):
         return run
 
     async def save_run(self, run: Run) -> None:
-        await self._call(self._tx, lambda conn: self._write_run(conn, run))
+        await self.save_runs([run])
+
+    async def save_runs(self, runs: Sequence[Run]) -> None:
+        def tx(conn: sqlite3.Connection) -> None:
+            for run in runs:
+                self._write_run(conn, run)
+
+        await self._call(self._tx, tx)
 
     async def get_run(self, run_id: int) -> Run | None:
         def q() -> Run | None:

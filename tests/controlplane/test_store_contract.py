@@ -382,6 +382,31 @@ async def test_runs_round_trip_and_their_ids_only_grow(store) -> None:
     assert await store.get_run(ghost.id) is None
 
 
+async def test_save_runs_writes_all_or_nothing(store) -> None:
+    """One transaction for several runs: every change lands, or (a run that
+    does not exist among them) none does."""
+    from controlplane.core import runs as sm
+    from controlplane.store.documents import run_to_doc
+
+    made = [await store.insert_run(run_at(i, {"n": str(i)})) for i in range(3)]
+    drafts = [sm.clone(run) for run in made]
+    sm.cancel(drafts[0], T0 + timedelta(hours=1))
+    drafts[1].tags = {"n": "changed"}
+    await store.save_runs(drafts[:2])
+    first, second, third = [await store.get_run(run.id) for run in made]
+    assert first.status == "Canceled" and first.tags == {"n": "0"}
+    assert second.tags == {"n": "changed"} and second.status == made[1].status
+    assert run_to_doc(third) == run_to_doc(made[2])
+
+    again = [sm.clone(third), run_at(9)]
+    again[0].tags = {"n": "lost"}
+    again[1].id = made[-1].id + 100
+    with pytest.raises(KeyError):
+        await store.save_runs(again)
+    assert (await store.get_run(third.id)).tags == {"n": "2"}, "half a batch was written"
+    await store.save_runs([])
+
+
 async def test_list_runs_pages_newest_first_and_filters(store) -> None:
     from controlplane.core import runs as sm
 
