@@ -52,6 +52,8 @@ LOG_WINDOW = 8
 """Log batches in flight on a stream at once (waiting in the outbox, or sent and not
 yet acknowledged); more wait in their followers. Bounds the agent's memory (and the
 control plane's) under a log flood."""
+STATUS_BATCH = 256
+"""Container states that may travel in one ContainerStatusBatch."""
 
 CHANNEL_OPTIONS: tuple[tuple[str, int], ...] = (
     # Ping every 10 s and give up after 5 s without an answer, so a dead
@@ -167,6 +169,7 @@ class AgentConnection:
             containers=[s.to_pb() for s in self._sup.snapshot()],
             instance_id=ident.instance_id,
             gpu_devices=list(ident.gpu_devices),
+            accepts_start_batches=True,
         )
 
     @property
@@ -258,6 +261,7 @@ class AgentConnection:
                     if kind == "registered":
                         if heartbeat is not None:
                             heartbeat.cancel()
+                        outbox.batch_statuses = response.registered.accepts_status_batches
                         interval = self._on_registered(response.registered, window)
                         heartbeat = asyncio.create_task(self._heartbeat(outbox, interval))
                     else:
@@ -314,8 +318,10 @@ class AgentConnection:
     ) -> None:
         """Hand a message other than Registered to the supervisor or the log window."""
         if kind == "start_container":
-            if (spec := start_from_pb(response.start_container)) is not None:
-                self._sup.handle_start(spec)
+            self._start(response.start_container)
+        elif kind == "start_containers":
+            for start in response.start_containers.starts:
+                self._start(start)
         elif kind == "teardown_run":
             self._sup.handle_teardown(response.teardown_run.run_id)
         elif kind == "pull_image":
@@ -331,6 +337,10 @@ class AgentConnection:
             window.acked(response.log_batch_ack.batch_id)
         else:
             log(_log, logging.WARNING, "unknown_message", kind=kind)
+
+    def _start(self, start: agent_pb2.StartContainer) -> None:
+        if (spec := start_from_pb(start)) is not None:
+            self._sup.handle_start(spec)
 
     @staticmethod
     async def _drain(outbox: Outbox, window: LogWindow) -> AsyncIterator[agent_pb2.ConnectRequest]:
@@ -360,6 +370,9 @@ class Outbox:
 
     def __init__(self) -> None:
         """An empty outbox."""
+        self.batch_statuses = False
+        """Container states waiting one after another go out as one
+        ContainerStatusBatch (the control plane said it accepts them)."""
         self._control: deque[agent_pb2.ConnectRequest | None] = deque()
         self._logs: deque[agent_pb2.ConnectRequest] = deque()
         self._ready = asyncio.Event()
@@ -390,11 +403,28 @@ class Outbox:
             return self._logs.popleft()
         msg = self._control.popleft()
         if msg is not None:
-            return msg
+            return self._with_following_statuses(msg) if self.batch_statuses else msg
         self._heartbeat_waiting = False
         now = Timestamp()
         now.GetCurrentTime()
         return agent_pb2.ConnectRequest(heartbeat=agent_pb2.Heartbeat(time=now))
+
+    def _with_following_statuses(self, msg: agent_pb2.ConnectRequest) -> agent_pb2.ConnectRequest:
+        """`msg` and the container states queued right behind it, as one
+        message when there are several (order kept; at most STATUS_BATCH)."""
+        if not msg.HasField("container_status"):
+            return msg
+        statuses = [msg.container_status]
+        while len(statuses) < STATUS_BATCH and self._control:
+            following = self._control[0]
+            if following is None or not following.HasField("container_status"):
+                break
+            self._control.popleft()
+            statuses.append(following.container_status)
+        if len(statuses) == 1:
+            return msg
+        batch = agent_pb2.ContainerStatusBatch(statuses=statuses)
+        return agent_pb2.ConnectRequest(container_statuses=batch)
 
 
 class LogWindow:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import cast
@@ -56,6 +57,8 @@ log = logging.getLogger(__name__)
 _CLOSE = object()
 MAX_QUEUED = 10_000
 """Messages that may wait for one agent's stream before it is closed (see GrpcAgentLink)."""
+START_BATCH = 64
+"""Starts that may travel in one StartContainerBatch."""
 LOG_WINDOW = 8
 """Log batches an agent may have unacknowledged (the ingest queue's size per stream)."""
 
@@ -68,32 +71,63 @@ class GrpcAgentLink:
     `max_queued` messages wait, the backlog is dropped and the link closed.
     The stream ends, the agent reconnects, and its Register is reconciled as
     after any reconnect: starts it lacks are sent again, leftovers of finished
-    runs torn down, and image requests that were waiting answered as failed."""
+    runs torn down, and image requests that were waiting answered as failed.
 
-    def __init__(self, node: str, max_queued: int = MAX_QUEUED) -> None:
+    With `batch_starts` (the agent said it accepts_start_batches), starts
+    queued one after another while the stream is busy travel as one
+    StartContainerBatch (up to START_BATCH of them)."""
+
+    def __init__(self, node: str, max_queued: int = MAX_QUEUED, batch_starts: bool = False) -> None:
         self.node = node
-        self.queue: asyncio.Queue[pb.ConnectResponse | object] = asyncio.Queue()
         self.max_queued = max_queued
+        self.batch_starts = batch_starts
         self.closed = False
+        self._queue: deque[pb.ConnectResponse | object] = deque()
+        self._ready = asyncio.Event()
+
+    def qsize(self) -> int:
+        """Messages waiting (a batch of starts counts once)."""
+        return len(self._queue)
+
+    def take_nowait(self) -> pb.ConnectResponse | object | None:
+        """The next message (or _CLOSE), None when nothing waits."""
+        return self._queue.popleft() if self._queue else None
+
+    async def take(self) -> pb.ConnectResponse | object:
+        """The next message (or _CLOSE), waiting for one."""
+        while not self._queue:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._queue.popleft()
 
     def _put(self, message: pb.ConnectResponse) -> None:
         if self.closed:
             return  # the stream is ending: the agent's next Register catches up
-        if self.queue.qsize() >= self.max_queued:
+        if len(self._queue) >= self.max_queued:
             log.warning(
                 "event=agent_queue_full node=%s queued=%d action=close_stream",
                 self.node,
-                self.queue.qsize(),
+                len(self._queue),
             )
-            while not self.queue.empty():
-                self.queue.get_nowait()
+            self._queue.clear()
             self.close()
             return
-        self.queue.put_nowait(message)
+        self._queue.append(message)
+        self._ready.set()
 
     def start(self, spec: ContainerSpec) -> None:
-        """Queue a StartContainer."""
-        self._put(pb.ConnectResponse(start_container=start_to_pb(spec)))
+        """Queue a StartContainer (joining the batch of starts queued last, if any)."""
+        start = start_to_pb(spec)
+        if self.batch_starts:
+            last = self._queue[-1] if self._queue and not self.closed else None
+            if isinstance(last, pb.ConnectResponse) and last.HasField("start_containers"):
+                if len(last.start_containers.starts) < START_BATCH:
+                    last.start_containers.starts.append(start)
+                    return
+            batch = pb.StartContainerBatch(starts=[start])
+            self._put(pb.ConnectResponse(start_containers=batch))
+            return
+        self._put(pb.ConnectResponse(start_container=start))
 
     def teardown(self, run_id: int) -> None:
         """Queue a TeardownRun."""
@@ -104,7 +138,8 @@ class GrpcAgentLink:
         the same node replaced it, the node was removed, or the queue overflowed)."""
         if not self.closed:
             self.closed = True
-            self.queue.put_nowait(_CLOSE)
+            self._queue.append(_CLOSE)
+            self._ready.set()
 
     def pull_image(self, order: PullOrder) -> None:
         """Queue a PullImage."""
@@ -219,14 +254,16 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 yield registered
                 reader = asyncio.create_task(self._read(name, request_iterator, link))
             while reader is not None:
-                get = asyncio.ensure_future(link.queue.get())
-                done, _ = await asyncio.wait(
-                    {get, reader, deposed}, return_when=asyncio.FIRST_COMPLETED
-                )
-                if get not in done:
-                    get.cancel()
-                    break
-                message = get.result()
+                message = link.take_nowait() if not reader.done() else None
+                if message is None:  # nothing waits: wait for a message, the agent or a deposal
+                    get = asyncio.ensure_future(link.take())
+                    done, _ = await asyncio.wait(
+                        {get, reader, deposed}, return_when=asyncio.FIRST_COMPLETED
+                    )
+                    if get not in done:
+                        get.cancel()
+                        break
+                    message = get.result()
                 if message is _CLOSE or not self._stamp(message, name):
                     break
                 yield cast(pb.ConnectResponse, message)  # _stamp checked it
@@ -260,7 +297,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             log.warning("event=register_refused node=%s reason=%r", register.node_name, str(error))
             await context.abort(status_code(error), str(error))
         name = register.node_name
-        link = GrpcAgentLink(name)
+        link = GrpcAgentLink(name, batch_starts=register.accepts_start_batches)
         try:
             cluster = await self._orchestrator.cluster()
             reports = [
@@ -286,6 +323,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 node_lost_after_seconds=int(settings.liveness.lost.total_seconds()),
                 cluster_id=cluster,
                 log_window=LOG_WINDOW,
+                accepts_status_batches=True,
             )
         )
 
@@ -365,20 +403,15 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)
             elif kind == "container_status":
-                report = _report(name, message.container_status, self._orchestrator.cluster_id)
-                if report is None:
-                    continue
-                obs = report.observation
-                if self._orchestrator.placed_on(name, report.run_id, obs.role, obs.index) is False:
-                    log.warning(
-                        "event=report_refused node=%s run=%d replica=%s-%d reason=not_placed_here",
-                        name,
-                        report.run_id,
-                        obs.role,
-                        obs.index,
-                    )
-                    continue
-                await self._orchestrator.report(name, report)
+                if (report := self._admissible(name, message.container_status)) is not None:
+                    await self._orchestrator.report(name, report)
+            elif kind == "container_statuses":
+                reports = [
+                    report
+                    for status in message.container_statuses.statuses
+                    if (report := self._admissible(name, status)) is not None
+                ]
+                await self._orchestrator.report_all(name, reports)
             elif kind == "log_batch":
                 if message.log_batch.batch_id:
                     await batches.put(message.log_batch)  # room unless the agent overran its window
@@ -392,6 +425,25 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 self._images.answer(name, listed.request_id, node_images_from_pb(listed))
             else:
                 log.warning("event=unexpected_agent_message node=%s kind=%s", name, kind)
+
+    def _admissible(self, name: str, status: pb.ContainerStatus) -> Report | None:
+        """The report a status makes, or None (logged) when it is not this
+        cluster's, not understood, or about a replica not placed on `name`
+        (node restriction: a node speaks only for its own replicas)."""
+        report = _report(name, status, self._orchestrator.cluster_id)
+        if report is None:
+            return None
+        obs = report.observation
+        if self._orchestrator.placed_on(name, report.run_id, obs.role, obs.index) is False:
+            log.warning(
+                "event=report_refused node=%s run=%d replica=%s-%d reason=not_placed_here",
+                name,
+                report.run_id,
+                obs.role,
+                obs.index,
+            )
+            return None
+        return report
 
 
 def _report(node: str, status: pb.ContainerStatus, cluster: str) -> Report | None:

@@ -76,10 +76,13 @@ class Coalescer(Generic[T]):
         self._queue: list[tuple[T, asyncio.Future[None]]] = []
         self._worker: asyncio.Task[None] | None = None
 
-    async def submit(self, item: T) -> None:
-        """Queue `item` and wait until it has been handled."""
+    async def submit(self, *items: T) -> None:
+        """Queue `items` (in order, all in the same call) and wait until they
+        have been handled."""
+        if not items:
+            return
         done = asyncio.get_running_loop().create_future()
-        self._queue.append((item, done))
+        self._queue.extend((item, done) for item in items)
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         await done

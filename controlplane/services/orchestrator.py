@@ -633,6 +633,11 @@ class Orchestrator:
         others are being stored are decided and stored together (group commit)."""
         await self._reports.submit((name, report))
 
+    async def report_all(self, name: str, reports: list[Report]) -> None:
+        """Several reports of node `name`, in the order they happened (a
+        busy node sends them in one message)."""
+        await self._reports.submit(*((name, report) for report in reports))
+
     async def _handle_reports(self, reports: list[tuple[str, Report]]) -> None:
         """Decide every report in order, store them all at once, then act.
         A report about a finished run records how its container ended (and a

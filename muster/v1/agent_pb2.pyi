@@ -12,29 +12,32 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ConnectRequest(_message.Message):
-    __slots__ = ("register", "heartbeat", "container_status", "log_batch", "image_pulled", "images_listed")
+    __slots__ = ("register", "heartbeat", "container_status", "log_batch", "image_pulled", "images_listed", "container_statuses")
     REGISTER_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_STATUS_FIELD_NUMBER: _ClassVar[int]
     LOG_BATCH_FIELD_NUMBER: _ClassVar[int]
     IMAGE_PULLED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_LISTED_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_STATUSES_FIELD_NUMBER: _ClassVar[int]
     register: Register
     heartbeat: Heartbeat
     container_status: ContainerStatus
     log_batch: LogBatch
     image_pulled: ImagePulled
     images_listed: ImagesListed
-    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ..., image_pulled: _Optional[_Union[ImagePulled, _Mapping]] = ..., images_listed: _Optional[_Union[ImagesListed, _Mapping]] = ...) -> None: ...
+    container_statuses: ContainerStatusBatch
+    def __init__(self, register: _Optional[_Union[Register, _Mapping]] = ..., heartbeat: _Optional[_Union[Heartbeat, _Mapping]] = ..., container_status: _Optional[_Union[ContainerStatus, _Mapping]] = ..., log_batch: _Optional[_Union[LogBatch, _Mapping]] = ..., image_pulled: _Optional[_Union[ImagePulled, _Mapping]] = ..., images_listed: _Optional[_Union[ImagesListed, _Mapping]] = ..., container_statuses: _Optional[_Union[ContainerStatusBatch, _Mapping]] = ...) -> None: ...
 
 class ConnectResponse(_message.Message):
-    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images", "log_batch_ack", "epoch")
+    __slots__ = ("registered", "start_container", "teardown_run", "pull_image", "list_images", "log_batch_ack", "start_containers", "epoch")
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     START_CONTAINER_FIELD_NUMBER: _ClassVar[int]
     TEARDOWN_RUN_FIELD_NUMBER: _ClassVar[int]
     PULL_IMAGE_FIELD_NUMBER: _ClassVar[int]
     LIST_IMAGES_FIELD_NUMBER: _ClassVar[int]
     LOG_BATCH_ACK_FIELD_NUMBER: _ClassVar[int]
+    START_CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     registered: Registered
     start_container: StartContainer
@@ -42,8 +45,9 @@ class ConnectResponse(_message.Message):
     pull_image: PullImage
     list_images: ListImages
     log_batch_ack: LogBatchAck
+    start_containers: StartContainerBatch
     epoch: int
-    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ..., log_batch_ack: _Optional[_Union[LogBatchAck, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
+    def __init__(self, registered: _Optional[_Union[Registered, _Mapping]] = ..., start_container: _Optional[_Union[StartContainer, _Mapping]] = ..., teardown_run: _Optional[_Union[TeardownRun, _Mapping]] = ..., pull_image: _Optional[_Union[PullImage, _Mapping]] = ..., list_images: _Optional[_Union[ListImages, _Mapping]] = ..., log_batch_ack: _Optional[_Union[LogBatchAck, _Mapping]] = ..., start_containers: _Optional[_Union[StartContainerBatch, _Mapping]] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class EndpointPort(_message.Message):
     __slots__ = ("name", "port")
@@ -100,7 +104,7 @@ class ContainerStatus(_message.Message):
     def __init__(self, run_id: _Optional[int] = ..., role: _Optional[_Union[_run_pb2.ReplicaRole, str]] = ..., replica: _Optional[int] = ..., container_name: _Optional[str] = ..., state: _Optional[_Union[_run_pb2.ContainerState, str]] = ..., ready: _Optional[bool] = ..., exit_code: _Optional[int] = ..., message: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[EndpointAddress, _Mapping]]] = ..., time: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., generation: _Optional[int] = ..., host_ip: _Optional[str] = ..., image_digest: _Optional[str] = ..., pull_bytes_done: _Optional[int] = ..., pull_bytes_total: _Optional[int] = ..., cluster_id: _Optional[str] = ..., buffer_error: _Optional[str] = ...) -> None: ...
 
 class Register(_message.Message):
-    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices")
+    __slots__ = ("node_name", "pools", "labels", "allocatable", "advertise_address", "agent_version", "network_mode", "network_name", "containers", "instance_id", "gpu_devices", "accepts_start_batches")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -119,6 +123,7 @@ class Register(_message.Message):
     CONTAINERS_FIELD_NUMBER: _ClassVar[int]
     INSTANCE_ID_FIELD_NUMBER: _ClassVar[int]
     GPU_DEVICES_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_START_BATCHES_FIELD_NUMBER: _ClassVar[int]
     node_name: str
     pools: _containers.RepeatedScalarFieldContainer[str]
     labels: _containers.ScalarMap[str, str]
@@ -130,19 +135,34 @@ class Register(_message.Message):
     containers: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
     instance_id: str
     gpu_devices: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ...) -> None: ...
+    accepts_start_batches: bool
+    def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., accepts_start_batches: _Optional[bool] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id", "log_window")
+    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id", "log_window", "accepts_status_batches")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NODE_LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     LOG_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    ACCEPTS_STATUS_BATCHES_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
     node_lost_after_seconds: int
     cluster_id: str
     log_window: int
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ..., log_window: _Optional[int] = ...) -> None: ...
+    accepts_status_batches: bool
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ..., log_window: _Optional[int] = ..., accepts_status_batches: _Optional[bool] = ...) -> None: ...
+
+class ContainerStatusBatch(_message.Message):
+    __slots__ = ("statuses",)
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
+    statuses: _containers.RepeatedCompositeFieldContainer[ContainerStatus]
+    def __init__(self, statuses: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ...) -> None: ...
+
+class StartContainerBatch(_message.Message):
+    __slots__ = ("starts",)
+    STARTS_FIELD_NUMBER: _ClassVar[int]
+    starts: _containers.RepeatedCompositeFieldContainer[StartContainer]
+    def __init__(self, starts: _Optional[_Iterable[_Union[StartContainer, _Mapping]]] = ...) -> None: ...
 
 class Heartbeat(_message.Message):
     __slots__ = ("time",)

@@ -138,12 +138,12 @@ def test_an_agents_queue_is_bounded_and_overflow_closes_it() -> None:
     link = GrpcAgentLink("n1", max_queued=3)
     for i in range(3):
         link.start(spec(i))
-    assert link.queue.qsize() == 3 and not link.closed
+    assert link.qsize() == 3 and not link.closed
     link.start(spec(3))  # one too many: the backlog goes, the stream ends
-    assert link.closed and link.queue.qsize() == 1 and link.queue.get_nowait() is _CLOSE
+    assert link.closed and link.qsize() == 1 and link.take_nowait() is _CLOSE
     link.teardown(9)  # nothing more is queued on a closing link
     link.close()
-    assert link.queue.qsize() == 0
+    assert link.qsize() == 0
 
 
 async def test_a_huge_tail_is_read_a_chunk_at_a_time(tmp_path: Path) -> None:

@@ -34,6 +34,7 @@ WRITES = frozenset(
     {
         "insert_run",
         "save_run",
+        "save_runs",
         "save_node",
         "delete_node",
         "append_logs",
