@@ -38,12 +38,28 @@ class RegistryService:
         self._clock = clock
         self._logins: dict[str, Credential] = {}
         self._usernames: dict[str, str] = {}
+        self._changes = 0
+        """Logins and logouts made in memory so far (see :meth:`load`)."""
 
     async def load(self) -> None:
-        """Open every stored login; one that does not open (its key file was
-        lost or replaced) is left out, with a warning naming the registry."""
-        for stored in await self._store.list_registry_logins():
-            self._usernames[stored.registry] = stored.username
+        """Replace the logins in memory with those stored now; one that does not
+        open (its key file was lost or replaced) is left out, with a warning
+        naming the registry.
+
+        Replace, not add: a control plane elected again (``take_office``) must
+        not keep a login another leader deleted meanwhile, nor an old password
+        of one that no longer opens, and send it to nodes. A login or logout
+        made here while the store was being read is not undone either: the
+        read is repeated."""
+        while True:
+            changes = self._changes
+            stored_logins = await self._store.list_registry_logins()
+            if changes == self._changes:
+                break
+        logins: dict[str, Credential] = {}
+        usernames: dict[str, str] = {}
+        for stored in stored_logins:
+            usernames[stored.registry] = stored.username
             try:
                 password = self._sealer.open(
                     stored.sealed, _context(stored.registry, stored.username)
@@ -56,7 +72,8 @@ class RegistryService:
                     str(exc),
                 )
                 continue
-            self._logins[stored.registry] = Credential(stored.registry, stored.username, password)
+            logins[stored.registry] = Credential(stored.registry, stored.username, password)
+        self._logins, self._usernames = logins, usernames
         log.info("event=registry_logins_loaded count=%d", len(self._logins))
 
     async def login(self, registry: str, username: str, password: str) -> str:
@@ -68,6 +85,7 @@ class RegistryService:
         )
         self._logins[cred.registry] = cred
         self._usernames[cred.registry] = cred.username
+        self._changes += 1
         log.info("event=registry_login registry=%s username=%s", cred.registry, cred.username)
         return cred.registry
 
@@ -80,6 +98,7 @@ class RegistryService:
             )
         self._logins.pop(name, None)
         self._usernames.pop(name, None)
+        self._changes += 1
         log.info("event=registry_logout registry=%s", name)
         return name
 

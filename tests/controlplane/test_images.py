@@ -4,6 +4,7 @@ passwords (the database holds no plaintext)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import stat
 from datetime import timedelta
@@ -26,6 +27,7 @@ from controlplane.core.runs import Observation, StartReplica
 from controlplane.security.sealing import Sealer, SealError
 from controlplane.services.registries import RegistryService
 from controlplane.store.documents import run_from_doc, run_to_doc
+from controlplane.store.memory import MemoryStore
 from controlplane.store.sqlite import SqliteStore
 from tests.controlplane.test_runs_state import T0, make_run
 
@@ -313,6 +315,67 @@ async def test_logins_whose_key_is_lost_are_left_out_with_a_warning(
         assert SECRET not in caplog.text
     finally:
         await store.close()
+
+
+async def test_a_reload_drops_logins_another_leader_removed_or_resealed(tmp_path: Path) -> None:
+    """High availability: leader A is deposed, leader B changes the logins, A is
+    elected again and reloads (take_office). A must hold what the store holds
+    now, not what it held before: no login B logged out, no old password."""
+    store = MemoryStore()
+    key = tmp_path / "registry.key"
+    a, b = RegistryService(store, Sealer(key)), RegistryService(store, Sealer(key))
+    await a.login("quay.io", "bob", SECRET)
+    await a.login("registry.example:5000", "ci", "old-" + SECRET)
+    await b.load()
+    assert await b.logout("quay.io") == "quay.io"
+    await b.login("registry.example:5000", "ci", "new-" + SECRET)
+    await a.load()
+    assert a.list() == [("registry.example:5000", "ci")]
+    assert {r: c.password for r, c in a.logins.items()} == {
+        "registry.example:5000": "new-" + SECRET
+    }
+    await b.logout("registry.example:5000")
+    await a.load()
+    assert (a.list(), dict(a.logins)) == ([], {})
+    # A login re-sealed under a key A cannot open: A forgets the password it had.
+    await a.login("quay.io", "bob", SECRET)
+    other = RegistryService(store, Sealer(tmp_path / "other.key"))
+    await other.login("quay.io", "bob", "other-" + SECRET)
+    await a.load()
+    assert "quay.io" not in a.logins and a.list() == [("quay.io", "bob")]
+
+
+class SlowLoginReads(MemoryStore):
+    """list_registry_logins answers what the store held when it was called, later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = asyncio.Event()
+        self.hold.set()
+        self.reads = 0
+
+    async def list_registry_logins(self):  # type: ignore[no-untyped-def]
+        snapshot = await super().list_registry_logins()
+        self.reads += 1
+        await self.hold.wait()
+        return snapshot
+
+
+async def test_a_reload_keeps_a_login_or_logout_made_while_it_read(tmp_path: Path) -> None:
+    store = SlowLoginReads()
+    registries = RegistryService(store, Sealer(tmp_path / "registry.key"))
+    await registries.login("quay.io", "bob", SECRET)
+    store.hold.clear()
+    reload = asyncio.create_task(registries.load())  # reads the store as it is now...
+    await asyncio.sleep(0)
+    assert store.reads == 1
+    await registries.logout("quay.io")  # ...then these happen before the read lands
+    await registries.login("ghcr.io", "alice", SECRET)
+    store.hold.set()
+    await reload
+    assert registries.list() == [("ghcr.io", "alice")]
+    assert set(registries.logins) == {"ghcr.io"}
+    assert store.reads == 2  # read again, since memory changed meanwhile
 
 
 def test_the_key_lives_in_the_state_dir_or_beside_the_database(tmp_path: Path) -> None:
