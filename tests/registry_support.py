@@ -25,7 +25,8 @@ runs in the same loop, call them through ``asyncio.to_thread``):
 * ``stop()`` / ``start()`` (same port, same storage), ``running``.
 * ``log()``: the registry's log so far; ``requests()``: its access log as
   ``(method, path, status)``; ``manifest_gets("test/app:1")``: successful
-  manifest GETs of that tag (one per pull).
+  manifest GETs of that tag (one per pull; ``"test/app@sha256:..."``: of
+  that digest).
 * ``write_auth_file(path, username=None, password=None)``: a containers-auth.json
   (``{"auths": {host: {"auth": base64(user:pass)}}}``) for ``--registry-auth-file``.
 * ``forget(ref)``: make sure ``ref`` is not on this machine before a pull test
@@ -259,9 +260,12 @@ class Registry:
         ]
 
     def manifest_gets(self, name: str) -> int:
-        """Successful ``GET /v2/<repo>/manifests/<tag>`` of ``name`` (``repo:tag``)."""
-        repo, _, tag = name.rpartition(":")
-        path = f"/v2/{repo}/manifests/{tag}"
+        """Successful ``GET /v2/<repo>/manifests/<tag|digest>`` of ``name``
+        (``repo:tag`` or ``repo@sha256:...``)."""
+        repo, at, digest = name.partition("@")
+        if not at:
+            repo, _, digest = name.rpartition(":")
+        path = f"/v2/{repo}/manifests/{digest}"
         return sum(1 for m, p, s in self.requests() if m == "GET" and p == path and s == 200)
 
     # -- the machine's images ------------------------------------------------------------

@@ -20,6 +20,7 @@ from agent.pulls import (
     AuthFileError,
     Puller,
     PullFailed,
+    PullOutcome,
     canonical,
     describe_cause,
     failure_message,
@@ -310,6 +311,33 @@ async def test_policies() -> None:
     moved = await puller.ensure(IMAGE, "always")
     assert (moved.digest, moved.pulled) == (second, True)
     assert rt.pull_counts[IMAGE] == 2
+
+
+async def test_a_digest_reference_is_its_own_pull_and_missing_keeps_it() -> None:
+    """A pull by digest never joins a pull of the tag (the tag may name another image
+    by the time it is resolved), and ``missing`` does not pull a digest that is here."""
+    rt = FakeRuntime(node_name="n1", all_images_exist=False)
+    first = rt.publish(IMAGE)
+    pinned = IMAGE.rsplit(":", 1)[0] + "@" + first
+    rt.publish(pinned, first)
+    rt.hold_pulls(IMAGE)
+    rt.hold_pulls(pinned)
+    puller = Puller(rt)
+    by_tag = asyncio.create_task(puller.ensure(IMAGE, "missing"))
+    by_digest = asyncio.create_task(puller.ensure(pinned, "missing"))
+    await eventually(
+        lambda: (rt.pull_counts[IMAGE], rt.pull_counts[pinned]) == (1, 1),
+        what="two pulls, not one joined by the other",
+    )
+    assert sorted(puller.in_flight()) == sorted([IMAGE, pinned])
+    rt.release_pulls(IMAGE)
+    rt.release_pulls(pinned)
+    assert {(await by_tag).digest, (await by_digest).digest} == {first}
+    moved = rt.publish(IMAGE)  # the tag is re-pushed with another image
+    assert await puller.ensure(pinned, "missing") == PullOutcome(first, pulled=False)
+    assert rt.pull_counts[pinned] == 1  # present: no pull
+    assert await puller.ensure(pinned, "always") == PullOutcome(first, pulled=False)
+    assert (await puller.ensure(IMAGE, "always")).digest == moved
 
 
 async def test_failures_name_image_registry_node_and_cause() -> None:

@@ -292,6 +292,40 @@ async def test_always_picks_up_a_re_pushed_tag_and_never_keeps_todays_behaviour(
     assert registry.manifest_gets("test/app:1") == 2
 
 
+async def test_a_digest_reference_pins_what_runs_even_when_the_tag_moves(
+    registry: Registry,
+    podman_node: PodmanNode,
+    fake_cp: FakeControlPlane,
+    start_agent: StartAgent,
+    start_job: Start,
+) -> None:
+    """``host/repo@sha256:...`` pulls that manifest, by digest, and keeps running it
+    under ``always`` after the tag was re-pushed with another image."""
+    first = await asyncio.to_thread(registry.push, BUSYBOX, "test/pinned:1")
+    pinned = registry.ref(f"test/pinned@{first}")
+    await agent_for(start_agent, podman_node, (registry.host,))
+    await fake_cp.wait_registered()
+    auth = creds(registry)
+    one = await start_job(pinned, pull_policy=MISSING, registry_credentials=auth)
+    running = await fake_cp.wait_status(one, RUNNING, within=30)
+    assert running.image_digest == first
+    assert (await podman_node.inspect(one))["ImageDigest"] == first
+    assert registry.manifest_gets(f"test/pinned@{first}") == 1
+    assert registry.manifest_gets("test/pinned:1") == 0  # the tag was never asked for
+    # missing: present, so the registry is not asked again.
+    two = await start_job(pinned, pull_policy=MISSING, registry_credentials=auth)
+    assert (await fake_cp.wait_status(two, RUNNING, within=30)).image_digest == first
+    assert registry.manifest_gets(f"test/pinned@{first}") == 1
+    # The tag moves; always asks the registry again, by digest, and gets the same image.
+    second = await asyncio.to_thread(registry.push, PYTHON, "test/pinned:1")
+    assert second != first
+    three = await start_job(pinned, pull_policy=ALWAYS, registry_credentials=auth)
+    assert (await fake_cp.wait_status(three, RUNNING, within=30)).image_digest == first
+    assert (await podman_node.inspect(three))["ImageDigest"] == first
+    assert registry.manifest_gets(f"test/pinned@{first}") == 2
+    assert registry.manifest_gets("test/pinned:1") == 0
+
+
 async def test_pull_image_and_list_images_over_the_stream(
     registry: Registry,
     podman_node: PodmanNode,
