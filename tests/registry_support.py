@@ -27,6 +27,8 @@ runs in the same loop, call them through ``asyncio.to_thread``):
   ``(method, path, status)``; ``manifest_gets("test/app:1")``: successful
   manifest GETs of that tag (one per pull; ``"test/app@sha256:..."``: of
   that digest).
+* ``secret_forms()``: every form of the password a scan for leaks must look
+  for (also module-level ``secret_forms(username, password)``).
 * ``write_auth_file(path, username=None, password=None)``: a containers-auth.json
   (``{"auths": {host: {"auth": base64(user:pass)}}}``) for ``--registry-auth-file``.
 * ``forget(ref)``: make sure ``ref`` is not on this machine before a pull test
@@ -71,6 +73,33 @@ REGISTRY_BIN = "docker-registry"
 HTPASSWD_BIN = "htpasswd"
 PODMAN_BIN = "podman"
 _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) ')
+
+
+def registry_auth_header(username: str, password: str) -> str:
+    """The ``X-Registry-Auth`` value the agent sends Podman with a pull
+    (agent/podman_pull.py): base64url of ``{"username": ..., "password": ...}``."""
+    single = json.dumps({"username": username, "password": password})
+    return base64.urlsafe_b64encode(single.encode()).decode()
+
+
+def secret_forms(username: str, password: str) -> list[str]:
+    """Every form in which a registry password could leak into a log or an output:
+    the password (also base64-encoded), ``user:password`` and its base64 (auth
+    files' ``auth``), and the ``X-Registry-Auth`` header the agent sends Podman
+    (:func:`registry_auth_header`; also in standard base64); each base64 form also
+    without its padding."""
+    pair = f"{username}:{password}"
+    header = registry_auth_header(username, password)
+    forms = [
+        password,
+        pair,
+        base64.b64encode(pair.encode()).decode(),
+        base64.b64encode(password.encode()).decode(),
+        base64.urlsafe_b64encode(password.encode()).decode(),
+        header,
+        base64.b64encode(base64.urlsafe_b64decode(header)).decode(),
+    ]
+    return list(dict.fromkeys([*forms, *(f.rstrip("=") for f in forms)]))
 
 
 def registry_skip_reason() -> str | None:
@@ -130,6 +159,10 @@ class Registry:
     def ref(self, name: str) -> str:
         """``127.0.0.1:PORT/name``."""
         return f"{self.host}/{name}"
+
+    def secret_forms(self) -> list[str]:
+        """:func:`secret_forms` of this registry's credentials."""
+        return secret_forms(self.username, self.password)
 
     # -- lifecycle ------------------------------------------------------------------------
 

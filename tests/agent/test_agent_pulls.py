@@ -15,6 +15,7 @@ import pytest
 
 from agent.config import parse_args
 from agent.podman_attrs import PullStream
+from agent.podman_pull import pull_sync
 from agent.pulls import (
     AuthFile,
     AuthFileError,
@@ -33,6 +34,7 @@ from agent.runtime_fake import FakeRuntime, fake_digest
 from muster.v1 import agent_pb2, run_pb2
 from tests.agent.conftest import StartAgent, eventually
 from tests.agent.fakecp import FakeControlPlane
+from tests.registry_support import secret_forms
 
 PULLING = run_pb2.CONTAINER_STATE_PULLING
 CREATING = run_pb2.CONTAINER_STATE_CREATING
@@ -199,6 +201,54 @@ def test_podman_pull_stream_decoding() -> None:
     )
     stream.feed({"error": "unauthorized: authentication required"})
     assert stream.error == "unauthorized: authentication required"
+
+
+class _Reply:
+    """A libpod pull reply: a text line, then the image id."""
+
+    status_code = 200
+
+    def iter_lines(self) -> list[bytes]:
+        return [
+            b'{"stream": "Copying blob sha256:59b2ef977724"}',
+            b'{"images": ["i1"], "id": "i1"}',
+        ]
+
+    def close(self) -> None:
+        pass
+
+
+class _Api:
+    """Records the requests pull_sync makes."""
+
+    def __init__(self) -> None:
+        self.posts: list[tuple[str, dict[str, object], dict[str, str]]] = []
+
+    def post(self, path: str, *, params, headers, **_: object) -> _Reply:  # type: ignore[no-untyped-def]
+        self.posts.append((path, params, headers))
+        return _Reply()
+
+
+def test_the_header_podman_gets_is_a_form_the_leak_scans_look_for() -> None:
+    """The credentials reach Podman as X-Registry-Auth, and the scans for leaked
+    secrets (tests/registry_support.secret_forms) include exactly that value."""
+    client = type("Client", (), {"api": _Api()})()
+    auth = RegistryAuth("reg.example:5000", "cp-user", "cp-secret-9")
+    held: list[object] = []
+    assert pull_sync(client, IMAGE, auth, True, lambda p: None, 30, held) == "i1"  # type: ignore[arg-type]
+    ((path, params, headers),) = client.api.posts
+    assert (path, params) == (
+        "/images/pull",
+        {"reference": IMAGE, "policy": "always", "tlsVerify": True},
+    )
+    sent = headers["X-Registry-Auth"]
+    assert json.loads(base64.urlsafe_b64decode(sent)) == {
+        "username": "cp-user",
+        "password": "cp-secret-9",
+    }
+    assert sent in secret_forms("cp-user", "cp-secret-9")
+    pull_sync(client, IMAGE, None, False, lambda p: None, 30, held)
+    assert "X-Registry-Auth" not in client.api.posts[-1][2]  # none: Podman's own auth files
 
 
 def test_pull_flags(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -492,8 +542,11 @@ async def test_credentials_reach_the_runtime_and_never_the_log(
     assert [p.auth.username for p in rt.pulls if p.auth] == ["cp-user", "file-user"]
     text = caplog.text
     assert "credentials=control-plane" in text and "credentials=auth-file" in text
-    for secret in ("cp-secret-9", "file-secret-7"):
-        assert secret not in text
+    forbidden = [
+        *secret_forms("cp-user", "cp-secret-9"),
+        *secret_forms("file-user", "file-secret-7"),
+    ]
+    assert [f for f in forbidden if f in text] == []
 
 
 async def test_pull_image_and_list_images_over_the_stream(

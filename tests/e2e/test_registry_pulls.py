@@ -2,7 +2,8 @@
 without credentials the run fails at once naming image, registry and node;
 after `muster registry login` the node pulls with the control plane's
 credentials, the run succeeds and `run show` shows the digest it ran. The
-password never reaches the control plane's log or what the CLI prints."""
+password, in no form (nor the header the agent sends Podman), reaches the
+control plane's log, the agent's log or what the CLI prints."""
 
 from __future__ import annotations
 
@@ -48,17 +49,26 @@ def test_a_run_pulls_its_image_with_credentials_from_registry_login(make_cluster
     shown = cluster.cli("run", "show", str(run_id), check=True).stdout
     row = next(line for line in shown.splitlines() if line.startswith("job-0"))
     assert row.split()[1] == node and row.endswith(digest)
-    wait_for(  # a container's lines are all in once its removal is reported
-        lambda: "pulled-and-ran" in cluster.cli("run", "logs", str(run_id), check=True).stdout,
-        30,
-        "the job's output",
-    )
+
+    def output() -> str | None:
+        text = cluster.cli("run", "logs", str(run_id), check=True).stdout
+        return text if "pulled-and-ran" in text else None
+
+    # a container's lines are all in once its removal is reported
+    logs = wait_for(output, 30, "the job's output")
     assert any("pulling image " + image in e["message"] for e in run["events"])
     assert registry.manifest_gets("test/app:1")  # it really came from the registry
     assert podman("image", "exists", image, check=False).returncode == 0
 
-    printed = login.stdout + login.stderr + shown
+    printed = login.stdout + login.stderr + shown + logs
     printed += cluster.cli("run", "show", str(run_id), "-o", "json", check=True).stdout
     printed += cluster.cli("registry", "list", check=True).stdout
-    assert registry.password not in printed
-    assert registry.password not in (cluster.tmp / "controlplane.log").read_text()
+    agent_log = (cluster.tmp / f"agent-{node}.log").read_text()
+    assert "credentials=control-plane" in agent_log  # the agent pulled with the login ...
+    for where, text in {
+        "what the CLI printed": printed,
+        "the control plane's log": (cluster.tmp / "controlplane.log").read_text(),
+        "the agent's log": agent_log,  # ... and logged no form of it
+    }.items():
+        leaked = [form for form in registry.secret_forms() if form in text]
+        assert leaked == [], f"a form of the password is in {where}"
