@@ -115,6 +115,7 @@ def _normalize_registry(key: str) -> str:
     """An auth-file key or credential registry as ``host[:port][/path]``."""
     key = key.strip().removeprefix("https://").removeprefix("http://").rstrip("/")
     host, sep, path = key.partition("/")
+    host = host.lower()  # host names are case-insensitive (the control plane sends lower case)
     if host in ("index.docker.io", "registry-1.docker.io"):
         host = "docker.io"
         if path in ("v1", "v2"):  # Docker's legacy https://index.docker.io/v1/
@@ -125,11 +126,14 @@ def _normalize_registry(key: str) -> str:
 def match_credentials(image: str, entries: Iterable[RegistryAuth]) -> RegistryAuth | None:
     """The entry for ``image``: the longest of ``host/a/b``, ``host/a``, ``host`` present.
 
-    Short names get none: Podman could send them to any search registry.
+    Short names get none: Podman could send them to any search registry. The
+    image's host is compared as the entries' are (``index.docker.io`` is
+    ``docker.io``, case does not matter), as Podman reads references.
     """
     registry, path, _ = split_reference(image)
     if not registry:
         return None
+    registry = _normalize_registry(registry)
     by_key = {_normalize_registry(e.registry): e for e in entries}
     parts = path.split("/")
     for n in range(len(parts), -1, -1):

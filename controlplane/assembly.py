@@ -40,7 +40,7 @@ from controlplane.services.run_buffers import RunBuffers
 from controlplane.services.runs import RunQueries
 from controlplane.services.streams import StreamLimits
 from controlplane.store.base import Store
-from controlplane.store.factory import open_store, store_directory
+from controlplane.store.factory import open_store, parse_store_url, store_directory
 from muster.common.limits import SERVER_MAX_RECEIVE_BYTES
 from muster.common.net import host_of
 from muster.v1 import (
@@ -167,7 +167,11 @@ async def build_control_plane(
     if metrics is not None:
         store = metrics.timed_store(store)
     codespecs = CodespecService(store, clock)
-    registries = RegistryService(store, Sealer(registry_key_path(db_path, security)))
+    registries = RegistryService(
+        store,
+        Sealer(registry_key_path(db_path, security)),
+        refuse_logins=registry_key_missing(db_path, security),
+    )
     await registries.load()
     tls: TlsMaterial | None = None
     if security is not None:
@@ -260,3 +264,25 @@ def registry_key_path(db_path: str | Path, security: SecurityConfig | None) -> P
         return security.state_dir / KEY_FILE
     directory = store_directory(db_path)
     return None if directory is None else directory / KEY_FILE
+
+
+def registry_key_missing(db_path: str | Path, security: SecurityConfig | None) -> str | None:
+    """Why `registry login` is refused, or None: a store that outlives the
+    control plane (PostgreSQL) with no file for the key (--insecure has no state
+    directory) would keep logins that no control plane can open after a restart,
+    nor any other control plane of the database ever."""
+    if registry_key_path(db_path, security) is not None:
+        return None
+    try:
+        kind = parse_store_url(str(db_path)).kind
+    except ValueError:
+        return None
+    if kind != "postgresql":
+        return None  # memory: the logins go with the store
+    return (
+        f"registry logins need a key file ({KEY_FILE}) that outlives this control plane, "
+        "and with --insecure and a PostgreSQL store there is none: a login's sealed password "
+        "could not be opened after a restart, nor by another control plane; run the control "
+        "planes without --insecure (the key then lives in --state-dir, shared by them), "
+        "or give the agents --registry-auth-file"
+    )

@@ -7,7 +7,13 @@ from dataclasses import dataclass, field
 
 from controlplane.core.capacity import limit_of
 from controlplane.core.envvars import build_env, compact_json, endpoint_variable, expand
-from controlplane.core.images import DEFAULT_PULL_POLICY, Credential, PullPolicy, registry_of
+from controlplane.core.images import (
+    DEFAULT_PULL_POLICY,
+    Credential,
+    PullPolicy,
+    names_registry,
+    registry_of,
+)
 from controlplane.core.quantities import memory_bytes
 from controlplane.core.run_buffers import Pipe, parameters, pipe_env
 from controlplane.core.runs import Run, hostname
@@ -141,8 +147,11 @@ def credentials_for(
     image: str, policy: PullPolicy, credentials: Mapping[str, Credential]
 ) -> tuple[Credential, ...]:
     """What a node needs to pull `image` under `policy`: the login for the
-    image's registry, if any; nothing when it must not pull."""
-    if policy == "never":
+    image's registry, if any; nothing when it must not pull, and nothing for a
+    short name (`busybox`, `team/app:1`: no registry host, see
+    `names_registry`), which a Docker Hub login reaches only when written
+    `docker.io/...`."""
+    if policy == "never" or not names_registry(image):
         return ()
     login = credentials.get(registry_of(image))
     return (login,) if login is not None else ()

@@ -36,17 +36,27 @@ def pull_policy(text: str, field_name: str = "pull_policy") -> PullPolicy:
     return value
 
 
+def names_registry(image: str) -> bool:
+    """Whether the reference names its registry: its first path component has a
+    '.' or a ':' or is 'localhost' (`quay.io/x`, `localhost:5000/x`,
+    `docker.io/library/busybox`). A short name (`busybox`, `team/app:1`) does
+    not: Podman resolves it through registries.conf, which may list several
+    search registries, so no login is sent with it (the agent would not use one:
+    it never hands credentials to a pull that could reach another registry)."""
+    head, sep, _ = image.partition("/")
+    return bool(sep) and ("." in head or ":" in head or head == "localhost")
+
+
 def registry_of(image: str) -> str:
-    """The registry an image reference pulls from, the way Docker and Podman
-    read it: the first path component is a registry when it has a '.' or a
-    ':' or is 'localhost'; otherwise the image is on Docker Hub (docker.io).
+    """The registry an image reference pulls from, the way Docker reads it: the
+    first path component when :func:`names_registry`, otherwise Docker Hub
+    (docker.io; Podman may try other search registries for a short name).
 
     `busybox`, `library/busybox:1` -> docker.io; `quay.io/x/y` -> quay.io;
     `localhost:5000/x` -> localhost:5000; `localhost/x` -> localhost.
     """
-    head, sep, _ = image.partition("/")
-    if sep and ("." in head or ":" in head or head == "localhost"):
-        return normalize_registry(head)
+    if names_registry(image):
+        return normalize_registry(image.partition("/")[0])
     return DOCKER_HUB
 
 

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 from datetime import datetime
 
-from controlplane.core.errors import NotFound
+from controlplane.core.errors import FailedPrecondition, NotFound
 from controlplane.core.images import Credential, StoredLogin, check_credential, check_registry
 from controlplane.security.sealing import Sealer, SealError
 from controlplane.services.codespecs import utcnow
@@ -31,9 +31,17 @@ class RegistryService:
     """Login, logout, list; and the logins in force, by registry."""
 
     def __init__(
-        self, store: Store, sealer: Sealer, clock: Callable[[], datetime] = utcnow
+        self,
+        store: Store,
+        sealer: Sealer,
+        clock: Callable[[], datetime] = utcnow,
+        *,
+        refuse_logins: str | None = None,
     ) -> None:
+        """`refuse_logins`: why `login` must fail (FailedPrecondition with this
+        text), when the sealing key could not outlive the process but the store does."""
         self._store = store
+        self._refuse_logins = refuse_logins
         self._sealer = sealer
         self._clock = clock
         self._logins: dict[str, Credential] = {}
@@ -79,6 +87,8 @@ class RegistryService:
     async def login(self, registry: str, username: str, password: str) -> str:
         """Store (or replace) a registry's login; returns the normalized registry."""
         cred = check_credential(registry, username, password)
+        if self._refuse_logins is not None:
+            raise FailedPrecondition(self._refuse_logins)
         sealed = self._sealer.seal(cred.password.encode(), _context(cred.registry, cred.username))
         await self._store.save_registry_login(
             StoredLogin(cred.registry, cred.username, sealed, self._clock())

@@ -152,7 +152,10 @@ def test_auth_file_entries_and_most_specific_match() -> None:
     found = match_credentials("reg.example:5000/other/app:1", entries)
     assert found is not None and (found.username, found.password) == ("alice", "pw:with:colons")
     assert match_credentials("docker.io/library/x:1", entries).username == "hub"  # type: ignore[union-attr]
+    assert match_credentials("index.docker.io/library/x:1", entries).username == "hub"  # type: ignore[union-attr]
+    assert match_credentials("Reg.Example:5000/other/app:1", entries).username == "alice"  # type: ignore[union-attr]
     assert match_credentials("busybox", entries) is None  # short names: never
+    assert match_credentials("team/app:1", entries) is None
     assert match_credentials("other.example/x", entries) is None
     # The password never shows in a repr (and so in no log line or assertion diff).
     assert "pw:with:colons" not in repr(entries)

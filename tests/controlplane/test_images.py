@@ -15,7 +15,7 @@ import pytest
 from controlplane.core import runs as sm
 from controlplane.core.codespec import Codespec
 from controlplane.core.containers import container_spec, credentials_for
-from controlplane.core.errors import InvalidArgument, NotFound
+from controlplane.core.errors import FailedPrecondition, InvalidArgument, NotFound
 from controlplane.core.images import (
     Credential,
     check_credential,
@@ -108,11 +108,39 @@ def test_starts_carry_a_concrete_policy_and_only_the_images_registry_login() -> 
     assert spec.registry_credentials == (logins["registry.example:5000"],)
     run.pull_policy = "missing"
     assert container_spec(run, "worker", 0, {}, "always", logins).pull_policy == "missing"
-    job = container_spec(run, "job", 0, {}, "missing", logins)  # image "img": Docker Hub
-    assert job.registry_credentials == (logins["docker.io"],)
+    # The job's image "img" is a short name: no registry host, so no login goes with it
+    # (Podman may try several search registries for it; the agent would drop one).
+    assert container_spec(run, "job", 0, {}, "missing", logins).registry_credentials == ()
     run.pull_policy = "never"  # nothing to pull: no credentials leave the control plane
     assert container_spec(run, "worker", 0, {}, "missing", logins).registry_credentials == ()
     assert credentials_for("quay.io/x", "always", logins) == ()
+
+
+@pytest.mark.parametrize(
+    ("image", "sent"),
+    [
+        ("busybox", None),
+        ("team/app:1", None),
+        ("library/busybox@sha256:" + "a" * 64, None),
+        ("myhost/app", None),  # a Docker Hub namespace, not a host
+        ("docker.io/library/busybox", "docker.io"),
+        ("index.docker.io/team/app:1", "docker.io"),
+        ("registry.example:5000/team/w:1", "registry.example:5000"),
+        ("Registry.Example:5000/w", "registry.example:5000"),
+        ("localhost:5000/w", None),  # no login stored for it
+    ],
+)
+def test_only_references_that_name_their_registry_carry_its_login(
+    image: str, sent: str | None
+) -> None:
+    logins = {
+        "registry.example:5000": Credential("registry.example:5000", "bob", SECRET),
+        "docker.io": Credential("docker.io", "hub", "other"),
+    }
+    expected = (logins[sent],) if sent else ()
+    for policy in ("missing", "always"):
+        assert credentials_for(image, policy, logins) == expected
+    assert credentials_for(image, "never", logins) == ()
 
 
 # -- the state machine with pulling ------------------------------------------------
@@ -390,3 +418,26 @@ def test_the_key_lives_in_the_state_dir_or_beside_the_database(tmp_path: Path) -
     assert registry_key_path(":memory:", None) is None
     in_memory = Sealer(None)
     assert in_memory.open(in_memory.seal(b"x", b"c"), b"c") == b"x"
+
+
+async def test_logins_are_refused_where_the_key_could_not_outlive_the_process(
+    tmp_path: Path,
+) -> None:
+    """--insecure with PostgreSQL: no state directory, no file beside the database,
+    so the key would live in memory while the sealed logins outlive it."""
+    from controlplane.assembly import registry_key_missing
+    from controlplane.security.tls import SecurityConfig
+
+    postgres = "postgresql://muster@127.0.0.1:5432/muster"
+    secure = SecurityConfig(state_dir=tmp_path / "state", agent_listen="127.0.0.1:0")
+    reason = registry_key_missing(postgres, None)
+    assert reason is not None and "--insecure" in reason and "PostgreSQL" in reason
+    assert registry_key_missing(postgres, secure) is None  # the key lives in --state-dir
+    assert registry_key_missing(tmp_path / "cp.db", None) is None  # beside the SQLite file
+    assert registry_key_missing("memory:", None) is None  # the logins go with the store
+    store = MemoryStore()
+    refusing = RegistryService(store, Sealer(None), refuse_logins=reason)
+    with pytest.raises(FailedPrecondition) as err:
+        await refusing.login("quay.io", "bob", SECRET)
+    assert str(err.value) == reason and SECRET not in str(err.value)
+    assert await store.list_registry_logins() == [] and refusing.list() == []
