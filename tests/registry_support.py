@@ -3,7 +3,9 @@
 The fixture ``registry`` (imported by ``tests/conftest.py``, so every test
 directory can use it) starts the CNCF distribution registry (Debian package
 ``docker-registry``, 2.8: ``docker-registry serve config.yml``) on
-``127.0.0.1:<free port>`` over plain HTTP, with htpasswd (bcrypt) auth and its
+``127.0.0.1:<free port>`` (``start_registry(root, bind=ADDRESS)``: another
+local address, e.g. the multi-host bed's bridge, ``bed.cp_address``, which the
+bed's hosts reach) over plain HTTP, with htpasswd (bcrypt) auth and its
 storage in a temporary directory. Nothing is installed at test time:
 ``scripts/setup.sh`` installs ``docker-registry`` and ``apache2-utils``
 (htpasswd); without them, or without Podman and the test images, the fixture
@@ -12,7 +14,7 @@ skips the test with the reason.
 API (:class:`Registry`; the methods block, so from async code while an agent
 runs in the same loop, call them through ``asyncio.to_thread``):
 
-* ``host`` (``127.0.0.1:PORT``), ``username``, ``password``,
+* ``host`` (``127.0.0.1:PORT``, or ``BIND:PORT``), ``username``, ``password``,
   ``ref("test/app:1")`` -> ``127.0.0.1:PORT/test/app:1``.
 * ``push(source, "test/app:1", unique=True) -> digest``: pushes the local
   image ``source`` (e.g. ``localhost/muster-busybox:latest``) under that
@@ -26,7 +28,7 @@ runs in the same loop, call them through ``asyncio.to_thread``):
 * ``log()``: the registry's log so far; ``requests()``: its access log as
   ``(method, path, status)``; ``manifest_gets("test/app:1")``: successful
   manifest GETs of that tag (one per pull; ``"test/app@sha256:..."``: of
-  that digest).
+  that digest); ``manifest_clients(name)``: the client address of each.
 * ``secret_forms()``: every form of the password a scan for leaks must look
   for (also module-level ``secret_forms(username, password)``).
 * ``write_auth_file(path, username=None, password=None)``: a containers-auth.json
@@ -73,6 +75,7 @@ REGISTRY_BIN = "docker-registry"
 HTPASSWD_BIN = "htpasswd"
 PODMAN_BIN = "podman"
 _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{3}) ')
+_CLIENT = re.compile(r"^(\S+) - ")  # the access log's first field: the client's address
 
 
 def registry_auth_header(username: str, password: str) -> str:
@@ -110,9 +113,9 @@ def registry_skip_reason() -> str | None:
     return None
 
 
-def _free_port() -> int:
+def _free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((bind, 0))
         return s.getsockname()[1]
 
 
@@ -140,11 +143,13 @@ class Registry:
     password: str = field(default_factory=lambda: "pw-" + secrets.token_hex(8))
     proc: subprocess.Popen[bytes] | None = None
     images_before: set[str] = field(default_factory=set)
+    bind: str = "127.0.0.1"
+    """The local address it listens on."""
 
     @property
     def host(self) -> str:
-        """``127.0.0.1:PORT``, as in image references."""
-        return f"127.0.0.1:{self.port}"
+        """``BIND:PORT`` (``127.0.0.1:PORT``), as in image references."""
+        return f"{self.bind}:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -157,7 +162,7 @@ class Registry:
         return self.root / "registry.log"
 
     def ref(self, name: str) -> str:
-        """``127.0.0.1:PORT/name``."""
+        """``BIND:PORT/name``."""
         return f"{self.host}/{name}"
 
     def secret_forms(self) -> list[str]:
@@ -184,7 +189,7 @@ class Registry:
             "log:\n  level: info\n  accesslog:\n    disabled: false\n"
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
             "  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n  secret: {secrets.token_hex(16)}\n"
+            f"http:\n  addr: {self.bind}:{self.port}\n  secret: {secrets.token_hex(16)}\n"
             f"auth:\n  htpasswd:\n    realm: muster-test\n    path: {htpasswd}\n"
         )
         return config
@@ -295,11 +300,21 @@ class Registry:
     def manifest_gets(self, name: str) -> int:
         """Successful ``GET /v2/<repo>/manifests/<tag|digest>`` of ``name``
         (``repo:tag`` or ``repo@sha256:...``)."""
+        return len(self.manifest_clients(name))
+
+    def manifest_clients(self, name: str) -> list[str]:
+        """The client address of each successful manifest GET of ``name``, in order."""
         repo, at, digest = name.partition("@")
         if not at:
             repo, _, digest = name.rpartition(":")
-        path = f"/v2/{repo}/manifests/{digest}"
-        return sum(1 for m, p, s in self.requests() if m == "GET" and p == path and s == 200)
+        wanted = ("GET", f"/v2/{repo}/manifests/{digest}", "200")
+        clients = []
+        for line in self.log().splitlines():
+            m = _ACCESS.search(line)
+            if m and m.groups() == wanted:
+                client = _CLIENT.match(line)
+                clients.append(client.group(1) if client else "")
+        return clients
 
     # -- the machine's images ------------------------------------------------------------
 
@@ -338,8 +353,9 @@ class Registry:
                 shutil.rmtree(path, ignore_errors=True)  # the log stays, for post-mortems
 
 
-def start_registry(root: Path) -> Registry:
-    """Start a registry with its files under ``root`` (skips when it cannot run here)."""
+def start_registry(root: Path, bind: str = "127.0.0.1") -> Registry:
+    """Start a registry with its files under ``root``, listening on ``bind`` (a
+    local address); skips when it cannot run here."""
     reason = registry_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -347,7 +363,7 @@ def start_registry(root: Path) -> Registry:
     root.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(3):  # the free port may be taken before the registry binds it
-        reg = Registry(root=root, port=_free_port(), images_before=_image_ids())
+        reg = Registry(root=root, port=_free_port(bind), images_before=_image_ids(), bind=bind)
         try:
             reg.start()
             return reg

@@ -53,6 +53,7 @@ class MultiCluster:
     tag: str
     agents: dict[str, subprocess.Popen[str]] = field(default_factory=dict)
     flags: dict[str, list[str]] = field(default_factory=dict)
+    agent_extra: list[str] = field(default_factory=list)  # more flags for every agent
 
     def node(self, host: Host) -> str:
         return f"{self.tag}-{host.name}"
@@ -69,6 +70,7 @@ class MultiCluster:
                 "--podman-url", host.url, "--network-mode", "host-port",
                 "--advertise-address", host.address, "--port-range", "31000-31999",
                 "--state-dir", str(state), "--ca-cert", str(self.cp.ca_cert),
+                *self.agent_extra,
             ]  # fmt: skip
         join: list[str] = []
         if not (state / "node.crt").exists():
