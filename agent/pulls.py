@@ -228,14 +228,18 @@ def describe_cause(text: str) -> str:
 
     ``initializing source docker://R/x:1: reading manifest 1 in R/x: manifest
     unknown: manifest unknown`` becomes ``manifest unknown``; a registry that
-    cannot be reached becomes ``registry unreachable: <Go's network error>``.
+    cannot be reached becomes ``registry unreachable: <Go's network error>``, one
+    whose certificate the node does not trust ``TLS verification failed: x509:
+    ...`` with a hint.
     """
     text = " ".join(text.split())
     text = _SOURCE.sub("", text)
     text = _MANIFEST.sub("", text)
     ping = _PING.match(text)
     if ping:
-        text = "registry unreachable: " + text[ping.end() :]
+        rest = text[ping.end() :]
+        certificate = "x509:" in rest or "certificate" in rest
+        text = ("TLS verification failed: " if certificate else "registry unreachable: ") + rest
     parts: list[str] = []
     for part in text.split(": "):  # "manifest unknown: manifest unknown" -> once
         if not parts or parts[-1] != part:
@@ -243,6 +247,11 @@ def describe_cause(text: str) -> str:
     text = ": ".join(parts)
     if "server gave HTTP response to HTTPS client" in text:
         text += " (a plain-HTTP registry needs the agent flag --insecure-registry HOST:PORT)"
+    elif text.startswith("TLS verification failed: "):
+        text += (
+            " (trust the registry's CA on the node: /etc/containers/certs.d/HOST:PORT/ca.crt; "
+            "--insecure-registry HOST:PORT is for a test registry only)"
+        )
     return text or "unknown error"
 
 

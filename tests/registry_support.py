@@ -5,7 +5,8 @@ directory can use it) starts the CNCF distribution registry (Debian package
 ``docker-registry``, 2.8: ``docker-registry serve config.yml``) on
 ``127.0.0.1:<free port>`` (``start_registry(root, bind=ADDRESS)``: another
 local address, e.g. the multi-host bed's bridge, ``bed.cp_address``, which the
-bed's hosts reach) over plain HTTP, with htpasswd (bcrypt) auth and its
+bed's hosts reach) over plain HTTP (``tls=True``: HTTPS, with a certificate for
+that address from a CA of its own, ``ca_cert``), with htpasswd (bcrypt) auth and its
 storage in a temporary directory. Nothing is installed at test time:
 ``scripts/setup.sh`` installs ``docker-registry`` and ``apache2-utils``
 (htpasswd); without them, or without Podman and the test images, the fixture
@@ -51,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import ipaddress
 import json
 import os
 import re
@@ -58,6 +60,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -65,9 +68,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.agent.podman_support import require_podman
 
@@ -113,6 +121,66 @@ def registry_skip_reason() -> str | None:
     return None
 
 
+def _write_tls(directory: Path, address: str) -> None:
+    """A CA (``ca.crt``) and a certificate for the IP ``address`` it signed
+    (``server.crt``, ``server.key``), valid for a day."""
+    directory.mkdir(parents=True)
+    now = datetime.now(UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "muster test registry CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=False,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .sign(ca_key, hashes.SHA256())
+    )
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - timedelta(minutes=5))
+        .not_valid_after(now + timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
+            critical=False,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (directory / "server.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (directory / "server.key").chmod(0o600)
+
+
 def _free_port(bind: str = "127.0.0.1") -> int:
     with socket.socket() as s:
         s.bind((bind, 0))
@@ -145,6 +213,8 @@ class Registry:
     images_before: set[str] = field(default_factory=set)
     bind: str = "127.0.0.1"
     """The local address it listens on."""
+    tls: bool = False
+    """HTTPS with a certificate for ``bind`` from a CA of its own (``ca_cert``)."""
 
     @property
     def host(self) -> str:
@@ -160,6 +230,12 @@ class Registry:
     def log_path(self) -> Path:
         """The registry's log file (stdout and stderr, appended across restarts)."""
         return self.root / "registry.log"
+
+    @property
+    def ca_cert(self) -> Path:
+        """The PEM of the CA that signed its certificate (with ``tls``), for
+        ``/etc/containers/certs.d/HOST:PORT/ca.crt``."""
+        return self.root / "tls" / "ca.crt"
 
     def ref(self, name: str) -> str:
         """``BIND:PORT/name``."""
@@ -190,8 +266,16 @@ class Registry:
             f"storage:\n  filesystem:\n    rootdirectory: {self.root / 'data'}\n"
             "  delete:\n    enabled: true\n"
             f"http:\n  addr: {self.bind}:{self.port}\n  secret: {secrets.token_hex(16)}\n"
-            f"auth:\n  htpasswd:\n    realm: muster-test\n    path: {htpasswd}\n"
+            + (
+                f"  tls:\n    certificate: {self.root / 'tls' / 'server.crt'}\n"
+                f"    key: {self.root / 'tls' / 'server.key'}\n"
+                if self.tls
+                else ""
+            )
+            + f"auth:\n  htpasswd:\n    realm: muster-test\n    path: {htpasswd}\n"
         )
+        if self.tls and not (self.root / "tls").exists():
+            _write_tls(self.root / "tls", self.bind)
         return config
 
     def start(self, within: float = 15.0) -> None:
@@ -215,7 +299,11 @@ class Registry:
                     f"registry exited with {self.proc.returncode}: {self.log()[-2000:]}"
                 )
             try:
-                urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
+                if self.tls:
+                    trust = ssl.create_default_context(cafile=str(self.ca_cert))
+                    urllib.request.urlopen(f"https://{self.host}/v2/", timeout=1, context=trust)
+                else:
+                    urllib.request.urlopen(f"http://{self.host}/v2/", timeout=1)
             except urllib.error.HTTPError as exc:
                 if exc.code == 401:  # up, and asking for credentials
                     return
@@ -353,9 +441,9 @@ class Registry:
                 shutil.rmtree(path, ignore_errors=True)  # the log stays, for post-mortems
 
 
-def start_registry(root: Path, bind: str = "127.0.0.1") -> Registry:
+def start_registry(root: Path, bind: str = "127.0.0.1", tls: bool = False) -> Registry:
     """Start a registry with its files under ``root``, listening on ``bind`` (a
-    local address); skips when it cannot run here."""
+    local address), over HTTPS with ``tls``; skips when it cannot run here."""
     reason = registry_skip_reason()
     if reason:
         pytest.skip(reason)
@@ -363,7 +451,9 @@ def start_registry(root: Path, bind: str = "127.0.0.1") -> Registry:
     root.mkdir(parents=True, exist_ok=True)
     last: Exception | None = None
     for _ in range(3):  # the free port may be taken before the registry binds it
-        reg = Registry(root=root, port=_free_port(bind), images_before=_image_ids(), bind=bind)
+        reg = Registry(
+            root=root, port=_free_port(bind), images_before=_image_ids(), bind=bind, tls=tls
+        )
         try:
             reg.start()
             return reg

@@ -125,6 +125,15 @@ def test_podman_errors_become_short_causes() -> None:
     assert describe_cause(src + https).endswith(
         "needs the agent flag --insecure-registry HOST:PORT)"
     )
+    untrusted = (  # Podman 4.3 (Go 1.19); newer Go says "tls: failed to verify certificate: x509"
+        'pinging container registry 10.213.7.1:5000: Get "https://10.213.7.1:5000/v2/": '
+        "x509: certificate signed by unknown authority"
+    )
+    assert describe_cause(src + untrusted) == (
+        "TLS verification failed: x509: certificate signed by unknown authority (trust the "
+        "registry's CA on the node: /etc/containers/certs.d/HOST:PORT/ca.crt; "
+        "--insecure-registry HOST:PORT is for a test registry only)"
+    )
 
 
 def test_failure_message_names_image_registry_node_and_cause() -> None:
