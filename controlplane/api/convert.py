@@ -207,17 +207,27 @@ def run_request_from_pb(msg: run_pb.Run) -> RunRequest:
     )
 
 
+def _resolved_pb(t: Target) -> pb.Codespec:
+    """The target's codespec snapshot as a message, converted once per target
+    (callers copy it into theirs)."""
+    cached = t.derived.get("codespec")
+    if not isinstance(cached, pb.Codespec):
+        cached = t.derived["codespec"] = codespec_to_pb(t.codespec)
+    return cached
+
+
 def _target_to_pb(t: Target, fields: TygerFields | None = None) -> run_pb.RunCodeTarget:
+    resolved = _resolved_pb(t)
     ref = (
         run_pb.CodespecRef(named=t.reference)
         if t.reference
-        else run_pb.CodespecRef(inline=codespec_to_pb(t.codespec))
+        else run_pb.CodespecRef(inline=resolved)
     )
     return run_pb.RunCodeTarget(
         codespec=ref,
         node_pool=t.node_pool,
         replicas=t.replicas,
-        resolved_codespec=codespec_to_pb(t.codespec),
+        resolved_codespec=resolved,
         tags=fields.job_tags if fields else {},
         buffer_ttl=fields.job_buffer_ttl if fields else "",
         restart_policy=run_pb.RESTART_POLICY_ALWAYS
@@ -226,8 +236,19 @@ def _target_to_pb(t: Target, fields: TygerFields | None = None) -> run_pb.RunCod
     )
 
 
+def run_message(run: Run, with_events: bool = True) -> run_pb.Run:
+    """The Run message of `run`, built once per run object and shared: put it
+    into a reply (which copies it), never change it. Runs handed out are never
+    changed, so a run read, listed and watched many times is converted once."""
+    key = "pb" if with_events else "pb-brief"
+    cached = run.derived.get(key)
+    if not isinstance(cached, run_pb.Run):
+        cached = run.derived[key] = run_to_pb(run, with_events)
+    return cached
+
+
 def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
-    """Domain run -> Run message."""
+    """Domain run -> Run message (a new one, the caller's to change)."""
     msg = run_pb.Run(
         id=run.id,
         job=_target_to_pb(run.job, run.tyger),

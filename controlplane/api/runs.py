@@ -13,8 +13,8 @@ from controlplane.api.convert import (
     check_timestamp,
     from_timestamp,
     log_line_to_pb,
+    run_message,
     run_request_from_pb,
-    run_to_pb,
     statuses_from_pb,
 )
 from controlplane.api.errors import grpc_errors
@@ -63,14 +63,14 @@ class RunServicer(pb_grpc.RunServiceServicer):
         request_id = validate_request_id(request.request_id)
         wanted = replace(run_request_from_pb(request.run), request_id=request_id)
         run = await self._orchestrator.create_run(wanted)
-        return pb.CreateRunResponse(run=run_to_pb(run))
+        return pb.CreateRunResponse(run=run_message(run))
 
     @grpc_errors
     async def GetRun(
         self, request: pb.GetRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetRunResponse:
         run = await self._orchestrator.get_run(_run_id(request.run_id))
-        return pb.GetRunResponse(run=run_to_pb(run))
+        return pb.GetRunResponse(run=run_message(run))
 
     @grpc_errors
     async def ListRuns(
@@ -84,7 +84,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
             page_token=request.page_token,
         )
         return pb.ListRunsResponse(
-            runs=[run_to_pb(r, with_events=False) for r in runs], next_page_token=token
+            runs=[run_message(r, with_events=False) for r in runs], next_page_token=token
         )
 
     @grpc_errors
@@ -106,7 +106,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
         run_id = _run_id(request.run_id)
         with self._streams.stream(run_id):
             async for run in self._orchestrator.watch(run_id):
-                yield pb.WatchRunResponse(run=run_to_pb(run))
+                yield pb.WatchRunResponse(run=run_message(run))
 
     @grpc_errors
     async def GetRunLogs(
@@ -139,11 +139,11 @@ class RunServicer(pb_grpc.RunServiceServicer):
         run = await self._orchestrator.update_run_tags(
             _run_id(request.run_id), dict(request.tags), request.clear_tags, request.etag
         )
-        return pb.UpdateRunTagsResponse(run=run_to_pb(run))
+        return pb.UpdateRunTagsResponse(run=run_message(run))
 
     @grpc_errors
     async def CancelRun(
         self, request: pb.CancelRunRequest, context: grpc.aio.ServicerContext
     ) -> pb.CancelRunResponse:
         run = await self._orchestrator.cancel_run(_run_id(request.run_id))
-        return pb.CancelRunResponse(run=run_to_pb(run))
+        return pb.CancelRunResponse(run=run_message(run))

@@ -38,6 +38,10 @@ class Target:
     """Workers only: restarted in place when their process exits (Tyger's
     behaviour) instead of failing the run."""
 
+    derived: dict[str, object] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Forms adapters derive from this target (its wire form), kept with it:
+    a target is never changed once made."""
+
     @cached_property
     def request(self) -> Capacity:
         """What one replica reserves; the snapshot is immutable, so parse it once."""
@@ -151,6 +155,11 @@ class Run:
     buffers: dict[str, str] = field(default_factory=dict)
     """The job's buffers: every parameter of its codespec -> buffer id, fixed
     at creation (never changed in place, so copies may share it)."""
+    derived: dict[str, object] = field(default_factory=dict, init=False, compare=False, repr=False)
+    """Forms adapters derive from this run as it is (its wire form), kept with
+    it so a run read many times is converted once. A run handed out is never
+    changed (every change is made on a copy, see clone), and a copy starts
+    with none."""
 
     @property
     def terminal(self) -> bool:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 
@@ -26,6 +28,7 @@ class CodespecService:
     def __init__(self, store: Store, clock: Clock = utcnow) -> None:
         self._store = store
         self._clock = clock
+        self._creating: dict[str, tuple[asyncio.Lock, int]] = {}  # name -> (lock, holders)
 
     async def create(self, spec: Codespec) -> tuple[Codespec, bool]:
         """Validate and store; returns (stored version, whether it is new).
@@ -33,9 +36,32 @@ class CodespecService:
         Optimistic concurrency: the store refuses a version that is not
         latest+1, so two concurrent identical creates yield one version, and
         concurrent different creates yield consecutive versions without a gap.
+        Creates of one name in this process also take turns: retrying on
+        conflict alone costs each of N concurrent creates up to N attempts,
+        which under a burst is a livelock (every attempt a store round trip);
+        the retry stays for writers in other processes.
         """
         cs.validate(spec)
         spec = cs.normalize(spec)
+        async with self._turn(spec.name):
+            return await self._create(spec)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, name: str) -> AsyncIterator[None]:
+        """Hold the lock of `name` (dropped once nobody holds or waits for it)."""
+        lock, holders = self._creating.get(name, (asyncio.Lock(), 0))
+        self._creating[name] = (lock, holders + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, holders = self._creating[name]
+            if holders == 1:
+                del self._creating[name]
+            else:
+                self._creating[name] = (lock, holders - 1)
+
+    async def _create(self, spec: Codespec) -> tuple[Codespec, bool]:
         while True:
             latest = await self._store.latest_codespec(spec.name)
             if latest is not None and cs.same_content(latest, spec):

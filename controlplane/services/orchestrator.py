@@ -338,9 +338,14 @@ class Orchestrator:
             )
 
     async def get_run(self, run_id: int) -> Run:
-        """The stored run, or NotFound. Active runs come from memory: the run
-        in force is always the one stored (it is replaced only after a write)."""
-        run = self._runs.get(run_id) or await self._store.get_run(run_id)
+        """The stored run, or NotFound. Active and recently ended runs come
+        from memory: the run in force is always the one stored (it is
+        replaced only after a write), and only this control plane writes runs."""
+        run = (
+            self._runs.get(run_id)
+            or self._recently_ended(run_id)
+            or await self._store.get_run(run_id)
+        )
         if run is None:
             raise NotFound(f"The run '{run_id}' was not found.")
         return run
@@ -670,10 +675,19 @@ class Orchestrator:
     async def _finished_run(self, run_id: int) -> Run | None:
         """A run that has ended: from the recently ended ones kept in memory
         (this control plane stored them and alone writes runs), else the store."""
-        run = self._ended.get(run_id)
-        if run is None:
-            run = await self._store.get_run(run_id)
+        run = self._recently_ended(run_id) or await self._store.get_run(run_id)
         return run if run is not None and run.terminal else None
+
+    def _recently_ended(self, run_id: int) -> Run | None:
+        """A run this control plane saw end, while retention cannot have
+        deleted it yet (it ended less than half the retention period ago)."""
+        run = self._ended.get(run_id)
+        if run is None or run.finished_at is None:
+            return None
+        keep = self.settings.retain_finished
+        if keep and self._clock() - run.finished_at >= keep / 2:
+            return None
+        return run
 
     def _remember_ended(self, run: Run) -> None:
         self._ended[run.id] = run

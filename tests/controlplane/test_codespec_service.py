@@ -81,6 +81,37 @@ async def test_concurrent_identical_creates_give_one_version(tmp_path) -> None:
         await store.close()
 
 
+async def test_a_burst_of_creates_takes_turns_instead_of_retrying(tmp_path) -> None:
+    """N concurrent creates of one name cost about N store round trips each way,
+    not N squared (optimistic retries alone livelocked a burst of 5,000); a
+    second service on the same store (another process) still never makes a
+    gap, through the retry."""
+    store = await SqliteStore.open(tmp_path / "db.sqlite")
+    try:
+        calls = {"insert_codespec": 0}
+        insert = store.insert_codespec
+
+        async def counted(spec):
+            calls["insert_codespec"] += 1
+            return await insert(spec)
+
+        store.insert_codespec = counted  # type: ignore[method-assign]
+        one, other = CodespecService(store), CodespecService(store)
+        made = await asyncio.gather(
+            *(one.create(Codespec(name="burst", image=f"i{n}")) for n in range(200))
+        )
+        assert sorted(v.version for v, _ in made) == list(range(1, 201))
+        assert calls["insert_codespec"] == 200  # not one refused attempt
+        assert one._creating == {}  # no lock left behind for the name
+        mixed = await asyncio.gather(
+            *(svc.create(Codespec(name="burst", image=f"j{n}-{k}")) for n in range(20)
+              for k, svc in enumerate((one, other)))
+        )  # fmt: skip
+        assert sorted(v.version for v, _ in mixed) == list(range(201, 241))
+    finally:
+        await store.close()
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(codespecs())
 def test_equal_specs_give_one_version(pair: tuple[Codespec, Codespec]) -> None:

@@ -132,6 +132,13 @@ async def test_drain_deadline_cancels_what_is_left(maintained) -> None:
     run = await get_run(address, run_id)
     assert run.status_reason == "node n-a was drained (deadline passed; job 0 placed there)"
     await until(lambda: not a.containers, 10, "the run's container removed from n-a")
+
+    async def drained() -> bool:
+        # The teardown goes out as soon as the cancel is stored; the node is
+        # stored as drained right after, in the same round.
+        return not (await nodes(address))["n-a"].draining
+
+    await until(drained, 10, "n-a drained")
     listed = (await nodes(address))["n-a"]
     assert (listed.cordoned, listed.draining, listed.replica_count) == (True, False, 0)
     assert listed.HasField("drained_at") and not listed.HasField("drain_deadline")
