@@ -8,8 +8,10 @@ here exactly like schedulable ones.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
+from controlplane.core.capacity import Capacity
 from controlplane.core.errors import FailedPrecondition, InvalidArgument
 from controlplane.core.runs import Target
 from controlplane.core.scheduler import NodeView
@@ -40,41 +42,64 @@ def check_replicas(target: Target, role: str) -> None:
         )
 
 
-def check_fits(target: Target, role: str, nodes: Sequence[NodeView]) -> None:
+@dataclass(frozen=True)
+class Offers:
+    """What admission needs to know of the nodes, summarised once per change of
+    the nodes: the pools, and per pool ("" for every node) each distinct
+    capacity a node offers, with the first node offering it. Clusters have few
+    node shapes, so a create checks a handful of capacities, not every node."""
+
+    pools: frozenset[str]
+    shapes: Mapping[str, tuple[tuple[Capacity, str], ...]]
+
+
+def summarize(nodes: Sequence[NodeView]) -> Offers:
+    """The Offers of `nodes` (cordoned ones included: cordon is temporary)."""
+    shapes: dict[str, dict[Capacity, str]] = {}
+    for node in nodes:
+        for pool in ("", *sorted(node.pools)):
+            shapes.setdefault(pool, {}).setdefault(node.allocatable, node.name)
+    return Offers(
+        frozenset(p for n in nodes for p in n.pools),
+        {pool: tuple(offered.items()) for pool, offered in shapes.items()},
+    )
+
+
+def check_fits(target: Target, role: str, offers: Offers) -> None:
     """The pool exists, and one replica fits on at least one of its nodes."""
-    known_pools = sorted({p for n in nodes for p in n.pools})
     pool = target.node_pool
-    if pool and pool not in known_pools:
-        known = ", ".join(known_pools) if known_pools else "none (no agent has registered)"
+    if pool and pool not in offers.pools:
+        known = ", ".join(sorted(offers.pools)) or "none (no agent has registered)"
         raise FailedPrecondition(
             f"{role}.nodePool: unknown node pool '{pool}'; known pools: {known}"
         )
-    members = [n for n in nodes if n.in_pool(pool)]
+    members = offers.shapes.get(pool, ())
     if not members:
         return  # no node registered yet: the run waits for one
     each = target.request
     where = f"pool '{pool}'" if pool else "the cluster"
-    if each.gpus and not any(n.allocatable.gpus for n in members):
+    if each.gpus and not any(offered.gpus for offered, _ in members):
         raise FailedPrecondition(
             f"{role}: a {role} replica requests {each.gpus} GPU(s) but no node in {where} "
             "has GPUs; choose a pool with GPUs"
         )
-    if not any(each.fits_in(n.allocatable) for n in members):
-        largest = max(members, key=lambda n: n.allocatable)
+    if not any(each.fits_in(offered) for offered, _ in members):
+        largest, name = max(members, key=lambda member: member[0])
         raise FailedPrecondition(
             f"{role}: a {role} replica requests {each.describe()}, more than any node in "
-            f"{where} offers (largest: {largest.name} with {largest.allocatable.describe()}); "
+            f"{where} offers (largest: {name} with {largest.describe()}); "
             "lower the requests or add a larger node"
         )
 
 
-def admit(job: Target, worker: Target | None, nodes: Sequence[NodeView]) -> None:
+def admit(job: Target, worker: Target | None, nodes: Offers | Sequence[NodeView]) -> None:
     """Raise InvalidArgument or FailedPrecondition if the run can never be placed."""
+    offers = nodes if isinstance(nodes, Offers) else summarize(nodes)
     check_kind(job, "job")
     check_replicas(job, "job")
     if worker is not None:
         check_kind(worker, "worker")
         check_replicas(worker, "worker")
-    check_fits(job, "job", nodes)
+    check_fits(job, "job", offers)
     if worker is not None:
-        check_fits(worker, "worker", nodes)
+        check_fits(worker, "worker", offers)

@@ -42,7 +42,7 @@ from typing import Protocol
 
 from controlplane.core import nodes as maintenance
 from controlplane.core import runs as sm
-from controlplane.core.admission import admit
+from controlplane.core.admission import Offers, admit, summarize
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import ContainerSpec, container_spec
 from controlplane.core.errors import (
@@ -204,7 +204,7 @@ class Orchestrator:
         self._marks: dict[int, dict[str, float]] = {}  # run id -> anchor -> monotonic instant
         # node -> (its drain deadline, the monotonic instant it falls due)
         self._drain_due: dict[str, tuple[datetime, float]] = {}
-        self._admission_views: list[NodeView] | None = None
+        self._admission_views: Offers | None = None
         self._listeners: list[Callable[[Run | None, Run], None]] = []
         self._reports: Coalescer[tuple[str, Report]] = Coalescer(self._handle_reports)
         # Runs this control plane saw end, newest last (reports of their
@@ -864,12 +864,12 @@ class Orchestrator:
         self._nodes[node.name] = node
         self._admission_views = None
 
-    def _admission_nodes(self) -> list[NodeView]:
+    def _admission_nodes(self) -> Offers:
         """What admission looks at: pools and what each node offers, not what
         is in use; kept until a node changes, so a create costs no pass over
         the nodes or the runs."""
         if self._admission_views is None:
-            self._admission_views = self._views(allocations=False)
+            self._admission_views = summarize(self._views(allocations=False))
         return self._admission_views
 
     def _views(self, allocations: bool = True) -> list[NodeView]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from controlplane.core.admission import admit
+from controlplane.core.admission import admit, summarize
 from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Codespec, Quantities, Resources
 from controlplane.core.errors import FailedPrecondition, InvalidArgument
@@ -55,3 +55,22 @@ def test_kind_mismatch() -> None:
 
 def test_no_nodes_yet_waits_instead_of_rejecting() -> None:
     admit(target(), target("worker"), [])
+
+
+def test_offers_keep_one_entry_per_node_shape_and_the_first_node_of_each() -> None:
+    """A thousand identical nodes are one capacity to check; what a refusal
+    names is unchanged (the first node with the largest capacity)."""
+    shape, large = Capacity(1000, 2**30, 0), Capacity(2000, 2**30, 0)
+    nodes = [NodeView(f"n{i}", frozenset({"cpu"}), shape) for i in range(1000)]
+    nodes += [NodeView("big1", frozenset({"cpu", "io"}), large)]
+    nodes += [NodeView("big2", frozenset({"io"}), large)]
+    offers = summarize(nodes)
+    assert offers.pools == {"cpu", "io"}
+    assert offers.shapes["cpu"] == ((shape, "n0"), (large, "big1"))
+    assert offers.shapes["io"] == ((large, "big1"),)
+    assert offers.shapes[""] == ((shape, "n0"), (large, "big1"))
+    too_big = Resources(requests=Quantities(cpu="3"))
+    for given in (nodes, offers):  # the same answer from the nodes or their summary
+        with pytest.raises(FailedPrecondition, match="largest: big1 with cpu 2, memory 1Gi"):
+            admit(target(pool="cpu", resources=too_big), None, given)
+    admit(target(pool="io", resources=Resources(requests=Quantities(cpu="2"))), None, offers)
