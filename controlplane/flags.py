@@ -133,7 +133,8 @@ def _add_security_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--insecure",
         action="store_true",
-        help="plaintext, no authentication; only allowed on a loopback --listen address",
+        help="plaintext, no authentication; only allowed on loopback --listen and --data-listen "
+        "addresses",
     )
     parser.add_argument(
         "--tls-cert", type=Path, help="bring your own server certificate chain (PEM)"
@@ -309,11 +310,20 @@ def _check_number_flags(parser: argparse.ArgumentParser, args: argparse.Namespac
 def _check_security_flags(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Plaintext only on loopback, and only when asked for; PKI files complete."""
     if args.insecure:
-        if not is_loopback(args.listen):
-            parser.error(
-                f"refusing to serve plaintext on {args.listen}: --insecure is only allowed on a "
-                "loopback address (127.0.0.1, ::1, localhost); drop --insecure to use TLS"
-            )
+        # Every listener --insecure turns to plaintext: the API (which then also
+        # serves agents) and the data plane (HTTP instead of HTTPS). Metrics are
+        # plaintext with or without --insecure, hold only aggregate counts and are
+        # off unless an address is named (docs/security.md), so they are not checked.
+        plaintext = [("--listen", args.listen)]
+        if args.data_listen and args.data_listen != "off":
+            plaintext.append(("--data-listen", args.data_listen))
+        for flag, address in plaintext:
+            if not is_loopback(address):
+                parser.error(
+                    f"refusing to serve plaintext on {address} ({flag}): --insecure is only "
+                    "allowed on loopback addresses (127.0.0.1, ::1, localhost); drop --insecure "
+                    "to use TLS"
+                )
         if args.tls_cert or args.tls_key or args.client_ca:
             parser.error("--insecure cannot be combined with --tls-cert, --tls-key or --client-ca")
         return

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from controlplane.flags import parse_args
 from tests.conftest import BIN, Process, isolated_env, run_cli, start_process, wait_for
 
 
@@ -54,13 +55,23 @@ def test_first_start_creates_ca_server_certificate_and_admin_credentials(
         again.stop()
 
 
-def test_plaintext_is_refused_off_loopback_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("listeners", "named"),
+    [
+        (["--listen", "0.0.0.0:0"], "0.0.0.0:0 (--listen)"),
+        # the data plane serves buffers' bytes over plain HTTP with --insecure
+        (["--listen", "127.0.0.1:0", "--data-listen", "0.0.0.0:0"], "0.0.0.0:0 (--data-listen)"),
+        (["--listen", "127.0.0.1:0", "--data-listen", ":0"], ":0 (--data-listen)"),
+    ],
+)
+def test_plaintext_is_refused_off_loopback_with_one_line(
+    tmp_path: Path, listeners: list[str], named: str
+) -> None:
     result = subprocess.run(
         [
             str(BIN / "muster-controlplane"),
             "--insecure",
-            "--listen",
-            "0.0.0.0:0",
+            *listeners,
             "--db",
             str(tmp_path / "x.db"),
         ],
@@ -70,7 +81,17 @@ def test_plaintext_is_refused_off_loopback_with_one_line(tmp_path: Path) -> None
     )
     assert result.returncode == 2
     assert result.stderr.count("\n") == 1 and "refusing to serve plaintext" in result.stderr
+    assert named in result.stderr
     assert not (tmp_path / "x.db").exists()
+
+
+def test_insecure_data_plane_on_loopback_or_off_is_accepted() -> None:
+    for data_listen in ("127.0.0.1:0", "[::1]:0", "localhost:0", "off", ""):
+        args = parse_args(["--insecure", "--listen", "127.0.0.1:0", "--data-listen", data_listen])
+        assert args.insecure and args.data_listen == data_listen
+    # without --insecure the data plane serves HTTPS, so any address is fine
+    args = parse_args(["--listen", "127.0.0.1:0", "--data-listen", "0.0.0.0:0"])
+    assert args.data_listen == "0.0.0.0:0"
 
 
 def test_insecure_on_loopback_serves_plaintext_without_tokens(tmp_path: Path) -> None:
