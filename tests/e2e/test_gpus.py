@@ -29,6 +29,18 @@ args:
 """
 
 
+def table_rows(table: str) -> list[dict[str, str]]:
+    """`node list`'s table as dicts: each cell is cut at its header's column."""
+    header, *lines = table.splitlines()
+    names = re.split(r"  +", header.strip())
+    starts = [header.index(name) for name in names]
+    ends = [*starts[1:], None]
+    return [
+        {n: line[a:b].strip() for n, a, b in zip(names, starts, ends, strict=True)}
+        for line in lines
+    ]
+
+
 def workers_of(run: dict) -> list[dict]:
     return sorted(
         (r for r in run["replicas"] if r["role"] == "worker"), key=lambda r: r.get("index", 0)
@@ -108,8 +120,13 @@ def test_workers_get_distinct_cdi_devices_and_a_run_waits_for_gpus(
         assert sorted(d for v in in_use.values() for d in v) == sorted(d[0] for d in held.values())
         for n in cluster.nodes():
             assert n["allocated"].get("gpus", 0) == len(in_use[n["name"]])
-        table = cluster.cli("node", "list", check=True).stdout
-        assert "GPUS IN USE" in table.splitlines()[0]
+        # node list shows, per node, its allocation and exactly the devices in use.
+        rows = table_rows(cluster.cli("node", "list", check=True).stdout)
+        assert {r["NAME"]: (r["GPU"], r["GPUS IN USE"]) for r in rows} == {
+            name: (f"{len(devices)}/2", ",".join(devices) or "-")
+            for name, devices in in_use.items()
+        }, rows
+        assert sorted(len(d) for d in in_use.values()) == [1, 2], in_use  # both nodes used
 
         # A control plane restart keeps the assignment: same devices, still waiting.
         cluster.restart_control_plane()
