@@ -119,7 +119,8 @@ def agent_addresses(config: AgentConfig, joined_at: str) -> list[str]:
 async def _secure_channels(
     config: AgentConfig, stop: asyncio.Event, backoff: Backoff
 ) -> tuple[AddressedChannels, Renewer, list[str]] | None:
-    """Join if needed (through the first --server; any control plane signs);
+    """Join if needed (through the first --server, following a follower's hint
+    to the leader, which alone admits joins);
     None when stopped before the identity was ready."""
     store = CredentialStore(config.identity_dir)
     rng = random.Random()
@@ -127,7 +128,7 @@ async def _secure_channels(
     creds = await ensure_credentials(
         store,
         config.node_name,
-        split_addresses(config.server)[0],
+        config.server,
         config.ca_pem,
         config.join_token,
         agent_servers[0] if agent_servers else None,

@@ -27,6 +27,7 @@ from pathlib import Path
 import grpc
 
 from agent.logutil import log
+from muster.common.leaders import LEADER_API_KEY, hint_in, split_addresses
 from muster.common.pki import (
     NodeCert,
     key_pem,
@@ -136,7 +137,11 @@ async def ensure_credentials(
     delay: Callable[[int], float],
 ) -> NodeCredentials | None:
     """The stored identity, or a new one from a join (retried while the
-    control plane is unreachable). None if `stop` is set first."""
+    control plane is unreachable). None if `stop` is set first.
+
+    `server`: the API addresses, comma-separated; joins go to the first, then to
+    the leader a follower's refusal names (only the leader admits a Join, since
+    only it knows which nodes exist), else to the next address after a delay."""
     creds = _stored(store, node_name, join_token, agent_server)
     if creds is not None:
         return creds
@@ -147,23 +152,30 @@ async def ensure_credentials(
         )
     if ca_pem is None:
         raise JoinError("--ca-cert is needed to join (the cluster CA from the control plane)")
-    attempt = 0
+    servers = split_addresses(server) or [server]
+    target, attempt, followed = servers[0], 0, False
     while not stop.is_set():
         try:
-            creds = await join(server, ca_pem, join_token, node_name, agent_server)
+            creds = await join(target, ca_pem, join_token, node_name, agent_server)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FATAL_JOIN:
-                raise JoinError(f"joining {server} failed: {exc.details()}") from None
+                raise JoinError(f"joining {target} failed: {exc.details()}") from None
+            leader = _leader_api(exc)
+            if leader and leader != target and not followed:
+                log(_log, logging.INFO, "join_follows_leader", server=target, leader=leader)
+                target, followed = leader, True
+                continue
             wait = delay(attempt)
             attempt += 1
             log(
                 _log,
                 logging.WARNING,
                 "join_retry",
-                server=server,
+                server=target,
                 error=exc.details(),
                 retry_in=f"{wait:.2f}s",
             )
+            target, followed = servers[attempt % len(servers)], False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
             continue
@@ -178,6 +190,14 @@ async def ensure_credentials(
         )
         return creds
     return None
+
+
+def _leader_api(error: grpc.aio.AioRpcError) -> str | None:
+    """The leader's API address a follower's refusal names, if any."""
+    if error.code() != grpc.StatusCode.UNAVAILABLE:
+        return None
+    hint = hint_in(error, LEADER_API_KEY)
+    return split_addresses(hint)[0] if hint and split_addresses(hint) else None
 
 
 def _stored(

@@ -34,9 +34,10 @@ FOLLOWER_METHODS = frozenset(
         _V1 + "BufferService/GetBuffer",
         _V1 + "BufferService/ListBuffers",
         _V1 + "BufferService/CountBuffers",
-        # A join spends its token in one transaction and signs with the shared
-        # CA: any control plane can; the agent then follows the leader.
-        _V1 + "AgentService/Join",
+        # A renewal signs with the shared CA and checks removal in the store:
+        # any control plane can. Join is leader-only: it refuses a name that is
+        # already a node, and only the leader holds the nodes (issue 8); the
+        # agent follows the refusal's hint to the leader.
         _V1 + "AgentService/RenewCertificate",
     }
 )
