@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 from controlplane.core import codespec as cs
 from controlplane.core.codespec import Codespec
-from controlplane.core.errors import Conflict, NotFound
+from controlplane.core.errors import Conflict, InvalidArgument, NotFound
 from controlplane.services import paging
 from controlplane.store.base import CodespecOrder, CodespecPage, Store
 
@@ -106,7 +106,7 @@ class CodespecService:
         if cursor is not None:
             born, name = cursor if isinstance(cursor, list) and len(cursor) == 2 else (None, None)
             if not isinstance(born, int) or not isinstance(name, str) or abs(born) >= 2**63:
-                raise paging.InvalidArgument("page_token", "the page token is malformed")
+                raise InvalidArgument("page_token", "the page token is malformed")
             after = (born, name)
         page: CodespecPage = await self._store.list_codespecs(
             prefix=prefix, order=order, limit=limit, after=after

@@ -163,8 +163,7 @@ async def make(path: Path, clock: Clock) -> tuple[Orchestrator, SqliteStore, dic
 
 
 async def tick(orch: Orchestrator) -> None:
-    async with orch._lock:
-        await orch._tick()
+    await orch.reconcile()
 
 
 def gpu_request(workers: int) -> RunRequest:

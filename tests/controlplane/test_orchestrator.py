@@ -99,8 +99,7 @@ def request(workers: int = 2) -> RunRequest:
 
 
 async def tick(orch: Orchestrator) -> None:
-    async with orch._lock:
-        await orch._tick()
+    await orch.reconcile()
 
 
 async def report(orch, node, run_id, role, index, state, ready=False, code=None):

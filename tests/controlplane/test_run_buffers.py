@@ -129,8 +129,7 @@ class World:
         return runs, await self.buffers.count(BufferFilter())
 
     async def tick(self) -> None:
-        async with self.orch._lock:
-            await self.orch._tick()
+        await self.orch.reconcile()
 
 
 @pytest.fixture
