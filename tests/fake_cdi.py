@@ -5,7 +5,9 @@ setting for another directory), so the spec is a uniquely named file in
 /etc/cdi, with a kind of its own (`muster.test/gpu-<random>`), removed when
 the test ends, even when it fails. Each device `i` makes `/dev/fakegpuI` in
 the container (a character device backed by the host's /dev/null) and sets
-`FAKEGPU_I=<device name>`; nothing real is touched.
+`FAKEGPU_I=<device name>`; nothing real is touched. On the multi-host bed
+each host has a private /run, so a spec in its /var/run/cdi is seen by that
+host's Podman and agent only (tests/multihost/test_gpus.py).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import json
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +40,9 @@ class FakeGpus:
         return [self.name(i) for i in range(self.count)]
 
 
-def fake_spec(kind: str, count: int) -> dict:
-    """A CDI spec with `count` devices of `kind`."""
+def fake_spec(kind: str, count: int, env: Sequence[str] = ()) -> dict:
+    """A CDI spec with `count` devices of `kind`; each also sets the variables `env`
+    (e.g. which host's spec it came from)."""
     return {
         "cdiVersion": "0.3.0",
         "kind": kind,
@@ -48,7 +51,7 @@ def fake_spec(kind: str, count: int) -> dict:
                 "name": str(i),
                 "containerEdits": {
                     "deviceNodes": [{"hostPath": "/dev/null", "path": f"/dev/fakegpu{i}"}],
-                    "env": [f"FAKEGPU_{i}={kind}={i}"],
+                    "env": [f"FAKEGPU_{i}={kind}={i}", *env],
                 },
             }
             for i in range(count)

@@ -4,11 +4,12 @@ joined with join tokens over TLS. Each test leaves every host empty."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -167,12 +168,16 @@ class MultiCluster:
                 host.podman("rm", "-f", "-t", "0", *ids.stdout.split(), check=False)
 
 
-@pytest.fixture
-def cluster(bed: Bed, tmp_path: Path) -> Iterator[MultiCluster]:
-    """A fresh control plane on the bed's bridge address; agents: h1 pool job,
-    h2 and h3 pool work (2 CPUs each, so 3 one-CPU workers need both)."""
+@contextlib.contextmanager
+def three_hosts(
+    bed: Bed, tmp_path: Path, agent_extra: Sequence[str] = ()
+) -> Iterator[MultiCluster]:
+    """A fresh control plane on the bed's bridge address; agents (with `agent_extra`):
+    h1 pool job, h2 and h3 pool work (2 CPUs each, so 3 one-CPU workers need both).
+    Everything is stopped and every run container removed afterwards."""
     cp = start_process(tmp_path / "cp" / "cp.db", extra=CP_ARGS, host=bed.cp_address)
-    cluster = MultiCluster(bed, cp, tmp_path, f"m{secrets.token_hex(2)}")
+    tag = f"m{secrets.token_hex(2)}"
+    cluster = MultiCluster(bed, cp, tmp_path, tag, agent_extra=list(agent_extra))
     try:
         h1, h2, h3 = bed.hosts[:3]
         cluster.start_agent(h1, "job")
@@ -183,6 +188,13 @@ def cluster(bed: Bed, tmp_path: Path) -> Iterator[MultiCluster]:
         yield cluster
     finally:
         cluster.close()
+
+
+@pytest.fixture
+def cluster(bed: Bed, tmp_path: Path) -> Iterator[MultiCluster]:
+    """three_hosts() for one test."""
+    with three_hosts(bed, tmp_path) as cluster:
+        yield cluster
 
 
 def worker_run(cluster: MultiCluster, workers: int = 3, *flags: str) -> int:
