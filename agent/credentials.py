@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -25,12 +26,15 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from agent.logutil import log
 from muster.common.leaders import LEADER_API_KEY, hint_in, split_addresses
 from muster.common.pki import (
     NodeCert,
     key_pem,
+    load_key,
     new_key,
     node_csr,
     parse_node_cert,
@@ -71,32 +75,85 @@ def _host(server: str) -> str:
 
 
 class CredentialStore:
-    """The files of one node's identity in its state directory."""
+    """The files of one node's identity in its state directory.
+
+    Key and certificate are replaced as a pair, crash-safely: both new files
+    are written in full (each atomically: a temporary file, fsync, rename) as
+    `node.key.new` and then `node.crt.new`, and only then renamed over the old
+    ones, key first. So `node.crt.new` on disk means the new pair is complete,
+    and `load` finishes an interrupted swap; a `node.key.new` without it is a
+    replacement that never got its certificate, and is discarded (the old pair
+    is still in place). Key and certificate therefore always match."""
 
     def __init__(self, state_dir: Path) -> None:
         self.dir = state_dir
 
     def load(self) -> NodeCredentials | None:
         """What is stored, or None before the first join."""
+        self._recover()
         files = [self.dir / n for n in ("node.key", "node.crt", "ca.crt", "agent.json")]
         if not all(f.exists() for f in files):
             return None
         meta = json.loads(files[3].read_text())
-        return NodeCredentials(
+        creds = NodeCredentials(
             files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes(), meta["agentServer"]
         )
+        if not _pair_matches(creds.key, creds.cert):
+            raise JoinError(
+                f"{files[0]} and {files[1]} do not belong together (the key is not the "
+                "certificate's); remove the node (muster node remove), empty the state "
+                "directory and join again"
+            )
+        return creds
 
     def save(self, creds: NodeCredentials) -> None:
-        """Write every file (the certificate last, so a crash leaves the old pair usable)."""
+        """Write every file; the key and certificate replace the old pair together."""
         self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         write_private(self.dir / "ca.crt", creds.ca)
         write_private(
             self.dir / "agent.json", json.dumps({"agentServer": creds.agent_server}).encode()
         )
         write_private(self.dir / "node.key.new", creds.key)
-        write_private(self.dir / "node.crt.new", creds.cert)
-        (self.dir / "node.key.new").replace(self.dir / "node.key")
-        (self.dir / "node.crt.new").replace(self.dir / "node.crt")
+        write_private(self.dir / "node.crt.new", creds.cert)  # from here on, the new pair wins
+        self._recover()
+
+    def _recover(self) -> None:
+        """Finish a pair replacement that got as far as `node.crt.new`, or drop
+        one that did not (see the class docstring); idempotent."""
+        key, cert = self.dir / "node.key", self.dir / "node.crt"
+        key_new, cert_new = self.dir / "node.key.new", self.dir / "node.crt.new"
+        if cert_new.exists():
+            if key_new.exists():
+                os.replace(key_new, key)
+            os.replace(cert_new, cert)
+            _sync_dir(self.dir)
+        elif key_new.exists():
+            key_new.unlink()
+            log(_log, logging.WARNING, "half_written_key_discarded", file=key_new)
+        # write_private's temporary files, left by a crash while writing one
+        for stale in self.dir.glob(".node.*.new.*"):
+            stale.unlink(missing_ok=True)
+
+
+def _pair_matches(key_pem_: bytes, cert_pem: bytes) -> bool:
+    """Whether the certificate is for this private key."""
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    der = serialization.Encoding.DER
+    try:
+        mine = load_key(key_pem_).public_key().public_bytes(der, spki)
+        theirs = x509.load_pem_x509_certificate(cert_pem).public_key().public_bytes(der, spki)
+    except ValueError:
+        return False
+    return mine == theirs
+
+
+def _sync_dir(path: Path) -> None:
+    """Make renames in `path` durable."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 async def join(
