@@ -12,9 +12,10 @@ import psutil
 from agent import __version__
 from agent.cdi import DEFAULT_SPEC_DIRS, CdiError, GpuOffer, discover, select_gpus
 from agent.flags import DEFAULT_SERVER, build_parser
+from agent.podman_create import DEFAULT_LOG_MAX_SIZE, DEFAULT_PIDS_LIMIT
 from agent.pulls import DEFAULT_MAX_CONCURRENT_PULLS, DEFAULT_PULL_TIMEOUT, AuthFile, AuthFileError
 from agent.runtime import NetworkMode
-from agent.runtime_podman import DEFAULT_LOG_MAX_SIZE, DEFAULT_PIDS_LIMIT, DEFAULT_URL
+from agent.runtime_podman import DEFAULT_URL
 from muster.common.clientconfig import data_home
 
 

@@ -14,15 +14,11 @@ from pathlib import Path
 
 from agent import __version__
 from agent.cdi import DEFAULT_KIND
+from agent.podman_create import DEFAULT_LOG_MAX_SIZE, DEFAULT_PIDS_LIMIT, MIN_LOG_MAX_SIZE
 from agent.ports import parse_port_range
 from agent.pulls import DEFAULT_MAX_CONCURRENT_PULLS, DEFAULT_PULL_TIMEOUT
 from agent.quantity import parse_cpu_millis, parse_memory_bytes
-from agent.runtime_podman import (
-    DEFAULT_LOG_MAX_SIZE,
-    DEFAULT_PIDS_LIMIT,
-    DEFAULT_URL,
-    MIN_LOG_MAX_SIZE,
-)
+from agent.runtime_podman import DEFAULT_URL
 from muster.common.cli import OneLineParser
 
 DEFAULT_SERVER = "127.0.0.1:50051"

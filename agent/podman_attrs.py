@@ -2,6 +2,15 @@
 
 Separate from the runtime so the (version-sensitive) shapes of Podman's JSON
 live in one place and can be unit-tested without a Podman socket.
+
+Digests: a status carries the container's ``ImageDigest``, which is the
+image's ``Digest``: the digest of the manifest the image was first stored
+under. For an image pulled from a registry onto a node that did not have it,
+that is the registry's manifest digest (what ``podman push --digestfile``
+prints). ``RepoDigests`` cannot do better: Podman lists every manifest digest
+of an image under every one of its names, so when the same image (same id)
+was stored earlier from another manifest (built here, then pushed, which
+re-encodes the manifest), the registry's digest cannot be told apart there.
 """
 
 from __future__ import annotations

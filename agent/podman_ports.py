@@ -12,6 +12,8 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import psutil
+
 from agent.ports import PortAllocator, port_is_free
 from agent.runtime import ContainerInfo
 
@@ -119,3 +121,11 @@ def published_ports(containers: Iterable[Mapping[str, Any]]) -> set[int]:
             if first:
                 published.update(range(first, first + count))
     return published
+
+
+def default_publish_address(advertise: str) -> str:
+    """Bind on the advertise address when it is one of this host's, else everywhere."""
+    local = {
+        addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
+    }
+    return advertise if advertise in local else "0.0.0.0"

@@ -6,44 +6,17 @@ dedicated thread pool: the event loop never waits on Podman, and a slow stop
 Each pool thread has its own ``PodmanClient`` because podman-py does not
 promise thread safety.
 
-Networking (both modes): every run container joins the agent's bridge network
-(created with DNS on if missing), so a job container can always reach a worker
-on the same node by its hostname, which is also its network alias. In
-host-port mode a worker's endpoints are additionally published on host ports
-the agent allocates from its port range, bound on the publish address, and the
-addresses handed to jobs are ``<advertise address>:<host port>``.
+Networking, create arguments and hardening (both network modes):
+:mod:`agent.podman_create`. In host-port mode a worker's endpoints are
+published on host ports the agent allocates from its port range, bound on the
+publish address, and the addresses handed to jobs are
+``<advertise address>:<host port>``.
 
 Logs: :meth:`PodmanRuntime.follow_logs` reads the k8s-file log by offset,
 else through the log API by time windows (:mod:`agent.podman_logs_reader`).
 Host ports of host-port mode: :mod:`agent.podman_ports`. Pulls: libpod's
 ``POST /images/pull`` (:mod:`agent.podman_pull`). Podman's event feed:
 :mod:`agent.podman_events`.
-
-Hardening: every run container is created with no-new-privileges, a pids
-limit, Podman's default capability set minus NET_RAW, and a size cap on its
-k8s-file log. podman-py's ``security_opt`` is *not* the way to the first: it
-sends the list as SELinux label options, which Podman ignores without SELinux
-(the container then runs with ``NoNewPrivs: 0``), so the runtime sets the
-specgen field ``no_new_privileges`` instead. The log cap is enforced by
-conmon: a write that would take the file past the cap first replaces it with
-an empty file. How the log readers
-meet that: :mod:`agent.podman_logs_reader`.
-
-Digests: a status carries the container's ``ImageDigest``, which is the
-image's ``Digest``: the digest of the manifest the image was first stored
-under. For an image pulled from a registry onto a node that did not have it,
-that is the registry's manifest digest (what ``podman push --digestfile``
-prints). ``RepoDigests`` cannot do better: Podman lists every manifest digest
-of an image under every one of its names, so when the same image (same id)
-was stored earlier from another manifest (built here, then pushed, which
-re-encodes the manifest), the registry's digest cannot be told apart there.
-
-GPUs: a replica's CDI device names (``nvidia.com/gpu=0``) go through
-podman-py's ``devices``, which sends each as a specgen device path. Podman
-4.3 takes a qualified CDI name there for a CDI device and, when the
-container starts, applies that device's edits from the specs in
-``/etc/cdi`` and ``/var/run/cdi`` (its device nodes, variables, mounts); a
-name no spec defines fails the start ("unresolvable CDI devices").
 """
 
 from __future__ import annotations
@@ -57,7 +30,6 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-import psutil
 from podman.errors import APIError, NotFound
 from podman.errors import ImageNotFound as PodmanImageNotFound
 
@@ -66,10 +38,19 @@ from agent.logparts import DEFAULT_PART_BYTES
 from agent.logutil import log
 from agent.podman_attrs import image_summary, info_from_inspect, info_from_list
 from agent.podman_client import ClientPool, abort_reply, explain
+from agent.podman_create import (
+    DEFAULT_LOG_MAX_SIZE,
+    DEFAULT_PIDS_LIMIT,
+    CreateSettings,
+    check_limits,
+    create_kwargs,
+    ensure_network_sync,
+)
 from agent.podman_events import watch_events
 from agent.podman_logs_reader import PodmanLogReader
-from agent.podman_ports import HostPorts, published_ports
+from agent.podman_ports import HostPorts, default_publish_address, published_ports
 from agent.podman_pull import pull_sync
+from agent.podman_stop import force_remove_sync, remove_sync, stop_sync
 from agent.runtime import (
     LABEL_NODE,
     LABEL_RUN_ID,
@@ -85,23 +66,12 @@ from agent.runtime import (
     PullProgress,
     RegistryAuth,
     RuntimeFailure,
-    container_labels,
 )
-from muster.common.pipes import PIPE_DIR
 
 DEFAULT_URL = "unix:///run/podman/podman.sock"
-CPU_PERIOD_US = 100_000
 _T = TypeVar("_T")
 _NAME_IN_USE = re.compile(r"name .* is already in use", re.I)
 _ADDR_IN_USE = re.compile(r"address already in use|port is already allocated", re.I)
-DEFAULT_PIDS_LIMIT = 4096
-"""Processes (threads count too) one run container may have at once."""
-DEFAULT_LOG_MAX_SIZE = 100 * 2**20
-"""Bytes a run container's log file may grow to before conmon truncates it."""
-MIN_LOG_MAX_SIZE = 16 * 2**10
-"""Smallest accepted log cap: more than one conmon write (8 KiB plus framing)."""
-DROPPED_CAPABILITIES = ("CAP_NET_RAW",)
-"""Dropped from Podman's default capability set (raw sockets: spoofing, sniffing)."""
 _log = logging.getLogger(__name__)
 
 
@@ -134,23 +104,24 @@ class PodmanRuntime:
         ``publish_address`` is where host ports are bound in host-port mode;
         by default the advertise address when it belongs to this host, else
         all interfaces. ``pids_limit`` and ``log_max_size`` (bytes) apply to
-        every run container (see the module docstring). The ``log_*`` settings
+        every run container (see :mod:`agent.podman_create`). The ``log_*`` settings
         go to :class:`agent.podman_logs_reader.PodmanLogReader` (``log_threads``:
         its pool; ``log_settle``, ``log_poll``, ``log_files``, ``log_file_poll``,
         ``log_part_bytes``: its ``settle``, ``poll``, ``files``, ``file_poll``
         and ``part_bytes``).
         """
-        _check_limits(pids_limit, log_max_size)
-        self._pids_limit = pids_limit
-        self._log_max_size = log_max_size
+        check_limits(pids_limit, log_max_size)
         self._node = node_name
         self._network = network_name
         self._mode: NetworkMode = network_mode
         self._advertise = advertise_address
-        self._publish = (
-            publish_address if publish_address is not None else _default_publish(advertise_address)
-        )
+        if publish_address is None:
+            publish_address = default_publish_address(advertise_address)
+        self._publish = publish_address
         self._stop_timeout = stop_timeout
+        self._create_settings = CreateSettings(
+            node_name, network_name, self._publish, stop_timeout, pids_limit, log_max_size
+        )
         self._executor = ThreadPoolExecutor(max_threads, thread_name_prefix="podman")
         self._clients = ClientPool(url)
         self._logs = PodmanLogReader(
@@ -190,14 +161,20 @@ class PodmanRuntime:
         return self._publish
 
     @property
+    def allocated_host_ports(self) -> frozenset[int]:
+        """Host ports held in host-port mode: this node's containers' and those
+        other containers on the host publish (as last seen)."""
+        return self._ports.allocated
+
+    @property
     def pids_limit(self) -> int:
         """The pids limit of every run container."""
-        return self._pids_limit
+        return self._create_settings.pids_limit
 
     @property
     def log_max_size(self) -> int:
         """The size cap (bytes) of every run container's log file."""
-        return self._log_max_size
+        return self._create_settings.log_max_size
 
     # -- plumbing ---------------------------------------------------------------
 
@@ -220,7 +197,7 @@ class PodmanRuntime:
         return await self._call(lambda: self._client().images.exists(image))
 
     async def image_digest(self, image: str) -> str | None:
-        """The image's ``Digest`` (see the module docstring), ``None`` if absent."""
+        """The image's ``Digest`` (see :mod:`agent.podman_attrs`), ``None`` if absent."""
         return await self._call(self._image_digest_sync, image)
 
     async def pull(
@@ -337,31 +314,7 @@ class PodmanRuntime:
     # -- blocking implementations (executor threads only) -------------------------
 
     def _ensure_network_sync(self) -> None:
-        client = self._client()
-        if client.networks.exists(self._network):
-            attrs = client.networks.get(self._network).attrs
-            if not attrs.get("dns_enabled", True):
-                log(
-                    _log,
-                    logging.WARNING,
-                    "network_without_dns",
-                    network=self._network,
-                    hint="workers will not resolve by hostname; use a network created by the agent",
-                )
-        else:
-            try:
-                client.networks.create(
-                    self._network,
-                    driver="bridge",
-                    dns_enabled=True,
-                    labels={"muster.managed": "true"},
-                )
-                log(_log, logging.INFO, "network_created", network=self._network)
-            except APIError as exc:
-                if exc.status_code != 409:  # 409: another agent created it first
-                    raise RuntimeFailure(
-                        f"cannot create network '{self._network}': {explain(exc)}"
-                    ) from exc
+        ensure_network_sync(self._client(), self._network)
         self._network_ready = True
 
     def _image_digest_sync(self, image: str) -> str | None:
@@ -428,7 +381,7 @@ class PodmanRuntime:
     def _create_and_start_sync(
         self, spec: ContainerSpec, host_ports: dict[str, int]
     ) -> ContainerInfo:
-        kwargs = self._create_kwargs(spec, host_ports)
+        kwargs = create_kwargs(spec, host_ports, self._create_settings)
         try:
             try:
                 container = self._create_sync(spec.image, kwargs)
@@ -452,7 +405,7 @@ class PodmanRuntime:
         except BaseException:
             # Leave nothing behind so the start can be retried cleanly; the
             # ports are free again only once the container is really gone.
-            if self._force_remove_sync(container):
+            if force_remove_sync(container):
                 self._ports.release(host_ports.values())
             else:
                 self._ports.record(spec.name, host_ports.values())
@@ -486,65 +439,6 @@ class PodmanRuntime:
             raise RuntimeFailure(f"start {spec.name}: created container lost its labels")
         return info
 
-    def _create_kwargs(self, spec: ContainerSpec, host_ports: dict[str, int]) -> dict[str, Any]:
-        """podman-py's ``containers.create`` arguments for ``spec``."""
-        kwargs: dict[str, Any] = {
-            "name": spec.name,
-            "hostname": spec.hostname,
-            "labels": container_labels(spec, self._node),
-            "environment": dict(spec.env),
-            "init": True,
-            "stop_timeout": self._stop_timeout,
-            "networks": {self._network: {"aliases": [spec.hostname]}},
-            # The log reading (see the module docstring) is built and tested on
-            # k8s-file; journald, the default on systemd hosts, rate-limits.
-            # ``size`` goes to Podman as bytes (conmon's --log-size-max).
-            "log_config": {"Type": "k8s-file", "Config": {"size": self._log_max_size}},
-            # Hardening (module docstring). Not security_opt=["no-new-privileges"]:
-            # podman-py sends that as SELinux options and Podman drops it.
-            "no_new_privileges": True,
-            "cap_drop": list(DROPPED_CAPABILITIES),
-            "pids_limit": self._pids_limit,
-        }
-        if spec.command:
-            kwargs["entrypoint"] = list(spec.command)
-        if spec.args:
-            kwargs["command"] = list(spec.args)
-        if spec.working_dir:
-            kwargs["working_dir"] = spec.working_dir
-        if spec.hosts:
-            # Worker names resolve from /etc/hosts, not only through
-            # aardvark-dns (which stalls under churn) or across hosts at all.
-            kwargs["extra_hosts"] = dict(spec.hosts)
-        if spec.pipe_dir:
-            # The job's buffer FIFOs (agent.buffer_copies); "z" lets a container
-            # open them on an SELinux host (Podman ignores it elsewhere).
-            kwargs["mounts"] = [
-                {"type": "bind", "source": spec.pipe_dir, "target": PIPE_DIR, "relabel": "z"}
-            ]
-        if spec.gpu_devices:
-            # CDI names go to Podman as devices; Podman resolves them through the
-            # CDI specs in /etc/cdi and /var/run/cdi (device nodes, variables).
-            kwargs["devices"] = list(spec.gpu_devices)
-        if spec.cpu_limit_millis > 0:
-            # podman-py ignores nano_cpus; quota/period is the same limit.
-            kwargs["cpu_period"] = CPU_PERIOD_US
-            kwargs["cpu_quota"] = spec.cpu_limit_millis * CPU_PERIOD_US // 1000
-        if spec.memory_limit_bytes > 0:
-            kwargs["mem_limit"] = spec.memory_limit_bytes
-        if spec.shm_size_bytes > 0:
-            kwargs["shm_size"] = spec.shm_size_bytes
-        if spec.restart_always:
-            # Podman restarts it whenever its process exits; a stop is final.
-            kwargs["restart_policy"] = {"Name": "always"}
-        if host_ports:
-            bind = self._publish if self._publish not in ("", "0.0.0.0") else None
-            kwargs["ports"] = {
-                f"{spec.endpoints[name]}/tcp": (bind, hp) if bind else hp
-                for name, hp in host_ports.items()
-            }
-        return kwargs
-
     def _reserve_published_sync(self) -> None:
         """Reserve the host ports every container on the host publishes (any node, any owner)."""
         try:
@@ -553,17 +447,6 @@ class PodmanRuntime:
             log(_log, logging.WARNING, "port_scan_failed", error=explain(exc))
             return
         self._ports.published_elsewhere(published_ports(c.attrs for c in containers))
-
-    def _force_remove_sync(self, container: Any) -> bool:
-        """Remove ``container``; whether it is gone."""
-        try:
-            container.remove(force=True)
-        except NotFound:
-            return True
-        except Exception as exc:
-            log(_log, logging.WARNING, "cleanup_failed", name=container.name, error=explain(exc))
-            return False
-        return True
 
     def _get_sync(self, name: str) -> Any | None:
         try:
@@ -593,43 +476,17 @@ class PodmanRuntime:
     def _stop_sync(self, name: str) -> Any | None:
         """Stop ``name`` if it runs; return the container (``None`` if absent)."""
         container = self._get_sync(name)
-        if container is None:
-            return None
-        if container.attrs.get("State", {}).get("Status") in ("running", "paused", "stopping"):
-            try:
-                # ignore=True: a container that exits meanwhile answers 304, not an error.
-                container.stop(timeout=self._stop_timeout, ignore=True)
-            except Exception as exc:  # gone meanwhile, or odd reply: removal still follows
-                log(_log, logging.DEBUG, "stop_skipped", name=name, error=explain(exc))
+        if container is not None:
+            stop_sync(container, self._stop_timeout)
         return container
 
     def _remove_sync(self, name: str) -> None:
         container = self._stop_sync(name)
         if container is None:
             return
-        try:
-            container.remove(force=True)
-        except NotFound:
-            pass
+        remove_sync(container)
         self._ports.forget(name)
-
-
-def _check_limits(pids_limit: int, log_max_size: int) -> None:
-    if pids_limit < 1:
-        raise ValueError(f"pids_limit must be at least 1, not {pids_limit}")
-    if log_max_size < MIN_LOG_MAX_SIZE:
-        raise ValueError(
-            f"log_max_size must be at least {MIN_LOG_MAX_SIZE} bytes, not {log_max_size}"
-        )
 
 
 class _PortTaken(Exception):
     """A host port was grabbed between allocation and container start."""
-
-
-def _default_publish(advertise: str) -> str:
-    """Bind on the advertise address when it is one of this host's, else everywhere."""
-    local = {
-        addr.address.split("%")[0] for addrs in psutil.net_if_addrs().values() for addr in addrs
-    }
-    return advertise if advertise in local else "0.0.0.0"

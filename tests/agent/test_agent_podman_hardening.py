@@ -16,13 +16,9 @@ from typing import Any
 import pytest
 from podman.api.client import APIClient
 
+from agent.podman_create import DEFAULT_LOG_MAX_SIZE, DEFAULT_PIDS_LIMIT, MIN_LOG_MAX_SIZE
 from agent.runtime import LogLine
-from agent.runtime_podman import (
-    DEFAULT_LOG_MAX_SIZE,
-    DEFAULT_PIDS_LIMIT,
-    MIN_LOG_MAX_SIZE,
-    PodmanRuntime,
-)
+from agent.runtime_podman import PodmanRuntime
 from tests.agent.podman_support import (
     BUSYBOX,
     PYTHON,

@@ -9,6 +9,8 @@ import urllib.request
 from dataclasses import replace
 
 import pytest
+from podman.domain.containers_manager import ContainersManager
+from podman.errors import NotFound
 
 from agent import runtime_podman
 from agent.runtime import ImageNotFound
@@ -188,7 +190,7 @@ async def test_host_port_mode_publishes_endpoints_on_allocated_ports(
     listed = {i.name: i.host_ports for i in await rt.list_managed()}
     assert listed == {w0.name: info0.host_ports, w1.name: info1.host_ports}
     await rt.remove_run(run_id)
-    assert not ports & rt._ports.allocated, "removal returns the ports"
+    assert not ports & rt.allocated_host_ports, "removal returns the ports"
 
 
 async def test_remove_run_removes_only_that_run_promptly_and_is_idempotent(
@@ -309,21 +311,22 @@ async def test_a_start_that_loses_the_create_race_returns_its_ports(
     )
     w0 = spec(random_run_id(), "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
     first = await rt.start(w0)
-    # A second start that does not see the container yet: its create gets 409.
-    real_get = rt._get_sync
+    # A second start that does not see the container yet (Podman answers its
+    # first look-up with "no such container"): its create gets 409.
+    real_get = ContainersManager.get
     misses: list[str] = []
 
-    def get_late(name: str) -> object:
-        if name == w0.name and not misses:
-            misses.append(name)
-            return None
-        return real_get(name)
+    def get_late(manager: ContainersManager, key: str) -> object:
+        if key == w0.name and not misses:
+            misses.append(key)
+            raise NotFound(f"no container with name or ID {key!r} found")
+        return real_get(manager, key)
 
-    monkeypatch.setattr(rt, "_get_sync", get_late)
+    monkeypatch.setattr(ContainersManager, "get", get_late)
     again = await rt.start(w0)
     assert misses == [w0.name], "the race was not simulated"
     assert again.host_ports == first.host_ports
-    assert rt._ports.allocated == set(first.host_ports.values()), "no port leaked"
+    assert rt.allocated_host_ports == set(first.host_ports.values()), "no port leaked"
 
 
 async def test_a_failure_after_the_container_started_removes_it_and_then_frees_its_ports(
@@ -342,4 +345,4 @@ async def test_a_failure_after_the_container_started_removes_it_and_then_frees_i
     with pytest.raises(RuntimeError, match="inspect went wrong"):
         await rt.start(w0)
     assert not await podman_node.exists(w0.name), "nothing is left behind"
-    assert rt._ports.allocated == frozenset()
+    assert rt.allocated_host_ports == frozenset()
