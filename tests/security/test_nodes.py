@@ -9,6 +9,10 @@ from datetime import timedelta
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controlplane.security.ca import ClusterCA
@@ -83,7 +87,7 @@ def status(run_id: int, state: int, exit_code: int | None = None, **extra) -> ap
     )
 
 
-def log_batch(run_id: int, text: str) -> apb.LogBatch:
+def log_batch(run_id: int, text: str, sequence: int = 0) -> apb.LogBatch:
     now = Timestamp()
     now.GetCurrentTime()
     return apb.LogBatch(
@@ -95,10 +99,38 @@ def log_batch(run_id: int, text: str) -> apb.LogBatch:
                 time=now,
                 stream=rpb.LOG_STREAM_STDOUT,
                 text=text,
-                sequence=0,
+                sequence=sequence,
             )
         ]
     )
+
+
+def foreign_csr(key: rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey, name: str) -> bytes:
+    """A well-formed signing request with a key muster does not use."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM)
+
+
+def curve_of(pem: bytes) -> ec.EllipticCurve:
+    """The curve of a PEM certificate's or private key's key (fails for non-EC keys)."""
+    if b"CERTIFICATE" in pem:
+        key = x509.load_pem_x509_certificate(pem).public_key()
+    else:
+        key = serialization.load_pem_private_key(pem, password=None).public_key()  # type: ignore[assignment]
+    assert isinstance(key, ec.EllipticCurvePublicKey), type(key)
+    return key.curve
+
+
+async def test_every_key_is_ecdsa_p256(secure: Secure) -> None:
+    pki = secure.state / "pki"
+    for name in ("ca.key", "ca.crt", "server.key", "server.crt"):
+        assert isinstance(curve_of((pki / name).read_bytes()), ec.SECP256R1), name
+    ident = await secure.join("node-a", await secure.join_token("cpu"))
+    assert isinstance(curve_of(ident.cert), ec.SECP256R1)
+    signed = x509.load_pem_x509_certificate(ident.cert)
+    assert isinstance(signed.signature_hash_algorithm, hashes.SHA256)
+    assert signed.signature_algorithm_oid == x509.SignatureAlgorithmOID.ECDSA_WITH_SHA256
 
 
 async def test_join_token_is_single_use_and_binds_name_and_pools(secure: Secure) -> None:
@@ -153,7 +185,24 @@ async def test_join_refuses_bad_input_without_spending_the_token(secure: Secure)
             ),
         )
         assert "other" in detail
-    await secure.join("node-x", (await secure.join_token("cpu")))
+        # Only ECDSA P-256 keys are signed: RSA and P-384 requests are refused.
+        for other_key in (
+            rsa.generate_private_key(65537, 2048),
+            ec.generate_private_key(ec.SECP384R1()),
+        ):
+            detail = await expect_code(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                stub.Join(
+                    apb.JoinRequest(
+                        join_token=token,
+                        node_name="node-x",
+                        csr_pem=foreign_csr(other_key, "node-x").decode(),
+                    )
+                ),
+            )
+            assert "P-256" in detail, detail
+    await secure.join("node-x", token)  # none of the refusals spent it
+    await secure.join("node-y", (await secure.join_token("cpu")))
     async with secure.channel() as ch:
         await expect_code(
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -243,6 +292,81 @@ async def test_reports_and_logs_count_only_from_the_node_that_holds_the_replica(
     await ch_b.close()
 
 
+async def until_run(secure: Secure, run_id: int, done, within: float = 10) -> rpb.Run:
+    """The run once `done(run)` holds, polling with a deadline."""
+    deadline = time.monotonic() + within
+    while not done(run := await get_run(secure, run_id)):
+        assert time.monotonic() < deadline, run
+        await asyncio.sleep(0.05)
+    return run
+
+
+async def test_a_register_may_not_list_another_nodes_replica(secure: Secure) -> None:
+    a = await secure.join("node-a", await secure.join_token("cpu"))
+    b = await secure.join("node-b", await secure.join_token("gpu"))
+    ch_b, agent_b = await registered(secure, b, ["gpu"])
+    run_id = await run_in_pool(secure, "gpu")
+    await agent_b.next("start_container")
+    # node-a (re)connects claiming it holds node-b's replica, exited 0. The
+    # containers of a Register are handled before Registered is sent.
+    async with secure.node_channel(a) as ch_a:
+        liar = await connect(
+            ch_a, "node-a", ["cpu"], containers=[status(run_id, rpb.CONTAINER_STATE_EXITED, 0)]
+        )
+        await liar.next("registered")
+        run = await get_run(secure, run_id)
+        assert run.status != rpb.RUN_STATUS_SUCCEEDED and not run.replicas[0].HasField("exit_code")
+        # Only node-b's word counts: it reports running, and the run (not
+        # finished by the lie) shows that.
+        agent_b.send(container_status=status(run_id, rpb.CONTAINER_STATE_RUNNING))
+        run = await until_run(
+            secure, run_id, lambda r: r.replicas[0].state != rpb.CONTAINER_STATE_PENDING
+        )
+        assert run.replicas[0].state == rpb.CONTAINER_STATE_RUNNING
+        assert run.status == rpb.RUN_STATUS_RUNNING
+    # The same Register from node-b itself does finish it (the message is sound).
+    await ch_b.close()
+    async with secure.node_channel(b) as ch_b:
+        holder = await connect(
+            ch_b, "node-b", ["gpu"], containers=[status(run_id, rpb.CONTAINER_STATE_EXITED, 0)]
+        )
+        await holder.next("registered")
+        run = await until_run(secure, run_id, lambda r: r.status == rpb.RUN_STATUS_SUCCEEDED)
+        assert run.replicas[0].exit_code == 0
+
+
+async def test_a_finished_run_of_another_node_takes_no_reports_or_lines(secure: Secure) -> None:
+    a = await secure.join("node-a", await secure.join_token("cpu"))
+    b = await secure.join("node-b", await secure.join_token("gpu"))
+    ch_a, agent_a = await registered(secure, a, ["cpu"])
+    ch_b, agent_b = await registered(secure, b, ["gpu"])
+    run_id = await run_in_pool(secure, "gpu")
+    await agent_b.next("start_container")
+    agent_b.send(container_status=status(run_id, rpb.CONTAINER_STATE_RUNNING))
+    agent_b.send(log_batch=log_batch(run_id, "genuine"))
+    agent_b.send(container_status=status(run_id, rpb.CONTAINER_STATE_EXITED, 0))
+    await until_run(secure, run_id, lambda r: r.status == rpb.RUN_STATUS_SUCCEEDED)
+    assert await log_count(secure, run_id) == 1
+    # The run is no longer active: these go through the store lookups.
+    agent_a.send(log_batch=log_batch(run_id, "injected late", sequence=5))  # no duplicate
+    agent_a.send(container_status=status(run_id, rpb.CONTAINER_STATE_EXITED, 3))
+    # node-a's stream is read in order; a numbered batch is acknowledged only
+    # after everything sent before it was handled.
+    agent_a.send(log_batch=apb.LogBatch(batch_id=1))
+    ack = await agent_a.next("log_batch_ack")
+    assert ack.log_batch_ack.batch_id == 1
+    assert await log_count(secure, run_id) == 1
+    run = await get_run(secure, run_id)
+    assert run.status == rpb.RUN_STATUS_SUCCEEDED and run.replicas[0].exit_code == 0
+    # node-b, which held it, could still ship a late line of its own.
+    agent_b.send(log_batch=log_batch(run_id, "late but genuine", sequence=9))
+    agent_b.send(log_batch=apb.LogBatch(batch_id=1))
+    await agent_b.next("log_batch_ack")
+    assert await log_count(secure, run_id) == 2
+    await ch_a.close()
+    await ch_b.close()
+
+
 async def test_removed_node_is_cut_off_and_its_runs_fail(secure: Secure) -> None:
     b = await secure.join("node-b", await secure.join_token("gpu"))
     ch_b, agent_b = await registered(secure, b, ["gpu"])
@@ -261,6 +385,14 @@ async def test_removed_node_is_cut_off_and_its_runs_fail(secure: Secure) -> None
     # The old certificate no longer opens a stream.
     again = await connect(ch_b, "node-b", ["gpu"])
     detail = await expect_code(grpc.StatusCode.PERMISSION_DENIED, again.next("registered"))
+    assert "revoked" in detail
+    # Nor does it renew: a removed node cannot get a certificate past its removal.
+    detail = await expect_code(
+        grpc.StatusCode.PERMISSION_DENIED,
+        agrpc.AgentServiceStub(ch_b).RenewCertificate(
+            apb.RenewCertificateRequest(csr_pem=node_csr(new_key(), "node-b").decode())
+        ),
+    )
     assert "revoked" in detail
     await ch_b.close()
     async with secure.channel() as admin:
