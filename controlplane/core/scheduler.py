@@ -15,7 +15,7 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -72,18 +72,48 @@ def _plural(role: str, n: int) -> str:
     return f"{role}s" if role == "worker" else ("job replicas" if n != 1 else "job replica")
 
 
+def _roomiest(
+    candidates: Sequence[NodeView],
+    taken: dict[str, Capacity],
+    free: dict[str, Capacity],
+    each: Capacity,
+) -> str | None:
+    """The node among `candidates` where `each` fits with the most free
+    capacity (compared CPU first, then memory, then GPUs), so replicas
+    spread. Ties are broken by name, so the same nodes and runs always give
+    the same placement whatever order the nodes registered in; names are
+    compared from their last character (any fixed order would do; this one
+    is kept so placements stay as they were). One pass with no key objects:
+    it runs for every replica of every pending run. `taken` holds what the
+    run being tried has already used (free capacity left on those nodes),
+    over `free`."""
+    cpu, memory, gpus = each.cpu_millis, each.memory_bytes, each.gpus
+    best, best_key = None, None
+    for node in candidates:
+        room = taken.get(node.name) or free[node.name]
+        if room.cpu_millis < cpu or room.memory_bytes < memory or room.gpus < gpus:
+            continue
+        key = (room.cpu_millis, room.memory_bytes, room.gpus, node.name[::-1])
+        if best_key is None or key > best_key:
+            best, best_key = node.name, key
+    return best
+
+
 def _try_place(
-    run: PendingRun, free: dict[str, Capacity], nodes: dict[str, NodeView], held: set[str]
+    run: PendingRun,
+    free: dict[str, Capacity],
+    nodes: dict[str, NodeView],
+    held: set[str],
+    ready: Callable[[str], list[NodeView]],
 ) -> tuple[dict[tuple[str, int], str] | None, str]:
-    """Place the whole run on a copy of `free`; commit only if everything fits."""
-    trial = dict(free)
+    """Place the whole run on top of `free` (`ready(pool)`: the schedulable
+    nodes of a pool); change `free` only if everything fits."""
+    trial: dict[str, Capacity] = {}  # free capacity left where this run placed replicas
     assignment: dict[tuple[str, int], str] = {}
     for demand in run.demands:
-        candidates = [
-            n
-            for n in nodes.values()
-            if n.schedulable and n.in_pool(demand.pool) and n.name not in held
-        ]
+        candidates = ready(demand.pool)
+        if held:
+            candidates = [n for n in candidates if n.name not in held]
         pool_text = f"pool {demand.pool}" if demand.pool else "any pool"
         if not candidates:
             members = [n for n in nodes.values() if n.in_pool(demand.pool)]
@@ -92,22 +122,21 @@ def _try_place(
                 return None, f"waiting: {every} is cordoned"
             return None, f"waiting for a ready node in {pool_text}"
         for index in range(demand.replicas):
-            fitting = [n for n in candidates if demand.each.fits_in(trial[n.name])]
-            if not fitting:
+            best = _roomiest(candidates, trial, free, demand.each)
+            if best is None:
                 reason = (
                     f"waiting for capacity in {pool_text}: {index} of {demand.replicas} "
                     f"{_plural(demand.role, demand.replicas)} placed"
                 )
-                most = max(trial[n.name].gpus for n in candidates)
+                most = max((trial.get(n.name) or free[n.name]).gpus for n in candidates)
                 if demand.each.gpus > most:
                     reason += (
                         f" (not enough free GPUs: {demand.each.gpus} per {demand.role}, "
                         f"at most {max(most, 0)} free on one node)"
                     )
                 return None, reason
-            best = max(fitting, key=lambda n: (trial[n.name], n.name[::-1]))
-            trial[best.name] = trial[best.name] - demand.each
-            assignment[(demand.role, index)] = best.name
+            trial[best] = (trial.get(best) or free[best]) - demand.each
+            assignment[(demand.role, index)] = best
     free.update(trial)
     return assignment, ""
 
@@ -120,11 +149,19 @@ def schedule(
 ) -> Decision:
     """Decide which pending runs to place now, and where."""
     by_name = {n.name: n for n in nodes}
+    pools: dict[str, list[NodeView]] = {}
+
+    def ready(pool: str) -> list[NodeView]:
+        """The schedulable nodes of `pool`, listed once per round."""
+        if pool not in pools:
+            pools[pool] = [n for n in nodes if n.schedulable and n.in_pool(pool)]
+        return pools[pool]
+
     free = {n.name: n.allocatable - n.allocated for n in nodes}
     held: set[str] = set()
     decision = Decision()
     for run in sorted(pending, key=lambda r: (r.created_at, r.run_id)):
-        assignment, reason = _try_place(run, free, by_name, held)
+        assignment, reason = _try_place(run, free, by_name, held, ready)
         if assignment is not None:
             decision.placements[run.run_id] = assignment
             continue
