@@ -137,3 +137,26 @@ async def test_an_outbox_batch_is_capped() -> None:
     first, second = await outbox.get(), await outbox.get()
     assert len(first.container_statuses.statuses) == STATUS_BATCH
     assert second.container_status.run_id == STATUS_BATCH
+
+
+async def test_a_batch_from_another_node_changes_nothing(ch) -> None:
+    """Node restriction holds for every status of a batch: n2 claiming n1's
+    workers ready releases nothing; n1's own batch does."""
+    holder = await connect(ch, "n1", ["cpu"], accepts_start_batches=True)
+    await holder.next("registered")
+    await codespecs(ch, "img", "img")
+    other = await connect(ch, "n2", ["gpu"], accepts_start_batches=True)
+    await other.next("registered")
+    run = await create(ch, workers=2)
+    starts = (await holder.next("start_containers")).start_containers.starts
+    claims = [status(s, **READY) for s in starts]  # type: ignore[arg-type]
+    other.send(container_statuses=apb.ContainerStatusBatch(statuses=claims))
+    # A numbered log batch is read only after the statuses were handled, and
+    # acknowledged once stored: its ack is a barrier.
+    other.send(log_batch=apb.LogBatch(batch_id=1))
+    await other.next("log_batch_ack")
+    seen = await get_run(ch, run.id)
+    assert not any(r.ready for r in seen.replicas) and seen.status == rpb.RUN_STATUS_PENDING
+    holder.send(container_statuses=apb.ContainerStatusBatch(statuses=claims))
+    job = (await holder.next("start_containers")).start_containers.starts
+    assert [(s.role, s.replica) for s in job] == [(rpb.REPLICA_ROLE_JOB, 0)]
