@@ -47,8 +47,8 @@ already stored cannot be written again), so its status carries
 
 Memory: each output holds at most the pipe reader's queue (4 MiB) and
 ``write_dop`` blocks; each input ``read_dop`` blocks. FIFO opens, which
-block, run in threads of their own; all reading and writing of FIFOs is
-non-blocking on the event loop.
+block, run in threads of their own (:mod:`agent.fifo_ends`); all reading and
+writing of FIFOs is non-blocking on the event loop.
 """
 
 from __future__ import annotations
@@ -60,12 +60,12 @@ import logging
 import os
 import shutil
 import stat
-import threading
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from agent.fifo_ends import FifoOpening, write_all
 from agent.logutil import log
 from agent.runtime import BufferPipe, ContainerSpec, RuntimeFailure
 from muster.common.buffers import ContainerClient, read_buffer, write_buffer
@@ -82,82 +82,9 @@ LOST = "the agent restarted while the job's buffer copies ran; their data is los
 """The buffer error of a job whose copies did not survive an agent restart."""
 OUTCOME_FILE = "outcome"
 """Beside ``pipes/``: the copies' outcome ("" when they succeeded), once they ended."""
-RELEASE_LIMIT = 5.0
-"""How long the agent tries to release one of its own blocked FIFO opens."""
 
 ErrorCallback = Callable[[str], None]
 """Told the container name when one of its copies failed while the job runs."""
-
-
-class _Opening:
-    """A blocking open of one end of a FIFO, in a thread of its own.
-
-    The open returns once someone opens the other end; the agent releases it
-    itself (when the job is gone, or the copy is stopped) by opening the other
-    end without blocking and closing it at once. An fd that arrives when
-    nobody waits for it any more is closed."""
-
-    def __init__(self, path: Path, *, write: bool) -> None:
-        self._path = str(path)
-        self._flags = (os.O_WRONLY if write else os.O_RDONLY) | os.O_CLOEXEC
-        other = os.O_RDONLY if write else os.O_WRONLY
-        self._other = other | os.O_NONBLOCK | os.O_CLOEXEC
-        self._loop = asyncio.get_running_loop()
-        self._future: asyncio.Future[int] = self._loop.create_future()
-        self._done = threading.Event()
-        threading.Thread(target=self._open, name=f"fifo-open {path.name}", daemon=True).start()
-
-    def _open(self) -> None:
-        fd: int | None = None
-        error: OSError | None = None
-        try:
-            fd = os.open(self._path, self._flags)
-        except OSError as exc:
-            error = exc
-        self._done.set()
-        try:
-            self._loop.call_soon_threadsafe(self._deliver, fd, error)
-        except RuntimeError:  # the loop is gone (agent stopped)
-            if fd is not None:
-                os.close(fd)
-
-    def _deliver(self, fd: int | None, error: OSError | None) -> None:
-        if self._future.done():  # nobody waits any more
-            if fd is not None:
-                os.close(fd)
-        elif error is not None:
-            self._future.set_exception(error)
-        else:
-            self._future.set_result(fd)  # type: ignore[arg-type]  # no error: an fd
-
-    @property
-    def opened(self) -> bool:
-        """Whether the open has returned (the other end was opened)."""
-        return self._done.is_set()
-
-    async def wait(self) -> int:
-        """The fd, once the other end is opened; cancelling releases the thread."""
-        try:
-            return await self._future
-        except asyncio.CancelledError:
-            await self.release()
-            raise
-
-    async def release(self) -> None:
-        """Open the other end (and close it) until the waiting open returns."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + RELEASE_LIMIT
-        while not self._done.is_set():
-            try:
-                os.close(os.open(self._path, self._other))
-            except OSError:  # ENXIO: the thread is not in open() yet
-                pass
-            if self._done.is_set():
-                return
-            if loop.time() > deadline:
-                log(_log, logging.WARNING, "fifo_open_not_released", path=self._path)
-                return
-            await asyncio.sleep(0.01)
 
 
 class _JobFailed(Exception):
@@ -183,7 +110,7 @@ class _Copy:
     path: Path
     task: asyncio.Task[None] | None = None
     client: _Client | None = None
-    opening: _Opening | None = None
+    opening: FifoOpening | None = None
     error: str = ""
     guard: asyncio.Task[None] | None = None
 
@@ -320,7 +247,7 @@ class BufferCopies:
         comes only once the job has exited, and only if it exited 0 (otherwise
         the buffer is marked failed rather than complete)."""
         if not job.exited:  # else it never opened the FIFO: an empty buffer
-            copy.opening = _Opening(copy.path, write=False)
+            copy.opening = FifoOpening(copy.path, write=False)
             fd = await copy.opening.wait()
             try:
                 source = await open_source(fd)
@@ -338,11 +265,11 @@ class BufferCopies:
     async def _fill_fifo(self, copy: _Copy) -> None:
         """An input buffer into its FIFO; the job closing its end is no error."""
         assert copy.client is not None
-        copy.opening = _Opening(copy.path, write=True)
+        copy.opening = FifoOpening(copy.path, write=True)
         fd = await copy.opening.wait()
         try:
             os.set_blocking(fd, False)
-            copied = await read_buffer(copy.client, lambda data: _write_all(fd, data),
+            copied = await read_buffer(copy.client, lambda data: write_all(fd, data),
                                        dop=self._read_dop)  # fmt: skip
             log(_log, logging.INFO, "input_copied", buffer=copy.pipe.name, bytes=copied)
         except BrokenPipeError:
@@ -496,33 +423,12 @@ def _make_pipes(home: Path, buffers: tuple[BufferPipe, ...], fresh: bool) -> Non
         os.chmod(path, 0o666)
 
 
-async def _write_all(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to a non-blocking FIFO, waiting on the loop when it is full."""
-    loop = asyncio.get_running_loop()
-    view = memoryview(data)
-    while view:
-        try:
-            view = view[os.write(fd, view) :]
-        except BlockingIOError:
-            await _writable(loop, fd)
-
-
-async def _writable(loop: asyncio.AbstractEventLoop, fd: int) -> None:
-    """Wait until ``fd`` takes more bytes (or its reader is gone)."""
-    ready: asyncio.Future[None] = loop.create_future()
-    loop.add_writer(fd, lambda: None if ready.done() else ready.set_result(None))
-    try:
-        await ready
-    finally:
-        loop.remove_writer(fd)
-
-
 async def _guard(copy: _Copy) -> None:
     """After the copy ended, answer every late open of the FIFO at once (end of
     file for a reader of an input, a broken pipe for a writer of an output), so
     the job never blocks on it. Cancelled when the job exits."""
     while True:
-        opening = _Opening(copy.path, write=not copy.pipe.output)
+        opening = FifoOpening(copy.path, write=not copy.pipe.output)
         try:
             fd = await opening.wait()
         except OSError as exc:

@@ -37,8 +37,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import queue
-import threading
 import time
 from collections.abc import AsyncGenerator, Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -48,12 +46,14 @@ from typing import Any, TypeVar
 from podman import PodmanClient
 from podman.errors import NotFound
 
+from agent.backoff import backoff
 from agent.logparts import DEFAULT_PART_BYTES
 from agent.logutil import log
 from agent.podman_client import explain
 from agent.podman_logfile import LogFileTail, SequenceBases
 from agent.podman_logs import NS, LogDecoder, format_rfc3339_ns, parse_rfc3339_ns
 from agent.runtime import LogLine
+from agent.thread_handoff import Abandoned, Handoff
 
 _T = TypeVar("_T")
 _log = logging.getLogger(__name__)
@@ -102,7 +102,7 @@ class PodmanLogReader:
         self._idle_tails: dict[str, LogFileTail] = {}
         """Open log files of containers whose follower was cancelled (not finished):
         the next follower re-reads the held file, even if conmon replaced it since."""
-        self._handoffs: set[_Handoff] = set()
+        self._handoffs: set[Handoff] = set()
         self._wakers: dict[str, set[asyncio.Event]] = {}
 
     def wake(self, name: str) -> None:
@@ -144,7 +144,7 @@ class PodmanLogReader:
                 # Podman 4.3 may fail an inspect of a container that is just exiting
                 # ("read /proc/N/cgroup: no such process"): look again shortly.
                 log(_log, logging.DEBUG, "log_file_lookup_failed", name=name, error=explain(exc))
-                await asyncio.sleep(0.1 * 2**attempt)
+                await asyncio.sleep(backoff(0.1, 0.8, attempt + 1))
         return None
 
     def _release_tail(self, name: str, tail: LogFileTail, reading: Future[int] | None) -> None:
@@ -174,7 +174,7 @@ class PodmanLogReader:
         """Every line of the log file from the first until the container has stopped."""
         loop = asyncio.get_running_loop()
         shortest, longest = self._file_poll
-        pause = shortest
+        idle = 0  # looks in a row that found nothing: the pause doubles with each
         check_at = 0.0
         final = done = False
         reading: Future[int] | None = None
@@ -190,7 +190,7 @@ class PodmanLogReader:
                 for start in range(0, len(out), LOG_CHUNK_LINES):
                     yield out[start : start + LOG_CHUNK_LINES]
                 if read:
-                    pause = shortest
+                    idle = 0
                     continue
                 if final:  # stopped, and read to the end after that
                     out = []
@@ -206,7 +206,7 @@ class PodmanLogReader:
                     except Exception as exc:  # as above: look again shortly
                         log(_log, logging.DEBUG, "log_state_failed", name=name, error=explain(exc))
                         check_at = loop.time() + shortest
-                        await _sleep(pause, waker)
+                        await _sleep(backoff(shortest, longest, idle + 1), waker)
                         continue
                     if settle_in is not None and settle_in <= 0:
                         final = True  # read once more: what it wrote last is there now
@@ -215,8 +215,8 @@ class PodmanLogReader:
                         await asyncio.sleep(settle_in)
                         continue
                     check_at = loop.time() + LOG_STATE_EVERY
-                await _sleep(pause, waker)
-                pause = min(longest, pause * 2)
+                await _sleep(backoff(shortest, longest, idle + 1), waker)
+                idle += 1
         finally:
             _warn_lines_lost(name, tail)
             if done:
@@ -240,7 +240,7 @@ class PodmanLogReader:
         """Every line of ``name`` through the log API, by time windows."""
         cursor = _LogCursor(LogDecoder(self._part_bytes))
         shortest, longest = self._poll
-        pause = shortest
+        idle = 0  # reads in a row that found nothing
         failures = 0
         waker = asyncio.Event()
         self._wakers.setdefault(name, set()).add(waker)
@@ -257,7 +257,7 @@ class PodmanLogReader:
                 assert item is not None  # a read always ends with its _ReadDone
                 if isinstance(item.result, BaseException):
                     failures += 1
-                    delay = min(5.0, shortest * 2**failures)
+                    delay = backoff(2 * shortest, 5.0, failures)
                     log(
                         _log,
                         logging.WARNING if failures == 1 else logging.DEBUG,
@@ -277,10 +277,10 @@ class PodmanLogReader:
                 if read.settle_in is not None:  # stopped: read the rest once it has settled
                     await asyncio.sleep(max(0.01, read.settle_in))
                     continue
-                pause = shortest if read.lines else min(longest, pause * 2)
+                idle = 0 if read.lines else idle + 1
                 # Each read makes Podman scan the whole log file: never spend more
                 # than about half of the time reading one container's log.
-                await _sleep(max(pause, read.busy), waker)
+                await _sleep(max(backoff(shortest, longest, idle + 1), read.busy), waker)
         finally:
             self._forget_waker(name, waker)
 
@@ -289,7 +289,7 @@ class PodmanLogReader:
     ) -> AsyncGenerator[list[LogLine] | _ReadDone, None]:
         """One window read in a reader thread: its chunks, then its ``_ReadDone``."""
         loop = asyncio.get_running_loop()
-        handoff = _Handoff(loop)
+        handoff = Handoff(loop)
         self._handoffs.add(handoff)
         future = loop.run_in_executor(self._executor, self._log_reader, name, cursor, handoff)
         future.add_done_callback(_retrieve)
@@ -345,21 +345,21 @@ class PodmanLogReader:
             return 0.0
         return (ready_at - time.time_ns()) / NS
 
-    def _log_reader(self, name: str, cursor: _LogCursor, handoff: _Handoff) -> None:
+    def _log_reader(self, name: str, cursor: _LogCursor, handoff: Handoff) -> None:
         """One read of ``name``'s next log window; always ends with a ``_ReadDone``."""
         result: _Read | BaseException
         try:
             result = self._read_log_window(name, cursor, handoff)
-        except _Abandoned:
+        except Abandoned:
             return
         except Exception as exc:
             result = exc
         try:
             handoff.put(_ReadDone(result))
-        except _Abandoned:
+        except Abandoned:
             pass
 
-    def _read_log_window(self, name: str, cursor: _LogCursor, handoff: _Handoff) -> _Read:
+    def _read_log_window(self, name: str, cursor: _LogCursor, handoff: Handoff) -> _Read:
         began = time.monotonic()
         client = self._client()
         try:
@@ -420,7 +420,7 @@ class PodmanLogReader:
         return _Read(final, lines, time.monotonic() - began - waited, None)
 
     @staticmethod
-    def _logs_gone(cursor: _LogCursor, handoff: _Handoff, began: float) -> _Read:
+    def _logs_gone(cursor: _LogCursor, handoff: Handoff, began: float) -> _Read:
         """The container was removed: its partial lines are all that is left."""
         out: list[LogLine] = []
         cursor.decoder.finish(out)
@@ -458,62 +458,6 @@ class _ReadDone:
     """Marks the end of one read in the handoff queue."""
 
     result: _Read | BaseException
-
-
-class _Abandoned(Exception):
-    """The consumer of a log read went away; the reader thread stops."""
-
-
-class _Handoff:
-    """A bounded queue from one reader thread to the event loop.
-
-    ``put`` blocks the thread while the queue is full (backpressure, never a
-    drop) and gives up once the consumer closed the queue; ``get`` awaits
-    without blocking the loop.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int = 8) -> None:
-        """A queue whose consumer runs on ``loop``."""
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize)
-        self._loop = loop
-        self._ready = asyncio.Event()
-        self._closed = threading.Event()
-
-    def put(self, item: Any) -> float:
-        """(Reader thread) enqueue ``item``; return the seconds spent waiting for room."""
-        began = time.monotonic()
-        while True:
-            if self._closed.is_set():
-                raise _Abandoned()
-            try:
-                self._queue.put(item, timeout=0.2)
-                break
-            except queue.Full:
-                continue
-        try:
-            self._loop.call_soon_threadsafe(self._ready.set)
-        except RuntimeError:  # the loop is closed: nobody will ever read
-            self._closed.set()
-            raise _Abandoned() from None
-        return time.monotonic() - began
-
-    async def get(self) -> Any:
-        """(Event loop) the next item, waiting for one if needed."""
-        while True:
-            try:
-                return self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            self._ready.clear()
-            try:  # an item may have arrived between the two checks
-                return self._queue.get_nowait()
-            except queue.Empty:
-                pass
-            await self._ready.wait()
-
-    def close(self) -> None:
-        """(Event loop) the consumer is gone: make the reader stop."""
-        self._closed.set()
 
 
 def _log_file_done(name: str, tail: LogFileTail) -> None:
