@@ -1,6 +1,6 @@
 """The store interface. Services depend on this, never on a backend, so that a
 PostgreSQL implementation can follow without touching them; the contract test
-suite in tests/controlplane/test_store_contract.py runs against every backend."""
+suites in tests/controlplane/test_store_contract_*.py run against every backend."""
 
 from __future__ import annotations
 
@@ -28,6 +28,15 @@ class StoreInUse(OSError):
 
 class SchemaTooNew(RuntimeError):
     """The database was migrated by a newer muster than this one."""
+
+
+def refuse_newer_schema(current: int, known: int) -> None:
+    """SchemaTooNew when the database is at a version past the `known` migrations."""
+    if current > known:
+        raise SchemaTooNew(
+            f"database schema version {current} is newer than this control plane "
+            f"({known}); upgrade muster"
+        )
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,8 @@ from controlplane.store.base import (
     Store,
 )
 from controlplane.store.documents import node_from_doc, node_to_doc, run_from_doc, run_to_doc
-from controlplane.store.sqlite import MARKER_ROOM, MARKER_SEQUENCE, to_micros
+from controlplane.store.log_marker import MARKER_ROOM, MARKER_SEQUENCE
+from controlplane.store.micros import to_micros
 
 
 class MemoryStore(Store):
