@@ -30,13 +30,11 @@ Every status carries the digest of the container's image once it is known
 for a container adopted after a restart, from one inspect).
 
 Logs (:mod:`agent.logship`): every container that runs or ran is followed
-from its first line while a registered stream is attached. A container's REMOVED is sent
-only after all of its lines: teardown stops the run's containers, waits
-until their followers have delivered their last batch (as long as batches
-keep going out; ``log_flush_timeout`` without one ends the wait), and only
-then removes them; a container removed behind the agent's
-back is reported once its follower has read what was left (or after a short
-deadline).
+from its first line while a registered stream is attached. A container's
+REMOVED is sent only after all of its lines: a teardown
+(:mod:`agent.run_teardown`) waits for them before it removes the containers;
+a container removed behind the agent's back is reported once its follower has
+read what was left (or after a short deadline).
 """
 
 from __future__ import annotations
@@ -48,12 +46,16 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from typing import Any
 
+from agent import watch_loop
+from agent.adoption import ready_on_arrival, with_digests
 from agent.buffer_copies import BufferCopies
 from agent.logship import LogShipper, LogSink
 from agent.logutil import log
 from agent.messages import ImagesAnswer, PullAnswer, PullRequest, Status
+from agent.node_requests import answer_images, answer_pull
 from agent.pulls import Puller
-from agent.readiness import Probes, accepts_now, needs_probe, reachable
+from agent.readiness import Probes, needs_probe, reachable
+from agent.run_teardown import RunTeardowns
 from agent.runtime import (
     ContainerInfo,
     ContainerSpec,
@@ -61,15 +63,26 @@ from agent.runtime import (
     Runtime,
     RuntimeFailure,
 )
-from agent.teardowns import TeardownRetries
+from agent.status_book import Sink, StatusBook, status_of_info, status_of_spec
 
-Sink = Callable[[Status], None]
-"""Sends a container's status on the current stream."""
 _log = logging.getLogger(__name__)
 
 
 class Supervisor:
-    """Owns every container of this node on behalf of the control plane."""
+    """Owns every container of this node on behalf of the control plane.
+
+    ``poll_interval``: watch period; ``probe_interval``: readiness retry period.
+    ``log_batch_lines``/``log_batch_seconds`` bound a LogBatch;
+    ``log_flush_timeout`` is how long a teardown waits for the logs of the
+    stopped containers without any of them going out before removing them
+    anyway; ``vanished_log_timeout`` the same for a container removed behind
+    the agent's back;
+    ``teardown_retry``: the first and the longest pause before a teardown
+    that left containers behind is tried again (doubling in between).
+    ``puller`` gets images onto the node (default: a :class:`Puller` with
+    its defaults). ``copies`` runs the pipes and copies of jobs with buffers
+    (default: none can run here).
+    """
 
     def __init__(
         self,
@@ -85,19 +98,7 @@ class Supervisor:
         puller: Puller | None = None,
         copies: BufferCopies | None = None,
     ) -> None:
-        """``poll_interval``: watch period; ``probe_interval``: readiness retry period.
-
-        ``log_batch_lines``/``log_batch_seconds`` bound a LogBatch;
-        ``log_flush_timeout`` is how long a teardown waits for the logs of the
-        stopped containers without any of them going out before removing them
-        anyway; ``vanished_log_timeout`` the same for a container removed behind
-        the agent's back;
-        ``teardown_retry``: the first and the longest pause before a teardown
-        that left containers behind is tried again (doubling in between).
-        ``puller`` gets images onto the node (default: a :class:`Puller` with
-        its defaults). ``copies`` runs the pipes and copies of jobs with buffers
-        (default: none can run here).
-        """
+        """Supervise ``runtime``'s containers (the settings: see the class docstring)."""
         self._rt = runtime
         self.puller = puller or Puller(runtime)
         """Pulls images as start and PullImage messages need them."""
@@ -106,36 +107,41 @@ class Supervisor:
         self._pulling: set[str] = set()
         """Containers whose start is still getting its image."""
         self._poll_interval = poll_interval
-        self._changed = asyncio.Event()
-        """Set when the runtime announced a change: the watch loop lists at once."""
-        self._log_flush_timeout = log_flush_timeout
         self._vanished_log_timeout = vanished_log_timeout
         self.logs = LogShipper(
             runtime, batch_lines=log_batch_lines, batch_seconds=log_batch_seconds
         )
         """The log shipper (one follower per container for the current stream)."""
-        self._statuses: dict[str, Status] = {}
+        self._book = StatusBook(self.logs.follow)
+        """The last status reported for each container present, and who spoke last."""
         self._starts: dict[str, tuple[int, asyncio.Task[None]]] = {}
-        self._probes = Probes(runtime, probe_interval, self._statuses.get, self._set, self._spawn)
+        self._probes = Probes(
+            runtime, probe_interval, self._book.get, self._book.record, self._spawn
+        )
         """Readiness probes of running workers that are not ready yet."""
-        self._teardowns: dict[int, asyncio.Task[None]] = {}
-        self._failed_teardowns = TeardownRetries(*teardown_retry)
-        """Runs whose teardown left containers behind."""
+        self._ship_logs = False
+        self._teardowns = RunTeardowns(
+            runtime,
+            self._book,
+            probes=self._probes,
+            copies=self.copies,
+            logs=self.logs,
+            settle_starts=self._settle_starts,
+            ship_logs=lambda: self._ship_logs,
+            spawn=self._spawn,
+            log_flush_timeout=log_flush_timeout,
+            retry=teardown_retry,
+        )
         self._deferred_starts: set[str] = set()
         self._vanishing: dict[str, asyncio.Task[None]] = {}
-        self._ship_logs = False
         self._background: set[asyncio.Task[Any]] = set()
-        self._touched: dict[str, int] = {}
-        self._clock = 0
         self._reconcile_lock = asyncio.Lock()
-        self._sink: Sink | None = None
-        self._watch_failing = False
 
     # -- stream attachment ----------------------------------------------------------
 
     def attach(self, sink: Sink) -> None:
         """Send future status changes to ``sink`` (logs start with :meth:`attach_logs`)."""
-        self._sink = sink
+        self._book.attach(sink)
 
     def attach_logs(self, logs: LogSink) -> None:
         """Ship log batches to ``logs``: every container that runs or ran, from its first line.
@@ -144,12 +150,12 @@ class Supervisor:
         """
         self._ship_logs = True
         self.logs.attach(logs)
-        for status in self._statuses.values():
+        for status in self._book:
             self.logs.follow(status)
 
     def detach(self) -> None:
         """Stop sending (the stream ended); changes keep being tracked."""
-        self._sink = None
+        self._book.attach(None)
         self.logs.detach()
 
     def join_cluster(self, cluster_id: str) -> None:
@@ -161,14 +167,14 @@ class Supervisor:
         if not cluster_id or cluster_id == scope.cluster_id:
             return
         scope.cluster_id = cluster_id
-        for name, status in list(self._statuses.items()):
-            if not scope.admits(name, status.cluster_id):
-                self._forget(name)
-                self.logs.forget(name)
+        for status in self._book:
+            if not scope.admits(status.name, status.cluster_id):
+                self._forget(status.name)
+                self.logs.forget(status.name)
 
     def snapshot(self) -> list[Status]:
         """Current status of every container present, for Register."""
-        return list(self._statuses.values())
+        return self._book.snapshot()
 
     # -- commands from the control plane ----------------------------------------------
 
@@ -177,7 +183,7 @@ class Supervisor:
         if spec.name in self._starts:
             log(_log, logging.DEBUG, "start_in_progress", name=spec.name)
             return
-        teardown = self._teardowns.get(spec.run_id)
+        teardown = self._teardowns.running(spec.run_id)
         if teardown is not None:
             # The latest command wins: start once the teardown is over. The
             # deferred start is not in ``_starts``, so the teardown never waits for it.
@@ -202,147 +208,52 @@ class Supervisor:
 
         ``keep_logs=False`` does not wait for the logs to be shipped first
         (self-fencing: no stream can take them)."""
-        if run_id in self._teardowns:
-            return
-        task = self._spawn(self._teardown(run_id, keep_logs), f"teardown {run_id}")
-        self._teardowns[run_id] = task
-        task.add_done_callback(lambda _t: self._teardowns.pop(run_id, None))
+        self._teardowns.start(run_id, keep_logs=keep_logs)
 
     def handle_pull_image(self, request: PullRequest, reply: Callable[[PullAnswer], None]) -> None:
         """Pull ``request.image`` in the background; answer through ``reply``."""
-        self._spawn(self._pull_image(request, reply), f"pull-image {request.request_id}")
 
-    async def _pull_image(self, request: PullRequest, reply: Callable[[PullAnswer], None]) -> None:
-        answer = PullAnswer(request.request_id, request.image)
-        if not request.image.strip():
-            answer = replace(
-                answer, error=f"PullImage needs an image (node '{self._rt.node_name}')"
-            )
-        else:
-            try:
-                outcome = await self.puller.ensure(
-                    request.image, request.policy, request.credentials
-                )
-                answer = replace(answer, digest=outcome.digest, pulled=outcome.pulled)
-            except RuntimeFailure as exc:
-                answer = replace(answer, error=str(exc))
-            except Exception as exc:  # report, never crash
-                answer = replace(answer, error=f"{type(exc).__name__}: {exc}")
-        reply(answer)
+        async def pull() -> None:
+            reply(await answer_pull(self.puller, self._rt.node_name, request))
+
+        self._spawn(pull(), f"pull-image {request.request_id}")
 
     def handle_list_images(self, request_id: str, reply: Callable[[ImagesAnswer], None]) -> None:
         """List the node's images in the background; answer through ``reply``."""
-        self._spawn(self._list_images(request_id, reply), f"list-images {request_id}")
 
-    async def _list_images(self, request_id: str, reply: Callable[[ImagesAnswer], None]) -> None:
-        try:
-            images = await self._rt.list_images()
-        except Exception as exc:  # the answer is still sent: an empty list
-            log(_log, logging.WARNING, "list_images_failed", error=exc)
-            images = []
-        reply(ImagesAnswer(request_id, tuple(images)))
+        async def list_images() -> None:
+            reply(await answer_images(self._rt, request_id))
+
+        self._spawn(list_images(), f"list-images {request_id}")
 
     # -- watching -----------------------------------------------------------------------
 
     async def watch(self) -> None:
         """List the runtime's containers and report every state change: at
         once when the runtime announces a change, and every poll interval
-        anyway (announcements can be missed)."""
-        hints = asyncio.create_task(self._follow_changes(), name="agent-changes")
-        try:
-            await self._watch_loop()
-        finally:
-            hints.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await hints
-
-    async def _follow_changes(self) -> None:
-        """Turn the runtime's change announcements into wake-ups of the watch
-        loop; if they stop (Podman restarted), start them again after a pause."""
-        while True:
-            try:
-                await self._rt.watch_changes(self._changed.set)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log(_log, logging.DEBUG, "change_feed_ended", error=exc)
-            await asyncio.sleep(1.0)
-
-    async def _watch_loop(self) -> None:
-        while True:
-            self._changed.clear()
-            try:
-                await self.reconcile()
-                if self._watch_failing:
-                    self._watch_failing = False
-                    log(_log, logging.INFO, "watch_recovered")
-            except Exception as exc:
-                if not self._watch_failing:  # log transitions, not every poll
-                    self._watch_failing = True
-                    log(_log, logging.WARNING, "watch_failed", error=exc)
-            self._retry_teardowns()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), self._poll_interval)
+        anyway (announcements can be missed); retry due teardowns after each."""
+        await watch_loop.watch(
+            self._rt, self.reconcile, self._teardowns.retry_due, self._poll_interval
+        )
 
     def state_counts(self) -> dict[str, int]:
         """Managed containers by state, as last observed (metrics)."""
-        counts: dict[str, int] = {}
-        for status in self._statuses.values():
-            counts[status.state] = counts.get(status.state, 0) + 1
-        return counts
-
-    def _retry_teardowns(self) -> None:
-        """Start again every failed teardown whose backoff has passed."""
-        now = asyncio.get_running_loop().time()
-        for run_id, failures in self._failed_teardowns.due(now):
-            if run_id not in self._teardowns:
-                log(_log, logging.INFO, "teardown_retry", run_id=run_id, failures=failures)
-                self.handle_teardown(run_id)
+        return self._book.state_counts()
 
     async def reconcile(self) -> None:
         """List the node's containers once and report what changed since last time."""
         async with self._reconcile_lock:
-            self._clock += 1
-            started_at = self._clock
+            started_at = self._book.tick()
             infos = await self._rt.list_managed()
-            infos = await self._with_digests(infos)
-            ready = await self._probe_adopted(infos, started_at)
+            infos = await with_digests(self._rt, infos, self._unknown_and_idle)
+            ready = await ready_on_arrival(self._rt, infos, self._unknown)
             self._apply(infos, started_at, ready)
 
-    async def _with_digests(self, infos: list[ContainerInfo]) -> list[ContainerInfo]:
-        """Image digests of containers seen for the first time (list results lack them)."""
-        fresh = [
-            i
-            for i in infos
-            if not i.image_digest and i.name not in self._statuses and i.name not in self._starts
-        ]
-        if not fresh:
-            return infos
-        found = await asyncio.gather(
-            *(self._rt.inspect(i.name) for i in fresh), return_exceptions=True
-        )
-        digests = {
-            i.name: f.image_digest
-            for i, f in zip(fresh, found, strict=True)
-            if isinstance(f, ContainerInfo) and f.image_digest
-        }
-        return [replace(i, image_digest=digests[i.name]) if i.name in digests else i for i in infos]
+    def _unknown(self, name: str) -> bool:
+        return name not in self._book
 
-    async def _probe_adopted(self, infos: list[ContainerInfo], started_at: int) -> set[str]:
-        """One probe round for running workers seen for the first time.
-
-        Re-adopted workers (agent restart) that already serve are then
-        registered as ready at once instead of flapping through not-ready.
-        """
-        fresh = [
-            i
-            for i in infos
-            if i.name not in self._statuses and i.state == "running" and needs_probe(i)
-        ]
-        results = await asyncio.gather(
-            *(accepts_now(self._rt, i.name) for i in fresh), return_exceptions=True
-        )
-        return {i.name for i, ok in zip(fresh, results, strict=True) if ok is True}
+    def _unknown_and_idle(self, name: str) -> bool:
+        return name not in self._book and name not in self._starts
 
     def _apply(self, infos: list[ContainerInfo], started_at: int, ready: set[str]) -> None:
         seen: set[str] = set()
@@ -350,13 +261,14 @@ class Supervisor:
             seen.add(info.name)
             if self._owned_elsewhere(info.name, info.run_id, started_at):
                 continue
-            prev = self._statuses.get(info.name)
+            prev = self._book.get(info.name)
             if prev is not None and prev.state == info.state and prev.exit_code == info.exit_code:
                 continue
             if prev is None:
                 log(_log, logging.INFO, "container_adopted", name=info.name, state=info.state)
             self._track(info, ready=info.name in ready)
-        for name, prev in list(self._statuses.items()):
+        for prev in self._book:
+            name = prev.name
             if name in seen or self._owned_elsewhere(name, prev.run_id, started_at):
                 continue
             self._forget(name)
@@ -381,7 +293,7 @@ class Supervisor:
             if self._ship_logs and not await self.logs.flush([name], self._vanished_log_timeout):
                 log(_log, logging.WARNING, "log_flush_timeout", name=name)
             self.logs.forget(name)
-            self._send(status)
+            self._book.send(status)
 
         task = self._spawn(report(), f"vanished {name}")
         self._vanishing[name] = task
@@ -392,7 +304,7 @@ class Supervisor:
         return (
             name in self._starts
             or run_id in self._teardowns
-            or self._touched.get(name, 0) >= started_at
+            or self._book.touched_since(name, started_at)
         )
 
     # -- start and readiness --------------------------------------------------------------
@@ -401,22 +313,14 @@ class Supervisor:
         vanishing = self._vanishing.get(spec.name)
         if vanishing is not None:  # its REMOVED goes first
             await asyncio.wait({vanishing})
-        current = self._statuses.get(spec.name)
+        current = self._book.get(spec.name)
         if current is not None and current.state not in ("creating", "pulling"):
             # Already known: the control plane may have missed our last word.
-            self._send(current)
+            self._book.send(current)
             if current.state == "running" and not current.ready:
                 self._probes.ensure(spec.name)
             return
-        base = Status(
-            spec.run_id,
-            spec.role,
-            spec.replica,
-            spec.name,
-            "creating",
-            generation=spec.generation,
-            cluster_id=spec.cluster_id,
-        )
+        base = status_of_spec(spec, "creating")
         prior = await self._existing(spec.name)
         if prior is None:
             # Only a container that is not there yet needs its image.
@@ -437,7 +341,7 @@ class Supervisor:
             finally:
                 self._pulling.discard(spec.name)
             base = replace(base, image_digest=outcome.digest)
-        self._set(base)
+        self._book.record(base)
         # Copies start only with a container that never ran: one that did has lost them.
         fresh = prior is None or prior.state == "creating"
         log(_log, logging.INFO, "start_container", name=spec.name, image=spec.image)
@@ -453,7 +357,7 @@ class Supervisor:
             return
         if fresh:
             self.copies.start(spec, self._buffer_failed)
-        self._touch(spec.name)
+        self._book.touch(spec.name)
         self._track(info, ready=False)
 
     async def _existing(self, name: str) -> ContainerInfo | None:
@@ -466,7 +370,7 @@ class Supervisor:
     def _pull_progress(self, base: Status, progress: PullProgress) -> None:
         """Report PULLING with ``progress`` while the start still waits for its image."""
         if base.name in self._pulling:
-            self._set(
+            self._book.record(
                 replace(
                     base,
                     state="pulling",
@@ -477,34 +381,16 @@ class Supervisor:
 
     def _fail(self, spec: ContainerSpec, message: str) -> None:
         log(_log, logging.WARNING, "start_failed", name=spec.name, error=message)
-        self._touch(spec.name)
+        self._book.touch(spec.name)
         self._forget(spec.name)
-        self._send(
-            Status(
-                spec.run_id,
-                spec.role,
-                spec.replica,
-                spec.name,
-                "failed",
-                message=message,
-                generation=spec.generation,
-                cluster_id=spec.cluster_id,
-            )
-        )
+        self._book.send(replace(status_of_spec(spec, "failed"), message=message))
 
     def _track(self, info: ContainerInfo, *, ready: bool) -> None:
         """Record and report ``info`` as the container's new state."""
-        prev = self._statuses.get(info.name)
-        base = Status(
-            info.run_id,
-            info.role,
-            info.replica,
-            info.name,
-            info.state,
-            generation=info.generation,
-            image_digest=info.image_digest or (prev.image_digest if prev is not None else ""),
-            cluster_id=info.cluster_id,
-            buffer_error=self.copies.error_of(info.name) if info.role == "job" else "",
+        base = status_of_info(
+            info,
+            self._book.get(info.name),
+            self.copies.error_of(info.name) if info.role == "job" else "",
         )
         code = info.exit_code if info.state == "exited" and info.exit_code is not None else -1
         if info.state in ("exited", "failed") and self.copies.job_exited(
@@ -513,36 +399,38 @@ class Supervisor:
             return  # reported once the copies have ended
         if info.state == "running":
             if not needs_probe(info):
-                self._set(replace(base, ready=True))
+                self._book.record(replace(base, ready=True))
             elif ready:
                 targets = self._rt.endpoint_targets(info)
-                self._set(replace(base, ready=True, **reachable(targets)))
+                self._book.record(replace(base, ready=True, **reachable(targets)))
             else:
-                self._set(base)
+                self._book.record(base)
                 self._probes.ensure(info.name)
             return
         self._probes.stop(info.name)
         if info.state == "exited":
-            self._set(replace(base, exit_code=info.exit_code))
+            self._book.record(replace(base, exit_code=info.exit_code))
         elif info.state == "failed":
-            self._set(replace(base, message=info.message or "container is in an unexpected state"))
+            self._book.record(
+                replace(base, message=info.message or "container is in an unexpected state")
+            )
         else:
-            self._set(base)
+            self._book.record(base)
 
     def _copies_ended(self, info: ContainerInfo) -> None:
         """The job's copies ended after it exited: report the exit, with their outcome."""
-        status = self._statuses.get(info.name)
+        status = self._book.get(info.name)
         if status is None or info.run_id in self._teardowns:
             return  # removed or being torn down meanwhile: that report wins
-        self._touch(info.name)
+        self._book.touch(info.name)
         self._track(info, ready=False)
 
     def _buffer_failed(self, name: str) -> None:
         """A copy failed while the job runs: tell the control plane at once."""
-        status = self._statuses.get(name)
+        status = self._book.get(name)
         if status is None or name in self._starts or status.run_id in self._teardowns:
             return  # the start or the teardown reports
-        self._set(replace(status, buffer_error=self.copies.error_of(name)))
+        self._book.record(replace(status, buffer_error=self.copies.error_of(name)))
 
     # -- teardown ---------------------------------------------------------------------------
 
@@ -553,7 +441,7 @@ class Supervisor:
         # Until Registered named the cluster, a labelled container may be another
         # cluster's: only unlabelled ones are fenced then.
         known = bool(self._rt.cluster.cluster_id)
-        mine = {s.run_id for s in self._statuses.values() if known or not s.cluster_id}
+        mine = {s.run_id for s in self._book if known or not s.cluster_id}
         runs = sorted(mine | set(self._starts_by_run()))
         for run_id in runs:
             self.handle_teardown(run_id, keep_logs=False)
@@ -561,46 +449,6 @@ class Supervisor:
 
     def _starts_by_run(self) -> set[int]:
         return {run_id for run_id, _ in self._starts.values()}
-
-    async def _teardown(self, run_id: int, keep_logs: bool = True) -> None:
-        log(_log, logging.INFO, "teardown_run", run_id=run_id)
-        await self._settle_starts(run_id)
-        names = [name for name, status in self._statuses.items() if status.run_id == run_id]
-        for name in names:
-            self._probes.stop(name)
-        # Before the job is stopped, so that no output is completed by its end of file.
-        await self.copies.stop_run(run_id)
-        await self._stop_and_flush(run_id, names, keep_logs)
-        removed: list[ContainerInfo] = []
-        try:
-            removed = await self._rt.remove_run(run_id)
-        except Exception as exc:  # some may be gone anyway: the re-list below tells
-            log(_log, logging.ERROR, "teardown_failed", run_id=run_id, error=exc)
-        # Only containers that are really gone are reported REMOVED: re-list.
-        remaining: set[str] | None
-        try:
-            remaining = {i.name for i in await self._rt.list_managed() if i.run_id == run_id}
-        except Exception as exc:
-            log(_log, logging.WARNING, "teardown_check_failed", run_id=run_id, error=exc)
-            remaining = None
-        for name, status in self._gone(run_id, removed, remaining).items():
-            self._touch(name)
-            self._forget(name)
-            self.logs.forget(name)
-            await self.copies.remove(name)
-            self._send(status)
-        if remaining is None or remaining:
-            delay = self._failed_teardowns.failed(run_id, asyncio.get_running_loop().time())
-            log(
-                _log,
-                logging.WARNING,
-                "teardown_incomplete",
-                run_id=run_id,
-                left=sorted(remaining) if remaining is not None else "unknown",
-                retry_in=f"{delay:.2f}s",
-            )
-        else:
-            self._failed_teardowns.succeeded(run_id)
 
     async def _settle_starts(self, run_id: int) -> None:
         """A start already in flight finishes first, so nothing is created after
@@ -611,85 +459,9 @@ class Supervisor:
                 task.cancel()
         await asyncio.gather(*(task for _, task in pending), return_exceptions=True)
 
-    async def _stop_and_flush(self, run_id: int, names: list[str], keep_logs: bool) -> None:
-        """Stop, let the log followers read to the end (removal comes next): the logs
-        live in the containers, and all of them go out before REMOVED."""
-        try:
-            await self._rt.stop_run(run_id)
-        except Exception as exc:  # removal (which stops too) is still attempted
-            log(_log, logging.WARNING, "stop_failed", run_id=run_id, error=exc)
-        if (
-            keep_logs
-            and self._ship_logs
-            and not await self.logs.flush(names, self._log_flush_timeout)
-        ):
-            log(_log, logging.WARNING, "log_flush_timeout", run_id=run_id)
-
-    def _gone(
-        self, run_id: int, removed: list[ContainerInfo], remaining: set[str] | None
-    ) -> dict[str, Status]:
-        """The REMOVED statuses of ``run_id``'s containers that are really gone:
-        those no longer listed (``remaining``; ``None``: the list failed) and those
-        ``remove_run`` removed that were not listed after it."""
-        gone: dict[str, Status] = {}
-        if remaining is not None:
-            gone = {
-                name: replace(status, state="removed", ready=False, message="", endpoints=())
-                for name, status in self._statuses.items()
-                if status.run_id == run_id and name not in remaining
-            }
-        for i in removed:
-            if (remaining is None or i.name not in remaining) and i.name not in gone:
-                prev = self._statuses.get(i.name)
-                gone[i.name] = (
-                    replace(prev, state="removed", ready=False, message="", endpoints=())
-                    if prev is not None
-                    else Status(
-                        i.run_id,
-                        i.role,
-                        i.replica,
-                        i.name,
-                        "removed",
-                        exit_code=i.exit_code,
-                        cluster_id=i.cluster_id,
-                    )
-                )
-        return gone
-
-    # -- bookkeeping ----------------------------------------------------------------------------
-
-    def _set(self, status: Status) -> None:
-        """Record ``status`` and send it if it differs from the last one."""
-        if self._statuses.get(status.name) == status:
-            return
-        self._statuses[status.name] = status
-        self._send(status)
-        self.logs.follow(status)
-
-    def _send(self, status: Status) -> None:
-        log(
-            _log,
-            logging.INFO,
-            "container_status",
-            name=status.name,
-            state=status.state,
-            ready=status.ready,
-            exit_code=status.exit_code,
-            message=status.message or None,
-        )
-        if self._sink is not None:
-            self._sink(status)
-
     def _forget(self, name: str) -> None:
         self._probes.stop(name)
-        self._statuses.pop(name, None)
-
-    def _touch(self, name: str) -> None:
-        self._clock += 1
-        self._touched[name] = self._clock
-        if len(self._touched) > 10_000:  # bound memory; old touches are irrelevant
-            for key in list(self._touched)[:5_000]:
-                del self._touched[key]
+        self._book.forget(name)
 
     def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(coro, name=name)
