@@ -116,7 +116,7 @@ def exec_with_pipes(
     """Run `exec` for a job that declares buffers (never returns then: it
     exits). Returns False, having done nothing, when the job declares none,
     for the caller's plain exec."""
-    from muster_cli.runs import build_run
+    from muster_cli.run_spec import build_run
 
     message = build_run(file, flags)
     for name, value in list(message.buffers.items()):
@@ -333,7 +333,7 @@ class _PipeRun:
         return _Outcome(0, final=final)
 
     def _run_failed(self, final: pb.Run) -> _Outcome:
-        from muster_cli.runs import status_text
+        from muster_cli.run_text import status_text
 
         reason = f": {final.status_reason}" if final.status_reason else ""
         return _Outcome(1, f"Run failed: run {final.id} {status_text(final).lower()}{reason}")

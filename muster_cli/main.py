@@ -12,6 +12,7 @@ from muster_cli import (  # noqa: F401  (they register their commands)
     codespecs,
     images,
     nodes,
+    run_queries,
     runs,
 )
 from muster_cli.app import cli

@@ -19,7 +19,7 @@ from muster.common.pki import key_pem, new_key, node_csr
 from muster.v1 import agent_pb2 as apb
 from muster.v1 import agent_pb2_grpc as agrpc
 from muster.v1 import run_pb2 as rpb
-from muster_cli.runs import describe, progress_line
+from muster_cli.run_text import describe, progress_line
 from tests.conftest import BIN, Process, isolated_env, run_cli, start_process
 from tests.security.conftest import FakeAgent, connect
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import click
 import pytest
 
-from muster_cli.runs import buffer_ttl, build_run
+from muster_cli.run_spec import buffer_ttl, build_run
 from muster_cli.specfile import run_from_dict
 from tests.conftest import Process, run_cli, start_process
 
