@@ -1,10 +1,9 @@
-"""The buffer part of the Store contract, on every backend (the `store`
-fixture of test_store_contract: SQLite file, SQLite in memory, dict)."""
+"""The Store contract for buffer records, on every backend (store_contract_support.py)."""
 
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,10 +11,10 @@ import pytest
 from controlplane.core.buffers import Buffer, BufferFilter, new_id
 from controlplane.core.errors import AlreadyExists, FailedPrecondition
 from controlplane.store.sqlite import SqliteStore, to_micros
-from tests.controlplane import test_store_contract as contract
+from tests.controlplane import store_contract_support
+from tests.controlplane.store_contract_support import T0
 
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-store = contract.store  # the same three backends
+store = store_contract_support.store  # the fixture: one parameter per backend
 
 
 def buf(n: int, minutes: int = 0, **kw) -> Buffer:

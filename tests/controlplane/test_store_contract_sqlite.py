@@ -1,0 +1,128 @@
+"""The SQLite backend's own part of the contract: a file that is reopened,
+migrated from an older schema, or refused when a newer muster made it."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from controlplane.store.sqlite import MIGRATIONS, SqliteStore
+from tests.controlplane.store_contract_support import T0, spec
+
+
+async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    await s.insert_codespec(spec("keep", 1))
+    await s.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert (await s.latest_codespec("keep")).created_at == T0
+    finally:
+        await s.close()
+
+
+async def test_sqlite_refuses_newer_schema(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    await s.close()
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE schema_version SET version = ?", (len(MIGRATIONS) + 1,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this control plane"):
+        await SqliteStore.open(path)
+
+
+def old_database(path: Path, before: str) -> None:
+    """A database as a control plane made it before the migration that
+    mentions `before`: only the migrations ahead of that one applied."""
+    import sqlite3
+
+    from controlplane.store.sqlite import _split_sql
+
+    version = next(i for i, m in enumerate(MIGRATIONS) if before in m)
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    for migration in MIGRATIONS[:version]:
+        for statement in _split_sql(migration):
+            conn.execute(statement)
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    conn.execute(
+        "INSERT INTO codespecs (name, version, kind, spec, created_at) VALUES (?, ?, ?, ?, ?)",
+        ("keep", 1, "job", '{"image": "img"}', 0),
+    )
+    conn.close()
+
+
+async def test_sqlite_migrates_an_older_database_keeping_its_data(tmp_path: Path) -> None:
+    """A database made before registry logins existed gains the table on open."""
+    from controlplane.core.images import StoredLogin
+
+    path = tmp_path / "db.sqlite"
+    old_database(path, "CREATE TABLE registry_logins")
+    s = await SqliteStore.open(path)
+    try:
+        assert (await s.latest_codespec("keep")).version == 1
+        await s.save_registry_login(StoredLogin("quay.io", "bob", b"\x01x", T0))
+        assert len(await s.list_registry_logins()) == 1
+    finally:
+        await s.close()
+
+
+async def test_the_cluster_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    """Random per database, the same after every reopen; an older database gets one."""
+    path = tmp_path / "db.sqlite"
+    s = await SqliteStore.open(path)
+    first = await s.cluster_id()
+    await s.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.cluster_id() == first
+    finally:
+        await s.close()
+    assert len(first) == 32 and int(first, 16) >= 0
+    other = await SqliteStore.open(tmp_path / "other.sqlite")
+    try:
+        assert await other.cluster_id() != first
+    finally:
+        await other.close()
+    older = tmp_path / "older.sqlite"
+    old_database(older, "CREATE TABLE cluster")
+    s = await SqliteStore.open(older)
+    try:
+        assert len(await s.cluster_id()) == 32
+        assert (await s.latest_codespec("keep")).version == 1
+    finally:
+        await s.close()
+
+
+async def test_an_older_database_gains_retention_columns_from_its_runs(tmp_path: Path) -> None:
+    """Finish times and log sizes of runs stored before retention are filled in."""
+    import sqlite3
+
+    path = tmp_path / "db.sqlite"
+    old_database(path, "CREATE TABLE run_log_usage")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for status, doc in (
+        ("Succeeded", '{"finishedAt": "2026-01-01T00:01:00+00:00"}'),
+        ("Running", '{"finishedAt": null}'),
+    ):
+        conn.execute("INSERT INTO runs (status, created_at, doc) VALUES (?, 0, ?)", (status, doc))
+    conn.executemany(
+        "INSERT INTO logs (run_id, role, replica, stream, sequence, ts, text) "
+        "VALUES (1, 'job', 0, 'stdout', ?, ?, 'héllo')",
+        [(i, i) for i in range(3)],
+    )
+    conn.close()
+    s = await SqliteStore.open(path)
+    try:
+        assert await s.finished_before(T0 + timedelta(minutes=2), 10) == [1]
+        assert await s.finished_before(T0 + timedelta(seconds=59), 10) == []
+        assert await s.log_usage(1) == (18, 0)  # bytes, not characters
+    finally:
+        await s.close()
