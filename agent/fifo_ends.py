@@ -14,12 +14,16 @@ import os
 import threading
 from pathlib import Path
 
+from agent.backoff import backoff
 from agent.logutil import log
 
 _log = logging.getLogger(__name__)
 
 RELEASE_LIMIT = 5.0
 """How long the agent tries to release one of its own blocked FIFO opens."""
+RELEASE_PAUSES = (0.01, 0.1)
+"""The first and the longest pause between two tries to release an open (the
+thread is usually in ``open()`` already, and the first try releases it)."""
 
 
 class FifoOpening:
@@ -80,6 +84,7 @@ class FifoOpening:
         """Open the other end (and close it) until the waiting open returns."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + RELEASE_LIMIT
+        tries = 0
         while not self._done.is_set():
             try:
                 os.close(os.open(self._path, self._other))
@@ -90,7 +95,8 @@ class FifoOpening:
             if loop.time() > deadline:
                 log(_log, logging.WARNING, "fifo_open_not_released", path=self._path)
                 return
-            await asyncio.sleep(0.01)
+            tries += 1
+            await asyncio.sleep(backoff(*RELEASE_PAUSES, tries))
 
 
 async def write_all(fd: int, data: bytes) -> None:

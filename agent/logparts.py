@@ -61,6 +61,11 @@ class PartAssembler:
         """A line is begun and not ended."""
         return self._time_ns is not None
 
+    @property
+    def held_bytes(self) -> int:
+        """Bytes of the current line held until more of it comes (at most ``limit``)."""
+        return len(self._buffer)
+
     def add(self, data: bytes | bytearray, time_ns: int, end: bool, out: list[LogLine]) -> None:
         """``data`` continues the current line (or begins one, stamped ``time_ns``);
         full parts go to ``out``, and with ``end`` the line's last part too."""

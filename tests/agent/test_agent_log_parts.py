@@ -65,7 +65,7 @@ def test_an_assembler_holds_at_most_one_part_of_output_without_newline() -> None
     out: list[LogLine] = []
     for _ in range(1000):
         assembler.add(b"z" * 10, T0, False, out)
-        assert len(assembler._buffer) <= LIMIT
+        assert assembler.held_bytes <= LIMIT
     assert assembler.pending
     assembler.finish(out)
     assert joined(out) == "z" * 10_000 and not assembler.pending

@@ -53,25 +53,53 @@ class AgentProcess:
         return self.log.read_text() if self.log.exists() else ""
 
 
+def agent_args(node: PodmanNode, cp: FakeControlPlane) -> list[str]:
+    """The command line of an agent for ``node`` that reports to ``cp``."""
+    return [
+        "--insecure", "--server", cp.address,
+        "--node-name", node.node,
+        "--network", node.network,
+        "--podman-url", PODMAN_URL,
+        "--pool", "cpu",
+        "--cpus", "2",
+        "--memory", "1Gi",
+        "--poll-interval", "0.2",
+        "--log-level", "DEBUG",
+    ]  # fmt: skip
+
+
+def start_worker_and_job(cp: FakeControlPlane, run_id: int) -> tuple[str, str]:
+    """Have ``cp`` start a serving worker and a sleeping job of ``run_id``; their names."""
+    worker_name, job_name = f"muster-run-{run_id}-worker-0", f"muster-run-{run_id}-job-0"
+    cp.start_container(
+        run_id=run_id,
+        role=run_pb2.REPLICA_ROLE_WORKER,
+        replica=0,
+        container_name=worker_name,
+        hostname=f"run-{run_id}-worker-0",
+        image=PYTHON,
+        command=["python3"],
+        args=["-m", "http.server", "8000"],
+        endpoints=[agent_pb2.EndpointPort(name="http", port=8000)],
+    )
+    cp.start_container(
+        run_id=run_id,
+        role=run_pb2.REPLICA_ROLE_JOB,
+        replica=0,
+        container_name=job_name,
+        hostname=f"run-{run_id}-job-0",
+        image=BUSYBOX,
+        command=["sleep"],
+        args=["300"],
+    )
+    return worker_name, job_name
+
+
 async def test_agent_process_lifecycle_on_podman(
     podman_node: PodmanNode, fake_cp: FakeControlPlane, tmp_path: Path
 ) -> None:
-    agent = AgentProcess(
-        [
-            "--insecure", "--server", fake_cp.address,
-            "--node-name", podman_node.node,
-            "--network", podman_node.network,
-            "--podman-url", PODMAN_URL,
-            "--pool", "cpu",
-            "--cpus", "2",
-            "--memory", "1Gi",
-            "--poll-interval", "0.2",
-            "--log-level", "DEBUG",
-        ],
-        tmp_path / "agent.log",
-    )  # fmt: skip
+    agent = AgentProcess(agent_args(podman_node, fake_cp), tmp_path / "agent.log")
     run_id = random_run_id()
-    worker_name, job_name = f"muster-run-{run_id}-worker-0", f"muster-run-{run_id}-job-0"
     try:
         await agent.start()
         stream = await fake_cp.wait_registered(within=20)
@@ -81,27 +109,7 @@ async def test_agent_process_lifecycle_on_podman(
         assert reg.allocatable == node_pb2.Capacity(cpu_millis=2000, memory_bytes=2**30)
         assert reg.network_name == podman_node.network and list(reg.containers) == []
 
-        fake_cp.start_container(
-            run_id=run_id,
-            role=run_pb2.REPLICA_ROLE_WORKER,
-            replica=0,
-            container_name=worker_name,
-            hostname=f"run-{run_id}-worker-0",
-            image=PYTHON,
-            command=["python3"],
-            args=["-m", "http.server", "8000"],
-            endpoints=[agent_pb2.EndpointPort(name="http", port=8000)],
-        )
-        fake_cp.start_container(
-            run_id=run_id,
-            role=run_pb2.REPLICA_ROLE_JOB,
-            replica=0,
-            container_name=job_name,
-            hostname=f"run-{run_id}-job-0",
-            image=BUSYBOX,
-            command=["sleep"],
-            args=["300"],
-        )
+        worker_name, job_name = start_worker_and_job(fake_cp, run_id)
         ready = await fake_cp.wait_status(worker_name, RUNNING, ready=True, within=30)
         assert [(e.name, e.address) for e in ready.endpoints] == [
             ("http", f"run-{run_id}-worker-0:8000")

@@ -9,10 +9,10 @@ import urllib.request
 from dataclasses import replace
 
 import pytest
+from podman.domain.containers import Container
 from podman.domain.containers_manager import ContainersManager
 from podman.errors import NotFound
 
-from agent import runtime_podman
 from agent.runtime import ImageNotFound
 from tests.agent.podman_support import (
     BUSYBOX,
@@ -338,10 +338,11 @@ async def test_a_failure_after_the_container_started_removes_it_and_then_frees_i
     )
     w0 = spec(random_run_id(), "worker", 0, PYTHON, ["python3"], SERVE, endpoints={"http": 8000})
 
-    def broken(*_args: object) -> None:
+    def broken(*_args: object, **_kwargs: object) -> None:
         raise RuntimeError("inspect went wrong")
 
-    monkeypatch.setattr(runtime_podman, "info_from_inspect", broken)
+    # Podman started the container, then its inspect fails.
+    monkeypatch.setattr(Container, "reload", broken)
     with pytest.raises(RuntimeError, match="inspect went wrong"):
         await rt.start(w0)
     assert not await podman_node.exists(w0.name), "nothing is left behind"

@@ -226,6 +226,7 @@ async def node(request: pytest.FixtureRequest) -> AsyncIterator[Node]:
 
 
 async def names(rt: Runtime) -> list[str]:
+    """The names ``rt`` lists, sorted."""
     return sorted(i.name for i in await rt.list_managed())
 
 
@@ -247,6 +248,10 @@ async def test_start_makes_a_running_container_with_its_identity(node: Node) -> 
         assert (seen.state, seen.generation, seen.cluster_id) == ("running", 7, CLUSTER_A)
         assert seen.hostname == spec.hostname and seen.endpoints == {"http": 8000}
     assert list(listed) == [spec.name]
+    digest = await rt.image_digest(spec.image)
+    assert digest and inspected is not None and inspected.image_digest == digest, (
+        "inspect tells the digest of the container's image"
+    )
 
 
 async def test_start_is_idempotent_by_name(node: Node) -> None:
@@ -282,13 +287,8 @@ async def test_a_container_made_before_the_runtime_is_adopted(node: Node) -> Non
     spec = node.sleeper(random_run_id(), "worker", 1, generation=3)
     rt = await node.made_before(spec, started=True)
     [info] = await rt.list_managed()
-    assert (info.name, info.role, info.replica, info.state, info.generation) == (
-        spec.name,
-        "worker",
-        1,
-        "running",
-        3,
-    )
+    expected = (spec.name, "worker", 1, "running", 3)
+    assert (info.name, info.role, info.replica, info.state, info.generation) == expected
     again = await rt.start(spec)
     assert again.state == "running"
     assert await names(rt) == [spec.name], "adopted, not duplicated"
