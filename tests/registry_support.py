@@ -31,7 +31,8 @@ runs in the same loop, call them through ``asyncio.to_thread``):
   manifest GETs of that tag (one per pull; ``"test/app@sha256:..."``: of
   that digest); ``manifest_clients(name)``: the client address of each.
 * ``secret_forms()``: every form of the password a scan for leaks must look
-  for (also module-level ``secret_forms(username, password)``).
+  for (also module-level ``secret_forms(username, password)``, from
+  ``tests/registry_secrets.py`` with ``registry_auth_header``).
 * ``write_auth_file(path, username=None, password=None)``: a containers-auth.json
   (``{"auths": {host: {"auth": base64(user:pass)}}}``) for ``--registry-auth-file``.
 * ``forget(ref)``: make sure ``ref`` is not on this machine before a pull test
@@ -42,8 +43,9 @@ runs in the same loop, call them through ``asyncio.to_thread``):
   registry's names), and its storage is deleted (its log stays in the
   temporary directory, for post-mortems).
 
-``stalled_registry()`` is a context manager for a registry that accepts TCP
-connections and never answers (for pull timeouts); it yields a
+``stalled_registry()`` (``tests/stalled_registry.py``) is a context manager
+for a registry that accepts TCP connections and never answers (for pull
+timeouts); it yields a
 :class:`StalledRegistry` (``host``, ``accepted``, ``open_connections()``: those
 whose client has not hung up yet).
 """
@@ -51,8 +53,6 @@ whose client has not hung up yet).
 from __future__ import annotations
 
 import base64
-import contextlib
-import ipaddress
 import json
 import os
 import re
@@ -62,22 +62,21 @@ import signal
 import socket
 import ssl
 import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from tests.agent.podman_support import require_podman
+from tests.registry_secrets import registry_auth_header as registry_auth_header
+from tests.registry_secrets import secret_forms
+from tests.registry_tls import write_tls
+from tests.stalled_registry import StalledRegistry as StalledRegistry
+from tests.stalled_registry import stalled_registry as stalled_registry
 
 REGISTRY_BIN = "docker-registry"
 HTPASSWD_BIN = "htpasswd"
@@ -86,99 +85,12 @@ _ACCESS = re.compile(r'"(GET|HEAD|PUT|POST|PATCH|DELETE) (\S+) HTTP/[\d.]+" (\d{
 _CLIENT = re.compile(r"^(\S+) - ")  # the access log's first field: the client's address
 
 
-def registry_auth_header(username: str, password: str) -> str:
-    """The ``X-Registry-Auth`` value the agent sends Podman with a pull
-    (agent/podman_pull.py): base64url of ``{"username": ..., "password": ...}``."""
-    single = json.dumps({"username": username, "password": password})
-    return base64.urlsafe_b64encode(single.encode()).decode()
-
-
-def secret_forms(username: str, password: str) -> list[str]:
-    """Every form in which a registry password could leak into a log or an output:
-    the password (also base64-encoded), ``user:password`` and its base64 (auth
-    files' ``auth``), and the ``X-Registry-Auth`` header the agent sends Podman
-    (:func:`registry_auth_header`; also in standard base64); each base64 form also
-    without its padding."""
-    pair = f"{username}:{password}"
-    header = registry_auth_header(username, password)
-    forms = [
-        password,
-        pair,
-        base64.b64encode(pair.encode()).decode(),
-        base64.b64encode(password.encode()).decode(),
-        base64.urlsafe_b64encode(password.encode()).decode(),
-        header,
-        base64.b64encode(base64.urlsafe_b64decode(header)).decode(),
-    ]
-    return list(dict.fromkeys([*forms, *(f.rstrip("=") for f in forms)]))
-
-
 def registry_skip_reason() -> str | None:
     """Why the registry fixture cannot run here, or ``None``."""
     missing = [b for b in (REGISTRY_BIN, HTPASSWD_BIN, PODMAN_BIN) if shutil.which(b) is None]
     if missing:
         return f"{', '.join(missing)} not installed (run scripts/setup.sh)"
     return None
-
-
-def _write_tls(directory: Path, address: str) -> None:
-    """A CA (``ca.crt``) and a certificate for the IP ``address`` it signed
-    (``server.crt``, ``server.key``), valid for a day."""
-    directory.mkdir(parents=True)
-    now = datetime.now(UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "muster test registry CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=False,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, address)]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(minutes=5))
-        .not_valid_after(now + timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(address))]),
-            critical=False,
-        )
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    (directory / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (directory / "server.key").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    (directory / "server.key").chmod(0o600)
 
 
 def _free_port(bind: str = "127.0.0.1") -> int:
@@ -275,7 +187,7 @@ class Registry:
             + f"auth:\n  htpasswd:\n    realm: muster-test\n    path: {htpasswd}\n"
         )
         if self.tls and not (self.root / "tls").exists():
-            _write_tls(self.root / "tls", self.bind)
+            write_tls(self.root / "tls", self.bind)
         return config
 
     def start(self, within: float = 15.0) -> None:
@@ -470,62 +382,3 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
         yield reg
     finally:
         reg.cleanup()
-
-
-@dataclass
-class StalledRegistry:
-    """A listener that accepts connections and never answers."""
-
-    host: str
-    held: list[socket.socket] = field(default_factory=list)
-
-    @property
-    def accepted(self) -> int:
-        """Connections accepted so far."""
-        return len(self.held)
-
-    def open_connections(self) -> int:
-        """Accepted connections whose client has not closed them."""
-        count = 0
-        for conn in list(self.held):
-            try:
-                while conn.recv(65536, socket.MSG_DONTWAIT):  # drain what the client sent
-                    pass
-            except BlockingIOError:
-                count += 1  # nothing more to read, and no end: still open
-            except OSError:
-                pass
-        return count
-
-
-@contextlib.contextmanager
-def stalled_registry() -> Iterator[StalledRegistry]:
-    """A registry on 127.0.0.1 that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    server.settimeout(0.1)
-    stalled = StalledRegistry(f"127.0.0.1:{server.getsockname()[1]}")
-    held = stalled.held
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                conn, _ = server.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            held.append(conn)
-
-    thread = threading.Thread(target=accept, name="stalled-registry", daemon=True)
-    thread.start()
-    try:
-        yield stalled
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        for conn in held:
-            conn.close()
-        server.close()

@@ -25,6 +25,9 @@ A job that cannot reach a worker exits 97, which fails the check.
 
 Each run is created with a unique tag, so a CreateRun whose answer was lost when
 the control plane died is found again (ListRuns by tag) instead of made twice.
+
+The runs, their mix and the report are in plans.py; what Podman and /proc show
+of the cluster (create events, container listings, processes) in host_watch.py.
 """
 
 from __future__ import annotations
@@ -34,27 +37,26 @@ import os
 import random
 import secrets
 import signal
-import statistics
 import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
-from podman import PodmanClient
 
-from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import node_pb2 as npb
 from muster.v1 import node_pb2_grpc as ngrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
+from tests.chaos.host_watch import EVENT_ARGS, ContainerWatch, EventStream
+from tests.chaos.host_watch import processes_mentioning as processes_mentioning
+from tests.chaos.plans import POOL, STATUS, TERMINAL, Kill, Plan, Report, make_plans
 from tests.conftest import start_process
-from tests.e2e.conftest import BUSYBOX, PODMAN_SOCKET, Cluster, podman
+from tests.e2e.conftest import Cluster, podman
 
 HEARTBEAT = 1
 NOT_READY_AFTER = 3
@@ -70,16 +72,6 @@ CP_ARGS = [
     "--readiness-timeout",
     "60",
 ]
-POOL = "chaos"
-KINDS = ("ok", "fail", "workers-ok", "workers-fail", "cancel")
-STATUS = {
-    rpb.RUN_STATUS_PENDING: "Pending",
-    rpb.RUN_STATUS_RUNNING: "Running",
-    rpb.RUN_STATUS_SUCCEEDED: "Succeeded",
-    rpb.RUN_STATUS_FAILED: "Failed",
-    rpb.RUN_STATUS_CANCELED: "Canceled",
-}
-TERMINAL = {"Succeeded", "Failed", "Canceled"}
 RETRYABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED}
 CHANNEL_OPTIONS = [
     # Reconnect quickly after the control plane comes back (grpc's default
@@ -88,262 +80,6 @@ CHANNEL_OPTIONS = [
     ("grpc.min_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
-
-# The job asks every worker for its page over HTTP with nc, after looking its
-# name up in /etc/hosts by hand: busybox-static's wget segfaults on a network
-# with DNS (static glibc NSS), even for an IP address.
-JOB_SCRIPT = (
-    'for a in $(echo "$TYGER_HTTP_WORKER_ENDPOINT_ADDRESSES" | tr -d \'[]"\' | tr , " "); do '
-    'h="${a%:*}"; ip=$(awk -v h="$h" \'{for (i = 2; i <= NF; i++) if ($i == h) '
-    "{print $1; exit}}' /etc/hosts); "
-    'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 "${ip:-$h}" "${a##*:}" | grep -q "^worker" '
-    "|| exit 97; done; "
-    "sleep $CHAOS_SLEEP; exit $CHAOS_EXIT"
-)
-WORKER_SCRIPT = (
-    'mkdir -p /www && echo "worker $TYGER_WORKER_INDEX" > /www/index.html && '
-    "exec httpd -f -p 8080 -h /www"
-)
-
-
-EVENT_ARGS = (
-    "events",
-    "--filter",
-    "event=create",
-    "--filter",
-    "type=container",
-    "--format",
-    "json",
-)
-
-
-class EventStream:
-    """`podman events` following the event log from `since` on, in a thread."""
-
-    def __init__(self, since: str) -> None:
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            ["podman", *EVENT_ARGS, "--since", since],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._reader.join(timeout=10)
-
-
-class ContainerWatch:
-    """Lists the host's containers through the Podman API every `interval` s and
-    records the ids each name of `nodes` had: a second container under one name
-    shows as a second id. Every container here lives far longer than the
-    interval (a job sleeps at least 0.5 s), so none goes unseen; this backs up
-    Podman's event log, which loses events under load (see `create_events`)."""
-
-    def __init__(self, nodes: Callable[[], set[str]], interval: float = 0.2) -> None:
-        self.ids: dict[str, set[str]] = {}
-        self._nodes = nodes
-        self._interval = interval
-        self._halt = threading.Event()
-        self.failures = 0
-        self._thread = threading.Thread(target=self._poll, daemon=True)
-        self._thread.start()
-
-    def _poll(self) -> None:
-        with PodmanClient(base_url=f"unix://{PODMAN_SOCKET}") as client:
-            while not self._halt.is_set():
-                try:
-                    containers = client.containers.list(all=True)
-                except Exception:
-                    self.failures += 1
-                    containers = []
-                nodes = self._nodes()
-                for c in containers:
-                    attrs = c.attrs
-                    if (attrs.get("Labels") or {}).get("muster.node") in nodes:
-                        name = (attrs.get("Names") or [c.name])[0].lstrip("/")
-                        self.ids.setdefault(name, set()).add(attrs.get("Id") or c.id)
-                self._halt.wait(self._interval)
-
-    def stop(self) -> None:
-        self._halt.set()
-        self._thread.join(timeout=10)
-
-
-@dataclass
-class Plan:
-    """One run: what it does and how it must end."""
-
-    index: int
-    kind: str
-    submit_at: float  # seconds after the start
-    sleep: float = 0.0
-    exit_code: int = 0
-    workers: int = 0
-    cancel_after: float | None = None  # seconds after its creation
-    run_id: int = 0
-    created: float = 0.0  # seconds after the start
-
-    @property
-    def expected(self) -> tuple[str, str]:
-        if self.kind == "cancel":
-            return "Canceled", "canceled by user"
-        if self.exit_code:
-            return "Failed", f"job exited with code {self.exit_code}"
-        return "Succeeded", ""
-
-    def run(self, tag: str) -> rpb.Run:
-        job = cpb.Codespec(
-            name="chaos-job",
-            image=BUSYBOX,
-            command=["sh", "-c", JOB_SCRIPT],
-            env={"CHAOS_SLEEP": f"{self.sleep:.1f}", "CHAOS_EXIT": str(self.exit_code)},
-        )
-        message = rpb.Run(
-            job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(inline=job), node_pool=POOL),
-            tags={"chaos": tag, "chaos-index": str(self.index)},
-            timeout_seconds=900,
-        )
-        if self.workers:
-            worker = cpb.Codespec(
-                name="chaos-worker",
-                kind=cpb.CODESPEC_KIND_WORKER,
-                image=BUSYBOX,
-                command=["sh", "-c", WORKER_SCRIPT],
-                endpoints={"http": 8080},
-            )
-            message.worker.CopyFrom(
-                rpb.RunCodeTarget(
-                    codespec=rpb.CodespecRef(inline=worker),
-                    node_pool=POOL,
-                    replicas=self.workers,
-                )
-            )
-        return message
-
-
-def make_plans(rng: random.Random, runs: int, submit_window: float) -> list[Plan]:
-    """`runs` runs, every kind at least runs // 5 times, in a seeded random order."""
-    kinds = [KINDS[i % len(KINDS)] for i in range(runs)]
-    rng.shuffle(kinds)
-    plans = []
-    for i, kind in enumerate(kinds):
-        plan = Plan(i, kind, submit_at=rng.uniform(0, submit_window))
-        plan.sleep = rng.uniform(0.5, 8.0)
-        plan.workers = 2 if kind.startswith("workers") or (kind == "cancel" and i % 2) else 0
-        if kind.endswith("fail"):
-            plan.exit_code = rng.choice([1, 2, 3, 42, 125])
-        if kind == "cancel":
-            plan.sleep = 600
-            plan.cancel_after = rng.uniform(0.0, 12.0)
-        plans.append(plan)
-    return sorted(plans, key=lambda p: p.submit_at)
-
-
-@dataclass
-class Kill:
-    """One SIGKILL and restart."""
-
-    at: float  # seconds after the start
-    target: str
-    down: float  # seconds between the kill and the restart
-    recovery: float = 0.0  # seconds from the restart until every agent was connected again
-
-
-@dataclass
-class Report:
-    """What happened, for the test's assertions and the benchmark's figures."""
-
-    seed: int
-    plans: list[Plan]
-    kills: list[Kill] = field(default_factory=list)
-    outcomes: dict[int, tuple[str, str]] = field(default_factory=dict)  # index -> status, reason
-    creates: Counter[str] = field(default_factory=Counter)  # name -> containers created
-    leftovers: list[str] = field(default_factory=list)
-    retries: Counter[str] = field(default_factory=Counter)
-    durations: dict[str, float] = field(default_factory=dict)
-    run_seconds: dict[int, float] = field(default_factory=dict)  # index -> created..finished
-    names: dict[int, list[str]] = field(default_factory=dict)  # index -> its containers' names
-    sources: dict[str, int] = field(default_factory=dict)  # containers seen, by source
-
-    def mismatches(self) -> list[str]:
-        out = []
-        for plan in self.plans:
-            got = self.outcomes.get(plan.index)
-            if got != plan.expected:
-                out.append(
-                    f"run {plan.run_id} (#{plan.index}, {plan.kind}, workers={plan.workers}, "
-                    f"exit={plan.exit_code}): expected {plan.expected}, got {got}"
-                )
-        return out
-
-    def unseen(self) -> list[str]:
-        """Containers that must have been made (every replica of every run that was
-        not canceled) but of which no creation was seen."""
-        out = []
-        for plan in self.plans:
-            names = self.names.get(plan.index, [])
-            if plan.kind != "cancel" and len(names) != 1 + plan.workers:
-                out.append(f"run {plan.run_id}: containers {names}")
-            if plan.kind != "cancel":
-                out += [name for name in names if name not in self.creates]
-        return out
-
-    def duplicates(self) -> dict[str, int]:
-        return {name: n for name, n in self.creates.items() if n != 1}
-
-    def hit(self) -> list[Plan]:
-        """Runs that were under way (created, not finished) during at least one kill."""
-        out = []
-        for plan in self.plans:
-            seconds = self.run_seconds.get(plan.index)
-            end = plan.created + seconds if seconds is not None else float("inf")
-            if any(plan.created <= k.at + k.down and k.at <= end for k in self.kills):
-                out.append(plan)
-        return out
-
-    def recovery(self, cp: bool) -> str:
-        times = sorted(k.recovery for k in self.kills if (k.target == "cp") == cp)
-        if not times:
-            return "none"
-        return f"median {statistics.median(times):.1f} s, max {times[-1]:.1f} s"
-
-    def summary(self) -> str:
-        lines = [
-            f"chaos seed {self.seed} (MUSTER_CHAOS_SEED={self.seed} reproduces the plan): "
-            f"{len(self.plans)} runs "
-            f"({', '.join(f'{k} {n}' for k, n in Counter(p.kind for p in self.plans).items())}), "
-            f"{len(self.kills)} kills "
-            f"({', '.join(f'{k} {n}' for k, n in Counter(k.target for k in self.kills).items())})",
-            "kills: " + ", ".join(f"{k.target}@{k.at:.1f}s/{k.down:.1f}s down" for k in self.kills),
-            f"containers created: {len(self.creates)} "
-            f"(each once: {not self.duplicates()}; seen in "
-            + ", ".join(f"{k} {v}" for k, v in self.sources.items())
-            + "); outcomes: "
-            + ", ".join(
-                f"{s} {n}" for s, n in Counter(o[0] for o in self.outcomes.values()).items()
-            ),
-            f"runs under way during a kill: {len(self.hit())} of {len(self.plans)}; "
-            f"every agent connected again after a control plane restart: {self.recovery(True)}, "
-            f"after an agent restart: {self.recovery(False)}",
-            "retried calls: " + (", ".join(f"{k} {n}" for k, n in self.retries.items()) or "none"),
-            "phases: " + ", ".join(f"{k} {v:.1f}s" for k, v in self.durations.items()),
-        ]
-        return "\n".join(lines)
 
 
 class Chaos:
@@ -681,23 +417,6 @@ class Chaos:
         report.creates = self.create_events()
         report.sources = self.sources
         return report
-
-
-def processes_mentioning(path: Path) -> list[str]:
-    """Processes whose command line names `path` (the cluster's files): none may outlive it."""
-    found = []
-    needle = str(path).encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if needle in cmdline:
-            text = cmdline.replace(b"\0", b" ").decode(errors="replace")
-            found.append(f"{proc.name}: {text[:160]}")
-    return found
 
 
 def seed_from_env() -> int:

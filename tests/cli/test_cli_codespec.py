@@ -74,37 +74,31 @@ def test_missing_version_names_latest(cp_process) -> None:
     )
 
 
+WORKER_FILE = {
+    "kind": "worker",
+    "image": "from-file",
+    "maxReplicas": 4,
+    "env": {"A": "1", "N": 5},
+    "endpoints": {"http": 8080},
+    "resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
+}
+# Flags over WORKER_FILE: the image, the env, the args.
+FLAGS_OVER_FILE = ("--image", "from-flag", "-e", "B=2", "--", "python3", "-m", "http.server")
+# What WORKER_FILE with FLAGS_OVER_FILE makes, written with flags alone.
+SAME_BY_FLAGS = (
+    *("-k", "worker", "--image", "from-flag", "--max-replicas", "4", "-e", "B=2"),
+    *("--endpoint", "http=8080", "--cpu-request", "1000m", "--memory-request", "1024Mi"),
+    *("--", "python3", "-m", "http.server"),
+)
+WITH_COMMAND = ("--image", "i", "--command", "--format", "json", "--", "sh", "-c", "echo hi")
+
+
 def test_file_flags_override_and_outputs(cp_process, tmp_path: Path) -> None:
     srv = cp_process
     spec = tmp_path / "worker.yaml"
-    spec.write_text(
-        yaml.safe_dump(
-            {
-                "kind": "worker",
-                "image": "from-file",
-                "maxReplicas": 4,
-                "env": {"A": "1", "N": 5},
-                "endpoints": {"http": 8080},
-                "resources": {"requests": {"cpu": 1, "memory": "1Gi"}},
-            }
-        )
-    )
+    spec.write_text(yaml.safe_dump(WORKER_FILE))
     out = run_cli(
-        "codespec",
-        "create",
-        "w",
-        "-f",
-        str(spec),
-        "--image",
-        "from-flag",
-        "-e",
-        "B=2",
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        server=srv,
-        check=True,
+        "codespec", "create", "w", "-f", str(spec), *FLAGS_OVER_FILE, server=srv, check=True
     )
     assert out.stdout == "1\n"
     shown = json.loads(
@@ -118,50 +112,11 @@ def test_file_flags_override_and_outputs(cp_process, tmp_path: Path) -> None:
     assert shown["args"] == ["python3", "-m", "http.server"]
     assert shown["resources"]["requests"] == {"cpu": "1", "memory": "1Gi"}
     # the same content written differently is no new version
-    again = run_cli(
-        "codespec",
-        "create",
-        "w",
-        "-k",
-        "worker",
-        "--image",
-        "from-flag",
-        "--max-replicas",
-        "4",
-        "-e",
-        "B=2",
-        "--endpoint",
-        "http=8080",
-        "--cpu-request",
-        "1000m",
-        "--memory-request",
-        "1024Mi",
-        "--",
-        "python3",
-        "-m",
-        "http.server",
-        server=srv,
-        check=True,
-    )
+    again = run_cli("codespec", "create", "w", *SAME_BY_FLAGS, server=srv, check=True)
     assert again.stdout == "1\n"
     as_yaml = yaml.safe_load(run_cli("codespec", "show", "w", "-o", "yaml", server=srv).stdout)
     assert as_yaml["version"] == 1
-    command = run_cli(
-        "codespec",
-        "create",
-        "c",
-        "--image",
-        "i",
-        "--command",
-        "--format",
-        "json",
-        "--",
-        "sh",
-        "-c",
-        "echo hi",
-        server=srv,
-        check=True,
-    )
+    command = run_cli("codespec", "create", "c", *WITH_COMMAND, server=srv, check=True)
     assert json.loads(command.stdout)["command"] == ["sh", "-c", "echo hi"]
     table = run_cli("codespec", "list", server=srv, check=True).stdout.splitlines()
     assert table[0].split() == ["NAME", "VERSION", "KIND", "IMAGE", "CREATED"]

@@ -288,6 +288,35 @@ def test_default_pull_policy_flag(tmp_path: Path) -> None:
 # -- a run that pulls with the stored credentials ----------------------------------------
 
 
+def one_line_batch(start: apb.StartContainer, text: str) -> apb.LogBatch:
+    """A log batch with one stdout line of `start`'s replica."""
+    entry = apb.LogEntry(
+        run_id=start.run_id,
+        role=start.role,
+        replica=0,
+        time=Timestamp(seconds=1_800_000_000),
+        stream=rpb.LOG_STREAM_STDOUT,
+        text=text,
+        sequence=0,
+    )
+    return apb.LogBatch(entries=[entry])
+
+
+async def assert_password_nowhere(cp: Process, run_id: str, outputs: list[str]) -> None:
+    """The stored password is in none of `outputs`, the run's JSON, its logs (which
+    do have the app's line), the registry list or the control plane's log."""
+    as_json = (await cli(cp, "run", "show", run_id, "-o", "json")).stdout
+    logs = (await cli(cp, "run", "logs", run_id)).stdout
+    registries = (await cli(cp, "registry", "list", "-o", "yaml")).stdout
+    everything = [*outputs, as_json, logs, registries]
+    assert "hello from the app" in logs
+    assert not any(PASSWORD in text for text in everything)
+    log = (cp.db.parent / "controlplane.log").read_text()
+    assert f"event=registry_login registry={REGISTRY} username=bob" in log  # the right file
+    assert "event=run_placed" in log
+    assert PASSWORD not in log
+
+
 async def test_a_run_pulls_with_the_stored_login_and_the_password_stays_secret(
     debug_cp: Process, nodes: list[Node]
 ) -> None:
@@ -323,21 +352,7 @@ async def test_a_run_pulls_with_the_stored_login_and_the_password_stays_secret(
     node.agent.send(
         container_status=status(start, rpb.CONTAINER_STATE_RUNNING, image_digest=DIGEST)
     )
-    node.agent.send(
-        log_batch=apb.LogBatch(
-            entries=[
-                apb.LogEntry(
-                    run_id=start.run_id,
-                    role=start.role,
-                    replica=0,
-                    time=Timestamp(seconds=1_800_000_000),
-                    stream=rpb.LOG_STREAM_STDOUT,
-                    text="hello from the app",
-                    sequence=0,
-                )
-            ]
-        )
-    )
+    node.agent.send(log_batch=one_line_batch(start, "hello from the app"))
     node.agent.send(
         container_status=status(start, rpb.CONTAINER_STATE_EXITED, exit_code=0, image_digest=DIGEST)
     )
@@ -352,19 +367,7 @@ async def test_a_run_pulls_with_the_stored_login_and_the_password_stays_secret(
     watch = await cli(cp, "run", "watch", run_id)
     assert watch.returncode == 0 and f"run {run_id}: Succeeded" in watch.stdout
 
-    everything = [
-        done.stdout,
-        (await cli(cp, "run", "show", run_id, "-o", "json")).stdout,
-        (await cli(cp, "run", "logs", run_id)).stdout,
-        (await cli(cp, "registry", "list", "-o", "yaml")).stdout,
-        watch.stdout,
-    ]
-    assert "hello from the app" in everything[2]
-    assert not any(PASSWORD in text for text in everything)
-    log = (cp.db.parent / "controlplane.log").read_text()
-    assert f"event=registry_login registry={REGISTRY} username=bob" in log  # the right file
-    assert "event=run_placed" in log
-    assert PASSWORD not in log
+    await assert_password_nowhere(cp, run_id, [done.stdout, watch.stdout])
 
 
 # -- warming nodes -------------------------------------------------------------------------
