@@ -33,6 +33,7 @@ from tests.integration.test_cluster_fake_runtime import (
     setup_codespecs,
     until,
 )
+from tests.integration.test_node_maintenance import ready
 
 pytestmark = pytest.mark.timeout(120)
 BIN = Path(sys.executable).parent
@@ -142,6 +143,7 @@ async def test_one_leader_a_follower_reads_and_names_the_leader(planes, fleet) -
     follower = next(p for p in planes if p is not leader)
     fleet.add("n-cpu", "cpu")
     fleet.add("n-gpu", "gpu")
+    await until(lambda: ready(leader.address, "n-cpu", "n-gpu"), 15, "both agents registered")
     await setup_codespecs(leader.address)
     run_id = await create_run(leader.address, workers=1)
     async with grpc.aio.insecure_channel(follower.address) as ch:
@@ -185,6 +187,7 @@ async def test_sigkill_of_the_leader_mid_run(planes, fleet, tmp_path: Path) -> N
     leader = await the_leader(planes)
     other = next(p for p in planes if p is not leader)
     cpu, gpu = fleet.add("n-cpu", "cpu"), fleet.add("n-gpu", "gpu")
+    await until(lambda: ready(leader.address, "n-cpu", "n-gpu"), 15, "both agents registered")
     await setup_codespecs(leader.address)
     run_id = await create_run(leader.address, workers=2)
     job = container_of(await get_run(leader.address, run_id), "job")
@@ -225,6 +228,7 @@ async def test_a_paused_leader_cannot_make_agents_act(planes, fleet) -> None:
     leader = await the_leader(planes)
     other = next(p for p in planes if p is not leader)
     cpu, gpu = fleet.add("n-cpu", "cpu"), fleet.add("n-gpu", "gpu")
+    await until(lambda: ready(leader.address, "n-cpu", "n-gpu"), 15, "both agents registered")
     await setup_codespecs(leader.address)
     run_id = await create_run(leader.address, workers=1)
     job = container_of(await get_run(leader.address, run_id), "job")
