@@ -4,7 +4,8 @@ The agent logic (``supervisor``) only talks to a :class:`Runtime`, so the same
 logic runs against real Podman (``runtime_podman``) and against a scriptable
 in-memory fake (``runtime_fake``) in tests and scale simulations.
 
-Contract every implementation keeps:
+Contract every implementation keeps (``tests/agent/test_runtime_contract.py``
+checks it on both):
 
 * ``start`` is idempotent by container name: an existing container is left as
   it is (a created-but-never-started one is started), never duplicated.
