@@ -272,6 +272,28 @@ def missing_container(run: Run, node: str, role: str, index: int, now: datetime)
     return observe(run, node, Observation(r.role, r.index, "removed"), now)
 
 
+ON_NODE: tuple[ContainerState, ...] = ("pulling", "creating", "running", "exited")
+"""Replica states whose container is (as far as was last heard) still on its node."""
+
+
+def has_containers_on(run: Run, node: str) -> bool:
+    """Whether a replica of `run` on `node` was last heard of with its container there."""
+    return any(r.node == node and r.state in ON_NODE for r in run.replicas)
+
+
+def containers_gone(run: Run, node: str, now: datetime) -> list[Action]:
+    """A finished run's agent re-registered without any of its containers
+    (they were removed while the node was cut off, or by its self-fencing):
+    record that its replicas there are gone, as a removal would have."""
+    if not run.terminal:
+        return []
+    for r in run.replicas:
+        if r.node == node and r.state in ON_NODE:
+            r.state = "removed"
+            _add_event(run, now, f"{r.label} was gone when {node} registered again")
+    return []
+
+
 def check_deadlines(
     run: Run, now: datetime, readiness_timeout: timedelta, elapsed: Elapsed | None = None
 ) -> list[Action]:

@@ -82,12 +82,17 @@ class AgentsPart(OrchestratorState):
         batch, leftovers = RunBatch(), set()
         for report in containers:
             obs = report.observation
-            present.add((report.run_id, obs.role, obs.index))
             run = self._runs.get(report.run_id)
             if run is None:
                 leftovers.add(report.run_id)  # finished or unknown run: remove leftovers
                 continue
+            if obs.generation and obs.generation != run.generation:
+                continue  # another placement's container: this replica's own is missing
+            present.add((report.run_id, obs.role, obs.index))
             batch.change(run, partial(sm.observe, node=name, obs=obs, now=now), always=True)
+        for ended in list(self._ended.values()):  # the node has none of their containers
+            if ended.id not in leftovers and sm.has_containers_on(ended, name):
+                batch.change(ended, partial(sm.containers_gone, node=name, now=now), always=True)
 
         def catch_up(run: Run) -> list[Action]:
             actions: list[Action] = []
