@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agent.backoff import backoff
 from agent.leaders import EpochGuard, Targets, leader_hint
 from agent.logutil import log
 from agent.messages import NETWORK_MODE_TO_PB, PullRequest, start_from_pb
@@ -98,8 +99,7 @@ class Backoff:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait before reconnect attempt ``attempt`` (0-based)."""
-        base = min(self.maximum, self.initial * (2 ** min(attempt, 30)))
-        return base * rng.uniform(0.5, 1.0)
+        return backoff(self.initial, self.maximum, attempt + 1, rng)
 
 
 ChannelFactory = Callable[[], grpc.aio.Channel]
