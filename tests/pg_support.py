@@ -132,47 +132,11 @@ def start_server(durable: bool = False) -> PgServer:
         os.chown(directory, user.pw_uid, user.pw_gid)
     server = PgServer(directory, 0, binaries)
     try:
-        _run(
-            [
-                *owner,
-                server.tool("initdb"),
-                "-D",
-                str(server.data),
-                "-A",
-                "trust",
-                "-U",
-                SUPERUSER,
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-            directory,
-        )
+        settings = ("-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--no-sync")
+        _run([*owner, server.tool("initdb"), "-D", str(server.data), *settings], directory)
         for _ in range(3):  # another process may take the free port first
             server.port = _free_port()
-            options = f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1 " + (
-                "" if durable else _DURABILITY_OFF
-            )
-            started = subprocess.run(
-                [
-                    *owner,
-                    server.tool("pg_ctl"),
-                    "-D",
-                    str(server.data),
-                    "-o",
-                    options,
-                    "-l",
-                    str(directory / "server.log"),
-                    "-w",
-                    "-t",
-                    "60",
-                    "start",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=90,
-                cwd=directory,
-            )
+            started = _pg_ctl_start(server, owner, durable)
             if started.returncode == 0:
                 return server
         log = (directory / "server.log").read_text(errors="replace")[-2000:]
@@ -180,6 +144,25 @@ def start_server(durable: bool = False) -> PgServer:
     except BaseException:
         server.stop()
         raise
+
+
+def _pg_ctl_start(
+    server: PgServer, owner: list[str], durable: bool
+) -> subprocess.CompletedProcess[str]:
+    """`pg_ctl start` on the server's port, its socket and log in its directory."""
+    directory = server.directory
+    options = f"-p {server.port} -k {directory} -c listen_addresses=127.0.0.1 " + (
+        "" if durable else _DURABILITY_OFF
+    )
+    until = ("-w", "-t", "60", "start")
+    log = str(directory / "server.log")
+    return subprocess.run(
+        [*owner, server.tool("pg_ctl"), "-D", str(server.data), "-o", options, "-l", log, *until],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        cwd=directory,
+    )
 
 
 def _run(command: list[str], cwd: Path) -> None:

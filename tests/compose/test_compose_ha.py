@@ -124,10 +124,8 @@ def compose_cli_ok(result: subprocess.CompletedProcess) -> str:
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
-    """compose.ha.yaml up with one leader and three Ready nodes; torn down and checked."""
-    _check_preconditions()
+def _build_images() -> None:
+    """The muster images and localhost/muster-postgres, built (or found current)."""
     for build in (
         ["bash", str(REPO / "scripts" / "build-images.sh")],
         ["bash", str(REPO / "scripts" / "images.sh"), "postgres"],
@@ -137,11 +135,10 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
         if done.returncode != 0:
             pytest.fail(f"{' '.join(build)} failed: {done.stdout}{done.stderr}")
         print(f"{build[1].rsplit('/', 1)[-1]} {' '.join(build[2:])}: {time.monotonic() - t0:.1f} s")
-    tag = f"h{secrets.token_hex(3)}"
-    project = f"muster-test-{tag}"
-    port, port_b = free_port(), free_port()
-    while port_b == port:
-        port_b = free_port()
+
+
+def _stack_env(tag: str, project: str, port: int, port_b: int) -> dict[str, str]:
+    """compose.ha.yaml's environment for this session's stack."""
     env = dict(os.environ)
     env.pop("COMPOSE_PROJECT_NAME", None)
     env.update(TEST_SETTINGS)
@@ -155,6 +152,20 @@ def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
         MUSTER_AGENT_IMAGE=AGENT_IMAGE,
         MUSTER_POSTGRES_IMAGE=POSTGRES_IMAGE,
     )
+    return env
+
+
+@pytest.fixture(scope="module")
+def ha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HaStack]:
+    """compose.ha.yaml up with one leader and three Ready nodes; torn down and checked."""
+    _check_preconditions()
+    _build_images()
+    tag = f"h{secrets.token_hex(3)}"
+    project = f"muster-test-{tag}"
+    port, port_b = free_port(), free_port()
+    while port_b == port:
+        port_b = free_port()
+    env = _stack_env(tag, project, port, port_b)
     tmp = tmp_path_factory.mktemp("compose-ha")
     s = HaStack(
         tag,

@@ -275,6 +275,21 @@ def test_node_client_runs_a_distributed_run(stack: Stack) -> None:
     assert bad.returncode == 1 and "FAILED_PRECONDITION" in bad.stderr, bad.stderr
 
 
+def assert_goes_not_ready_then_lost(stack: Stack, lost_node: str) -> None:
+    """The node of a stopped agent turns NotReady, then Lost, in that order."""
+    seen = []
+
+    def status_is(wanted: str) -> bool:
+        status = stack.node_status(lost_node)
+        if not seen or seen[-1] != status:
+            seen.append(status)
+        return status == wanted
+
+    wait_for(lambda: status_is("NotReady"), 20, f"{lost_node} to be NotReady", 0.2)
+    wait_for(lambda: status_is("Lost"), 30, f"{lost_node} to be Lost", 0.2)
+    assert seen[-2:] == ["NotReady", "Lost"], seen
+
+
 def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None:
     stack = codespecs
     worker_run = ["--worker-codespec", "big-worker", "--worker-node-pool", "cpu"]
@@ -296,17 +311,7 @@ def test_lost_agent_fails_only_its_runs_and_comes_back(codespecs: Stack) -> None
     agent = f"agent-{stack.short(lost_node)}"
     identity = node_cert(stack, stack.short(lost_node))
     stack.compose("stop", agent)
-    seen = []
-
-    def status_is(wanted: str) -> bool:
-        status = stack.node_status(lost_node)
-        if not seen or seen[-1] != status:
-            seen.append(status)
-        return status == wanted
-
-    wait_for(lambda: status_is("NotReady"), 20, f"{lost_node} to be NotReady", 0.2)
-    wait_for(lambda: status_is("Lost"), 30, f"{lost_node} to be Lost", 0.2)
-    assert seen[-2:] == ["NotReady", "Lost"], seen
+    assert_goes_not_ready_then_lost(stack, lost_node)
 
     failed = stack.wait_run(doomed, timeout=30)
     assert failed["status"] == "Failed", failed

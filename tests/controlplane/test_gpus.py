@@ -173,19 +173,10 @@ def gpu_request(workers: int) -> RunRequest:
     )
 
 
-async def test_devices_are_stored_distinct_freed_and_kept_across_restart(tmp_path: Path) -> None:
-    clock = Clock()
-    db = tmp_path / "cp.db"
-    orch, store, links = await make(db, clock)
-    codespecs = CodespecService(store, clock)
-    await codespecs.create(Codespec(name="j", image="img"))
-    await codespecs.create(
-        Codespec(name="gw", image="img", kind="worker", resources=Resources(gpu=1))
-    )
-
-    first = await orch.create_run(gpu_request(3))
-    await tick(orch)
-    stored = await store.get_run(first.id)
+def devices_held(stored: Run, links: dict) -> list[tuple[str | None, tuple[str, ...]]]:
+    """Three workers, each with one device of its own (none twice), the job with
+    none; the starts, the events and the wire forms carry exactly those.
+    Returns (node, devices) per worker."""
     held = [(w.node, w.gpu_devices) for w in stored.workers]
     assert all(len(devices) == 1 for _, devices in held)
     assert len({(node, devices) for node, devices in held}) == 3  # no device twice
@@ -200,6 +191,35 @@ async def test_devices_are_stored_distinct_freed_and_kept_across_restart(tmp_pat
     assert list(start_to_pb(links[held[0][0]].started[0]).gpu_devices) == list(
         links[held[0][0]].started[0].gpu_devices
     )
+    return held
+
+
+def gpus_shown_in_use(orch: Orchestrator) -> dict[str, set[str]]:
+    """The three devices in use, and each GPU node's wire form agrees with its allocation."""
+    in_use = orch.gpus_in_use()
+    assert sum(len(v) for v in in_use.values()) == 3
+    for node, allocated, _count in orch.nodes():
+        if node.name in DEVICES:
+            pb = node_to_pb(node, allocated, _count, in_use.get(node.name, ()))
+            assert len(pb.gpu_devices_in_use) == pb.allocated.gpus
+            assert list(pb.gpu_devices) == list(DEVICES[node.name])
+    return in_use
+
+
+async def test_devices_are_stored_distinct_freed_and_kept_across_restart(tmp_path: Path) -> None:
+    clock = Clock()
+    db = tmp_path / "cp.db"
+    orch, store, links = await make(db, clock)
+    codespecs = CodespecService(store, clock)
+    await codespecs.create(Codespec(name="j", image="img"))
+    await codespecs.create(
+        Codespec(name="gw", image="img", kind="worker", resources=Resources(gpu=1))
+    )
+
+    first = await orch.create_run(gpu_request(3))
+    await tick(orch)
+    stored = await store.get_run(first.id)
+    held = devices_held(stored, links)
 
     # A run needing two more GPUs waits, saying GPUs are short (one is free).
     second = await orch.create_run(gpu_request(2))
@@ -208,13 +228,7 @@ async def test_devices_are_stored_distinct_freed_and_kept_across_restart(tmp_pat
     assert not waiting.placed
     assert "not enough free GPUs" in waiting.status_reason
 
-    in_use = orch.gpus_in_use()
-    assert sum(len(v) for v in in_use.values()) == 3
-    for node, allocated, _count in orch.nodes():
-        if node.name in DEVICES:
-            pb = node_to_pb(node, allocated, _count, in_use.get(node.name, ()))
-            assert len(pb.gpu_devices_in_use) == pb.allocated.gpus
-            assert list(pb.gpu_devices) == list(DEVICES[node.name])
+    in_use = gpus_shown_in_use(orch)
 
     # Restart: a new orchestrator on the same database keeps the assignment.
     await store.close()

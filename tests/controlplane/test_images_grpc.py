@@ -119,20 +119,9 @@ async def login(ch: grpc.aio.Channel, registry: str, user: str, password: str) -
     return reply.registry
 
 
-async def test_policy_and_credentials_reach_only_the_node_that_pulls(ch) -> None:
-    assert await login(ch, "Registry.Example:5000", "bob", PASSWORD) == "registry.example:5000"
-    await login(ch, "docker.io", "hub", "hub-" + PASSWORD)
-    await codespecs(ch, PRIVATE, "localhost/job:1")
-    gpu, cpu = await agent(ch, "n-gpu", "gpu"), await agent(ch, "n-cpu", "cpu")
-    run = await create_run(ch, rpb.PULL_POLICY_ALWAYS)
-    assert run.pull_policy == rpb.PULL_POLICY_ALWAYS
-
-    worker = (await gpu.next("start_container")).start_container
-    assert worker.image == PRIVATE and worker.pull_policy == rpb.PULL_POLICY_ALWAYS
-    assert [(c.registry, c.username, c.password) for c in worker.registry_credentials] == [
-        ("registry.example:5000", "bob", PASSWORD)
-    ]
-
+async def worker_pulls_then_runs(ch, gpu, worker: apb.StartContainer, run_id: int) -> None:
+    """The worker reports pulling (then with progress, which GetRun shows), then
+    creating and running, ready, with the image's digest."""
     gpu.send(container_status=status(worker, rpb.CONTAINER_STATE_PULLING))
     gpu.send(
         container_status=status(
@@ -144,7 +133,7 @@ async def test_policy_and_credentials_reach_only_the_node_that_pulls(ch) -> None
     )
     pulling = await until_run(
         ch,
-        run.id,
+        run_id,
         lambda r: r.replicas[0].pull_bytes_done == 45_000_000,
         "pull progress in GetRun",
     )
@@ -161,6 +150,36 @@ async def test_policy_and_credentials_reach_only_the_node_that_pulls(ch) -> None
         )
     )
 
+
+async def assert_password_only_where_pulled(ch, cpu, done: rpb.Run) -> None:
+    """The password went to the node that pulls and nowhere else: not to the
+    other node, not into the run, not into the registry list."""
+    assert not any(PASSWORD.encode() in m.SerializeToString() for m in cpu.received)
+    assert PASSWORD.encode() not in done.SerializeToString()
+    listed = await igrpc.RegistryServiceStub(ch).ListRegistries(ipb.ListRegistriesRequest())
+    assert [(r.registry, r.username) for r in listed.registries] == [
+        ("docker.io", "hub"),
+        ("registry.example:5000", "bob"),
+    ]
+    assert PASSWORD.encode() not in listed.SerializeToString()
+
+
+async def test_policy_and_credentials_reach_only_the_node_that_pulls(ch) -> None:
+    assert await login(ch, "Registry.Example:5000", "bob", PASSWORD) == "registry.example:5000"
+    await login(ch, "docker.io", "hub", "hub-" + PASSWORD)
+    await codespecs(ch, PRIVATE, "localhost/job:1")
+    gpu, cpu = await agent(ch, "n-gpu", "gpu"), await agent(ch, "n-cpu", "cpu")
+    run = await create_run(ch, rpb.PULL_POLICY_ALWAYS)
+    assert run.pull_policy == rpb.PULL_POLICY_ALWAYS
+
+    worker = (await gpu.next("start_container")).start_container
+    assert worker.image == PRIVATE and worker.pull_policy == rpb.PULL_POLICY_ALWAYS
+    assert [(c.registry, c.username, c.password) for c in worker.registry_credentials] == [
+        ("registry.example:5000", "bob", PASSWORD)
+    ]
+
+    await worker_pulls_then_runs(ch, gpu, worker, run.id)
+
     job = (await cpu.next("start_container")).start_container
     assert job.pull_policy == rpb.PULL_POLICY_ALWAYS
     assert list(job.registry_credentials) == []  # localhost/...: no login for that registry
@@ -173,15 +192,7 @@ async def test_policy_and_credentials_reach_only_the_node_that_pulls(ch) -> None
     assert [r.pull_bytes_done for r in done.replicas] == [0, 0]
     assert any(e.message.startswith("worker 0 pulling image " + PRIVATE) for e in done.events)
 
-    # The password went to the node that pulls and nowhere else.
-    assert not any(PASSWORD.encode() in m.SerializeToString() for m in cpu.received)
-    assert PASSWORD.encode() not in done.SerializeToString()
-    listed = await igrpc.RegistryServiceStub(ch).ListRegistries(ipb.ListRegistriesRequest())
-    assert [(r.registry, r.username) for r in listed.registries] == [
-        ("docker.io", "hub"),
-        ("registry.example:5000", "bob"),
-    ]
-    assert PASSWORD.encode() not in listed.SerializeToString()
+    await assert_password_only_where_pulled(ch, cpu, done)
     for fake in (gpu, cpu):
         fake.outbox.put_nowait(None)
 

@@ -105,19 +105,35 @@ async def _write(url: str, data: bytes) -> None:
         await write_buffer(client, data)
 
 
+PIPE_SPEC = cpb.Codespec(
+    name="pipe",
+    kind=cpb.CODESPEC_KIND_JOB,
+    image="localhost/x:1",
+    args=["$(INPUT_PIPE)", "$$(OUTPUT_PIPE)", "$(TYGER_RUN_ID)"],
+    buffers=cpb.Buffers(inputs=["input"], outputs=["output"]),
+)
+
+
+def _pipes_of(start: apb.StartContainer, created: rpb.Run) -> dict[str, apb.BufferPipe]:
+    """The start's pipes by name, checked: PIPE_SPEC's input and output, each
+    named by its variable and in the args, over plain HTTP (--insecure)."""
+    pipes = {p.name: p for p in start.buffers}
+    assert set(pipes) == {"input", "output"}
+    assert not pipes["input"].output and pipes["output"].output
+    assert pipes["output"].buffer_id == created.buffers["output"]
+    assert start.env["INPUT_PIPE"] == f"{PIPE_DIR}/input"
+    assert start.env["OUTPUT_PIPE"] == f"{PIPE_DIR}/output"
+    assert list(start.args) == [f"{PIPE_DIR}/input", "$(OUTPUT_PIPE)", str(created.id)]
+    assert {p.ca_pem for p in start.buffers} == {""}  # --insecure: plain HTTP
+    return pipes
+
+
 async def test_a_job_gets_working_pipes(plane: ControlPlane) -> None:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
         buffers = bgrpc.BufferServiceStub(channel)
         runs = rgrpc.RunServiceStub(channel)
-        spec = cpb.Codespec(
-            name="pipe",
-            kind=cpb.CODESPEC_KIND_JOB,
-            image="localhost/x:1",
-            args=["$(INPUT_PIPE)", "$$(OUTPUT_PIPE)", "$(TYGER_RUN_ID)"],
-            buffers=cpb.Buffers(inputs=["input"], outputs=["output"]),
-        )
         await cgrpc.CodespecServiceStub(channel).CreateCodespec(
-            cpb.CreateCodespecRequest(codespec=spec)
+            cpb.CreateCodespecRequest(codespec=PIPE_SPEC)
         )
         given = (await buffers.CreateBuffer(bpb.CreateBufferRequest())).buffer.id
         writable = await buffers.GetBufferAccess(
@@ -137,14 +153,7 @@ async def test_a_job_gets_working_pipes(plane: ControlPlane) -> None:
             assert dict(shown.buffers) == dict(created.buffers)
 
             start = await asyncio.wait_for(agent.starts.get(), 10)
-            pipes = {p.name: p for p in start.buffers}
-            assert set(pipes) == {"input", "output"}
-            assert not pipes["input"].output and pipes["output"].output
-            assert pipes["output"].buffer_id == created.buffers["output"]
-            assert start.env["INPUT_PIPE"] == f"{PIPE_DIR}/input"
-            assert start.env["OUTPUT_PIPE"] == f"{PIPE_DIR}/output"
-            assert list(start.args) == [f"{PIPE_DIR}/input", "$(OUTPUT_PIPE)", str(created.id)]
-            assert {p.ca_pem for p in start.buffers} == {""}  # --insecure: plain HTTP
+            pipes = _pipes_of(start, created)
 
             # the URLs work: the input reads, but is read-only; the output writes
             assert await _bytes(pipes["input"].access_url) == b"hello pipes"
