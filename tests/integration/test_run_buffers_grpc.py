@@ -105,7 +105,7 @@ async def _write(url: str, data: bytes) -> None:
         await write_buffer(client, data)
 
 
-PIPE_SPEC = cpb.Codespec(
+PIPE_JOB = cpb.Codespec(
     name="pipe",
     kind=cpb.CODESPEC_KIND_JOB,
     image="localhost/x:1",
@@ -115,7 +115,7 @@ PIPE_SPEC = cpb.Codespec(
 
 
 def _pipes_of(start: apb.StartContainer, created: rpb.Run) -> dict[str, apb.BufferPipe]:
-    """The start's pipes by name, checked: PIPE_SPEC's input and output, each
+    """The start's pipes by name, checked: PIPE_JOB's input and output, each
     named by its variable and in the args, over plain HTTP (--insecure)."""
     pipes = {p.name: p for p in start.buffers}
     assert set(pipes) == {"input", "output"}
@@ -133,7 +133,7 @@ async def test_a_job_gets_working_pipes(plane: ControlPlane) -> None:
         buffers = bgrpc.BufferServiceStub(channel)
         runs = rgrpc.RunServiceStub(channel)
         await cgrpc.CodespecServiceStub(channel).CreateCodespec(
-            cpb.CreateCodespecRequest(codespec=PIPE_SPEC)
+            cpb.CreateCodespecRequest(codespec=PIPE_JOB)
         )
         given = (await buffers.CreateBuffer(bpb.CreateBufferRequest())).buffer.id
         writable = await buffers.GetBufferAccess(
