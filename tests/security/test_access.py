@@ -220,6 +220,16 @@ async def test_a_revoked_token_ends_its_open_watch_stream(secure: Secure) -> Non
             assert first.run.status == rpb.RUN_STATUS_PENDING
             await tgrpc.TokenServiceStub(admin).RevokeToken(tpb.RevokeTokenRequest(name="watcher"))
             await rgrpc.RunServiceStub(admin).CancelRun(rpb.CancelRunRequest(run_id=run_id))
+            seen: list[rpb.Run] = []
+
+            async def after_revocation() -> None:
+                """What still arrives: changes sent before the revocation
+                (the scheduler may have said why the run waits), never the
+                cancel that came after it; then the refusal."""
+                while True:
+                    seen.append((await watch.read()).run)
+
             with pytest.raises(grpc.aio.AioRpcError) as err:
-                await asyncio.wait_for(watch.read(), 10)
+                await asyncio.wait_for(after_revocation(), 10)
     assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert all(r.status == rpb.RUN_STATUS_PENDING for r in seen), "a revoked token saw news"
