@@ -209,11 +209,39 @@ async def ensure_credentials(
         )
     if ca_pem is None:
         raise JoinError("--ca-cert is needed to join (the cluster CA from the control plane)")
-    servers = split_addresses(server) or [server]
+    creds = await _join_until_done(
+        split_addresses(server) or [server], ca_pem, join_token, node_name, agent_server,
+        stop, delay,
+    )  # fmt: skip
+    if creds is None:
+        return None
+    store.save(creds)
+    log(
+        _log,
+        logging.INFO,
+        "joined",
+        node=node_name,
+        pools=",".join(creds.info.pools),
+        agent_server=creds.agent_server,
+    )
+    return creds
+
+
+async def _join_until_done(
+    servers: list[str],
+    ca_pem: bytes,
+    join_token: str,
+    node_name: str,
+    agent_server: str | None,
+    stop: asyncio.Event,
+    delay: Callable[[int], float],
+) -> NodeCredentials | None:
+    """Join through the first address, the leader a refusal names, or the next
+    address after a delay, until it works, a refusal is final, or `stop`."""
     target, attempt, followed = servers[0], 0, False
     while not stop.is_set():
         try:
-            creds = await join(target, ca_pem, join_token, node_name, agent_server)
+            return await join(target, ca_pem, join_token, node_name, agent_server)
         except grpc.aio.AioRpcError as exc:
             if exc.code() in FATAL_JOIN:
                 raise JoinError(f"joining {target} failed: {exc.details()}") from None
@@ -235,17 +263,6 @@ async def ensure_credentials(
             target, followed = servers[attempt % len(servers)], False
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), wait)
-            continue
-        store.save(creds)
-        log(
-            _log,
-            logging.INFO,
-            "joined",
-            node=node_name,
-            pools=",".join(creds.info.pools),
-            agent_server=creds.agent_server,
-        )
-        return creds
     return None
 
 

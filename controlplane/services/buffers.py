@@ -25,7 +25,7 @@ from controlplane.core.errors import AlreadyExists, InvalidArgument
 from controlplane.services import paging
 from controlplane.services.codespecs import utcnow
 from controlplane.store.base import Store
-from controlplane.store.sqlite import to_micros
+from controlplane.store.micros import to_micros
 
 log = logging.getLogger(__name__)
 
