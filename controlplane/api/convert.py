@@ -5,8 +5,8 @@ so `controlplane.api.convert` stays the one place adapters import from."""
 
 from __future__ import annotations
 
-from controlplane.api.convert_agent import log_line_to_pb as log_line_to_pb
 from controlplane.api.convert_agent import log_lines_from_pb as log_lines_from_pb
+from controlplane.api.convert_agent import log_lines_response as log_lines_response
 from controlplane.api.convert_agent import node_from_register as node_from_register
 from controlplane.api.convert_agent import node_images_from_pb as node_images_from_pb
 from controlplane.api.convert_agent import node_images_to_pb as node_images_to_pb

@@ -4,9 +4,7 @@ log lines. No decisions are made here."""
 
 from __future__ import annotations
 
-from collections.abc import Collection
-
-from google.protobuf.timestamp_pb2 import Timestamp
+from collections.abc import Collection, Sequence
 
 from controlplane.api.convert_base import (
     MODE_FROM_PB,
@@ -217,16 +215,24 @@ def log_lines_from_pb(batch: agent_pb.LogBatch) -> list[LogLine]:
     ]
 
 
-def log_line_to_pb(stored: StoredLine, single_job: bool) -> run_pb.LogLine:
-    """Stored line -> LogLine message."""
-    ln = stored.line
-    return run_pb.LogLine(
-        time=Timestamp(seconds=ln.time_ns // 1_000_000_000, nanos=ln.time_ns % 1_000_000_000),
-        role=ROLE_TO_PB[ln.role],
-        replica=ln.replica,
-        stream=STREAM_TO_PB[ln.stream],
-        text=ln.text,
-        source=ln.source(single_job),
-        sequence=ln.sequence,
-        partial=ln.partial,
-    )
+def log_lines_response(
+    chunk: Sequence[StoredLine], single_job: bool, resume_after: int
+) -> run_pb.GetRunLogsResponse:
+    """One GetRunLogs reply: each line built in place in the reply (no
+    LogLine or Timestamp made and then copied: reads of whole runs convert
+    hundreds of thousands of lines, at half the cost this way)."""
+    reply = run_pb.GetRunLogsResponse(resume_after=resume_after)
+    add = reply.lines.add
+    for stored in chunk:
+        ln = stored.line
+        message = add(
+            role=ROLE_TO_PB[ln.role],
+            replica=ln.replica,
+            stream=STREAM_TO_PB[ln.stream],
+            text=ln.text,
+            source=ln.source(single_job),
+            sequence=ln.sequence,
+            partial=ln.partial,
+        )
+        message.time.seconds, message.time.nanos = divmod(ln.time_ns, 1_000_000_000)
+    return reply

@@ -12,7 +12,7 @@ from controlplane.api.convert import (
     STATUS_TO_PB,
     check_timestamp,
     from_timestamp,
-    log_line_to_pb,
+    log_lines_response,
     run_message,
     run_request_from_pb,
     statuses_from_pb,
@@ -128,9 +128,7 @@ class RunServicer(pb_grpc.RunServiceServicer):
                 tail=request.tail,
                 resume_after=request.resume_after,
             ):
-                yield pb.GetRunLogsResponse(
-                    lines=[log_line_to_pb(s, single_job) for s in chunk], resume_after=resume_after
-                )
+                yield log_lines_response(chunk, single_job, resume_after)
 
     @grpc_errors
     async def UpdateRunTags(
