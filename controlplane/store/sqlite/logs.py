@@ -4,26 +4,24 @@ breaking ties) or followed in arrival order."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Sequence
 
 from controlplane.core.logs import LogLine, StoredLine
 from controlplane.store.sql_clauses import SQLITE, log_filter
 from controlplane.store.sqlite.connection import SqliteConnection
 
+COLUMNS = "id, run_id, role, replica, stream, sequence, ts, text, partial"
 
-def _line(row: sqlite3.Row) -> StoredLine:
-    return StoredLine(
-        row["id"],
-        LogLine(
-            row["run_id"],
-            row["role"],
-            row["replica"],
-            row["stream"],
-            row["sequence"],
-            row["ts"],
-            row["text"],
-            bool(row["partial"]),
-        ),
-    )
+
+def _lines(conn: sqlite3.Connection, sql: str, params: Sequence[object]) -> list[StoredLine]:
+    """The lines a query on COLUMNS selects, from plain tuples: no sqlite3.Row
+    per line, since whole-run reads go through hundreds of thousands."""
+    cursor = conn.cursor()
+    cursor.row_factory = None
+    return [
+        StoredLine(i, LogLine(run, role, replica, stream, seq, ts, text, bool(partial)))
+        for i, run, role, replica, stream, seq, ts, text, partial in cursor.execute(sql, params)
+    ]
 
 
 class SqliteLogs(SqliteConnection):
@@ -78,11 +76,11 @@ class SqliteLogs(SqliteConnection):
             params += list(after)
 
         def q() -> list[StoredLine]:
-            rows = self._db.execute(
-                f"SELECT * FROM logs WHERE {where} ORDER BY ts, id LIMIT ?",
+            return _lines(
+                self._db,
+                f"SELECT {COLUMNS} FROM logs WHERE {where} ORDER BY ts, id LIMIT ?",
                 [*params, limit],
-            ).fetchall()
-            return [_line(r) for r in rows]
+            )
 
         return await self._call(q)
 
@@ -92,11 +90,12 @@ class SqliteLogs(SqliteConnection):
         where, params = log_filter(SQLITE, run_id, since_ns, max_id)
 
         def q() -> list[StoredLine]:
-            rows = self._db.execute(
-                f"SELECT * FROM logs WHERE {where} ORDER BY ts DESC, id DESC LIMIT ?",
+            newest_first = _lines(
+                self._db,
+                f"SELECT {COLUMNS} FROM logs WHERE {where} ORDER BY ts DESC, id DESC LIMIT ?",
                 [*params, count],
-            ).fetchall()
-            return [_line(r) for r in reversed(rows)]
+            )
+            return newest_first[::-1]
 
         return await self._call(q)
 
@@ -122,10 +121,10 @@ class SqliteLogs(SqliteConnection):
 
     async def new_logs(self, run_id: int, *, after_id: int, limit: int) -> list[StoredLine]:
         def q() -> list[StoredLine]:
-            rows = self._db.execute(
-                "SELECT * FROM logs WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
+            return _lines(
+                self._db,
+                f"SELECT {COLUMNS} FROM logs WHERE run_id = ? AND id > ? ORDER BY id LIMIT ?",
                 (run_id, after_id, limit),
-            ).fetchall()
-            return [_line(r) for r in rows]
+            )
 
         return await self._call(q)
