@@ -30,6 +30,8 @@ class LogPrinter:
         self.seen: set[tuple[str, int, int]] = set()
         self.begun: dict[tuple[str, int], tuple[pb.LogLine, list[str]]] = {}
         """Lines whose last part has not come yet, by source and stream."""
+        self._ready: list[str] = []
+        """Printed lines not yet written out (written a reply at a time)."""
 
     def emit(self, line: pb.LogLine) -> None:
         key = (line.source, line.stream, line.sequence)
@@ -57,8 +59,19 @@ class LogPrinter:
         for first, texts in self.begun.values():
             self._print(first, "".join(texts))
         self.begun.clear()
+        self.flush()
+
+    def flush(self) -> None:
+        """Write what was printed since the last flush, in one go."""
+        if self._ready:
+            self.out.write("".join(self._ready))
+            self._ready.clear()
+        self.out.flush()
 
     def _print(self, line: pb.LogLine, text: str) -> None:
+        if not (self.timestamps or self.prefixed):
+            self._ready.append(text + "\n")
+            return
         parts = []
         if self.timestamps:
             when = line.time.ToDatetime(tzinfo=UTC)
@@ -66,7 +79,7 @@ class LogPrinter:
         if self.prefixed:
             parts.append(f"[{line.source}]")
         parts.append(text)
-        self.out.write(" ".join(parts) + "\n")
+        self._ready.append(" ".join(parts) + "\n")
 
 
 def stream_logs(
@@ -101,12 +114,11 @@ def stream_logs(
                     retry.progress()
                     for line in reply.lines:
                         printer.emit(line)
-                    out.flush()
+                    printer.flush()
                     if reply.resume_after:
                         request.resume_after = reply.resume_after
             if printer is not None:
                 printer.close()
-                out.flush()
             return
         except grpc.RpcError as err:
             if not follow and err.code() == grpc.StatusCode.UNAVAILABLE:
