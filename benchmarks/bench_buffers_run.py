@@ -121,35 +121,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         env = env_for(server, tmp)
         try:
-            cp = subprocess.Popen(
-                [
-                    str(BIN / "muster-controlplane"), "--insecure", "--listen", server,
-                    "--db", f"{tmp}/cp.db", "--data-listen", "127.0.0.1:0",
-                ],
-                stdout=subprocess.PIPE,
-                stderr=open(f"{tmp}/cp.log", "w"),
-            )  # fmt: skip
-            procs.append(cp)
-            assert cp.stdout is not None
-            cp.stdout.readline()  # "listening on ..."
-            procs.append(
-                subprocess.Popen(
-                    [
-                        str(BIN / "muster-agent"), "--insecure", "--server", server,
-                        "--node-name", NODE, "--network", NETWORK,
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=open(f"{tmp}/agent.log", "w"),
-                )
-            )  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not any(
-                n["name"] == NODE and n["status"] == "Ready"
-                for n in json.loads(muster(env, "node", "list", "-o", "json"))
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the agent did not become Ready")
-                time.sleep(0.2)
+            start_cluster(server, tmp, env, procs)
             muster(
                 env, "codespec", "create", "passthrough", "--image",
                 "localhost/muster-busybox:latest", "-i", "input", "-o", "output",
@@ -167,21 +139,62 @@ def main() -> None:
                     f"{mbps(size, t['stream'])} from the first output byte"
                 )
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-            ids = subprocess.run(
-                ["podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}"],
-                capture_output=True,
-                text=True,
-            ).stdout.split()
-            if ids:
-                subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
-            subprocess.run(["podman", "network", "rm", "-f", NETWORK], capture_output=True)
+            clean_up(procs)
+
+
+def start_cluster(
+    server: str, tmp: str, env: dict[str, str], procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """A control plane (with its data plane) on `server` and one agent, added to
+    `procs` as they start, their logs in `tmp`; returns when the agent is Ready."""
+    cp = subprocess.Popen(
+        [
+            str(BIN / "muster-controlplane"), "--insecure", "--listen", server,
+            "--db", f"{tmp}/cp.db", "--data-listen", "127.0.0.1:0",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=open(f"{tmp}/cp.log", "w"),
+    )  # fmt: skip
+    procs.append(cp)
+    assert cp.stdout is not None
+    cp.stdout.readline()  # "listening on ..."
+    procs.append(
+        subprocess.Popen(
+            [
+                str(BIN / "muster-agent"), "--insecure", "--server", server,
+                "--node-name", NODE, "--network", NETWORK,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(f"{tmp}/agent.log", "w"),
+        )
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(
+        n["name"] == NODE and n["status"] == "Ready"
+        for n in json.loads(muster(env, "node", "list", "-o", "json"))
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the agent did not become Ready")
+        time.sleep(0.2)
+
+
+def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes, latest first; remove the agent's containers and network."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    ids = subprocess.run(
+        ["podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}"],
+        capture_output=True,
+        text=True,
+    ).stdout.split()
+    if ids:
+        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
+    subprocess.run(["podman", "network", "rm", "-f", NETWORK], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -59,72 +59,10 @@ async def bench(agents: int, runs: int, workers: int) -> None:
         )
         stop = asyncio.Event()
         runtimes = [FakeRuntime(node_name=f"sim-{i}") for i in range(agents)]
-        tasks = [
-            asyncio.create_task(
-                run_agent(
-                    parse_args(
-                        [
-                            "--insecure",
-                            "--server",
-                            address,
-                            "--node-name",
-                            f"sim-{i}",
-                            "--pool",
-                            "cpu" if i % 2 else "gpu",
-                            "--cpus",
-                            "16",
-                            "--memory",
-                            "64Gi",
-                        ]
-                    ),
-                    runtime=runtimes[i],
-                    stop=stop,
-                    backoff=Backoff(maximum=0.5),
-                )
-            )
-            for i in range(agents)
-        ]
+        tasks = [start_agent(address, i, runtimes[i], stop) for i in range(agents)]
         player = asyncio.create_task(finish_jobs(runtimes, stop))
         try:
-            async with grpc.aio.insecure_channel(address) as ch:
-                codespecs, run_stub = cgrpc.CodespecServiceStub(ch), rgrpc.RunServiceStub(ch)
-                await codespecs.CreateCodespec(
-                    cpb.CreateCodespecRequest(
-                        codespec=cpb.Codespec(
-                            name="w",
-                            image="img",
-                            kind=cpb.CODESPEC_KIND_WORKER,
-                            endpoints={"http": 80},
-                            resources=cpb.Resources(requests=cpb.ResourceQuantities(cpu="1")),
-                        )
-                    )
-                )
-                await codespecs.CreateCodespec(
-                    cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="j", image="img"))
-                )
-                began = time.perf_counter()
-                created = await asyncio.gather(
-                    *(
-                        run_stub.CreateRun(
-                            rpb.CreateRunRequest(
-                                run=rpb.Run(
-                                    job=rpb.RunCodeTarget(
-                                        codespec=rpb.CodespecRef(named="j"), node_pool="cpu"
-                                    ),
-                                    worker=rpb.RunCodeTarget(
-                                        codespec=rpb.CodespecRef(named="w"),
-                                        node_pool="gpu",
-                                        replicas=workers,
-                                    ),
-                                )
-                            )
-                        )
-                        for _ in range(runs)
-                    )
-                )
-                ids = [c.run.id for c in created]
-                finished = await asyncio.gather(*(watch_to_end(run_stub, i) for i in ids))
-                elapsed = time.perf_counter() - began
+            finished, elapsed = await run_all(address, runs, workers)
         finally:
             stop.set()
             player.cancel()
@@ -132,6 +70,62 @@ async def bench(agents: int, runs: int, workers: int) -> None:
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(task, 10)
             await plane.stop(grace=0.5)
+    report(agents, runs, workers, finished, elapsed)
+
+
+def start_agent(address: str, i: int, runtime: FakeRuntime, stop: asyncio.Event) -> asyncio.Task:
+    """The i-th agent, in pool gpu if i is even, cpu if odd, until `stop`."""
+    args = parse_args(
+        ["--insecure", "--server", address, "--node-name", f"sim-{i}",
+         "--pool", "cpu" if i % 2 else "gpu", "--cpus", "16", "--memory", "64Gi"]
+    )  # fmt: skip
+    return asyncio.create_task(
+        run_agent(args, runtime=runtime, stop=stop, backoff=Backoff(maximum=0.5))
+    )
+
+
+async def run_all(address: str, runs: int, workers: int) -> tuple[list[rpb.Run], float]:
+    """The codespecs, then `runs` runs created at once and watched to their end:
+    how they ended, and the seconds from the first create to the last end."""
+    async with grpc.aio.insecure_channel(address) as ch:
+        codespecs, run_stub = cgrpc.CodespecServiceStub(ch), rgrpc.RunServiceStub(ch)
+        await codespecs.CreateCodespec(
+            cpb.CreateCodespecRequest(
+                codespec=cpb.Codespec(
+                    name="w",
+                    image="img",
+                    kind=cpb.CODESPEC_KIND_WORKER,
+                    endpoints={"http": 80},
+                    resources=cpb.Resources(requests=cpb.ResourceQuantities(cpu="1")),
+                )
+            )
+        )
+        await codespecs.CreateCodespec(
+            cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="j", image="img"))
+        )
+        began = time.perf_counter()
+        created = await asyncio.gather(
+            *(run_stub.CreateRun(run_request(workers)) for _ in range(runs))
+        )
+        ids = [c.run.id for c in created]
+        finished = await asyncio.gather(*(watch_to_end(run_stub, i) for i in ids))
+        elapsed = time.perf_counter() - began
+    return finished, elapsed
+
+
+def run_request(workers: int) -> rpb.CreateRunRequest:
+    """A run of a job in pool cpu and `workers` workers in pool gpu."""
+    return rpb.CreateRunRequest(
+        run=rpb.Run(
+            job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j"), node_pool="cpu"),
+            worker=rpb.RunCodeTarget(
+                codespec=rpb.CodespecRef(named="w"), node_pool="gpu", replicas=workers
+            ),
+        )
+    )
+
+
+def report(agents: int, runs: int, workers: int, finished: list[rpb.Run], elapsed: float) -> None:
     ok = sum(1 for r in finished if r.status == rpb.RUN_STATUS_SUCCEEDED)
     latencies = sorted(
         (r.finished_at.ToDatetime() - r.created_at.ToDatetime()).total_seconds() for r in finished

@@ -178,26 +178,7 @@ async def agents_main(args: argparse.Namespace) -> None:
     tasks = [
         asyncio.create_task(
             run_agent(
-                parse_args(
-                    [
-                        "--server",
-                        args.address,
-                        "--ca-cert",
-                        args.ca_file,
-                        "--join-token",
-                        token,
-                        "--state-dir",
-                        str(Path(args.state) / f"load-{i}"),
-                        "--node-name",
-                        f"load-{i}",
-                        "--pool",
-                        POOL,
-                        "--cpus",
-                        "1000",
-                        "--memory",
-                        "4096Gi",
-                    ]
-                ),
+                parse_args(agent_argv(args, i, token)),
                 runtime=runtimes[i],
                 stop=stop,
                 backoff=Backoff(maximum=1.0),
@@ -205,26 +186,35 @@ async def agents_main(args: argparse.Namespace) -> None:
         )
         for i, token in enumerate(tokens)
     ]
-
-    async def play() -> None:
-        """Every job that runs writes three lines and exits 0 a moment later."""
-        seen: set[str] = set()
-        while not stop.is_set():
-            for runtime in runtimes:
-                for name, container in list(runtime.containers.items()):
-                    if "-job-" in name and container.state == "running" and name not in seen:
-                        seen.add(name)
-                        for n in range(3):
-                            runtime.write_log(name, "stdout", f"line {n} of {name}\n")
-                        runtime.exit(name, 0)
-            await asyncio.sleep(0.2)
-
-    player = asyncio.create_task(play())
+    player = asyncio.create_task(play(runtimes, stop))
     await stop.wait()
     player.cancel()
     for task in tasks:
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(task, 10)
+
+
+def agent_argv(args: argparse.Namespace, i: int, token: str) -> list[str]:
+    """The command line of the i-th fake agent, joining with `token`."""
+    return [
+        "--server", args.address, "--ca-cert", args.ca_file, "--join-token", token,
+        "--state-dir", str(Path(args.state) / f"load-{i}"), "--node-name", f"load-{i}",
+        "--pool", POOL, "--cpus", "1000", "--memory", "4096Gi",
+    ]  # fmt: skip
+
+
+async def play(runtimes: list, stop: asyncio.Event) -> None:
+    """Every job that runs writes three lines and exits 0 a moment later."""
+    seen: set[str] = set()
+    while not stop.is_set():
+        for runtime in runtimes:
+            for name, container in list(runtime.containers.items()):
+                if "-job-" in name and container.state == "running" and name not in seen:
+                    seen.add(name)
+                    for n in range(3):
+                        runtime.write_log(name, "stdout", f"line {n} of {name}\n")
+                    runtime.exit(name, 0)
+        await asyncio.sleep(0.2)
 
 
 # -- the benchmark ---------------------------------------------------------------------------
@@ -379,61 +369,15 @@ def bench(args: argparse.Namespace) -> int:
             ca_file = Path(tmp) / "ca.crt"
             ca_file.write_text(access.ca)
             tokens = asyncio.run(prepare(access, args.agents))
-            agent_log = open(Path(tmp) / "agents.log", "w")
-            agents = subprocess.Popen(
-                [
-                    *me,
-                    "--role",
-                    "agents",
-                    "--address",
-                    cp.address,
-                    "--ca-file",
-                    str(ca_file),
-                    "--tokens",
-                    ",".join(tokens),
-                    "--state",
-                    tmp,
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=agent_log,
-                text=True,
-            )
-            agent_log.close()
+            agents = start_agents(me, cp.address, ca_file, tokens, tmp)
             started.append(agents)
             asyncio.run(wait_nodes(access, args.agents))
             ids = asyncio.run(seed_runs(access, 50))
-            per = [args.clients // args.processes] * args.processes
-            per[0] += args.clients - sum(per)
-            env = {**os.environ, "MUSTER_TOKEN": access.token}
             cpu_before = {"control plane": cpu_seconds(cp.proc), "agents": cpu_seconds(agents)}
             monitor = NodeMonitor(access)
             monitor.start()
             began = time.monotonic()
-            workers = [
-                subprocess.Popen(
-                    [
-                        *me,
-                        "--role",
-                        "clients",
-                        "--address",
-                        cp.address,
-                        "--ca-file",
-                        str(ca_file),
-                        "--ids",
-                        ",".join(map(str, ids)),
-                        "--clients",
-                        str(n),
-                        "--seconds",
-                        str(args.seconds),
-                        "--seed",
-                        str(i + 1),
-                    ],
-                    stdout=subprocess.PIPE,
-                    env=env,
-                    text=True,
-                )
-                for i, n in enumerate(per)
-            ]
+            workers = start_clients(me, args, cp.address, ca_file, ids, access.token)
             started += workers
             results = []
             for worker in workers:
@@ -447,14 +391,61 @@ def bench(args: argparse.Namespace) -> int:
             monitor.stop()
             counts = asyncio.run(count_runs(access))
         finally:
-            for proc in reversed(started):
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGTERM)
-                    try:
-                        proc.wait(timeout=15)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
+            stop_all(started)
+    return report(args, results, wall, cpu, counts, monitor.changes)
+
+
+def start_agents(
+    me: list[str], address: str, ca_file: Path, tokens: list[str], tmp: str
+) -> subprocess.Popen[str]:
+    """The process of the fake agents, one per join token; its log in `tmp`."""
+    agent_log = open(Path(tmp) / "agents.log", "w")
+    agents = subprocess.Popen(
+        [*me, "--role", "agents", "--address", address, "--ca-file", str(ca_file),
+         "--tokens", ",".join(tokens), "--state", tmp],
+        stdout=subprocess.DEVNULL, stderr=agent_log, text=True,
+    )  # fmt: skip
+    agent_log.close()
+    return agents
+
+
+def start_clients(
+    me: list[str], args: argparse.Namespace, address: str, ca_file: Path, ids: list[int], token: str
+) -> list[subprocess.Popen[str]]:
+    """The client processes, --clients shared among --processes of them."""
+    per = [args.clients // args.processes] * args.processes
+    per[0] += args.clients - sum(per)
+    env = {**os.environ, "MUSTER_TOKEN": token}
+    clients = []
+    for i, n in enumerate(per):
+        argv = [*me, "--role", "clients", "--address", address, "--ca-file", str(ca_file),
+                "--ids", ",".join(map(str, ids)), "--clients", str(n),
+                "--seconds", str(args.seconds), "--seed", str(i + 1)]  # fmt: skip
+        clients.append(subprocess.Popen(argv, stdout=subprocess.PIPE, env=env, text=True))
+    return clients
+
+
+def stop_all(started: list[subprocess.Popen[str]]) -> None:
+    """SIGTERM every process started, the latest first; SIGKILL if it does not end."""
+    for proc in reversed(started):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def report(
+    args: argparse.Namespace,
+    results: list[dict],
+    wall: float,
+    cpu: dict[str, float],
+    counts: str,
+    changes: list[str],
+) -> int:
+    """Print the figures; 1 if there was any error or a node was not Ready."""
     latencies: dict[str, list[float]] = {m: [] for m in MIX}
     errors: Counter[str] = Counter()
     for result in results:
@@ -472,11 +463,7 @@ def bench(args: argparse.Namespace) -> int:
     print(f"runs at the end: {counts}")
     print(
         "fake agents' nodes: "
-        + (
-            "Ready throughout (checked every second)"
-            if not monitor.changes
-            else "; ".join(monitor.changes)
-        )
+        + ("Ready throughout (checked every second)" if not changes else "; ".join(changes))
     )
     print(
         "CPU (cores busy on average): "
@@ -492,7 +479,7 @@ def bench(args: argparse.Namespace) -> int:
             )
     for error, count in errors.most_common():
         print(f"  error x{count}: {error}")
-    return 1 if errors or monitor.changes else 0
+    return 1 if errors or changes else 0
 
 
 if __name__ == "__main__":

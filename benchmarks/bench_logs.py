@@ -34,140 +34,44 @@ log files; ``api``: Podman's log API), runs the phases ``--phases`` names
         [--phases flood,cli,long,nonl,latency]
 
 Needs scripts/setup.sh to have run. Everything it starts is stopped and
-removed when it ends.
+removed when it ends. The processes it starts and its client of the API are in
+logs_support.py, beside it.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 import grpc
 import psutil
+from logs_support import (
+    BIN,
+    Bench,
+    Peak,
+    free_port,
+    percentile,
+    print_log_tails,
+    remove_containers,
+    rss,
+    start_agent,
+    start_control_plane,
+    stop,
+)
 
-from muster.v1 import codespec_pb2 as cpb
-from muster.v1 import codespec_pb2_grpc as cgrpc
-from muster.v1 import node_pb2 as npb
-from muster.v1 import node_pb2_grpc as ngrpc
 from muster.v1 import run_pb2 as rpb
-from muster.v1 import run_pb2_grpc as rgrpc
 
-BIN = Path(sys.executable).parent
 PYTHON = "localhost/muster-python:latest"
 BUSYBOX = "localhost/muster-busybox:latest"
-NETWORK = "muster-bench-logs"
-TERMINAL = {rpb.RUN_STATUS_SUCCEEDED, rpb.RUN_STATUS_FAILED, rpb.RUN_STATUS_CANCELED}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Peak:
-    """Samples a value every ``period`` seconds in a thread; keeps what it saw."""
-
-    def __init__(self, sample: Callable[[], object], period: float = 0.1) -> None:
-        self.values: list[object] = []
-        self._stop = threading.Event()
-
-        def loop() -> None:
-            while not self._stop.is_set():
-                try:
-                    self.values.append(sample())
-                except Exception:
-                    pass
-                self._stop.wait(period)
-
-        self._thread = threading.Thread(target=loop, daemon=True)
-        self._thread.start()
-
-    def stop(self) -> list[object]:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        return self.values
-
-
-def rss(pid: int) -> Callable[[], int]:
-    process = psutil.Process(pid)
-    return lambda: process.memory_info().rss
-
-
-class Bench:
-    def __init__(self, server: str, channel: grpc.Channel, cp_pid: int) -> None:
-        self.server = server
-        self.runs = rgrpc.RunServiceStub(channel)
-        self.nodes = ngrpc.NodeServiceStub(channel)
-        self.codespecs = cgrpc.CodespecServiceStub(channel)
-        self.cp_pid = cp_pid
-        self.made: set[str] = set()
-
-    def codespec(self, name: str, image: str, command: list[str]) -> None:
-        if name not in self.made:
-            spec = cpb.Codespec(name=name, image=image, command=command)
-            self.codespecs.CreateCodespec(cpb.CreateCodespecRequest(codespec=spec))
-            self.made.add(name)
-
-    def create(self, codespec: str, pool: str) -> int:
-        run = rpb.Run(
-            job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named=codespec), node_pool=pool)
-        )
-        return self.runs.CreateRun(rpb.CreateRunRequest(run=run)).run.id
-
-    def wait(self, run_id: int, timeout: float = 600) -> rpb.Run:
-        deadline = time.monotonic() + timeout
-        while True:
-            run = self.runs.GetRun(rpb.GetRunRequest(run_id=run_id)).run
-            if run.status in TERMINAL:
-                return run
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"run {run_id} did not end")
-            time.sleep(0.05)
-
-    def last(self, run_id: int) -> rpb.LogLine | None:
-        lines = [
-            line
-            for reply in self.runs.GetRunLogs(rpb.GetRunLogsRequest(run_id=run_id, tail=1))
-            for line in reply.lines
-        ]
-        return lines[-1] if lines else None
-
-    def wait_last(self, run_id: int, text: str, timeout: float = 600) -> None:
-        deadline = time.monotonic() + timeout
-        while (line := self.last(run_id)) is None or line.text != text or line.partial:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"run {run_id}'s last line never came")
-            time.sleep(0.05)
-
-    def lines(self, run_id: int) -> list[str]:
-        """Every line of the run, parts joined."""
-        out, begun = [], ""
-        for reply in self.runs.GetRunLogs(rpb.GetRunLogsRequest(run_id=run_id)):
-            for line in reply.lines:
-                begun += line.text
-                if not line.partial:
-                    out.append(begun)
-                    begun = ""
-        return out
-
-
-def percentile(values: list[float], q: float) -> float:
-    """The q-th percentile (nearest rank) of values, sorted or not."""
-    ordered = sorted(values)
-    return ordered[max(0, math.ceil(q / 100 * len(ordered)) - 1)]
 
 
 class Flooded:
@@ -179,6 +83,21 @@ class Flooded:
         self.small_id = small_id
 
 
+@dataclass
+class FloodTimes:
+    """The flood's runs, and when their steps happened (time.monotonic())."""
+
+    run_id: int
+    run: rpb.Run
+    began: float
+    first: float  # seconds from create to the first line readable
+    ended: float
+    complete_at: float | None  # the last line readable, or None if it never was
+    small_id: int
+    small: rpb.Run
+    small_took: float
+
+
 def flood(bench: Bench, pool: str, node: str, agent_pid: int, lines: int, size: int) -> Flooded:
     pad = size - 10
     program = (
@@ -187,72 +106,75 @@ def flood(bench: Bench, pool: str, node: str, agent_pid: int, lines: int, size: 
     )
     bench.codespec(f"flood-{lines}-{size}", PYTHON, ["python3", "-c", program])
     bench.codespec("small", BUSYBOX, ["sh", "-c", "echo small"])
-
-    def status() -> int:
-        listed = bench.nodes.ListNodes(npb.ListNodesRequest()).nodes
-        return next(n.status for n in listed if n.name == node)
-
-    statuses = Peak(status, 0.2)
+    statuses = Peak(lambda: bench.node_status(node), 0.2)
     agent_rss, cp_rss = Peak(rss(agent_pid)), Peak(rss(bench.cp_pid))
     try:
-        began = time.monotonic()
-        run_id = bench.create(f"flood-{lines}-{size}", pool)
-        deadline = began + 300
-        while bench.last(run_id) is None:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"run {run_id} printed nothing in 300 s")
-            time.sleep(0.02)
-        first = time.monotonic() - began
-        small_began = time.monotonic()
-        small_id = bench.create("small", pool)
-        small = bench.wait(small_id, 120)
-        small_took = time.monotonic() - small_began
-        run = bench.wait(run_id)
-        ended = time.monotonic()
-        want = f"{lines - 1:09d} " + "f" * pad
-        try:
-            bench.wait_last(run_id, want, timeout=300)
-            complete_at: float | None = time.monotonic()
-        except RuntimeError:
-            complete_at = None
+        times = flood_runs(bench, pool, f"flood-{lines}-{size}", f"{lines - 1:09d} " + "f" * pad)
     finally:
         seen = statuses.stop()
         agent_peaks, cp_peaks = agent_rss.stop(), cp_rss.stop()
     agent_peak, cp_peak = max(agent_peaks, default=0), max(cp_peaks, default=0)
     read_began = time.monotonic()
-    got = bench.lines(run_id)
+    got = bench.lines(times.run_id)
     read_took = time.monotonic() - read_began
-    missing = lines - len(set(got))
-    in_order = got == sorted(got)
+    print_flood_times(times, lines, size)
+    print(
+        f"    lines missing {lines - len(set(got)):,}, in order {got == sorted(got)}; read back "
+        f"through the API (library, parts joined) at {len(got) / read_took:,.0f} lines/s "
+        f"({read_took:.2f}s)"
+    )
     names = {1: "Ready", 2: "NotReady", 3: "Lost"}
     print(
-        f"  flood {lines:,} lines x {size} B ({lines * size / 1e6:.0f} MB): "
-        f"{rpb.RunStatus.Name(run.status)} {ended - began:.2f}s after create; "
-        f"first line readable {first:.2f}s after create"
+        f"    node {sorted({names.get(s, str(s)) for s in seen})} over {len(seen)} looks; "
+        f"second run {rpb.RunStatus.Name(times.small.status)} in {times.small_took:.2f}s; "
+        f"peak RSS agent {agent_peak / 2**20:.0f} MiB, control plane {cp_peak / 2**20:.0f} MiB"
     )
-    if complete_at is None:
+    return Flooded(times.run_id, lines, times.small_id)
+
+
+def flood_runs(bench: Bench, pool: str, codespec: str, want: str) -> FloodTimes:
+    """The flood's run; once its first line is readable, a small run to its end;
+    then the flood's end, and its last line (`want`) readable."""
+    began = time.monotonic()
+    run_id = bench.create(codespec, pool)
+    deadline = began + 300
+    while bench.last(run_id) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"run {run_id} printed nothing in 300 s")
+        time.sleep(0.02)
+    first = time.monotonic() - began
+    small_began = time.monotonic()
+    small_id = bench.create("small", pool)
+    small = bench.wait(small_id, 120)
+    small_took = time.monotonic() - small_began
+    run = bench.wait(run_id)
+    ended = time.monotonic()
+    try:
+        bench.wait_last(run_id, want, timeout=300)
+        complete_at: float | None = time.monotonic()
+    except RuntimeError:
+        complete_at = None
+    return FloodTimes(run_id, run, began, first, ended, complete_at, small_id, small, small_took)
+
+
+def print_flood_times(t: FloodTimes, lines: int, size: int) -> None:
+    print(
+        f"  flood {lines:,} lines x {size} B ({lines * size / 1e6:.0f} MB): "
+        f"{rpb.RunStatus.Name(t.run.status)} {t.ended - t.began:.2f}s after create; "
+        f"first line readable {t.first:.2f}s after create"
+    )
+    if t.complete_at is None:
         print("    COMPLETE: never (the last line was lost)")
     else:
         # The run's end: when the bench saw it end (GetRun every 0.05 s); the
         # control plane's finished_at and the last line's own time are within
         # a fraction of a second of it.
         print(
-            f"    COMPLETE {complete_at - ended:.2f}s after the run's end (target <= 5 s): "
-            f"{lines / (complete_at - began):,.0f} lines/s from create to the last line "
-            f"readable, {lines / (complete_at - began - first):,.0f} lines/s from the first "
-            f"line readable to the last"
+            f"    COMPLETE {t.complete_at - t.ended:.2f}s after the run's end (target <= 5 s): "
+            f"{lines / (t.complete_at - t.began):,.0f} lines/s from create to the last line "
+            f"readable, {lines / (t.complete_at - t.began - t.first):,.0f} lines/s from the "
+            f"first line readable to the last"
         )
-    print(
-        f"    lines missing {missing:,}, in order {in_order}; read back through the API "
-        f"(library, parts joined) at {len(got) / read_took:,.0f} lines/s "
-        f"({read_took:.2f}s)"
-    )
-    print(
-        f"    node {sorted({names.get(s, str(s)) for s in seen})} over {len(seen)} looks; "
-        f"second run {rpb.RunStatus.Name(small.status)} in {small_took:.2f}s; peak RSS agent "
-        f"{agent_peak / 2**20:.0f} MiB, control plane {cp_peak / 2**20:.0f} MiB"
-    )
-    return Flooded(run_id, lines, small_id)
 
 
 def cli_read(bench: Bench, flooded: Flooded, env: dict[str, str], out_path: str) -> None:
@@ -397,18 +319,7 @@ def one_line(bench: Bench, pool: str, agent_pid: int, mb: int, newline: bool) ->
 PHASES = ("flood", "cli", "long", "nonl", "latency")
 
 
-def stop(process: subprocess.Popen[bytes]) -> None:
-    """Terminate a process this bench started; kill it if it does not end."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
-
-
-def main() -> None:
+def parse_args() -> tuple[argparse.Namespace, set[str]]:
     parser = argparse.ArgumentParser()
     parser.add_argument("--lines", type=int, default=1_000_000)
     parser.add_argument("--line-bytes", type=int, default=200)
@@ -427,6 +338,33 @@ def main() -> None:
         parser.error("the cli phase reads the flood's run: add flood to --phases")
     if not 0 < args.latency_seconds <= 600:
         parser.error("--latency-seconds must be in (0, 600]")
+    return args, phases
+
+
+def run_phases(
+    bench: Bench,
+    node: str,
+    agent_pid: int,
+    args: argparse.Namespace,
+    phases: set[str],
+    cli_env: dict[str, str],
+    tmp: str,
+) -> None:
+    """The phases `phases` names, in their order, on the agent `node` (its own pool)."""
+    if "flood" in phases:
+        flooded = flood(bench, node, node, agent_pid, args.lines, args.line_bytes)
+        if "cli" in phases:
+            cli_read(bench, flooded, cli_env, f"{tmp}/cli-out.txt")
+    if "long" in phases:
+        one_line(bench, node, agent_pid, args.long_mb, newline=True)
+    if "nonl" in phases:
+        one_line(bench, node, agent_pid, args.nonl_mb, newline=False)
+    if "latency" in phases:
+        latency(bench, node, args.latency_seconds)
+
+
+def main() -> None:
+    args, phases = parse_args()
     server = f"127.0.0.1:{free_port()}"
     env = {**os.environ, "MUSTER_CONFIG": "/nonexistent"}
     nodes: list[str] = []
@@ -435,29 +373,7 @@ def main() -> None:
         # the user's credential files name).
         Path(f"{tmp}/cli.json").write_text(json.dumps({"server": server, "insecure": True}))
         cli_env = {**os.environ, "MUSTER_CONFIG": f"{tmp}/cli.json"}
-        cp = subprocess.Popen(
-            [
-                str(BIN / "muster-controlplane"),
-                "--insecure",
-                "--listen",
-                server,
-                "--db",
-                f"{tmp}/cp.db",
-                "--heartbeat-interval",
-                "1",
-                "--node-not-ready-after",
-                "3",
-                "--node-lost-after",
-                "30",
-                "--state-dir",
-                f"{tmp}/cp-state",
-                "--data-listen",
-                "off",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(f"{tmp}/cp.log", "w"),
-            env=env,
-        )
+        cp = start_control_plane(tmp, server, env)
         agent: subprocess.Popen[bytes] | None = None
         try:
             with grpc.insecure_channel(server) as channel:
@@ -470,71 +386,25 @@ def main() -> None:
                 for reader in args.readers.split(","):
                     node = f"bench-logs-{reader}"
                     nodes.append(node)
-                    agent = subprocess.Popen(
-                        [
-                            str(BIN / "muster-agent"),
-                            "--insecure",
-                            "--server",
-                            server,
-                            "--node-name",
-                            node,
-                            "--pool",
-                            node,
-                            "--network",
-                            NETWORK,
-                            "--log-reader",
-                            reader,
-                            "--state-dir",
-                            f"{tmp}/agent-{reader}",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=open(f"{tmp}/agent-{reader}.log", "w"),
-                        env=env,
-                    )
-                    deadline = time.monotonic() + 30
-                    while not any(
-                        n.name == node and n.status == npb.NODE_STATUS_READY
-                        for n in bench.nodes.ListNodes(npb.ListNodesRequest()).nodes
-                    ):
-                        if time.monotonic() > deadline:
-                            raise RuntimeError(f"agent {node} did not become Ready")
-                        time.sleep(0.1)
+                    agent = start_agent(tmp, server, env, node, reader)
+                    bench.wait_ready(node)
                     print(
                         f"--log-reader {reader} (agent pid {agent.pid}; load average "
                         f"{os.getloadavg()[0]:.1f}):",
                         flush=True,
                     )
-                    if "flood" in phases:
-                        flooded = flood(bench, node, node, agent.pid, args.lines, args.line_bytes)
-                        if "cli" in phases:
-                            cli_read(bench, flooded, cli_env, f"{tmp}/cli-out.txt")
-                    if "long" in phases:
-                        one_line(bench, node, agent.pid, args.long_mb, newline=True)
-                    if "nonl" in phases:
-                        one_line(bench, node, agent.pid, args.nonl_mb, newline=False)
-                    if "latency" in phases:
-                        latency(bench, node, args.latency_seconds)
+                    run_phases(bench, node, agent.pid, args, phases, cli_env, tmp)
                     sys.stdout.flush()
                     stop(agent)
                     agent = None
         except BaseException:
-            for log in sorted(Path(tmp).glob("*.log")):  # what the processes said
-                tail = log.read_text(errors="replace").splitlines()[-15:]
-                print(f"--- {log.name}, last lines:", *tail, sep="\n", file=sys.stderr)
+            print_log_tails(tmp)  # what the processes said
             raise
         finally:
             if agent is not None:
                 stop(agent)
             stop(cp)
-            for node in nodes:
-                ids = subprocess.run(
-                    ["podman", "ps", "-aq", "--filter", f"label=muster.node={node}"],
-                    capture_output=True,
-                    text=True,
-                ).stdout.split()
-                if ids:
-                    subprocess.run(["podman", "rm", "-f", *ids], capture_output=True)
-            subprocess.run(["podman", "network", "rm", "-f", NETWORK], capture_output=True)
+            remove_containers(nodes)
 
 
 if __name__ == "__main__":

@@ -111,44 +111,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            procs.append(
-                subprocess.Popen(
-                    [str(BIN / "muster-controlplane"), "--listen", server, "--db", f"{tmp}/cp.db"],
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
-            assert procs[0].stdout is not None
-            procs[0].stdout.readline()  # "listening on ..."
-            for node, pool in zip(NODES, ("cpu", "gpu"), strict=True):
-                procs.append(
-                    subprocess.Popen(
-                        [
-                            str(BIN / "muster-agent"),
-                            "--server",
-                            server,
-                            "--node-name",
-                            node,
-                            "--pool",
-                            pool,
-                            "--network",
-                            "muster-bench",
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
-                )
-            deadline = time.monotonic() + 30
-            while (
-                sum(
-                    n["status"] == "Ready"
-                    for n in json.loads(muster(server, "node", "list", "-o", "json"))
-                )
-                < 2
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("agents did not become Ready")
-                time.sleep(0.2)
+            start_cluster(server, tmp, procs)
             muster(
                 server, "codespec", "create", "hello-worker", "-f", str(EXAMPLES / "worker.yaml")
             )
@@ -167,18 +130,56 @@ def main() -> None:
                 f"{args.concurrent} runs at once ({time.monotonic() - began:.2f}s in all):", batch
             )
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                proc.wait(timeout=20)
-            for node in NODES:
-                ids = subprocess.run(
-                    ["podman", "ps", "-aq", "--filter", f"label=muster.node={node}"],
-                    capture_output=True,
-                    text=True,
-                ).stdout.split()
-                if ids:
-                    subprocess.run(["podman", "rm", "-f", *ids], capture_output=True)
-            subprocess.run(["podman", "network", "rm", "-f", "muster-bench"], capture_output=True)
+            clean_up(procs)
+
+
+def start_cluster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    """A control plane on `server` and an agent in each of the pools cpu and gpu,
+    added to `procs` as they start; returns when both agents are Ready."""
+    procs.append(
+        subprocess.Popen(
+            [str(BIN / "muster-controlplane"), "--listen", server, "--db", f"{tmp}/cp.db"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+        )
+    )
+    assert procs[0].stdout is not None
+    procs[0].stdout.readline()  # "listening on ..."
+    for node, pool in zip(NODES, ("cpu", "gpu"), strict=True):
+        procs.append(
+            subprocess.Popen(
+                [str(BIN / "muster-agent"), "--server", server, "--node-name", node,
+                 "--pool", pool, "--network", "muster-bench"],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+        )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while (
+        sum(
+            n["status"] == "Ready" for n in json.loads(muster(server, "node", "list", "-o", "json"))
+        )
+        < 2
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("agents did not become Ready")
+        time.sleep(0.2)
+
+
+def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes, latest first; remove the agents' containers and network."""
+    for proc in reversed(procs):
+        proc.terminate()
+        proc.wait(timeout=20)
+    for node in NODES:
+        ids = subprocess.run(
+            ["podman", "ps", "-aq", "--filter", f"label=muster.node={node}"],
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        if ids:
+            subprocess.run(["podman", "rm", "-f", *ids], capture_output=True)
+    subprocess.run(["podman", "network", "rm", "-f", "muster-bench"], capture_output=True)
 
 
 if __name__ == "__main__":

@@ -145,26 +145,7 @@ def main() -> None:
     procs: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory() as tmp:
         try:
-            procs.append(subprocess.Popen(
-                [str(BIN / "muster-controlplane"), "--insecure", "--listen", server,
-                 "--db", f"{tmp}/cp.db", "--data-listen", "off"],
-                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-            ))  # fmt: skip
-            assert procs[0].stdout is not None
-            procs[0].stdout.readline()  # "listening on ..."
-            procs.append(subprocess.Popen(
-                [str(BIN / "muster-agent"), "--insecure", "--server", server, "--node-name", NODE,
-                 "--network", MUSTER_NET],
-                stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/agent.log", "w"),
-            ))  # fmt: skip
-            deadline = time.monotonic() + 30
-            while not any(
-                n["status"] == "Ready"
-                for n in json.loads(muster(server, "node", "list", "-o", "json"))
-            ):
-                if time.monotonic() > deadline:
-                    raise RuntimeError("the agent did not become Ready")
-                time.sleep(0.2)
+            start_muster(server, tmp, procs)
             worker, job = write_specs(Path(tmp))
             muster(server, "codespec", "create", "rel-worker", "-f", str(worker))
             muster(server, "codespec", "create", "rel-job", "-f", str(job))
@@ -181,21 +162,48 @@ def main() -> None:
                 print(f"  N={n:>2}: muster {a:5.2f} s   raw Podman {b:5.2f} s   "
                       f"ratio {a / b:4.2f}")  # fmt: skip
         finally:
-            for proc in reversed(procs):
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-            left = run("podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}",
-                       check=False).split()  # fmt: skip
-            left += run(
-                "podman", "ps", "-aq", "--filter", f"label={RAW_LABEL}", check=False
-            ).split()
-            if left:
-                run("podman", "rm", "-f", "-t", "0", *left, check=False)
-            for net in (MUSTER_NET, RAW_NET):
-                run("podman", "network", "rm", "-f", net, check=False)
+            clean_up(procs)
+
+
+def start_muster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) -> None:
+    """A control plane on `server` and one agent, added to `procs` as they start;
+    returns when the agent is Ready."""
+    procs.append(subprocess.Popen(
+        [str(BIN / "muster-controlplane"), "--insecure", "--listen", server,
+         "--db", f"{tmp}/cp.db", "--data-listen", "off"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    ))  # fmt: skip
+    assert procs[0].stdout is not None
+    procs[0].stdout.readline()  # "listening on ..."
+    procs.append(subprocess.Popen(
+        [str(BIN / "muster-agent"), "--insecure", "--server", server, "--node-name", NODE,
+         "--network", MUSTER_NET],
+        stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/agent.log", "w"),
+    ))  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not any(
+        n["status"] == "Ready" for n in json.loads(muster(server, "node", "list", "-o", "json"))
+    ):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the agent did not become Ready")
+        time.sleep(0.2)
+
+
+def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
+    """Stop the processes, latest first; remove both sides' containers and networks."""
+    for proc in reversed(procs):
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    left = run("podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}",
+               check=False).split()  # fmt: skip
+    left += run("podman", "ps", "-aq", "--filter", f"label={RAW_LABEL}", check=False).split()
+    if left:
+        run("podman", "rm", "-f", "-t", "0", *left, check=False)
+    for net in (MUSTER_NET, RAW_NET):
+        run("podman", "network", "rm", "-f", net, check=False)
 
 
 if __name__ == "__main__":

@@ -122,73 +122,109 @@ async def measure(
 
 
 async def drive(args: argparse.Namespace, address: str, cp: psutil.Process, stats: list[Path]):
-    from muster.v1 import codespec_pb2 as cpb
-    from muster.v1 import codespec_pb2_grpc as cgrpc
-    from muster.v1 import node_pb2 as npb
+    """The codespecs; once every agent is Ready, the runs, until every container is
+    removed: (seconds, control-plane CPU-seconds, when each run ended, when the
+    first began, failures, containers created)."""
     from muster.v1 import node_pb2_grpc as ngrpc
-    from muster.v1 import run_pb2 as rpb
     from muster.v1 import run_pb2_grpc as rgrpc
 
     async with grpc.aio.insecure_channel(address) as ch:
-        codespecs, runs = cgrpc.CodespecServiceStub(ch), rgrpc.RunServiceStub(ch)
-        nodes = ngrpc.NodeServiceStub(ch)
-        worker = cpb.Codespec(
-            name="w", image="img", kind=cpb.CODESPEC_KIND_WORKER, endpoints={"http": 80},
-            resources=cpb.Resources(requests=cpb.ResourceQuantities(cpu="1")),
-        )  # fmt: skip
-        await codespecs.CreateCodespec(cpb.CreateCodespecRequest(codespec=worker))
-        await codespecs.CreateCodespec(
-            cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="j", image="img"))
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            listed = await nodes.ListNodes(npb.ListNodesRequest())
-            ready = sum(1 for n in listed.nodes if n.status == npb.NODE_STATUS_READY)
-            if ready >= args.agents:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"only {ready} of {args.agents} agents registered in 120 s")
-            await asyncio.sleep(0.5)
+        runs, nodes = rgrpc.RunServiceStub(ch), ngrpc.NodeServiceStub(ch)
+        await create_codespecs(ch)
+        await wait_agents(nodes, args.agents)
         print(f"{args.agents} agents Ready; {args.runs} runs x ({args.workers} workers + 1 job)")
 
-        request = rpb.CreateRunRequest(
-            run=rpb.Run(
-                job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j"), node_pool="cpu"),
-                worker=rpb.RunCodeTarget(
-                    codespec=rpb.CodespecRef(named="w"), node_pool="cpu", replicas=args.workers
-                ),
-                timeout_seconds=3600,
-            )
-        )
-        window = asyncio.Semaphore(args.in_flight)
+        request = run_request(args.workers)
         done_at: list[float] = []
         failures: list[str] = []
-
-        async def one() -> None:
-            async with window:
-                created = (await runs.CreateRun(request)).run
-                last = None
-                async for reply in runs.WatchRun(rpb.WatchRunRequest(run_id=created.id)):
-                    last = reply.run
-                assert last is not None
-                if last.status != rpb.RUN_STATUS_SUCCEEDED:
-                    failures.append(f"run {last.id}: {last.status_reason}")
-                done_at.append(time.perf_counter())
-
         cpu0, began = cpu_seconds(cp), time.perf_counter()
-        await asyncio.gather(*(one() for _ in range(args.runs)))
-        # Every container removed: the agents' runtimes are empty.
-        deadline = time.monotonic() + 120
-        while True:
-            counts = [json.loads(p.read_text()) for p in stats if p.exists()]
-            if counts and sum(c["live"] for c in counts) == 0:
-                break
-            if time.monotonic() > deadline:
-                raise SystemExit(f"containers left after 120 s: {counts}")
-            await asyncio.sleep(0.1)
+        await run_all(runs, request, args, done_at, failures)
+        counts = await wait_removed(stats)  # the agents' runtimes are empty
         elapsed, cpu = time.perf_counter() - began, cpu_seconds(cp) - cpu0
         created = sum(c["created"] for c in counts)
     return elapsed, cpu, done_at, began, failures, created
+
+
+async def create_codespecs(ch: grpc.aio.Channel) -> None:
+    """The worker codespec `w` (one CPU, an endpoint) and the job codespec `j`."""
+    from muster.v1 import codespec_pb2 as cpb
+    from muster.v1 import codespec_pb2_grpc as cgrpc
+
+    codespecs = cgrpc.CodespecServiceStub(ch)
+    worker = cpb.Codespec(
+        name="w", image="img", kind=cpb.CODESPEC_KIND_WORKER, endpoints={"http": 80},
+        resources=cpb.Resources(requests=cpb.ResourceQuantities(cpu="1")),
+    )  # fmt: skip
+    await codespecs.CreateCodespec(cpb.CreateCodespecRequest(codespec=worker))
+    await codespecs.CreateCodespec(
+        cpb.CreateCodespecRequest(codespec=cpb.Codespec(name="j", image="img"))
+    )
+
+
+async def wait_agents(nodes, agents: int) -> None:
+    """Until `agents` nodes are Ready (at most 120 s)."""
+    from muster.v1 import node_pb2 as npb
+
+    deadline = time.monotonic() + 120
+    while True:
+        listed = await nodes.ListNodes(npb.ListNodesRequest())
+        ready = sum(1 for n in listed.nodes if n.status == npb.NODE_STATUS_READY)
+        if ready >= agents:
+            break
+        if time.monotonic() > deadline:
+            raise SystemExit(f"only {ready} of {agents} agents registered in 120 s")
+        await asyncio.sleep(0.5)
+
+
+def run_request(workers: int):
+    """A run of `workers` workers and a job, all in pool cpu."""
+    from muster.v1 import run_pb2 as rpb
+
+    return rpb.CreateRunRequest(
+        run=rpb.Run(
+            job=rpb.RunCodeTarget(codespec=rpb.CodespecRef(named="j"), node_pool="cpu"),
+            worker=rpb.RunCodeTarget(
+                codespec=rpb.CodespecRef(named="w"), node_pool="cpu", replicas=workers
+            ),
+            timeout_seconds=3600,
+        )
+    )
+
+
+async def run_all(
+    runs, request, args: argparse.Namespace, done_at: list[float], failures: list[str]
+) -> None:
+    """--runs runs of `request`, at most --in-flight at once, each watched to its
+    end: when each ended goes to `done_at`, why each that failed to `failures`."""
+    from muster.v1 import run_pb2 as rpb
+
+    window = asyncio.Semaphore(args.in_flight)
+
+    async def one() -> None:
+        async with window:
+            created = (await runs.CreateRun(request)).run
+            last = None
+            async for reply in runs.WatchRun(rpb.WatchRunRequest(run_id=created.id)):
+                last = reply.run
+            assert last is not None
+            if last.status != rpb.RUN_STATUS_SUCCEEDED:
+                failures.append(f"run {last.id}: {last.status_reason}")
+            done_at.append(time.perf_counter())
+
+    await asyncio.gather(*(one() for _ in range(args.runs)))
+
+
+async def wait_removed(stats: list[Path]) -> list[dict]:
+    """Until every container is removed (the agents' runtimes are empty, at most
+    120 s): the agent processes' last counts."""
+    deadline = time.monotonic() + 120
+    while True:
+        counts = [json.loads(p.read_text()) for p in stats if p.exists()]
+        if counts and sum(c["live"] for c in counts) == 0:
+            return counts
+        if time.monotonic() > deadline:
+            raise SystemExit(f"containers left after 120 s: {counts}")
+        await asyncio.sleep(0.1)
 
 
 def fifth_rates(done_at: list[float], began: float, containers_per_run: int) -> tuple[float, float]:
