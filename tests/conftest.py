@@ -121,6 +121,10 @@ class Process:
         )
 
 
+_DATA_PORTS: dict[Path, int] = {}
+"""The data plane's port for each test database (see start_process)."""
+
+
 def start_process(
     db: Path,
     port: int = 0,
@@ -136,6 +140,13 @@ def start_process(
     """
     db.parent.mkdir(parents=True, exist_ok=True)
     log = open(db.parent / "controlplane.log", "a")
+    if not any(flag == "--data-listen" for flag in extra or []):
+        # The data plane's default port is fixed (50053): a control plane of
+        # another test (or anything else on the machine) may hold it. Each
+        # database gets a port of its own, kept across restarts, so buffer
+        # URLs signed before a restart still point at it.
+        port_of_db = _DATA_PORTS.setdefault(db, free_port())
+        extra = [*(extra or []), "--data-listen", f"{host}:{port_of_db}"]
     security = (
         ["--state-dir", str(db.parent / "state"), "--agent-listen", f"{host}:{agent_port}"]
         if secure
