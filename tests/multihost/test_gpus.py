@@ -13,7 +13,7 @@ import contextlib
 import json
 import re
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -79,21 +79,25 @@ def seen_by_workers(cluster: MultiCluster, run_id: int, count: int) -> dict[int,
     return wait_for(lines, 30, f"the {count} workers of run {run_id} to print their devices")
 
 
-def test_gpus_found_on_two_hosts_go_one_per_worker_and_a_run_waits_for_more(
-    gpu_cluster: tuple[MultiCluster, str],
-) -> None:
-    cluster, kind = gpu_cluster
-    h1, h2, h3 = cluster.bed.hosts[:3]
-    host_of = {cluster.node(h): h for h in (h1, h2, h3)}
-    names = [f"{kind}=0", f"{kind}=1"]
+def held(run: dict) -> list[tuple[str, str]]:
+    """(node, device) of each worker; each holds exactly one device."""
+    assert all(len(w.get("gpuDevices", [])) == 1 for w in workers(run)), run
+    return [(w["nodeName"], w["gpuDevices"][0]) for w in workers(run)]
+
+
+def offered_devices(cluster: MultiCluster, hosts: list[Host]) -> dict[str, tuple[list, int]]:
+    """What each host's node offers: (GPU devices, allocatable GPUs)."""
     nodes = cluster.nodes()
-    offered = {
+    return {
         h.name: (nodes[cluster.node(h)].get("gpuDevices", []),
                  nodes[cluster.node(h)]["allocatable"].get("gpus", 0))
-        for h in (h1, h2, h3)
+        for h in hosts
     }  # fmt: skip
-    assert offered == {"h1": ([], 0), "h2": (names, 2), "h3": (names, 2)}, offered
 
+
+def create_codespecs(cluster: MultiCluster) -> Callable[[int], int]:
+    """A 1-GPU worker codespec and a job that waits; returns how to make a
+    run of N such workers."""
     cluster.cli("codespec", "create", "mh-gpu", "-k", "worker", "--image", BUSYBOX, "--gpu", "1",
                 "--cpu-request", "250m", "--command", "--", "sh", "-c", WORKER)  # fmt: skip
     cluster.cli("codespec", "create", "mh-waiter", "--image", BUSYBOX,
@@ -105,21 +109,15 @@ def test_gpus_found_on_two_hosts_go_one_per_worker_and_a_run_waits_for_more(
             "--worker-replicas", str(replicas), "--worker-node-pool", "work",
         )  # fmt: skip
 
-    def held(run: dict) -> list[tuple[str, str]]:
-        """(node, device) of each worker; each holds exactly one device."""
-        assert all(len(w.get("gpuDevices", [])) == 1 for w in workers(run)), run
-        return [(w["nodeName"], w["gpuDevices"][0]) for w in workers(run)]
+    return gpu_run
 
-    # Three workers x 1 GPU: three distinct devices, so over both hosts.
-    first = gpu_run(3)
-    run = cluster.wait_run(first, 60, statuses={"Running"})
-    first_held = held(run)
-    assert len(set(first_held)) == 3, first_held
-    assert {node for node, _ in first_held} == {cluster.node(h2), cluster.node(h3)}
-    assert all(device in names for _, device in first_held), first_held
-    # Inside each container: exactly its own device node, from its own host's spec.
-    for index, lines in seen_by_workers(cluster, first, 3).items():
-        node, device = first_held[index]
+
+def check_each_worker_sees_its_own_device(
+    cluster: MultiCluster, run_id: int, placed: list[tuple[str, str]], host_of: dict[str, Host]
+) -> None:
+    """Inside each container: exactly its own device node, from its own host's spec."""
+    for index, lines in seen_by_workers(cluster, run_id, 3).items():
+        node, device = placed[index]
         number = device.rsplit("=", 1)[1]
         assert lines == {
             f"chardev /dev/fakegpu{number}",
@@ -127,11 +125,12 @@ def test_gpus_found_on_two_hosts_go_one_per_worker_and_a_run_waits_for_more(
             f"FAKEGPU_HOST={host_of[node].name}",
         }, (index, lines)
 
-    # One device is free: a run of 2 workers x 1 GPU waits, saying why.
-    second = gpu_run(2)
+
+def wait_until_it_waits_for_gpus(cluster: MultiCluster, run_id: int) -> None:
+    """The run waits for GPUs, saying exactly why."""
 
     def waits_for_gpus() -> dict | None:
-        shown = cluster.run(second)
+        shown = cluster.run(run_id)
         return shown if "not enough free GPUs" in shown.get("statusReason", "") else None
 
     pending = wait_for(waits_for_gpus, 30, "the 2-GPU run to wait for GPUs", 0.3)
@@ -140,6 +139,30 @@ def test_gpus_found_on_two_hosts_go_one_per_worker_and_a_run_waits_for_more(
         "waiting for capacity in pool work: 1 of 2 workers placed "
         "(not enough free GPUs: 1 per worker, at most 0 free on one node)"
     )
+
+
+def test_gpus_found_on_two_hosts_go_one_per_worker_and_a_run_waits_for_more(
+    gpu_cluster: tuple[MultiCluster, str],
+) -> None:
+    cluster, kind = gpu_cluster
+    h1, h2, h3 = cluster.bed.hosts[:3]
+    host_of = {cluster.node(h): h for h in (h1, h2, h3)}
+    names = [f"{kind}=0", f"{kind}=1"]
+    offered = offered_devices(cluster, [h1, h2, h3])
+    assert offered == {"h1": ([], 0), "h2": (names, 2), "h3": (names, 2)}, offered
+    gpu_run = create_codespecs(cluster)
+
+    # Three workers x 1 GPU: three distinct devices, so over both hosts.
+    first = gpu_run(3)
+    first_held = held(cluster.wait_run(first, 60, statuses={"Running"}))
+    assert len(set(first_held)) == 3, first_held
+    assert {node for node, _ in first_held} == {cluster.node(h2), cluster.node(h3)}
+    assert all(device in names for _, device in first_held), first_held
+    check_each_worker_sees_its_own_device(cluster, first, first_held, host_of)
+
+    # One device is free: a run of 2 workers x 1 GPU waits, saying why.
+    second = gpu_run(2)
+    wait_until_it_waits_for_gpus(cluster, second)
 
     # A 1-GPU run behind it takes the last device (backfill); the 2-GPU run still waits.
     third = gpu_run(1)
