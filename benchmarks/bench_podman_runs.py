@@ -138,7 +138,16 @@ def start_cluster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) -
     added to `procs` as they start; returns when both agents are Ready."""
     procs.append(
         subprocess.Popen(
-            [str(BIN / "muster-controlplane"), "--listen", server, "--db", f"{tmp}/cp.db"],
+            [
+                str(BIN / "muster-controlplane"),
+                "--insecure",
+                "--listen",
+                server,
+                "--db",
+                f"{tmp}/cp.db",
+                "--data-listen",
+                "off",
+            ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
@@ -148,7 +157,7 @@ def start_cluster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) -
     for node, pool in zip(NODES, ("cpu", "gpu"), strict=True):
         procs.append(
             subprocess.Popen(
-                [str(BIN / "muster-agent"), "--server", server, "--node-name", node,
+                [str(BIN / "muster-agent"), "--insecure", "--server", server, "--node-name", node,
                  "--pool", pool, "--network", "muster-bench"],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
