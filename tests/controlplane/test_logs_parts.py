@@ -91,6 +91,7 @@ def test_the_cli_joins_parts_of_a_source_and_stream_into_one_line() -> None:
     printer.emit(pb_line("lo ", 1, True))
     printer.emit(pb_line("world", 2, False))
     printer.emit(pb_line("cut off", 3, True))
+    printer.flush()  # lines are written a reply at a time
     assert out.getvalue().splitlines() == [
         "2026-11-25T17:08:09.000000005Z [worker-0] worker says hi",
         "2026-11-25T17:08:09.000000005Z [job] hello world",

@@ -30,20 +30,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from collections.abc import Callable, Mapping
-from datetime import datetime
 
-from controlplane.core.images import Credential
-from controlplane.services.batch import Coalescer
-from controlplane.services.codespecs import CodespecService, utcnow
 from controlplane.services.orchestrator.agents import AgentsPart
 from controlplane.services.orchestrator.links import AgentLink, PullOrder, Report
 from controlplane.services.orchestrator.round import RoundPart
 from controlplane.services.orchestrator.runs import RunsPart
 from controlplane.services.orchestrator.settings import REQUEST_TTL, Settings
-from controlplane.services.run_buffers import RunBuffers
-from controlplane.store.base import Store
 
 __all__ = ["REQUEST_TTL", "AgentLink", "Orchestrator", "PullOrder", "Report", "Settings"]
 
@@ -54,19 +46,6 @@ class Orchestrator(RunsPart, AgentsPart, RoundPart):
     """Runs, nodes and agent links, behind one asyncio lock (the parts are
     in this package's modules: runs, agents, nodes, round; what they share in
     state)."""
-
-    def __init__(
-        self,
-        store: Store,
-        codespecs: CodespecService,
-        settings: Settings | None = None,
-        clock: Callable[[], datetime] = utcnow,
-        credentials: Callable[[], Mapping[str, Credential]] | None = None,
-        monotonic: Callable[[], float] = time.monotonic,
-        run_buffers: RunBuffers | None = None,
-    ) -> None:
-        super().__init__(store, codespecs, settings, clock, credentials, monotonic, run_buffers)
-        self._reports = Coalescer(self._handle_reports)
 
     async def load(self) -> None:
         """Load active runs and nodes; give every node a fresh grace period,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from datetime import datetime
-from functools import partial
+from functools import cached_property, partial
 
 from controlplane.core import nodes as maintenance
 from controlplane.core import runs as sm
@@ -26,8 +26,10 @@ log = logging.getLogger(__name__)
 class AgentsPart(OrchestratorState):
     """Agents connecting, reporting and leaving; nodes removed for good."""
 
-    _reports: Coalescer[tuple[str, Report]]
-    """Reports waiting for the next group commit (made by Orchestrator)."""
+    @cached_property
+    def _reports(self) -> Coalescer[tuple[str, Report]]:
+        """Reports waiting for the next group commit."""
+        return Coalescer(self._handle_reports)
 
     async def connect(self, node: Node, link: AgentLink, containers: list[Report]) -> None:
         """An agent (re)registered: record it, adopt what it runs, resend what it lacks."""
