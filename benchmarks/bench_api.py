@@ -47,7 +47,7 @@ def free_port() -> int:
 
 async def fill(db: Path, count: int) -> None:
     """`count` finished runs, written in big transactions (the store's own code)."""
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
     from controlplane.core.codespec import Codespec
     from controlplane.core.runs import Target
     from controlplane.store.sqlite import SqliteStore
@@ -61,13 +61,13 @@ async def fill(db: Path, count: int) -> None:
 
     def batch(conn: sqlite3.Connection, first: int, size: int) -> None:
         for i in range(first, first + size):
-            run = sm.new_run(0, job, worker, start + timedelta(seconds=i % 80_000))
+            run = lifecycle.new_run(0, job, worker, start + timedelta(seconds=i % 80_000))
             run.tags = {"batch": str(i % 100)}
             cur = conn.execute(
                 "INSERT INTO runs (status, created_at, doc) VALUES ('Pending', 0, '{}')"
             )
             run.id = int(cur.lastrowid or 0)
-            sm.cancel(run, run.created_at + timedelta(seconds=5))
+            lifecycle.cancel(run, run.created_at + timedelta(seconds=5))
             store._write_run(conn, run)  # the store's own encoding
 
     for first in range(0, count, 5000):

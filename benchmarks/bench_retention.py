@@ -21,7 +21,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.codespec import Codespec
 from controlplane.core.logs import LogLine
 from controlplane.core.runs import Target
@@ -44,14 +44,16 @@ def size_of(db: Path) -> int:
 async def cycle(store: SqliteStore, clock: Clock, runs: int, lines: int) -> None:
     job = Target(Codespec(name="bench", image="img"), "bench")
     for _ in range(runs):
-        run = await store.insert_run(sm.new_run(0, job, None, clock.now, tags={"bench": "1"}))
+        run = await store.insert_run(
+            lifecycle.new_run(0, job, None, clock.now, tags={"bench": "1"})
+        )
         for start in range(0, lines, 500):
             batch = [
                 LogLine(run.id, "job", 0, "stdout", i, clock.now.timestamp() * 1e9 + i, "x" * 100)
                 for i in range(start, min(lines, start + 500))
             ]
             await store.append_logs(batch)
-        sm.fail(run, clock.now, "done")
+        lifecycle.fail(run, clock.now, "done")
         await store.save_run(run)
 
 

@@ -34,7 +34,7 @@ from controlplane.api.convert_base import timestamp as timestamp
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
 from controlplane.core.runs import Run, Target, hostname
 from controlplane.core.tyger import TygerFields, etag_of
-from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.services.run_requests import RunRequest, TargetRequest
 from muster.v1 import codespec_pb2 as pb
 from muster.v1 import run_pb2 as run_pb
 

@@ -21,7 +21,7 @@ from controlplane.api.errors import grpc_errors
 from controlplane.core.errors import InvalidArgument
 from controlplane.services.logs import LogService
 from controlplane.services.orchestrator import Orchestrator
-from controlplane.services.requests import validate_request_id
+from controlplane.services.run_requests import validate_request_id
 from controlplane.services.runs import RunQueries
 from controlplane.services.streams import StreamLimits
 from muster.v1 import run_pb2 as pb

@@ -16,7 +16,10 @@ from controlplane.core.errors import FailedPrecondition, InvalidArgument
 from controlplane.core.runs import Target
 from controlplane.core.scheduler import NodeView
 
-MAX_REPLICAS = 1000
+MAX_RUN_REPLICAS = 1000
+"""Replicas one run may ask for per role. A codespec may declare a larger
+maxReplicas (up to codespec.MAX_DECLARED_REPLICAS); a run
+is held to the smaller of the two."""
 
 
 def check_kind(target: Target, role: str) -> None:
@@ -32,8 +35,8 @@ def check_kind(target: Target, role: str) -> None:
 
 def check_replicas(target: Target, role: str) -> None:
     """Replicas are at least 1 and at most the codespec's maxReplicas."""
-    if not 1 <= target.replicas <= MAX_REPLICAS:
-        raise InvalidArgument(f"{role}.replicas", f"must be between 1 and {MAX_REPLICAS}")
+    if not 1 <= target.replicas <= MAX_RUN_REPLICAS:
+        raise InvalidArgument(f"{role}.replicas", f"must be between 1 and {MAX_RUN_REPLICAS}")
     limit = target.codespec.max_replicas
     if limit is not None and target.replicas > limit:
         raise FailedPrecondition(

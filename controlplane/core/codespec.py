@@ -24,7 +24,10 @@ NAME_RE = re.compile(r"^[a-z0-9][a-z0-9\-._]{0,62}$")
 ENDPOINT_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 BUFFER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_\-]{0,62}$")
-MAX_REPLICAS_LIMIT = 10_000
+MAX_DECLARED_REPLICAS = 10_000
+"""The largest maxReplicas a codespec may declare. Runs are further held to
+admission.MAX_RUN_REPLICAS per role, which is smaller on purpose: the
+codespec states what its program supports, the cluster what it will start."""
 MAX_CPU = 1_000_000  # cores: far above any machine, far below integer overflow
 MAX_MEMORY = 2**60  # bytes (1 EiB)
 MAX_GPU = 1024
@@ -205,9 +208,9 @@ def validate(spec: Codespec) -> None:
         if not ENV_NAME_RE.match(key):
             raise InvalidArgument(f"env.{key}", f"'{key}' is not a valid environment variable name")
     _validate_resources(spec.resources)
-    if spec.max_replicas is not None and not 1 <= spec.max_replicas <= MAX_REPLICAS_LIMIT:
+    if spec.max_replicas is not None and not 1 <= spec.max_replicas <= MAX_DECLARED_REPLICAS:
         raise InvalidArgument(
-            "maxReplicas", f"must be between 1 and {MAX_REPLICAS_LIMIT}, got {spec.max_replicas}"
+            "maxReplicas", f"must be between 1 and {MAX_DECLARED_REPLICAS}, got {spec.max_replicas}"
         )
     _validate_endpoints(spec)
     _validate_buffers(spec)

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.runs import Action, Run
 
 T = TypeVar("T")
@@ -47,7 +47,7 @@ class RunBatch:
         run ends, or `always`. Returns the run as it now stands in the batch."""
         entry = self._changes.get(run.id)
         current = entry.after if entry is not None else run
-        draft = sm.clone(current)
+        draft = lifecycle.clone(current)
         actions = decide(draft)
         if not (actions or (draft.terminal and not current.terminal) or always):
             return current

@@ -7,7 +7,7 @@ from datetime import datetime
 from controlplane.core.errors import InvalidArgument
 from controlplane.core.runs import Run
 from controlplane.services import paging
-from controlplane.services.requests import validate_tags
+from controlplane.services.run_requests import validate_tags
 from controlplane.store.base import Store
 
 

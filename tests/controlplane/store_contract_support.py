@@ -44,13 +44,13 @@ def spec(name: str, version: int, minutes: int = 0, image: str = "img") -> Codes
 
 async def finished_run(store, minutes: int, tags: dict[str, str] | None = None, request_id=""):
     """A run that finished `minutes` after T0."""
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
     from tests.controlplane.test_runs_state import make_run
 
     run = make_run()
     run.tags = dict(tags or {})
     run = await store.insert_run(run, request_id)
-    sm.cancel(run, T0 + timedelta(minutes=minutes))
+    lifecycle.cancel(run, T0 + timedelta(minutes=minutes))
     await store.save_run(run)
     return run
 

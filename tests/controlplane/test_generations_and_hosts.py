@@ -2,30 +2,30 @@
 
 from __future__ import annotations
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.containers import container_spec
 from controlplane.core.runs import Observation
 from controlplane.store.documents import run_from_doc, run_to_doc
 from tests.controlplane.test_runs_state import T0, make_run
 
 
-def placed(generation: int = 99) -> sm.Run:
+def placed(generation: int = 99) -> lifecycle.Run:
     run = make_run(workers=2)
     assignment = {(r.role, r.index): f"n{r.index}" for r in run.replicas}
-    sm.place(run, assignment, T0, generation)
+    lifecycle.place(run, assignment, T0, generation)
     return run
 
 
 def test_a_report_with_another_generation_changes_nothing() -> None:
     run = placed(generation=99)
     stale = Observation("worker", 0, "exited", exit_code=0, generation=98)
-    assert sm.observe(run, "n0", stale, T0) == [] and run.replicas[1].state == "pending"
+    assert lifecycle.observe(run, "n0", stale, T0) == [] and run.replicas[1].state == "pending"
     assert run.status == "Pending"
     current = Observation("worker", 0, "running", True, generation=99)
-    sm.observe(run, "n0", current, T0)
+    lifecycle.observe(run, "n0", current, T0)
     assert run.replica("worker", 0).state == "running"
     unlabelled = Observation("worker", 1, "running", True)  # generation 0: no label
-    sm.observe(run, "n1", unlabelled, T0)
+    lifecycle.observe(run, "n1", unlabelled, T0)
     assert run.replica("worker", 1).state == "running"
 
 
@@ -41,7 +41,7 @@ def test_starts_carry_the_generation_and_it_survives_the_store() -> None:
 def test_jobs_get_hosts_entries_for_every_worker() -> None:
     run = placed()
     for i, ip in enumerate(["10.0.0.11", "10.0.0.12"]):
-        sm.observe(
+        lifecycle.observe(
             run, f"n{i}", Observation("worker", i, "running", True, host_ip=ip, generation=99), T0
         )
     assert run.status == "Running"

@@ -28,7 +28,7 @@ from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Replica, Run, Target
 from controlplane.services.codespecs import CodespecService
 from controlplane.services.orchestrator import Orchestrator, Settings
-from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.services.run_requests import RunRequest, TargetRequest
 from controlplane.store.sqlite import SqliteStore
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.codespec import Codespec
 from controlplane.core.containers import container_spec, credentials_for
 from controlplane.core.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -98,7 +98,7 @@ def test_starts_carry_a_concrete_policy_and_only_the_images_registry_login() -> 
     run.worker.codespec = Codespec(  # type: ignore[union-attr]
         name="w", image="registry.example:5000/team/w:1", kind="worker", endpoints={"http": 80}
     )
-    sm.place(run, {("worker", 0): "n0", ("job", 0): "n1"}, T0, 5)
+    lifecycle.place(run, {("worker", 0): "n0", ("job", 0): "n1"}, T0, 5)
     logins = {
         "registry.example:5000": Credential("registry.example:5000", "bob", SECRET),
         "docker.io": Credential("docker.io", "hub", "other"),
@@ -150,7 +150,7 @@ def placed(workers: int = 2):
     run = make_run(workers)
     run.pull_policy = "always"
     assignment = {(r.role, r.index): f"n{r.index}" for r in run.replicas}
-    sm.place(run, assignment, T0, 9)
+    lifecycle.place(run, assignment, T0, 9)
     return run
 
 
@@ -160,16 +160,16 @@ def obs(index: int, state: str, **kw) -> Observation:
 
 def test_pulling_records_progress_then_the_digest() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "pulling", pull_bytes_done=45, pull_bytes_total=120), T0)
+    lifecycle.observe(run, "n0", obs(0, "pulling", pull_bytes_done=45, pull_bytes_total=120), T0)
     w = run.replica("worker", 0)
     assert (w.state, w.pull_bytes_done, w.pull_bytes_total) == ("pulling", 45, 120)
     assert run.status == "Pending" and w.started_at is None
-    sm.observe(run, "n0", obs(0, "pulling", pull_bytes_done=100, pull_bytes_total=120), T0)
+    lifecycle.observe(run, "n0", obs(0, "pulling", pull_bytes_done=100, pull_bytes_total=120), T0)
     digest = "sha256:" + "b" * 64
-    sm.observe(run, "n0", obs(0, "creating", image_digest=digest), T0 + timedelta(seconds=5))
+    lifecycle.observe(run, "n0", obs(0, "creating", image_digest=digest), T0 + timedelta(seconds=5))
     assert (w.pull_bytes_done, w.pull_bytes_total, w.image_digest) == (0, 0, digest)
     assert w.started_at == T0 + timedelta(seconds=5)
-    sm.observe(run, "n0", obs(0, "running", ready=True), T0 + timedelta(seconds=6))
+    lifecycle.observe(run, "n0", obs(0, "running", ready=True), T0 + timedelta(seconds=6))
     assert w.image_digest == digest  # kept when later reports omit it
     events = [e.message for e in run.events]
     assert events.count("worker 0 pulling image img on n0") == 1
@@ -180,7 +180,7 @@ def test_pulling_records_progress_then_the_digest() -> None:
 
 def test_pulling_progress_survives_the_store_and_old_documents_load() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "pulling", pull_bytes_done=7, pull_bytes_total=9), T0)
+    lifecycle.observe(run, "n0", obs(0, "pulling", pull_bytes_done=7, pull_bytes_total=9), T0)
     back = run_from_doc(run_to_doc(run))
     assert back.pull_policy == "always"
     assert (back.replica("worker", 0).pull_bytes_done, back.replica("worker", 0).state) == (
@@ -202,12 +202,12 @@ def test_pulling_progress_survives_the_store_and_old_documents_load() -> None:
 
 def test_a_failed_pull_fails_the_run_at_once_with_the_agents_message() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "pulling"), T0)
+    lifecycle.observe(run, "n0", obs(0, "pulling"), T0)
     message = (
         "pulling registry.example:5000/team/w:1 from registry.example:5000 on node n0 failed: "
         "unauthorized: authentication required"
     )
-    actions = sm.observe(run, "n1", obs(1, "failed", message=message), T0)
+    actions = lifecycle.observe(run, "n1", obs(1, "failed", message=message), T0)
     assert run.status == "Failed"
     assert run.status_reason == f"worker 1 failed to start on n1: {message}"
     assert {a.node for a in actions} == {"n0", "n1"}  # torn down everywhere
@@ -215,8 +215,8 @@ def test_a_failed_pull_fails_the_run_at_once_with_the_agents_message() -> None:
 
 def test_a_pulling_replica_gets_its_start_again_after_a_reconnect() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "pulling"), T0)
-    assert sm.pending_starts(run, "n0") == [StartReplica("n0", 7, "worker", 0)]
+    lifecycle.observe(run, "n0", obs(0, "pulling"), T0)
+    assert lifecycle.pending_starts(run, "n0") == [StartReplica("n0", 7, "worker", 0)]
 
 
 # -- the readiness clock -----------------------------------------------------------
@@ -224,15 +224,15 @@ def test_a_pulling_replica_gets_its_start_again_after_a_reconnect() -> None:
 
 def test_pull_time_does_not_count_against_the_readiness_timeout() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "running", ready=True), T0)
-    sm.observe(run, "n1", obs(1, "pulling"), T0)
+    lifecycle.observe(run, "n0", obs(0, "running", ready=True), T0)
+    lifecycle.observe(run, "n1", obs(1, "pulling"), T0)
     late = T0 + timedelta(minutes=10)  # a long pull: far past the readiness timeout
-    assert sm.readiness_clock(run, run.replica("worker", 1)) is None
-    assert sm.check_deadlines(run, late, READY) == [] and run.status == "Pending"
-    sm.observe(run, "n1", obs(1, "running"), late)  # the container starts now
-    assert sm.readiness_clock(run, run.replica("worker", 1)) == late
-    assert sm.check_deadlines(run, late + READY - timedelta(seconds=1), READY) == []
-    assert sm.check_deadlines(run, late + READY, READY)
+    assert lifecycle.readiness_clock(run, run.replica("worker", 1)) is None
+    assert lifecycle.check_deadlines(run, late, READY) == [] and run.status == "Pending"
+    lifecycle.observe(run, "n1", obs(1, "running"), late)  # the container starts now
+    assert lifecycle.readiness_clock(run, run.replica("worker", 1)) == late
+    assert lifecycle.check_deadlines(run, late + READY - timedelta(seconds=1), READY) == []
+    assert lifecycle.check_deadlines(run, late + READY, READY)
     assert run.status == "Failed"
     assert (
         run.status_reason == "worker 1 was not ready within 30s of its start: container is running"
@@ -241,10 +241,10 @@ def test_pull_time_does_not_count_against_the_readiness_timeout() -> None:
 
 def test_a_worker_never_reported_counts_from_placement() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "running", ready=True), T0)
+    lifecycle.observe(run, "n0", obs(0, "running", ready=True), T0)
     w = run.replica("worker", 1)
-    assert w.state == "pending" and sm.readiness_clock(run, w) == T0
-    sm.check_deadlines(run, T0 + READY, READY)
+    assert w.state == "pending" and lifecycle.readiness_clock(run, w) == T0
+    lifecycle.check_deadlines(run, T0 + READY, READY)
     assert run.status == "Failed"
     assert (
         run.status_reason == "worker 1 was not ready within 30s of placement: container is pending"
@@ -254,19 +254,19 @@ def test_a_worker_never_reported_counts_from_placement() -> None:
 def test_ready_workers_and_released_runs_have_no_clock() -> None:
     run = placed(workers=1)
     w = run.replica("worker", 0)
-    sm.observe(run, "n0", obs(0, "running", ready=True), T0)
-    assert run.released and sm.readiness_clock(run, w) is None
-    assert sm.readiness_clock(make_run(), make_run().replicas[0]) is None  # not placed
+    lifecycle.observe(run, "n0", obs(0, "running", ready=True), T0)
+    assert run.released and lifecycle.readiness_clock(run, w) is None
+    assert lifecycle.readiness_clock(make_run(), make_run().replicas[0]) is None  # not placed
 
 
 def test_a_worker_stored_before_the_clock_counts_from_placement() -> None:
     run = placed()
-    sm.observe(run, "n0", obs(0, "running"), T0 + timedelta(seconds=10))
+    lifecycle.observe(run, "n0", obs(0, "running"), T0 + timedelta(seconds=10))
     doc = run_to_doc(run)
     for r in doc["replicas"]:
         del r["startedAt"]
     old = run_from_doc(doc)
-    assert sm.readiness_clock(old, old.replica("worker", 0)) == T0
+    assert lifecycle.readiness_clock(old, old.replica("worker", 0)) == T0
 
 
 # -- sealed passwords ----------------------------------------------------------------

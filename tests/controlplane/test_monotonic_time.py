@@ -13,7 +13,7 @@ from controlplane.core.codespec import Codespec, Quantities, Resources
 from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Observation
 from controlplane.services.orchestrator import Orchestrator, Report, Settings
-from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.services.run_requests import RunRequest, TargetRequest
 from tests.controlplane.test_orchestrator import (
     Clock,
     FakeLink,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.core import nodes as maintenance
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.admission import admit
 from controlplane.core.capacity import Capacity
 from controlplane.core.codespec import Codespec
@@ -19,7 +19,7 @@ from controlplane.core.nodes import Node
 from controlplane.core.runs import Replica, Target, Teardown
 from controlplane.core.scheduler import Demand, NodeView, PendingRun, schedule
 from controlplane.services.orchestrator import Orchestrator
-from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.services.run_requests import RunRequest, TargetRequest
 from controlplane.store.documents import node_from_doc, node_to_doc
 from controlplane.store.memory import MemoryStore
 from controlplane.store.sqlite import SqliteStore
@@ -122,14 +122,14 @@ def test_admission_accepts_a_run_whose_pool_is_all_cordoned() -> None:
 def test_drain_deadline_cancels_only_runs_with_replicas_there() -> None:
     job = Target(Codespec(name="j", image="i"), "j", "cpu", 1)
     worker = Target(Codespec(name="w", image="i", kind="worker"), "w", "gpu", 2)
-    run = sm.new_run(7, job, worker, T0)
-    sm.place(run, {("worker", 0): "g1", ("worker", 1): "g2", ("job", 0): "c1"}, T0)
-    assert sm.drain_deadline_passed(run, "c9", T0) == [] and run.status == "Pending"
-    actions = sm.drain_deadline_passed(run, "g2", T0 + HOUR)
+    run = lifecycle.new_run(7, job, worker, T0)
+    lifecycle.place(run, {("worker", 0): "g1", ("worker", 1): "g2", ("job", 0): "c1"}, T0)
+    assert lifecycle.drain_deadline_passed(run, "c9", T0) == [] and run.status == "Pending"
+    actions = lifecycle.drain_deadline_passed(run, "g2", T0 + HOUR)
     assert run.status == "Canceled"
     assert run.status_reason == "node g2 was drained (deadline passed; worker 1 placed there)"
     assert actions == [Teardown("c1", 7), Teardown("g1", 7), Teardown("g2", 7)]
-    assert sm.drain_deadline_passed(run, "g2", T0 + HOUR) == []  # ended already
+    assert lifecycle.drain_deadline_passed(run, "g2", T0 + HOUR) == []  # ended already
     assert run.replicas[1] == Replica("worker", 1, "g2")
 
 

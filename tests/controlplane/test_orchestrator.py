@@ -14,7 +14,7 @@ from controlplane.core.nodes import Liveness, Node
 from controlplane.core.runs import Observation
 from controlplane.services.codespecs import CodespecService
 from controlplane.services.orchestrator import Orchestrator, Report, Settings
-from controlplane.services.requests import RunRequest, TargetRequest
+from controlplane.services.run_requests import RunRequest, TargetRequest
 from controlplane.store.memory import MemoryStore
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from controlplane.api.convert import run_message
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.errors import NotFound
 from tests.controlplane.test_orchestrator import SETTINGS, build_world, cpu_and_gpu_nodes, request
 from tests.controlplane.test_runs_state import make_run
@@ -17,9 +17,9 @@ def test_a_runs_message_is_built_once_and_a_copy_starts_without_it() -> None:
     first = run_message(run)
     assert run_message(run) is first
     assert run_message(run, with_events=False) is not first
-    copy = sm.clone(run)
+    copy = lifecycle.clone(run)
     assert copy.derived == {}
-    sm.cancel(copy, copy.created_at)
+    lifecycle.cancel(copy, copy.created_at)
     assert run_message(copy).status != first.status  # the copy's own form, not the old one
     assert run_message(run) is first
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.logs import LogLine
 from controlplane.server import start
 from controlplane.services.orchestrator import Settings
@@ -47,7 +47,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path):
 
 async def finished(store, at: datetime, log_lines: int = 10, request_id: str = "") -> int:
     run = await store.insert_run(make_run(), request_id)
-    sm.cancel(run, at)
+    lifecycle.cancel(run, at)
     await store.save_run(run)
     await store.append_logs(
         [LogLine(run.id, "job", 0, "stdout", i, i + 1, "y" * 100) for i in range(log_lines)]

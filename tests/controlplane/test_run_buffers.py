@@ -29,8 +29,8 @@ from controlplane.core.tyger import TygerFields
 from controlplane.services.buffers import BufferService
 from controlplane.services.codespecs import CodespecService
 from controlplane.services.orchestrator import Orchestrator, Report
-from controlplane.services.requests import RunRequest, TargetRequest, fingerprint
 from controlplane.services.run_buffers import RunBuffers
+from controlplane.services.run_requests import RunRequest, TargetRequest, fingerprint
 from controlplane.store.documents import run_from_doc, run_to_doc
 from controlplane.store.memory import MemoryStore
 from muster.common.pipes import PIPE_DIR

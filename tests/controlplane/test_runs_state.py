@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.codespec import Codespec
 from controlplane.core.containers import container_spec
 from controlplane.core.runs import Observation, StartReplica, Target, Teardown
@@ -15,7 +15,7 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 READY_TIMEOUT = timedelta(seconds=30)
 
 
-def make_run(workers: int = 2, jobs: int = 1) -> sm.Run:
+def make_run(workers: int = 2, jobs: int = 1) -> lifecycle.Run:
     job = Target(Codespec(name="j", image="img", env={"X": "$(TYGER_RUN_ID)-x"}), "j")
     worker = (
         Target(
@@ -27,18 +27,18 @@ def make_run(workers: int = 2, jobs: int = 1) -> sm.Run:
         else None
     )
     job.replicas = jobs
-    return sm.new_run(7, job, worker, T0)
+    return lifecycle.new_run(7, job, worker, T0)
 
 
-def placed(workers: int = 2, jobs: int = 1) -> tuple[sm.Run, list]:
+def placed(workers: int = 2, jobs: int = 1) -> tuple[lifecycle.Run, list]:
     run = make_run(workers, jobs)
     assignment = {(r.role, r.index): f"n{r.index}" for r in run.replicas}
-    return run, sm.place(run, assignment, T0)
+    return run, lifecycle.place(run, assignment, T0)
 
 
-def ready(run: sm.Run, index: int) -> list:
+def ready(run: lifecycle.Run, index: int) -> list:
     addr = {"http": f"run-7-worker-{index}:8080", "Grpc": f"run-7-worker-{index}:9"}
-    return sm.observe(
+    return lifecycle.observe(
         run, f"n{index}", Observation("worker", index, "running", True, addresses=addr), T0
     )
 
@@ -82,7 +82,7 @@ def test_job_env_carries_discovery_in_index_order() -> None:
 
 def test_host_port_addresses_reported_by_agents_are_used() -> None:
     run, _ = placed(workers=1)
-    sm.observe(
+    lifecycle.observe(
         run,
         "n0",
         Observation(
@@ -114,16 +114,16 @@ def test_run_without_workers_releases_at_once() -> None:
 def test_job_outcome(code: int, status: str, reason: str) -> None:
     run, _ = placed(workers=1)
     ready(run, 0)
-    actions = sm.observe(run, "n0", Observation("job", 0, "exited", exit_code=code), T0)
+    actions = lifecycle.observe(run, "n0", Observation("job", 0, "exited", exit_code=code), T0)
     assert (run.status, run.status_reason) == (status, reason)
     assert actions == [Teardown("n0", 7)]
 
 
 def test_all_job_replicas_must_succeed() -> None:
     run, _ = placed(workers=0, jobs=2)
-    assert sm.observe(run, "n0", Observation("job", 0, "exited", exit_code=0), T0) == []
+    assert lifecycle.observe(run, "n0", Observation("job", 0, "exited", exit_code=0), T0) == []
     assert run.status == "Running"
-    sm.observe(run, "n1", Observation("job", 1, "exited", exit_code=0), T0)
+    lifecycle.observe(run, "n1", Observation("job", 1, "exited", exit_code=0), T0)
     assert run.status == "Succeeded"
 
 
@@ -131,14 +131,14 @@ def test_worker_death_fails_the_run_and_tears_down_everywhere() -> None:
     run, _ = placed()
     ready(run, 0)
     ready(run, 1)
-    actions = sm.observe(run, "n1", Observation("worker", 1, "exited", exit_code=137), T0)
+    actions = lifecycle.observe(run, "n1", Observation("worker", 1, "exited", exit_code=137), T0)
     assert (run.status, run.status_reason) == ("Failed", "worker 1 exited with code 137")
     assert actions == [Teardown("n0", 7), Teardown("n1", 7)]
 
 
 def test_missing_image_fails_naming_it() -> None:
     run, _ = placed()
-    sm.observe(
+    lifecycle.observe(
         run,
         "n0",
         Observation("worker", 0, "failed", message="image 'x' not found on node 'n0'"),
@@ -151,7 +151,7 @@ def test_missing_image_fails_naming_it() -> None:
 def test_readiness_timeout_names_worker_and_endpoint() -> None:
     run, _ = placed()
     ready(run, 0)
-    sm.observe(
+    lifecycle.observe(
         run,
         "n1",
         Observation(
@@ -163,8 +163,8 @@ def test_readiness_timeout_names_worker_and_endpoint() -> None:
         ),
         T0,
     )
-    assert sm.check_deadlines(run, T0 + timedelta(seconds=29), READY_TIMEOUT) == []
-    actions = sm.check_deadlines(run, T0 + timedelta(seconds=30), READY_TIMEOUT)
+    assert lifecycle.check_deadlines(run, T0 + timedelta(seconds=29), READY_TIMEOUT) == []
+    actions = lifecycle.check_deadlines(run, T0 + timedelta(seconds=30), READY_TIMEOUT)
     assert run.status == "Failed" and actions
     assert run.status_reason == (
         "worker 1 was not ready within 30s of its start: endpoint 'http' "
@@ -175,39 +175,41 @@ def test_readiness_timeout_names_worker_and_endpoint() -> None:
 def test_run_timeout() -> None:
     run = make_run()
     run.timeout_seconds = 5
-    assert sm.check_deadlines(run, T0 + timedelta(seconds=5), READY_TIMEOUT) == []  # unplaced
+    assert (
+        lifecycle.check_deadlines(run, T0 + timedelta(seconds=5), READY_TIMEOUT) == []
+    )  # unplaced
     assert run.status == "Failed" and "timed out after 5s" in run.status_reason
 
 
 def test_cancel_and_terminal_is_final() -> None:
     run, _ = placed()
-    actions = sm.cancel(run, T0)
+    actions = lifecycle.cancel(run, T0)
     assert run.status == "Canceled" and len(actions) == 2
-    assert sm.cancel(run, T0) == []
+    assert lifecycle.cancel(run, T0) == []
     assert ready(run, 0) == []
     assert run.status == "Canceled"
 
 
 def test_node_lost_fails_runs_with_replicas_there() -> None:
     run, _ = placed()
-    actions = sm.node_lost(run, "n1", T0)
+    actions = lifecycle.node_lost(run, "n1", T0)
     assert (
         run.status == "Failed" and run.status_reason == "node n1 was lost (worker 1 placed there)"
     )
     assert Teardown("n0", 7) in actions
     other, _ = placed()
-    assert sm.node_lost(other, "elsewhere", T0) == [] and other.status == "Pending"
+    assert lifecycle.node_lost(other, "elsewhere", T0) == [] and other.status == "Pending"
 
 
 def test_pending_starts_resend_unstarted_replicas() -> None:
     run, _ = placed()
-    assert sm.pending_starts(run, "n0") == [StartReplica("n0", 7, "worker", 0)]
+    assert lifecycle.pending_starts(run, "n0") == [StartReplica("n0", 7, "worker", 0)]
     ready(run, 0)
-    assert sm.pending_starts(run, "n0") == []
+    assert lifecycle.pending_starts(run, "n0") == []
 
 
 def test_a_vanished_running_worker_fails_the_run() -> None:
     run, _ = placed()
     ready(run, 0)
-    sm.missing_container(run, "n0", "worker", 0, T0)
+    lifecycle.missing_container(run, "n0", "worker", 0, T0)
     assert run.status == "Failed" and run.status_reason == "worker 0 exited unexpectedly"

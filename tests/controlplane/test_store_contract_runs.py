@@ -40,9 +40,9 @@ async def test_a_finished_run_read_again_shows_every_change(store) -> None:
     for _ in range(2):  # the second read may come from the copy
         assert (await store.get_run(run.id)).tags == {"a": "1"}
     changed = await store.get_run(run.id)
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
 
-    draft = sm.clone(changed)
+    draft = lifecycle.clone(changed)
     draft.tags = {"a": "2"}
     await store.save_run(draft)
     assert (await store.get_run(run.id)).tags == {"a": "2"}
@@ -76,12 +76,12 @@ async def test_runs_round_trip_and_their_ids_only_grow(store) -> None:
 async def test_save_runs_writes_all_or_nothing(store) -> None:
     """One transaction for several runs: every change lands, or (a run that
     does not exist among them) none does."""
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
     from controlplane.store.documents import run_to_doc
 
     made = [await store.insert_run(run_at(i, {"n": str(i)})) for i in range(3)]
-    drafts = [sm.clone(run) for run in made]
-    sm.cancel(drafts[0], T0 + timedelta(hours=1))
+    drafts = [lifecycle.clone(run) for run in made]
+    lifecycle.cancel(drafts[0], T0 + timedelta(hours=1))
     drafts[1].tags = {"n": "changed"}
     await store.save_runs(drafts[:2])
     first, second, third = [await store.get_run(run.id) for run in made]
@@ -89,7 +89,7 @@ async def test_save_runs_writes_all_or_nothing(store) -> None:
     assert second.tags == {"n": "changed"} and second.status == made[1].status
     assert run_to_doc(third) == run_to_doc(made[2])
 
-    again = [sm.clone(third), run_at(9)]
+    again = [lifecycle.clone(third), run_at(9)]
     again[0].tags = {"n": "lost"}
     again[1].id = made[-1].id + 100
     with pytest.raises(KeyError):
@@ -99,14 +99,14 @@ async def test_save_runs_writes_all_or_nothing(store) -> None:
 
 
 async def test_list_runs_pages_newest_first_and_filters(store) -> None:
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
 
     made = []
     for i in range(7):
         tags = {"team": "a" if i % 2 else "b", "n": str(i)}
         made.append(await store.insert_run(run_at(i, tags)))
     for run in made[:3]:  # the three oldest finished
-        sm.cancel(run, T0 + timedelta(hours=1))
+        lifecycle.cancel(run, T0 + timedelta(hours=1))
         await store.save_run(run)
     ids = [r.id for r in made]
 
@@ -149,13 +149,13 @@ async def test_list_runs_pages_newest_first_and_filters(store) -> None:
 
 
 async def test_active_runs_are_the_unfinished_ones_oldest_first(store) -> None:
-    from controlplane.core import runs as sm
+    from controlplane.core import runs as lifecycle
     from controlplane.store.documents import run_to_doc
 
     made = [await store.insert_run(run_at(i)) for i in range(4)]
-    sm.cancel(made[1], T0 + timedelta(hours=1))
+    lifecycle.cancel(made[1], T0 + timedelta(hours=1))
     await store.save_run(made[1])
-    sm.place(made[3], {("job", 0): "n1", ("worker", 0): "n1", ("worker", 1): "n2"}, T0)
+    lifecycle.place(made[3], {("job", 0): "n1", ("worker", 0): "n1", ("worker", 1): "n2"}, T0)
     await store.save_run(made[3])
     active = await store.active_runs()
     assert [r.id for r in active] == [made[0].id, made[2].id, made[3].id]

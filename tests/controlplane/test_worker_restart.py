@@ -6,7 +6,7 @@ from __future__ import annotations
 import grpc
 import pytest
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.containers import container_spec
 from controlplane.core.runs import Observation
 from controlplane.store.documents import run_from_doc, run_to_doc
@@ -17,8 +17,10 @@ from muster.v1 import run_pb2_grpc as rgrpc
 from tests.controlplane.test_runs_state import T0, placed, ready
 
 
-def exited(run: sm.Run, index: int, code: int) -> list:
-    return sm.observe(run, f"n{index}", Observation("worker", index, "exited", exit_code=code), T0)
+def exited(run: lifecycle.Run, index: int, code: int) -> list:
+    return lifecycle.observe(
+        run, f"n{index}", Observation("worker", index, "exited", exit_code=code), T0
+    )
 
 
 def test_by_default_an_exiting_worker_fails_the_run() -> None:
@@ -42,12 +44,12 @@ def test_with_restart_always_the_worker_comes_back_and_the_run_goes_on() -> None
     )
     ready(run, 1)  # Podman restarted it and its endpoints accept again
     assert run.replica("worker", 1).ready and run.status == "Running"
-    job = sm.observe(run, "n0", Observation("job", 0, "exited", exit_code=0), T0)
+    job = lifecycle.observe(run, "n0", Observation("job", 0, "exited", exit_code=0), T0)
     assert run.status == "Succeeded" and job
     # A worker removed (not restarted) still fails a run.
     again, _ = placed()
     again.worker.restart = True  # type: ignore[union-attr]
-    sm.observe(again, "n0", Observation("worker", 0, "removed"), T0)
+    lifecycle.observe(again, "n0", Observation("worker", 0, "removed"), T0)
     assert again.status == "Failed"
 
 

@@ -9,7 +9,7 @@ from datetime import datetime
 from functools import cached_property, partial
 
 from controlplane.core import nodes as maintenance
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.errors import (
     AlreadyExists,
     NotFound,
@@ -91,17 +91,19 @@ class AgentsPart(OrchestratorState):
             if obs.generation and obs.generation != run.generation:
                 continue  # another placement's container: this replica's own is missing
             present.add((report.run_id, obs.role, obs.index))
-            batch.change(run, partial(sm.observe, node=name, obs=obs, now=now), always=True)
+            batch.change(run, partial(lifecycle.observe, node=name, obs=obs, now=now), always=True)
         for ended in list(self._ended.values()):  # the node has none of their containers
-            if ended.id not in leftovers and sm.has_containers_on(ended, name):
-                batch.change(ended, partial(sm.containers_gone, node=name, now=now), always=True)
+            if ended.id not in leftovers and lifecycle.has_containers_on(ended, name):
+                batch.change(
+                    ended, partial(lifecycle.containers_gone, node=name, now=now), always=True
+                )
 
         def catch_up(run: Run) -> list[Action]:
             actions: list[Action] = []
             for r in run.replicas:
                 if r.node == name and (run.id, r.role, r.index) not in present:
-                    actions += sm.missing_container(run, name, r.role, r.index, now)
-            return actions + sm.pending_starts(run, name)
+                    actions += lifecycle.missing_container(run, name, r.role, r.index, now)
+            return actions + lifecycle.pending_starts(run, name)
 
         for run in list(self._runs.values()):
             if any(r.node == name for r in run.replicas):
@@ -169,7 +171,7 @@ class AgentsPart(OrchestratorState):
                     if report.observation.state in ("running", "creating"):
                         strays.append((name, report.run_id))
                 if run is not None:
-                    observe = partial(sm.observe, node=name, obs=report.observation, now=now)
+                    observe = partial(lifecycle.observe, node=name, obs=report.observation, now=now)
                     batch.change(run, observe, always=True)
             try:
                 await self._commit(batch)
@@ -201,7 +203,7 @@ class AgentsPart(OrchestratorState):
                 raise NotFound(f"The node '{name}' was not found; `muster node list` shows them.")
             now, batch = self._clock(), RunBatch()
             for run in list(self._runs.values()):
-                batch.change(run, lambda d: sm.node_lost(d, name, now, "was removed"))
+                batch.change(run, lambda d: lifecycle.node_lost(d, name, now, "was removed"))
             await self._commit(batch)
             failed = [change.after.id for change in batch if change.after.terminal]
             await self._store.delete_node(name, now)

@@ -9,7 +9,7 @@ from datetime import datetime, timedelta
 from functools import partial
 
 from controlplane.core import nodes as maintenance
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.capacity import Capacity
 from controlplane.core.nodes import Node
 from controlplane.services.batch import RunBatch
@@ -105,7 +105,7 @@ class NodesPart(OrchestratorState):
         batch = RunBatch()
         for run in list(self._runs.values()):
             for name in sorted(lost & set(run.nodes())):
-                if batch.change(run, partial(sm.node_lost, node=name, now=now)).terminal:
+                if batch.change(run, partial(lifecycle.node_lost, node=name, now=now)).terminal:
                     break
         await self._commit(batch)
 
@@ -120,7 +120,9 @@ class NodesPart(OrchestratorState):
             if step == "deadline":
                 batch = RunBatch()
                 for run in list(self._runs.values()):
-                    batch.change(run, partial(sm.drain_deadline_passed, node=node.name, now=now))
+                    batch.change(
+                        run, partial(lifecycle.drain_deadline_passed, node=node.name, now=now)
+                    )
                 await self._commit(batch)
                 canceled = sum(1 for change in batch if change.after.terminal)
                 log.warning("event=drain_deadline node=%s canceled_runs=%d", node.name, canceled)

@@ -7,7 +7,7 @@ import asyncio
 import logging
 from functools import partial
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.gpus import (
     GpuShortage,
     assign_devices,
@@ -35,7 +35,9 @@ class RoundPart(NodesPart):
             elapsed = self._elapsed(run)
             batch.change(
                 run,
-                partial(sm.check_deadlines, now=now, readiness_timeout=timeout, elapsed=elapsed),
+                partial(
+                    lifecycle.check_deadlines, now=now, readiness_timeout=timeout, elapsed=elapsed
+                ),
             )
         await self._commit(batch)
         await self._schedule()
@@ -84,7 +86,11 @@ class RoundPart(NodesPart):
             generation = new_generation()
 
             place = partial(
-                sm.place, assignment=assignment, now=now, generation=generation, gpu_devices=gpus
+                lifecycle.place,
+                assignment=assignment,
+                now=now,
+                generation=generation,
+                gpu_devices=gpus,
             )
             run = batch.change(run, place, always=True)
             log.info("event=run_placed run=%d nodes=%s", run_id, ",".join(run.nodes()))
@@ -93,7 +99,7 @@ class RoundPart(NodesPart):
             if run.status_reason != reason:
 
                 def wait(d: Run, why: str = reason) -> list[Action]:
-                    sm.waiting(d, why)
+                    lifecycle.waiting(d, why)
                     return []
 
                 batch.change(run, wait, always=True)

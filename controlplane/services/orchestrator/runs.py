@@ -7,7 +7,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.admission import admit
 from controlplane.core.errors import (
     FailedPrecondition,
@@ -18,7 +18,7 @@ from controlplane.core.runs import Action, Run
 from controlplane.core.tyger import etag_of, validate_fields
 from controlplane.services.orchestrator.settings import REQUEST_TTL
 from controlplane.services.orchestrator.state import OrchestratorState
-from controlplane.services.requests import (
+from controlplane.services.run_requests import (
     RunRequest,
     check_same_request,
     fingerprint,
@@ -69,7 +69,7 @@ class RunsPart(OrchestratorState):
                 self._check_pending()
                 admit(job, worker, self._admission_nodes())
                 policy = request.pull_policy or self.settings.default_pull_policy
-                run = sm.new_run(
+                run = lifecycle.new_run(
                     0, job, worker, self._clock(), timeout, request.tags, policy, cluster
                 )
                 run.tyger, run.buffers = request.tyger, bound
@@ -135,7 +135,7 @@ class RunsPart(OrchestratorState):
                     f"run {run_id} has already finished ({stored.status}); "
                     "only Pending or Running runs can be canceled"
                 )
-            run = await self._change(run, lambda draft: sm.cancel(draft, self._clock()))
+            run = await self._change(run, lambda draft: lifecycle.cancel(draft, self._clock()))
         self.wake()
         return run
 
@@ -160,7 +160,7 @@ class RunsPart(OrchestratorState):
 
             if run_id in self._runs:
                 return await self._change(run, retag, always=True)
-            draft = sm.clone(run)
+            draft = lifecycle.clone(run)
             retag(draft)
             await self._store.save_run(draft)
             if run_id in self._ended:

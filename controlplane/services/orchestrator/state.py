@@ -10,7 +10,7 @@ from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from functools import partial
 
-from controlplane.core import runs as sm
+from controlplane.core import runs as lifecycle
 from controlplane.core.admission import Offers, summarize
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import container_spec
@@ -127,7 +127,9 @@ class OrchestratorState:
             run = change.after
             failures = [e for action in change.actions if (e := self._dispatch(run, action))]
             if failures and not run.terminal:
-                await self._change(run, partial(sm.fail, now=self._clock(), reason=failures[0]))
+                await self._change(
+                    run, partial(lifecycle.fail, now=self._clock(), reason=failures[0])
+                )
 
     def _in_force(self, change: Change) -> None:
         """The run a change made (just stored) replaces the run in memory; its
@@ -152,14 +154,14 @@ class OrchestratorState:
         stored wall-clock value: once, as it is set (so it is about now) or as
         the run is loaded after a restart; never again."""
         marks = self._marks.setdefault(run.id, {})
-        fresh = {k: v for k, v in sm.anchors(run).items() if k not in marks}
+        fresh = {k: v for k, v in lifecycle.anchors(run).items() if k not in marks}
         if not fresh:
             return
         now, mono = self._clock(), self._mono()
         for name, at in fresh.items():
             marks[name] = mono - max(0.0, (now - at).total_seconds())
 
-    def _elapsed(self, run: Run) -> sm.Elapsed:
+    def _elapsed(self, run: Run) -> lifecycle.Elapsed:
         """Monotonic time since each of the run's anchors."""
         self._mark(run)  # a no-op: every commit marks what it set
         marks, mono = self._marks.get(run.id, {}), self._mono()
