@@ -10,10 +10,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -21,21 +20,10 @@ import pytest
 from controlplane.server import ControlPlane, start
 from tests.pg_support import pg_server, postgres_url  # noqa: F401  (PostgreSQL fixtures)
 from tests.registry_support import registry  # noqa: F401  (the `registry` fixture)
+from tests.waiting import until, wait_for  # noqa: F401  (used across the tests)
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2):
-    """Poll `predicate` until it returns something truthy, or fail after `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
 
 
 def free_port() -> int:

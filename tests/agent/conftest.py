@@ -16,6 +16,7 @@ from agent.runtime import Runtime
 from agent.runtime_fake import FakeRuntime
 from tests.agent.fakecp import FakeControlPlane
 from tests.agent.podman_support import PodmanNode, new_podman_node
+from tests.waiting import until
 
 FAST = {"poll_interval": 0.02, "probe_interval": 0.01}
 """Short periods so state changes arrive within milliseconds."""
@@ -28,12 +29,7 @@ async def eventually(
 
     For state that notifies nobody (fake runtime counters, log records).
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or predicate}")
-        await asyncio.sleep(interval)
+    await until(predicate, within, what or str(predicate), interval)
 
 
 @pytest.fixture

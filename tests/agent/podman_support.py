@@ -20,6 +20,7 @@ from podman.errors import APIError, NotFound
 
 from agent.runtime import ContainerInfo, ContainerSpec, Runtime, State
 from agent.runtime_podman import PodmanRuntime
+from tests.waiting import until
 
 PODMAN_URL = os.environ.get("MUSTER_PODMAN_URL", "unix:///run/podman/podman.sock")
 BUSYBOX = "localhost/muster-busybox:latest"
@@ -160,15 +161,12 @@ async def wait_until(
     what: str,
 ) -> ContainerInfo:
     """Poll ``list_managed`` until ``pick`` returns an info."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        found = pick(await runtime.list_managed())
-        if found is not None:
-            return found
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.1)
+
+    async def found() -> ContainerInfo | None:
+        return pick(await runtime.list_managed())
+
+    info: ContainerInfo = await until(found, within, what, 0.1)
+    return info
 
 
 async def wait_probe(runtime: Runtime, info: ContainerInfo, within: float = 30.0) -> None:

@@ -20,7 +20,7 @@ from muster.v1 import agent_pb2 as apb
 from muster.v1 import agent_pb2_grpc as agrpc
 from muster.v1 import run_pb2 as rpb
 from muster_cli.run_text import describe, progress_line
-from tests.conftest import BIN, Process, isolated_env, run_cli, start_process
+from tests.conftest import BIN, Process, isolated_env, run_cli, start_process, until
 from tests.security.conftest import FakeAgent, connect
 
 PASSWORD = "Pa55-word-that-must-never-be-logged-91c2"
@@ -125,14 +125,14 @@ async def cli(cp: Process, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 async def until_cli(cp: Process, args: tuple[str, ...], check, what: str, within: float = 15):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while True:
-        result = await cli(cp, *args)
-        if check(result):
-            return result
-        assert loop.time() < deadline, f"timed out waiting for {what}: {result.stdout}"
-        await asyncio.sleep(0.1)
+    seen: list = []
+
+    async def passing() -> object:
+        seen.append(await cli(cp, *args))
+        return seen[-1] if check(seen[-1]) else None
+
+    last = lambda: f"{what}: {seen[-1].stdout if seen else ''}"  # noqa: E731
+    return await until(passing, within, last, 0.1)
 
 
 # -- registry credentials ------------------------------------------------------------

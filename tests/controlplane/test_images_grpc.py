@@ -6,7 +6,6 @@ answers; RegistryService never shows a password back."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -26,6 +25,7 @@ from muster.v1 import image_pb2_grpc as igrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
 from tests.security.conftest import FakeAgent, connect
+from tests.waiting import until
 
 PASSWORD = "pw-Only-The-Puller-Sees-7f3a"
 PRIVATE = "registry.example:5000/team/worker:1"
@@ -103,13 +103,13 @@ async def get_run(ch: grpc.aio.Channel, run_id: int) -> rpb.Run:
 
 
 async def until_run(ch: grpc.aio.Channel, run_id: int, check, what: str, within: float = 10):
-    deadline = time.monotonic() + within
-    while True:
-        run = await get_run(ch, run_id)
-        if check(run):
-            return run
-        assert time.monotonic() < deadline, f"timed out waiting for {what}: {run}"
-        await asyncio.sleep(0.05)
+    seen: list[rpb.Run] = []
+
+    async def passing() -> rpb.Run | None:
+        seen.append(await get_run(ch, run_id))
+        return seen[-1] if check(seen[-1]) else None
+
+    return await until(passing, within, lambda: f"{what}: {seen[-1] if seen else None}")
 
 
 async def login(ch: grpc.aio.Channel, registry: str, user: str, password: str) -> str:

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -25,22 +24,12 @@ from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
-from tests.conftest import free_port
+from tests.conftest import (
+    free_port,
+    until,
+)
 
 SETTINGS = Settings(heartbeat_interval=timedelta(seconds=1), liveness=Liveness())
-
-
-async def until(predicate: Callable[[], object], seconds: float, what: str) -> None:
-    deadline = time.monotonic() + seconds
-    while not await _value(predicate):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {seconds}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def _value(predicate: Callable[[], object]) -> object:
-    value = predicate()
-    return await value if asyncio.iscoroutine(value) else value
 
 
 class Fleet:
