@@ -42,6 +42,16 @@ class RoundPart(NodesPart):
         await self._commit(batch)
         await self._schedule()
 
+    def _demand(self, run: Run) -> PendingRun:
+        """What the scheduler sees of a pending run: its workers, then its job,
+        and how long it has waited (on the monotonic clock)."""
+        parts = []
+        if run.worker is not None:
+            worker = run.worker
+            parts.append(Demand("worker", worker.node_pool, worker.replicas, worker.request))
+        parts.append(Demand("job", run.job.node_pool, run.job.replicas, run.job.request))
+        return PendingRun(run.id, run.created_at, tuple(parts), self._elapsed(run)("created"))
+
     async def _schedule(self) -> None:
         """Place what fits. Placement only changes when something changed, so
         rounds run on wake-ups, plus a periodic one for anti-starvation aging."""
@@ -57,16 +67,7 @@ class RoundPart(NodesPart):
         if not pending:
             return
         now = self._clock()
-        demands = []
-        for run in pending:
-            parts = []
-            if run.worker is not None:
-                parts.append(
-                    Demand("worker", run.worker.node_pool, run.worker.replicas, run.worker.request)
-                )
-            parts.append(Demand("job", run.job.node_pool, run.job.replicas, run.job.request))
-            waited = self._elapsed(run)("created")
-            demands.append(PendingRun(run.id, run.created_at, tuple(parts), waited))
+        demands = [self._demand(run) for run in pending]
         # Pure CPU work on immutable views: off the event loop, so streams keep flowing.
         decision = await asyncio.to_thread(
             schedule, self._views(), demands, now, self.settings.starvation_after
