@@ -4,35 +4,15 @@ another cluster ignored (those without a cluster id are this cluster's)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
-import pytest
 
-from controlplane.server import ControlPlane
 from muster.v1 import agent_pb2 as apb
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
-from tests.controlplane.test_images_grpc import codespecs, get_run, plane_with, status, until_run
+from tests.controlplane.test_images_grpc import codespecs, get_run, status, until_run
 from tests.security.conftest import connect
 
 OTHER = "f" * 32
-
-
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = await plane_with(tmp_path)
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0.2)
-
-
-@pytest.fixture
-async def ch(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        yield channel
 
 
 async def test_agents_learn_the_cluster_and_other_clusters_are_ignored(plane, ch) -> None:

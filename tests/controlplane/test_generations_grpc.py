@@ -7,35 +7,15 @@ test_generations_and_hosts.py; this proves the generation survives the wire
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
-import pytest
 
-from controlplane.server import ControlPlane
 from muster.v1 import agent_pb2 as apb
 from muster.v1 import run_pb2 as rpb
 from tests.controlplane.test_cluster_grpc import create_job
-from tests.controlplane.test_images_grpc import codespecs, plane_with, status, until_run
+from tests.controlplane.test_images_grpc import codespecs, status, until_run
 from tests.security.conftest import FakeAgent, connect
 
 RUNNING, EXITED = rpb.CONTAINER_STATE_RUNNING, rpb.CONTAINER_STATE_EXITED
-
-
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = await plane_with(tmp_path)
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0.2)
-
-
-@pytest.fixture
-async def ch(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        yield channel
 
 
 def of(generation: int, report: apb.ContainerStatus) -> apb.ContainerStatus:

@@ -7,16 +7,12 @@ answers; RegistryService never shows a password back."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from controlplane.server import ControlPlane, start
-from controlplane.services.orchestrator import Settings
 from muster.v1 import agent_pb2 as apb
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
@@ -24,35 +20,13 @@ from muster.v1 import image_pb2 as ipb
 from muster.v1 import image_pb2_grpc as igrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
+from tests.controlplane.conftest import plane_with
 from tests.security.conftest import FakeAgent, connect
 from tests.waiting import until
 
 PASSWORD = "pw-Only-The-Puller-Sees-7f3a"
 PRIVATE = "registry.example:5000/team/worker:1"
 DIGEST = "sha256:" + "c" * 64
-
-
-async def plane_with(tmp_path: Path, **settings: object) -> ControlPlane:
-    return await start(
-        "127.0.0.1:0",
-        tmp_path / "cp.db",
-        Settings(heartbeat_interval=timedelta(seconds=1), **settings),  # type: ignore[arg-type]
-    )
-
-
-@pytest.fixture
-async def plane(tmp_path: Path) -> AsyncIterator[ControlPlane]:
-    cp = await plane_with(tmp_path)
-    try:
-        yield cp
-    finally:
-        await cp.stop(grace=0.2)
-
-
-@pytest.fixture
-async def ch(plane: ControlPlane) -> AsyncIterator[grpc.aio.Channel]:
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-        yield channel
 
 
 async def agent(ch: grpc.aio.Channel, name: str, pool: str) -> FakeAgent:

@@ -6,33 +6,18 @@ send single messages."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import grpc
-import pytest
 
 from agent.connection import STATUS_BATCH, Outbox
 from controlplane.api.agents import START_BATCH, GrpcAgentLink
 from controlplane.core.containers import ContainerSpec
-from controlplane.server import ControlPlane
 from muster.v1 import agent_pb2 as apb
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
-from tests.controlplane.test_images_grpc import codespecs, get_run, plane_with, status, until_run
+from tests.controlplane.test_images_grpc import codespecs, get_run, status, until_run
 from tests.security.conftest import connect
 
 READY = {"state": rpb.CONTAINER_STATE_RUNNING, "ready": True}
-
-
-@pytest.fixture
-async def ch(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
-    plane: ControlPlane = await plane_with(tmp_path)
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{plane.port}") as channel:
-            yield channel
-    finally:
-        await plane.stop(grace=0.2)
 
 
 async def create(ch: grpc.aio.Channel, workers: int) -> rpb.Run:
