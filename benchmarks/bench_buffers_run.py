@@ -33,6 +33,8 @@ import zlib
 from datetime import datetime
 from pathlib import Path
 
+from podman_cleanup import remove_podman_leftovers, stop_processes
+
 BIN = Path(sys.executable).parent
 NODE = "bench-buffers"
 NETWORK = "muster-bench-buffers"
@@ -180,21 +182,8 @@ def start_cluster(
 
 def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes, latest first; remove the agent's containers and network."""
-    for proc in reversed(procs):
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    ids = subprocess.run(
-        ["podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}"],
-        capture_output=True,
-        text=True,
-    ).stdout.split()
-    if ids:
-        subprocess.run(["podman", "rm", "-f", "-t", "0", *ids], capture_output=True)
-    subprocess.run(["podman", "network", "rm", "-f", NETWORK], capture_output=True)
+    stop_processes(procs, timeout=20)
+    remove_podman_leftovers([f"muster.node={NODE}"], [NETWORK])
 
 
 if __name__ == "__main__":

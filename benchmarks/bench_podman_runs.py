@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 
 import grpc
+from podman_cleanup import remove_podman_leftovers, stop_processes
 
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
@@ -177,18 +178,8 @@ def start_cluster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) -
 
 def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes, latest first; remove the agents' containers and network."""
-    for proc in reversed(procs):
-        proc.terminate()
-        proc.wait(timeout=20)
-    for node in NODES:
-        ids = subprocess.run(
-            ["podman", "ps", "-aq", "--filter", f"label=muster.node={node}"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["podman", "rm", "-f", *ids], capture_output=True)
-    subprocess.run(["podman", "network", "rm", "-f", "muster-bench"], capture_output=True)
+    stop_processes(procs, timeout=20)
+    remove_podman_leftovers([f"muster.node={node}" for node in NODES], ["muster-bench"])
 
 
 if __name__ == "__main__":

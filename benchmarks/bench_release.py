@@ -35,6 +35,8 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
+from podman_cleanup import remove_podman_leftovers, stop_processes
+
 BIN = Path(sys.executable).parent
 IMAGE = "localhost/muster-python:latest"
 NODE = "bench-release"
@@ -191,19 +193,8 @@ def start_muster(server: str, tmp: str, procs: list[subprocess.Popen[bytes]]) ->
 
 def clean_up(procs: list[subprocess.Popen[bytes]]) -> None:
     """Stop the processes, latest first; remove both sides' containers and networks."""
-    for proc in reversed(procs):
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    left = run("podman", "ps", "-aq", "--filter", f"label=muster.node={NODE}",
-               check=False).split()  # fmt: skip
-    left += run("podman", "ps", "-aq", "--filter", f"label={RAW_LABEL}", check=False).split()
-    if left:
-        run("podman", "rm", "-f", "-t", "0", *left, check=False)
-    for net in (MUSTER_NET, RAW_NET):
-        run("podman", "network", "rm", "-f", net, check=False)
+    stop_processes(procs)
+    remove_podman_leftovers([f"muster.node={NODE}", RAW_LABEL], [MUSTER_NET, RAW_NET])
 
 
 if __name__ == "__main__":

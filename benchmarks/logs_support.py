@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+from podman_cleanup import remove_podman_leftovers, stop_processes
 
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import codespec_pb2_grpc as cgrpc
@@ -205,13 +206,7 @@ def start_agent(
 
 def stop(process: subprocess.Popen[bytes]) -> None:
     """Terminate a process this bench started; kill it if it does not end."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=30)
+    stop_processes([process])
 
 
 def print_log_tails(tmp: str) -> None:
@@ -223,12 +218,4 @@ def print_log_tails(tmp: str) -> None:
 
 def remove_containers(nodes: list[str]) -> None:
     """Every container the agents of `nodes` left, and the bench's network."""
-    for node in nodes:
-        ids = subprocess.run(
-            ["podman", "ps", "-aq", "--filter", f"label=muster.node={node}"],
-            capture_output=True,
-            text=True,
-        ).stdout.split()
-        if ids:
-            subprocess.run(["podman", "rm", "-f", *ids], capture_output=True)
-    subprocess.run(["podman", "network", "rm", "-f", NETWORK], capture_output=True)
+    remove_podman_leftovers([f"muster.node={node}" for node in nodes], [NETWORK])
