@@ -24,6 +24,7 @@ from muster.v1 import node_pb2 as npb
 from muster.v1 import node_pb2_grpc as ngrpc
 from muster.v1 import run_pb2 as rpb
 from muster.v1 import run_pb2_grpc as rgrpc
+from tests.waiting import until
 
 LIMITS = Settings(
     heartbeat_interval=timedelta(seconds=1),
@@ -70,7 +71,9 @@ async def test_failed_and_finished_watches_leave_nothing(plane) -> None:
     pending = (await stub.CreateRun(job())).run
     watch = stub.WatchRun(rpb.WatchRunRequest(run_id=pending.id))
     await watch.read()  # now waiting for a change
-    assert cp.orchestrator.watch_state() == (1, 1)
+    # (A change may land meanwhile, the scheduler saying why the run waits:
+    # the watch then reads again and waits anew.)
+    await until(lambda: cp.orchestrator.watch_state() == (1, 1), 5, "the watch to wait")
     watch.cancel()  # the caller goes away
 
     for _ in range(500):  # the cancel reaches the server soon (at most 5 s)
