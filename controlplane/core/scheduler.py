@@ -15,7 +15,8 @@ Rules:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -72,72 +73,103 @@ def _plural(role: str, n: int) -> str:
     return f"{role}s" if role == "worker" else ("job replicas" if n != 1 else "job replica")
 
 
-def _roomiest(
-    candidates: Sequence[NodeView],
-    taken: dict[str, Capacity],
-    free: dict[str, Capacity],
-    each: Capacity,
-) -> str | None:
-    """The node among `candidates` where `each` fits with the most free
-    capacity (compared CPU first, then memory, then GPUs), so replicas
-    spread. Ties are broken by name, so the same nodes and runs always give
-    the same placement whatever order the nodes registered in; names are
-    compared from their last character (any fixed order would do; this one
-    is kept so placements stay as they were). One pass with no key objects:
-    it runs for every replica of every pending run. `taken` holds what the
-    run being tried has already used (free capacity left on those nodes),
-    over `free`."""
-    cpu, memory, gpus = each.cpu_millis, each.memory_bytes, each.gpus
-    best, best_key = None, None
-    for node in candidates:
-        room = taken.get(node.name) or free[node.name]
-        if room.cpu_millis < cpu or room.memory_bytes < memory or room.gpus < gpus:
-            continue
-        key = (room.cpu_millis, room.memory_bytes, room.gpus, node.name[::-1])
-        if best_key is None or key > best_key:
-            best, best_key = node.name, key
-    return best
+class _Rooms:
+    """Free capacity per node, and for each pool asked about its schedulable
+    nodes sorted by room, so the roomiest node that fits is found from the
+    top of a list instead of a pass over every node (a round used to cost
+    replicas x nodes). Order: CPU first, then memory, then GPUs; ties are
+    broken by name compared from its last character (any fixed order would
+    do; this one keeps placements as they were), so the same nodes and runs
+    always give the same placement whatever order the nodes registered in."""
+
+    def __init__(self, nodes: Sequence[NodeView]) -> None:
+        self.free = {n.name: n.allocatable - n.allocated for n in nodes}
+        self._nodes = nodes
+        self._sorted: dict[str, list[tuple[int, int, int, str, str]]] = {}
+        self._members: dict[str, list[str]] = {}  # node -> the indexed pools it is in
+
+    @staticmethod
+    def _key(name: str, room: Capacity) -> tuple[int, int, int, str, str]:
+        return (room.cpu_millis, room.memory_bytes, room.gpus, name[::-1], name)
+
+    def ready(self, pool: str) -> list[tuple[int, int, int, str, str]]:
+        """The schedulable nodes of `pool` by room (roomiest last), indexed once per round."""
+        if pool not in self._sorted:
+            members = [n.name for n in self._nodes if n.schedulable and n.in_pool(pool)]
+            for name in members:
+                self._members.setdefault(name, []).append(pool)
+            self._sorted[pool] = sorted(self._key(name, self.free[name]) for name in members)
+        return self._sorted[pool]
+
+    def roomiest(self, pool: str, each: Capacity, held: set[str]) -> str | None:
+        """The node of `pool` where `each` fits with the most room, outside `held`."""
+        cpu, memory, gpus = each.cpu_millis, each.memory_bytes, each.gpus
+        for key in reversed(self.ready(pool)):
+            if key[0] < cpu:
+                return None  # sorted by CPU first: no node below fits either
+            if key[1] >= memory and key[2] >= gpus and key[4] not in held:
+                return key[4]
+        return None
+
+    def set(self, name: str, room: Capacity) -> None:
+        """`name` now has `room` free; every index it is in moves it."""
+        old, new = self._key(name, self.free[name]), self._key(name, room)
+        self.free[name] = room
+        for pool in self._members.get(name, ()):
+            keys = self._sorted[pool]
+            del keys[bisect.bisect_left(keys, old)]
+            bisect.insort(keys, new)
+
+
+def _no_candidates(rooms: _Rooms, pool: str, nodes: dict[str, NodeView], held: set[str]) -> str:
+    """Why a demand has no schedulable node outside `held` ("" when it has one)."""
+    if any(key[4] not in held for key in rooms.ready(pool)):
+        return ""
+    members = [n for n in nodes.values() if n.in_pool(pool)]
+    if members and all(n.cordoned for n in members):
+        every = f"every node of pool {pool}" if pool else "every node"
+        return f"waiting: {every} is cordoned"
+    return f"waiting for a ready node in {f'pool {pool}' if pool else 'any pool'}"
+
+
+def _short_of(rooms: _Rooms, demand: Demand, placed: int, held: set[str]) -> str:
+    """Why `demand` could not be placed after `placed` of its replicas."""
+    pool_text = f"pool {demand.pool}" if demand.pool else "any pool"
+    reason = (
+        f"waiting for capacity in {pool_text}: {placed} of {demand.replicas} "
+        f"{_plural(demand.role, demand.replicas)} placed"
+    )
+    if demand.each.gpus:
+        most = max((k[2] for k in rooms.ready(demand.pool) if k[4] not in held), default=0)
+        if demand.each.gpus > most:
+            reason += (
+                f" (not enough free GPUs: {demand.each.gpus} per {demand.role}, "
+                f"at most {max(most, 0)} free on one node)"
+            )
+    return reason
 
 
 def _try_place(
-    run: PendingRun,
-    free: dict[str, Capacity],
-    nodes: dict[str, NodeView],
-    held: set[str],
-    ready: Callable[[str], list[NodeView]],
+    run: PendingRun, rooms: _Rooms, nodes: dict[str, NodeView], held: set[str]
 ) -> tuple[dict[tuple[str, int], str] | None, str]:
-    """Place the whole run on top of `free` (`ready(pool)`: the schedulable
-    nodes of a pool); change `free` only if everything fits."""
-    trial: dict[str, Capacity] = {}  # free capacity left where this run placed replicas
+    """Place the whole run, taking its room from `rooms`; if anything does
+    not fit, give back what it took and say why."""
+    before: dict[str, Capacity] = {}  # free capacity of the nodes it used, before it
     assignment: dict[tuple[str, int], str] = {}
     for demand in run.demands:
-        candidates = ready(demand.pool)
-        if held:
-            candidates = [n for n in candidates if n.name not in held]
-        pool_text = f"pool {demand.pool}" if demand.pool else "any pool"
-        if not candidates:
-            members = [n for n in nodes.values() if n.in_pool(demand.pool)]
-            if members and all(n.cordoned for n in members):
-                every = f"every node of pool {demand.pool}" if demand.pool else "every node"
-                return None, f"waiting: {every} is cordoned"
-            return None, f"waiting for a ready node in {pool_text}"
-        for index in range(demand.replicas):
-            best = _roomiest(candidates, trial, free, demand.each)
+        reason = _no_candidates(rooms, demand.pool, nodes, held)
+        for index in range(demand.replicas if not reason else 0):
+            best = rooms.roomiest(demand.pool, demand.each, held)
             if best is None:
-                reason = (
-                    f"waiting for capacity in {pool_text}: {index} of {demand.replicas} "
-                    f"{_plural(demand.role, demand.replicas)} placed"
-                )
-                most = max((trial.get(n.name) or free[n.name]).gpus for n in candidates)
-                if demand.each.gpus > most:
-                    reason += (
-                        f" (not enough free GPUs: {demand.each.gpus} per {demand.role}, "
-                        f"at most {max(most, 0)} free on one node)"
-                    )
-                return None, reason
-            trial[best] = (trial.get(best) or free[best]) - demand.each
+                reason = _short_of(rooms, demand, index, held)
+                break
+            before.setdefault(best, rooms.free[best])
+            rooms.set(best, rooms.free[best] - demand.each)
             assignment[(demand.role, index)] = best
-    free.update(trial)
+        if reason:
+            for name, room in before.items():
+                rooms.set(name, room)
+            return None, reason
     return assignment, ""
 
 
@@ -149,19 +181,11 @@ def schedule(
 ) -> Decision:
     """Decide which pending runs to place now, and where."""
     by_name = {n.name: n for n in nodes}
-    pools: dict[str, list[NodeView]] = {}
-
-    def ready(pool: str) -> list[NodeView]:
-        """The schedulable nodes of `pool`, listed once per round."""
-        if pool not in pools:
-            pools[pool] = [n for n in nodes if n.schedulable and n.in_pool(pool)]
-        return pools[pool]
-
-    free = {n.name: n.allocatable - n.allocated for n in nodes}
+    rooms = _Rooms(nodes)
     held: set[str] = set()
     decision = Decision()
     for run in sorted(pending, key=lambda r: (r.created_at, r.run_id)):
-        assignment, reason = _try_place(run, free, by_name, held, ready)
+        assignment, reason = _try_place(run, rooms, by_name, held)
         if assignment is not None:
             decision.placements[run.run_id] = assignment
             continue

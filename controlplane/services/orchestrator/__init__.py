@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 
 from controlplane.services.orchestrator.agents import AgentsPart
 from controlplane.services.orchestrator.links import AgentLink, PullOrder, Report
@@ -57,20 +58,28 @@ class Orchestrator(RunsPart, AgentsPart, RoundPart):
             node.last_heartbeat = now
             self._put_node(node)
             self._heard[node.name] = mono
+        self._runs.clear()
+        self._ledger.reset(())
         for run in await self._store.active_runs():
-            self._runs[run.id] = run
+            self._set_run(run)
             self._mark(run)  # the only time stored wall-clock instants are read as such
         log.info("event=loaded runs=%d nodes=%d", len(self._runs), len(self._nodes))
 
     async def run_forever(self) -> None:
         """The reconcile loop: scheduling, deadlines and node liveness."""
+        tick, checked = self.settings.tick.total_seconds(), -math.inf
         while True:
+            woken = True
             try:
-                await asyncio.wait_for(self._wake.wait(), self.settings.tick.total_seconds())
+                await asyncio.wait_for(self._wake.wait(), tick)
             except TimeoutError:
-                pass
+                woken = False
             self._wake.clear()
             try:
+                if woken and self._mono() - checked < tick:
+                    await self.place()  # a burst of wake-ups: deadlines can wait for the tick
+                    continue
+                checked = self._mono()
                 await self.reconcile()
             except Exception:  # keep reconciling; the next tick retries
                 log.exception("event=tick_failed")
@@ -79,3 +88,10 @@ class Orchestrator(RunsPart, AgentsPart, RoundPart):
         """One reconcile round now (the loop runs them; tests call it directly)."""
         async with self._lock:
             await self._tick()
+
+    async def place(self) -> None:
+        """A scheduling round only (what a wake-up asks for): node liveness
+        and run deadlines are checked once per tick, not on every wake-up of
+        a busy control plane, where each check is a pass over every run."""
+        async with self._lock:
+            await self._schedule()

@@ -77,7 +77,7 @@ class RunsPart(OrchestratorState):
                     run, request.request_id, fingerprint(request) if request.request_id else ""
                 )
                 stored = True
-                self._runs[run.id] = run
+                self._set_run(run)
                 self._mark(run)
                 self._notify(run.id)
         except BaseException:

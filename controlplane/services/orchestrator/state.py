@@ -15,11 +15,9 @@ from controlplane.core.admission import Offers, summarize
 from controlplane.core.capacity import Capacity
 from controlplane.core.containers import container_spec
 from controlplane.core.errors import InvalidArgument, NotFound
-from controlplane.core.gpus import (
-    allocated_gpus,
-    devices_in_use,
-)
+from controlplane.core.gpus import allocated_gpus
 from controlplane.core.images import Credential
+from controlplane.core.ledger import Ledger
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Action, Run, StartReplica, Teardown
 from controlplane.core.scheduler import NodeView
@@ -59,6 +57,9 @@ class OrchestratorState:
         self._credentials = credentials or dict
         self._lock = asyncio.Lock()
         self._runs: dict[int, Run] = {}
+        self._ledger = Ledger()
+        """What the active runs hold per node: changed only with `_runs`, by
+        `_set_run` and `_drop_run`."""
         self._nodes: dict[str, Node] = {}
         self._links: dict[str, AgentLink] = {}
         self._wake = asyncio.Event()
@@ -139,12 +140,12 @@ class OrchestratorState:
             listener(change.before, run)
         if run.terminal:
             self._remember_ended(run)
-            if self._runs.pop(run.id, None) is not None:  # it has just ended
+            if self._drop_run(run.id):  # it has just ended
                 self.run_buffers.run_ended(run)
                 self._marks.pop(run.id, None)
                 self.wake()
         elif run.id in self._runs:
-            self._runs[run.id] = run
+            self._set_run(run)
             self._mark(run)
         self._notify(run.id)
 
@@ -227,32 +228,37 @@ class OrchestratorState:
         self._nodes[node.name] = node
         self._admission_views = None
 
+    def _set_run(self, run: Run) -> None:
+        """`run` is an active run in force (new, changed or loaded)."""
+        self._runs[run.id] = run
+        self._ledger.put(run)
+
+    def _drop_run(self, run_id: int) -> bool:
+        """The run is no longer active; whether it was."""
+        self._ledger.drop(run_id)
+        return self._runs.pop(run_id, None) is not None
+
     def _allocations(self) -> tuple[dict[str, Capacity], dict[str, int]]:
-        """Requests reserved and replicas placed per node, in one pass over active runs."""
-        allocated: dict[str, Capacity] = {}
-        counts: dict[str, int] = {}
-        for run in self._runs.values():
-            for r in run.replicas:
-                if r.node:
-                    target = run.worker if r.role == "worker" else run.job
-                    # A worker replica exists only with a worker target.
-                    allocated[r.node] = allocated.get(r.node, Capacity()) + target.request  # type: ignore[union-attr]
-                    counts[r.node] = counts.get(r.node, 0) + 1
-        return allocated, counts
+        """Requests reserved and replicas placed per node (from the ledger)."""
+        return self._ledger.allocated(), self._ledger.counts()
 
     def gpus_in_use(self) -> dict[str, set[str]]:
         """GPU devices held by replicas of active runs, per node."""
-        return devices_in_use(self._runs.values())
+        return self._ledger.devices_in_use()
 
     def _views(self, allocations: bool = True) -> list[NodeView]:
         """The scheduler's picture of the nodes (without `allocations`: as if empty)."""
         allocated, _ = self._allocations() if allocations else ({}, {})
         in_use = self.gpus_in_use() if allocations else {}
 
+        none = Capacity()
+
         def taken(node: Node) -> Capacity:
             if not allocations:
-                return Capacity()
-            cap = allocated.get(node.name, Capacity())
+                return none
+            cap = allocated.get(node.name, none)
+            if not node.gpu_devices:  # GPUs as a count only: the requests are all there is
+                return cap
             gpus = allocated_gpus(node.gpu_devices, in_use.get(node.name, ()), cap.gpus)
             return Capacity(cap.cpu_millis, cap.memory_bytes, gpus)
 
