@@ -32,6 +32,7 @@ from muster_cli.output import dump, run_dict, run_metadata
 from muster_cli.run_spec import build_run, run_options
 from muster_cli.run_text import TERMINAL, progress_line, status_text
 from muster_cli.timeparse import parse_since
+from muster_cli.watching import watch_run
 
 
 @cli.group(cls=AliasGroup)
@@ -82,10 +83,8 @@ def follow(server: str, run_id: int, emit: Callable[[str], None]) -> pb.Run:
     while True:
         try:
             with open_channel(server) as ch:
-                stub = pb_grpc.RunServiceStub(ch)
-                for reply in stub.WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                for last in watch_run(pb_grpc.RunServiceStub(ch), run_id):
                     retry.progress()
-                    last = reply.run
                     line = progress_line(last)
                     if line != last_line:
                         emit(line)
@@ -265,9 +264,8 @@ def follow_json(server: str, run_id: int, shape: Callable[[pb.Run], dict]) -> pb
     while True:
         try:
             with open_channel(server) as ch:
-                for reply in pb_grpc.RunServiceStub(ch).WatchRun(pb.WatchRunRequest(run_id=run_id)):
+                for last in watch_run(pb_grpc.RunServiceStub(ch), run_id):
                     retry.progress()
-                    last = reply.run
                     line = json.dumps(shape(last), separators=(",", ":"))
                     if line != last_line:
                         click.echo(line)

@@ -5,6 +5,8 @@ so `controlplane.api.convert` stays the one place adapters import from."""
 
 from __future__ import annotations
 
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
+
 from controlplane.api.convert_agent import log_lines_from_pb as log_lines_from_pb
 from controlplane.api.convert_agent import log_lines_response as log_lines_response
 from controlplane.api.convert_agent import node_from_register as node_from_register
@@ -32,7 +34,7 @@ from controlplane.api.convert_base import pull_policy_from_pb as pull_policy_fro
 from controlplane.api.convert_base import statuses_from_pb as statuses_from_pb
 from controlplane.api.convert_base import timestamp as timestamp
 from controlplane.core.codespec import Buffers, Codespec, Quantities, Resources
-from controlplane.core.runs import Run, Target, hostname
+from controlplane.core.runs import Event, Replica, Run, Target, hostname
 from controlplane.core.tyger import TygerFields, etag_of
 from controlplane.services.run_requests import RunRequest, TargetRequest
 from muster.v1 import codespec_pb2 as pb
@@ -193,24 +195,38 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
     if run.worker is not None:
         msg.worker.CopyFrom(_target_to_pb(run.worker))
     for r in run.replicas:
-        replica = msg.replicas.add(
-            role=ROLE_TO_PB[r.role],
-            index=r.index,
-            node_name=r.node or "",
-            state=STATE_TO_PB[r.state],
-            ready=r.ready,
-            hostname=hostname(run.id, r.role, r.index),
-            container_name=run.container_name(r.role, r.index),
-            endpoint_addresses=r.addresses,
-            message=r.message,
-            gpu_devices=list(r.gpu_devices),
-            image_digest=r.image_digest,
-            pull_bytes_done=r.pull_bytes_done,
-            pull_bytes_total=r.pull_bytes_total,
-        )
-        if r.exit_code is not None:
-            replica.exit_code = r.exit_code
+        add_replica(msg.replicas, run, r)
     if with_events:
-        for e in run.events:
-            msg.events.add(time=timestamp(e.time), message=e.message)
+        add_events(msg.events, run.events)
     return msg
+
+
+def add_replica(
+    into: RepeatedCompositeFieldContainer[run_pb.Replica], run: Run, r: Replica
+) -> run_pb.Replica:
+    """Appends the Replica message of `r` (a replica of `run`) to `into`: the
+    one replica conversion, for whole runs and WatchRun's partial ones alike."""
+    replica = into.add(
+        role=ROLE_TO_PB[r.role],
+        index=r.index,
+        node_name=r.node or "",
+        state=STATE_TO_PB[r.state],
+        ready=r.ready,
+        hostname=hostname(run.id, r.role, r.index),
+        container_name=run.container_name(r.role, r.index),
+        endpoint_addresses=r.addresses,
+        message=r.message,
+        gpu_devices=list(r.gpu_devices),
+        image_digest=r.image_digest,
+        pull_bytes_done=r.pull_bytes_done,
+        pull_bytes_total=r.pull_bytes_total,
+    )
+    if r.exit_code is not None:
+        replica.exit_code = r.exit_code
+    return replica
+
+
+def add_events(into: RepeatedCompositeFieldContainer[run_pb.RunEvent], events: list[Event]) -> None:
+    """Appends the RunEvent messages of `events` to `into`."""
+    for e in events:
+        into.add(time=timestamp(e.time), message=e.message)

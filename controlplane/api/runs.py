@@ -17,6 +17,7 @@ from controlplane.api.convert import (
     run_request_from_pb,
     statuses_from_pb,
 )
+from controlplane.api.convert_watch import WatchDeltas
 from controlplane.api.errors import grpc_errors
 from controlplane.core.errors import InvalidArgument
 from controlplane.services.logs import LogService
@@ -104,9 +105,13 @@ class RunServicer(pb_grpc.RunServiceServicer):
         self, request: pb.WatchRunRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.WatchRunResponse]:
         run_id = _run_id(request.run_id)
+        deltas = WatchDeltas() if request.changes_only else None
         with self._streams.stream(run_id):
             async for run in self._orchestrator.watch(run_id):
-                yield pb.WatchRunResponse(run=run_message(run))
+                if deltas is None:
+                    yield pb.WatchRunResponse(run=run_message(run))
+                else:
+                    yield deltas.response(run)
 
     @grpc_errors
     async def GetRunLogs(

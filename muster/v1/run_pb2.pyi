@@ -304,16 +304,20 @@ class CountRunsResponse(_message.Message):
     def __init__(self, counts: _Optional[_Iterable[_Union[RunStatusCount, _Mapping]]] = ..., total: _Optional[int] = ...) -> None: ...
 
 class WatchRunRequest(_message.Message):
-    __slots__ = ("run_id",)
+    __slots__ = ("run_id", "changes_only")
     RUN_ID_FIELD_NUMBER: _ClassVar[int]
+    CHANGES_ONLY_FIELD_NUMBER: _ClassVar[int]
     run_id: int
-    def __init__(self, run_id: _Optional[int] = ...) -> None: ...
+    changes_only: bool
+    def __init__(self, run_id: _Optional[int] = ..., changes_only: _Optional[bool] = ...) -> None: ...
 
 class WatchRunResponse(_message.Message):
-    __slots__ = ("run",)
+    __slots__ = ("run", "partial")
     RUN_FIELD_NUMBER: _ClassVar[int]
+    PARTIAL_FIELD_NUMBER: _ClassVar[int]
     run: Run
-    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ...) -> None: ...
+    partial: bool
+    def __init__(self, run: _Optional[_Union[Run, _Mapping]] = ..., partial: _Optional[bool] = ...) -> None: ...
 
 class LogLine(_message.Message):
     __slots__ = ("time", "role", "replica", "stream", "text", "source", "sequence", "partial")
