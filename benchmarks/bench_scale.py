@@ -204,7 +204,8 @@ async def run_all(
         async with window:
             created = (await runs.CreateRun(request)).run
             last = None
-            async for reply in runs.WatchRun(rpb.WatchRunRequest(run_id=created.id)):
+            watch = rpb.WatchRunRequest(run_id=created.id, changes_only=True)
+            async for reply in runs.WatchRun(watch):  # reads only fields always sent
                 last = reply.run
             assert last is not None
             if last.status != rpb.RUN_STATUS_SUCCEEDED:
