@@ -8,18 +8,23 @@ process, and measures, over one plaintext loopback channel per client:
   new version each call) at a fixed `--rate` (default 500 calls/s) for
   `--seconds`: p50 and p99 from each call's *scheduled* start (so a stall
   counts against every call it delays);
-- closed loop: `--concurrency` callers doing GetRun back to back: calls/s.
+- closed loop: `--concurrency` callers doing GetRun back to back: calls/s;
+  then the same from `--client-procs` processes of blocking callers in
+  threads (gRPC's synchronous client costs less per call than asyncio's),
+  with the control plane's CPU time per call, which is what bounds it when
+  the client no longer does.
 
     .venv/bin/python benchmarks/bench_api.py [--finished 100000] [--rate 500] [--seconds 10]
 
-The client runs in this process (one core of the two), so the closed-loop
-figure is a floor for what the server can do.
+The first closed-loop figure is bounded by this one client process (on 2
+cores, client and server share the machine), so it is a floor.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import signal
 import socket
@@ -153,13 +158,70 @@ async def measure(address: str, args: argparse.Namespace) -> None:
         print(f"closed loop: GetRun {rate:,.0f} calls/s with {args.concurrency} callers")
 
 
+def caller_process(address: str, finished: int, seconds: float, threads: int) -> None:
+    """`threads` blocking GetRun callers for `seconds`; prints how many calls ended."""
+    import threading
+
+    from muster.v1 import run_pb2 as rpb
+    from muster.v1 import run_pb2_grpc as rgrpc
+
+    counts = [0] * threads
+    with grpc.insecure_channel(address) as ch:
+        stub = rgrpc.RunServiceStub(ch)
+        stub.GetRun(rpb.GetRunRequest(run_id=1), timeout=30)
+        end = time.monotonic() + seconds
+
+        def call(k: int) -> None:
+            rng = random.Random(k)
+            while time.monotonic() < end:
+                stub.GetRun(rpb.GetRunRequest(run_id=rng.randint(1, finished)), timeout=30)
+                counts[k] += 1
+
+        workers = [threading.Thread(target=call, args=(k,)) for k in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+    print(sum(counts), flush=True)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def closed_loop_processes(address: str, args: argparse.Namespace, server: int) -> None:
+    """GetRun back to back from `--client-procs` processes; calls/s and server CPU per call."""
+    me = [sys.executable, str(Path(__file__).resolve()), "--caller", address]
+    extra = [str(args.finished), str(args.seconds), str(args.concurrency)]
+    cpu = cpu_seconds(server)
+    procs = [
+        subprocess.Popen([*me, *extra], stdout=subprocess.PIPE, text=True)
+        for _ in range(args.client_procs)
+    ]
+    calls = sum(int(p.communicate(timeout=args.seconds + 60)[0].split()[-1]) for p in procs)
+    used = cpu_seconds(server) - cpu
+    print(
+        f"closed loop: GetRun {calls / args.seconds:,.0f} calls/s from {args.client_procs} "
+        f"processes x {args.concurrency} blocking callers; the control plane used "
+        f"{used / calls * 1e6:.0f} us of CPU per call ({calls / used:,.0f} calls per CPU-second)"
+    )
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--caller"]:
+        sys.path.insert(0, str(REPO))
+        address, finished, seconds, threads = sys.argv[2:6]
+        caller_process(address, int(finished), float(seconds), int(threads))
+        return
     parser = argparse.ArgumentParser()
     parser.add_argument("--finished", type=int, default=100_000)
     parser.add_argument("--rate", type=float, default=500)
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--page", type=int, default=100, help="ListRuns page size")
+    parser.add_argument("--client-procs", type=int, default=2)
     parser.add_argument("--profile", default="", help="py-spy the control plane into this file")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
@@ -187,6 +249,7 @@ def main() -> None:
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 )  # fmt: skip
             asyncio.run(measure(address, args))
+            closed_loop_processes(address, args, proc.pid)
         finally:
             if spy is not None:
                 spy.send_signal(signal.SIGINT)

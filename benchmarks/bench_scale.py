@@ -284,17 +284,49 @@ def start_profiler(pid: int, out: str) -> subprocess.Popen:
     )
 
 
-def store_calls(metrics: str) -> dict[str, int]:
-    """Store calls so far by method, from the control plane's /metrics."""
+def scrape(metrics: str) -> str:
+    """The control plane's /metrics text."""
     with urllib.request.urlopen(f"http://{metrics}/metrics", timeout=10) as reply:
-        text = reply.read().decode()
-    calls: dict[str, int] = {}
+        return reply.read().decode()
+
+
+def by_label(text: str, name: str, label: str) -> dict[str, int]:
+    """Sums of the samples of metric `name` by the value of `label`."""
+    out: dict[str, int] = {}
     for line in text.splitlines():
-        if line.startswith("muster_store_call_duration_seconds_count{"):
+        if line.startswith(name + "{"):
             labels, value = line.rsplit(" ", 1)
-            method = labels.split('method="', 1)[1].split('"', 1)[0]
-            calls[method] = calls.get(method, 0) + int(float(value))
-    return calls
+            key = labels.split(f'{label}="', 1)[1].split('"', 1)[0]
+            out[key] = out.get(key, 0) + int(float(value))
+    return out
+
+
+def plain(text: str, name: str) -> int:
+    """The value of the unlabelled metric `name` (0 if absent)."""
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return 0
+
+
+def print_per_container(text: str, containers: int) -> None:
+    """Store calls and agent messages per container, from a /metrics scrape."""
+    calls = by_label(text, "muster_store_call_duration_seconds_count", "method")
+
+    def per(counts: dict[str, int], top: int = 6) -> str:
+        ranked = sorted(counts.items(), key=lambda kv: -kv[1])[:top]
+        return ", ".join(f"{key} {count / containers:.2f}" for key, count in ranked)
+
+    print(f"  store calls per container: {per(calls)}")
+    got = by_label(text, "muster_agent_messages_received_total", "kind")
+    sent = by_label(text, "muster_agent_messages_sent_total", "kind")
+    print(
+        f"  agent messages per container: {sum(got.values()) / containers:.2f} received "
+        f"({per(got)}), {sum(sent.values()) / containers:.2f} sent ({per(sent)}); "
+        f"{plain(text, 'muster_agent_container_statuses_total') / containers:.2f} states "
+        f"and {plain(text, 'muster_agent_container_starts_total') / containers:.2f} starts "
+        "per container"
+    )
 
 
 def stop(proc: subprocess.Popen, sig: int = signal.SIGTERM) -> None:
@@ -356,7 +388,7 @@ def bench(args: argparse.Namespace) -> None:
                 spy = start_profiler(cp_proc.pid, args.profile)
             sampler = Sampler(cp_proc.pid)
             results = asyncio.run(measure(args, address, cp_proc.pid, sampler, agents))
-            calls = store_calls(metrics)
+            scraped = scrape(metrics)
             pg_cpu = server_cpu(postmaster) - pg_before  # while its backends are alive
         finally:
             if spy is not None:
@@ -387,11 +419,7 @@ def bench(args: argparse.Namespace) -> None:
         f"  rate: first fifth {first:.0f}/s, last fifth {last:.0f}/s "
         f"(last/first {last / first:.2f})"
     )
-    top = sorted(calls.items(), key=lambda kv: -kv[1])[:6]
-    print(
-        "  store calls per container: "
-        + ", ".join(f"{method} {count / containers:.2f}" for method, count in top)
-    )
+    print_per_container(scraped, containers)
     if args.profile:
         print(f"  profile: {args.profile}")
 

@@ -13,6 +13,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from controlplane.api.agent_traffic import AgentTraffic
 from controlplane.api.agents import AgentServicer, JoinInfo
 from controlplane.api.auth import AuthInterceptor
 from controlplane.api.buffers import BufferServicer
@@ -140,6 +141,8 @@ class Assembly:
     leadership: Leadership
     join_info: JoinInfo
     tls: TlsMaterial | None
+    traffic: AgentTraffic
+    """Messages on the agents' streams, counted (see api/agent_traffic.py)."""
 
     async def close(self) -> None:
         """Undo what building opened: the data plane, then the store."""
@@ -164,8 +167,7 @@ async def build_control_plane(
     server that listens nowhere yet (the data plane, which buffers need, does
     start). `start` binds it, claims the lease and runs it."""
     store = store or await open_store(db_path)
-    if metrics is not None:
-        store = metrics.timed_store(store)
+    store = metrics.timed_store(store) if metrics is not None else store
     codespecs = CodespecService(store, clock)
     registries = RegistryService(
         store,
@@ -181,30 +183,26 @@ async def build_control_plane(
     buffers = BufferService(store, dataplane, clock)  # without a data plane: UNAVAILABLE
     # Job containers trust the data plane's certificate through the cluster CA.
     run_buffers = RunBuffers(buffers, tls.trust_anchor.decode() if tls and dataplane else "")
-    orchestrator = Orchestrator(
-        store,
-        codespecs,
-        settings,
-        clock,
-        credentials=lambda: registries.logins,
-        run_buffers=run_buffers,
-    )
+    logins = lambda: registries.logins  # noqa: E731 (read at each use: logins change)
+    orchestrator = Orchestrator(store, codespecs, settings, clock, logins, run_buffers=run_buffers)
     await orchestrator.cluster()
-    images = ImageService(orchestrator, lambda: registries.logins)
+    images = ImageService(orchestrator, logins)
     auth: AuthService | None = None
     if security is not None and tls is not None:
         auth = AuthService(store, tls.ca)
         await auth.load()
     leadership = Leadership(store, Candidate(new_holder(), "", ""), lease)
     interceptors: list[grpc.aio.ServerInterceptor] = [AuthInterceptor(auth), LeaderGate(leadership)]
+    traffic = AgentTraffic()
     if metrics is not None:
         interceptors.insert(0, MetricsInterceptor(metrics))
+        metrics.count_traffic(traffic)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=interceptors)
     join_info = JoinInfo(ca_pem=tls.trust_anchor if tls else b"")
     retention = Retention(store, retention_settings(orchestrator.settings), clock)
     parts = Assembly(
         server, store, _add_health(server), orchestrator, auth, registries, images, retention,
-        buffers, dataplane, run_buffers, leadership, join_info, tls,
+        buffers, dataplane, run_buffers, leadership, join_info, tls, traffic,
     )  # fmt: skip
     _add_servicers(parts, codespecs)
     return parts
@@ -223,7 +221,7 @@ def _add_servicers(parts: Assembly, codespecs: CodespecService) -> None:
     )
     node_pb2_grpc.add_NodeServiceServicer_to_server(NodeServicer(orchestrator, auth), server)
     agents = AgentServicer(
-        orchestrator, logs, auth, parts.join_info, parts.images, parts.leadership
+        orchestrator, logs, auth, parts.join_info, parts.images, parts.leadership, parts.traffic
     )
     agent_pb2_grpc.add_AgentServiceServicer_to_server(agents, server)
     auth_pb2_grpc.add_TokenServiceServicer_to_server(TokenServicer(auth), server)

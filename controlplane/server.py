@@ -88,6 +88,9 @@ class ControlPlane:
         if self.metrics is not None:
             await self.metrics.stop()
         await self._cancel_tasks(self.lease_task, self.office_task)
+        if self.loop_task is not None:  # leading: observed states kept for write-behind
+            with contextlib.suppress(StoreUnavailable):
+                await self.orchestrator.stored()
         await self.stand_down()
         if self.leadership is not None and self.leadership.leading:
             with contextlib.suppress(StoreUnavailable):

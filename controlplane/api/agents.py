@@ -26,6 +26,7 @@ from typing import cast
 
 import grpc
 
+from controlplane.api.agent_traffic import AgentTraffic
 from controlplane.api.auth import current_node
 from controlplane.api.convert import (
     log_lines_from_pb,
@@ -192,8 +193,11 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         join_info: JoinInfo | None = None,
         images: ImageService | None = None,
         leadership: Leadership | None = None,
+        traffic: AgentTraffic | None = None,
     ) -> None:
         self._orchestrator = orchestrator
+        self.traffic = traffic or AgentTraffic()
+        """Messages counted by kind and direction (read by the metrics)."""
         self._leadership = leadership
         self._logs = logs
         self._auth = auth
@@ -242,6 +246,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
             return
+        self.traffic.got(first, first.WhichOneof("message") or "")
         link, cluster = await self._accept(first, context)
         name = link.node
         reader: asyncio.Task[None] | None = None
@@ -251,6 +256,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             # Registered goes first; what connect() queued on the link follows.
             registered = self._registered(cluster)
             if self._stamp(registered, name):
+                self.traffic.put(registered)
                 yield registered
                 reader = asyncio.create_task(self._read(name, request_iterator, link))
             while reader is not None:
@@ -266,6 +272,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     message = get.result()
                 if message is _CLOSE or not self._stamp(message, name):
                     break
+                self.traffic.put(cast(pb.ConnectResponse, message))
                 yield cast(pb.ConnectResponse, message)  # _stamp checked it
         finally:
             deposed.cancel()
@@ -400,6 +407,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         async for message in requests:
             self._orchestrator.touch(name)  # any message proves the agent alive
             kind = message.WhichOneof("message")
+            self.traffic.got(message, kind or "")
             if kind == "heartbeat":
                 await self._orchestrator.heartbeat(name)
             elif kind == "container_status":

@@ -16,9 +16,10 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from controlplane.api.agent_traffic import AgentTraffic
 from controlplane.api.auth import Continuation, Handler, behavior_of, same_shape
 from controlplane.core.runs import Run
 from controlplane.services.orchestrator import Orchestrator
@@ -78,6 +79,10 @@ class ControlPlaneMetrics:
 
         return TimedProxy(store, self.store, observe=observe)
 
+    def count_traffic(self, traffic: AgentTraffic) -> None:
+        """Read the agents' message counts at each scrape."""
+        self.registry.register(_TrafficCollector(traffic))
+
     def watch(self, orchestrator: Orchestrator) -> None:
         """Read gauges from `orchestrator` at each scrape; observe its commits."""
         self.registry.register(_OrchestratorCollector(orchestrator))
@@ -91,6 +96,31 @@ class ControlPlaneMetrics:
             self.release.observe((after.started_at - after.created_at).total_seconds())
         if after.terminal and (before is None or not before.terminal):
             self.finished.labels(status=after.status).inc()
+
+
+class _TrafficCollector(Collector):
+    def __init__(self, traffic: AgentTraffic) -> None:
+        self._traffic = traffic
+
+    def collect(self) -> Iterable[CounterMetricFamily]:
+        t = self._traffic
+        for direction, counts in (("received", t.received), ("sent", t.sent)):
+            family = CounterMetricFamily(
+                f"muster_agent_messages_{direction}",
+                f"Messages {direction} on agents' streams, by kind.",
+                labels=["kind"],
+            )
+            for kind, count in sorted(counts.items()):
+                family.add_metric([kind], count)
+            yield family
+        yield CounterMetricFamily(
+            "muster_agent_container_statuses",
+            "Container states received from agents (batched or not).",
+            value=t.statuses,
+        )
+        yield CounterMetricFamily(
+            "muster_agent_container_starts", "Container starts sent to agents.", value=t.starts
+        )
 
 
 class _OrchestratorCollector(Collector):

@@ -34,6 +34,24 @@ class Change:
     after: Run
     actions: list[Action] = field(default_factory=list)
 
+    @property
+    def observed_only(self) -> bool:
+        """Whether only what agents observe changed (replica states, their
+        events): no action follows and the run's status, reason, instants and
+        placement stand. Such a change may be stored a moment later: were it
+        lost in a crash, the agents report those states again when they
+        reconnect, and nothing was decided on it."""
+        b, a = self.before, self.after
+        return (
+            not self.actions
+            and a.status == b.status
+            and a.status_reason == b.status_reason
+            and a.started_at == b.started_at
+            and a.finished_at == b.finished_at
+            and a.placed_at == b.placed_at
+            and a.generation == b.generation
+        )
+
 
 class RunBatch:
     """Decisions on copies of runs; each decision sees the ones before it."""

@@ -89,3 +89,19 @@ async def test_a_run_shows_in_the_metrics(measured) -> None:
     assert value(text, "muster_runs_pending") == 0
     assert value(text, "muster_agents_connected") == 2
     assert value(text, "muster_nodes", status="Ready") == 2
+    # Agent traffic: each of the run's 3 containers was started once, and
+    # every state the agents reported was counted, batched or not.
+    received = {
+        kind: value(text, "muster_agent_messages_received_total", kind=kind)
+        for kind in ("register", "container_status", "container_statuses")
+    }
+    assert received["register"] == 2
+    assert received["container_status"] + received["container_statuses"] >= 1
+    assert value(text, "muster_agent_container_starts_total") == 3
+    states = value(text, "muster_agent_container_statuses_total")
+    assert states >= 3 * 2  # at least running and exited or removed per container
+    sent = value(text, "muster_agent_messages_sent_total", kind="start_containers") + value(
+        text, "muster_agent_messages_sent_total", kind="start_container"
+    )
+    assert 1 <= sent <= 3
+    assert value(text, "muster_agent_messages_sent_total", kind="registered") == 2

@@ -59,6 +59,7 @@ class Orchestrator(RunsPart, AgentsPart, RoundPart):
             self._put_node(node)
             self._heard[node.name] = mono
         self._runs.clear()
+        self._unsaved.clear()  # what this leader kept unstored before is the store's now
         self._ledger.reset(())
         for run in await self._store.active_runs():
             self._set_run(run)
@@ -88,6 +89,11 @@ class Orchestrator(RunsPart, AgentsPart, RoundPart):
         """One reconcile round now (the loop runs them; tests call it directly)."""
         async with self._lock:
             await self._tick()
+
+    async def stored(self) -> None:
+        """Store what is kept for write-behind now (a graceful stop)."""
+        async with self._lock:
+            await self.flush()
 
     async def place(self) -> None:
         """A scheduling round only (what a wake-up asks for): node liveness

@@ -174,7 +174,7 @@ class AgentsPart(OrchestratorState):
                     observe = partial(lifecycle.observe, node=name, obs=report.observation, now=now)
                     batch.change(run, observe, always=True)
             try:
-                await self._commit(batch)
+                await self._commit(batch, write_behind=True)
             except KeyError:  # retention deleted a finished run meanwhile: store the others
                 for change in batch:
                     try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -76,6 +77,9 @@ class OrchestratorState:
         # Runs this control plane saw end, newest last (reports of their
         # containers' ends keep arriving after the run ended).
         self._ended: OrderedDict[int, Run] = OrderedDict()
+        self._unsaved: dict[int, Run] = {}
+        """Runs in force whose latest change was observed only and is not
+        stored yet (write-behind: `flush` stores them, once per tick)."""
         self.cluster_id = ""
         """The database's cluster id (read at load): in container names and labels."""
 
@@ -113,17 +117,31 @@ class OrchestratorState:
         await self._commit(batch)
         return after
 
-    async def _commit(self, batch: Iterable[Change]) -> None:
+    async def _commit(self, batch: Iterable[Change], write_behind: bool = False) -> None:
         """Persist every run the batch changed (copies the state machine
         changed) in one transaction first; only then make them the runs in
         force, tell watchers and act. A failed write raises and leaves memory
-        as it was, with nothing sent."""
+        as it was, with nothing sent. With `write_behind`, changes that only
+        record what agents observed are made in force at once and stored by
+        the next `flush` (a container's creating, running and ready cost one
+        write, not three); every decision is still stored before it acts."""
         changes = list(batch)
         if not changes:
             return
-        await self._store.save_runs([change.after for change in changes])
+        now = [c for c in changes if not (write_behind and c.observed_only)]
+        stored = {change.after.id for change in now}
+        # A write carries the active runs waiting for write-behind along.
+        riders = [r for i, r in self._unsaved.items() if i not in stored and not r.terminal]
+        if now:
+            await self._store.save_runs([change.after for change in now] + riders)
+            for run in riders:
+                del self._unsaved[run.id]
         for change in changes:
             self._in_force(change)
+            if change.after.id in stored:
+                self._unsaved.pop(change.after.id, None)
+            else:
+                self._unsaved[change.after.id] = change.after
         for change in changes:
             run = change.after
             failures = [e for action in change.actions if (e := self._dispatch(run, action))]
@@ -131,6 +149,23 @@ class OrchestratorState:
                 await self._change(
                     run, partial(lifecycle.fail, now=self._clock(), reason=failures[0])
                 )
+
+    async def flush(self) -> None:
+        """Store the changes kept for write-behind, in one transaction (a run
+        retention deleted meanwhile is dropped). On failure they stay kept, for
+        the next flush."""
+        if not self._unsaved:
+            return
+        runs = list(self._unsaved.values())
+        try:
+            await self._store.save_runs(runs)
+        except KeyError:  # a finished run retention deleted: store the others one by one
+            for run in runs:
+                with contextlib.suppress(KeyError):
+                    await self._store.save_runs([run])
+        for run in runs:
+            if self._unsaved.get(run.id) is run:
+                del self._unsaved[run.id]
 
     def _in_force(self, change: Change) -> None:
         """The run a change made (just stored) replaces the run in memory; its
