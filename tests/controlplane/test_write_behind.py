@@ -1,6 +1,6 @@
 """Write-behind for what agents only observe: a report that decides nothing
 (a container creating, running, removed) is in force at once and stored with
-the next write or the next tick; every decision is still stored before it is
+the next tick; every decision is still stored before it is
 acted on, and a graceful stop stores what waits."""
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ async def test_an_observation_is_seen_at_once_and_stored_by_the_next_tick() -> N
     assert counting.transactions == [[run.id]], "a stored change is not stored again"
 
 
-async def test_a_decision_is_stored_before_it_acts_and_carries_waiting_observations() -> None:
+async def test_a_decision_is_stored_before_it_acts_and_others_still_wait() -> None:
     orch, store, _, links, _ = await build_world(SETTINGS, cpu_and_gpu_nodes())
     first, second = [await orch.create_run(request(workers=1)) for _ in range(2)]
     await tick(orch)
@@ -48,9 +48,12 @@ async def test_a_decision_is_stored_before_it_acts_and_carries_waiting_observati
     # The second run's worker is ready: its job is released, which is a decision.
     await report(orch, "b", second.id, "worker", 0, "running", ready=True)
     assert [spec.run_id for spec in links["a"].started] == [second.id]
-    assert counting.transactions == [[second.id, first.id]], "one write carried both"
+    assert counting.transactions == [[second.id]]
     stored = await store.get_run(second.id)
     assert stored.started_at is not None and stored.replica("worker", 0).ready
+    assert _state(await store.get_run(first.id), "worker", 0) == "pending"
+    await tick(orch)  # observations of many runs: one transaction per tick
+    assert counting.transactions == [[second.id], [first.id]]
     assert _state(await store.get_run(first.id), "worker", 0) == "running"
 
 

@@ -129,13 +129,9 @@ class OrchestratorState:
         if not changes:
             return
         now = [c for c in changes if not (write_behind and c.observed_only)]
-        stored = {change.after.id for change in now}
-        # A write carries the active runs waiting for write-behind along.
-        riders = [r for i, r in self._unsaved.items() if i not in stored and not r.terminal]
         if now:
-            await self._store.save_runs([change.after for change in now] + riders)
-            for run in riders:
-                del self._unsaved[run.id]
+            await self._store.save_runs([change.after for change in now])
+        stored = {change.after.id for change in now}
         for change in changes:
             self._in_force(change)
             if change.after.id in stored:
