@@ -331,6 +331,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                 cluster_id=cluster,
                 log_window=LOG_WINDOW,
                 accepts_status_batches=True,
+                any_message_is_alive=True,
             )
         )
 
@@ -405,11 +406,13 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
         batches: asyncio.Queue[pb.LogBatch],
     ) -> None:
         async for message in requests:
-            self._orchestrator.touch(name)  # any message proves the agent alive
+            # Any message proves the agent alive and brings a NotReady node
+            # back (Registered says so: a busy agent sends no heartbeats).
+            await self._orchestrator.heartbeat(name)
             kind = message.WhichOneof("message")
             self.traffic.got(message, kind or "")
             if kind == "heartbeat":
-                await self._orchestrator.heartbeat(name)
+                pass
             elif kind == "container_status":
                 if (report := self._admissible(name, message.container_status)) is not None:
                     await self._orchestrator.report(name, report)

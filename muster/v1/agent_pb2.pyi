@@ -139,18 +139,20 @@ class Register(_message.Message):
     def __init__(self, node_name: _Optional[str] = ..., pools: _Optional[_Iterable[str]] = ..., labels: _Optional[_Mapping[str, str]] = ..., allocatable: _Optional[_Union[_node_pb2.Capacity, _Mapping]] = ..., advertise_address: _Optional[str] = ..., agent_version: _Optional[str] = ..., network_mode: _Optional[_Union[_node_pb2.NetworkMode, str]] = ..., network_name: _Optional[str] = ..., containers: _Optional[_Iterable[_Union[ContainerStatus, _Mapping]]] = ..., instance_id: _Optional[str] = ..., gpu_devices: _Optional[_Iterable[str]] = ..., accepts_start_batches: _Optional[bool] = ...) -> None: ...
 
 class Registered(_message.Message):
-    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id", "log_window", "accepts_status_batches")
+    __slots__ = ("heartbeat_interval_seconds", "node_lost_after_seconds", "cluster_id", "log_window", "accepts_status_batches", "any_message_is_alive")
     HEARTBEAT_INTERVAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
     NODE_LOST_AFTER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     LOG_WINDOW_FIELD_NUMBER: _ClassVar[int]
     ACCEPTS_STATUS_BATCHES_FIELD_NUMBER: _ClassVar[int]
+    ANY_MESSAGE_IS_ALIVE_FIELD_NUMBER: _ClassVar[int]
     heartbeat_interval_seconds: int
     node_lost_after_seconds: int
     cluster_id: str
     log_window: int
     accepts_status_batches: bool
-    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ..., log_window: _Optional[int] = ..., accepts_status_batches: _Optional[bool] = ...) -> None: ...
+    any_message_is_alive: bool
+    def __init__(self, heartbeat_interval_seconds: _Optional[int] = ..., node_lost_after_seconds: _Optional[int] = ..., cluster_id: _Optional[str] = ..., log_window: _Optional[int] = ..., accepts_status_batches: _Optional[bool] = ..., any_message_is_alive: _Optional[bool] = ...) -> None: ...
 
 class ContainerStatusBatch(_message.Message):
     __slots__ = ("statuses",)

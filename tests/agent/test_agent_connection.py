@@ -8,7 +8,7 @@ import grpc
 import pytest
 
 from agent import connection
-from agent.connection import Outbox
+from agent.outbox import Outbox
 from agent.runtime import ContainerSpec
 from agent.runtime_fake import FakeRuntime
 from muster.common.limits import AGENT_MAX_SEND_BYTES, SERVER_MAX_RECEIVE_BYTES

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import asyncio
 
-from agent.connection import LogWindow, Outbox
 from agent.logship import LogShipper
 from agent.messages import LogBatch, Status
+from agent.outbox import LogWindow, Outbox
 from agent.runtime import ContainerSpec
 from agent.runtime_fake import FakeRuntime
 from muster.common.limits import LOG_BATCH_BYTES, LOG_PART_BYTES

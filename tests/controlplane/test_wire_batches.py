@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import grpc
 
-from agent.connection import STATUS_BATCH, Outbox
+from agent.outbox import STATUS_BATCH, Outbox
 from controlplane.api.agents import START_BATCH, GrpcAgentLink
 from controlplane.core.containers import ContainerSpec
 from muster.v1 import agent_pb2 as apb
