@@ -208,7 +208,7 @@ class AgentsPart(OrchestratorState):
             failed = [change.after.id for change in batch if change.after.terminal]
             await self._store.delete_node(name, now)
             del self._nodes[name]
-            self._admission_views = None
+            self._nodes_changed()
             self._heard.pop(name, None)
             link = self._links.pop(name, None)
             if link is not None:

@@ -73,6 +73,7 @@ class OrchestratorState:
         # node -> (its drain deadline, the monotonic instant it falls due)
         self._drain_due: dict[str, tuple[datetime, float]] = {}
         self._admission_views: Offers | None = None
+        self._ips: dict[str, str] | None = None  # _node_ips, until a node changes
         self._listeners: list[Callable[[Run | None, Run], None]] = []
         # Runs this control plane saw end, newest last (reports of their
         # containers' ends keep arriving after the run ended).
@@ -231,12 +232,15 @@ class OrchestratorState:
         return None
 
     def _node_ips(self) -> dict[str, str]:
-        """Host-port nodes whose advertise address is an IP: where their workers are reached."""
-        out = {}
-        for node in self._nodes.values():
-            if node.network_mode == "host-port" and is_ip(node.advertise_address):
-                out[node.name] = node.advertise_address
-        return out
+        """Host-port nodes whose advertise address is an IP: where their workers
+        are reached (derived once per change of the nodes, not per start)."""
+        if self._ips is None:
+            self._ips = {
+                node.name: node.advertise_address
+                for node in self._nodes.values()
+                if node.network_mode == "host-port" and is_ip(node.advertise_address)
+            }
+        return self._ips
 
     def _recently_ended(self, run_id: int) -> Run | None:
         """A run this control plane saw end, while retention cannot have
@@ -257,7 +261,12 @@ class OrchestratorState:
 
     def _put_node(self, node: Node) -> None:
         self._nodes[node.name] = node
+        self._nodes_changed()
+
+    def _nodes_changed(self) -> None:
+        """Forget what was derived from the nodes (a node was added, replaced or removed)."""
         self._admission_views = None
+        self._ips = None
 
     def _set_run(self, run: Run) -> None:
         """`run` is an active run in force (new, changed or loaded)."""
