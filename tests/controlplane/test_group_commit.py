@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from datetime import timedelta
 
+from controlplane.coalescer import Coalescer
 from controlplane.core.errors import StoreUnavailable
-from controlplane.services.batch import Coalescer
 from tests.controlplane.test_orchestrator import (
     SETTINGS,
     build_world,

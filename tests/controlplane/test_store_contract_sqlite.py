@@ -3,13 +3,14 @@ migrated from an older schema, or refused when a newer muster made it."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
 from controlplane.store.sqlite import MIGRATIONS, SqliteStore
-from tests.controlplane.store_contract_support import T0, spec
+from tests.controlplane.store_contract_support import T0, finished_run, spec
 
 
 async def test_sqlite_survives_reopen(tmp_path: Path) -> None:
@@ -124,5 +125,28 @@ async def test_an_older_database_gains_retention_columns_from_its_runs(tmp_path:
         assert await s.finished_before(T0 + timedelta(minutes=2), 10) == [1]
         assert await s.finished_before(T0 + timedelta(seconds=59), 10) == []
         assert await s.log_usage(1) == (18, 0)  # bytes, not characters
+    finally:
+        await s.close()
+
+
+async def test_point_reads_arriving_together_share_one_hop(tmp_path: Path) -> None:
+    """GetRun misses that arrive while one is being read are read together
+    (one query on the store thread), and each caller still gets its own run."""
+    s = await SqliteStore.open(tmp_path / "db.sqlite")
+    try:
+        runs = [await finished_run(s, minutes=i) for i in range(6)]
+        hops = 0
+        real_call = s._call
+
+        async def counted(fn, *args):  # type: ignore[no-untyped-def]
+            nonlocal hops
+            hops += 1
+            return await real_call(fn, *args)
+
+        s._call = counted  # type: ignore[method-assign]
+        wanted = [r.id for r in runs] + [10_000, runs[0].id]
+        got = await asyncio.gather(*(s.get_run(run_id) for run_id in wanted))
+        assert [r.id if r else None for r in got] == [*(r.id for r in runs), None, runs[0].id]
+        assert hops == 1, "eight reads that arrived together: one hop"
     finally:
         await s.close()

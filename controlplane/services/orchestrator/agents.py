@@ -8,6 +8,7 @@ from dataclasses import replace
 from datetime import datetime
 from functools import cached_property, partial
 
+from controlplane.coalescer import Coalescer
 from controlplane.core import nodes as maintenance
 from controlplane.core import runs as lifecycle
 from controlplane.core.errors import (
@@ -16,7 +17,7 @@ from controlplane.core.errors import (
 )
 from controlplane.core.nodes import Node
 from controlplane.core.runs import Action, Run
-from controlplane.services.batch import Coalescer, RunBatch
+from controlplane.services.batch import RunBatch
 from controlplane.services.orchestrator.links import AgentLink, Report
 from controlplane.services.orchestrator.state import OrchestratorState
 

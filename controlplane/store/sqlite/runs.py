@@ -7,7 +7,9 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from datetime import datetime
+from pathlib import Path
 
+from controlplane.coalescer import Coalescer
 from controlplane.core.runs import TERMINAL, Run
 from controlplane.store.base import KnownRequest
 from controlplane.store.documents import run_from_doc, run_to_doc
@@ -15,8 +17,18 @@ from controlplane.store.micros import maybe_micros, to_micros
 from controlplane.store.sql_clauses import SQLITE, run_filter
 from controlplane.store.sqlite.connection import SqliteConnection
 
+Box = list[Run | None]
+"""Where a point read puts the run it found (None: no such run)."""
+
 
 class SqliteRuns(SqliteConnection):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._point_reads: Coalescer[tuple[int, Box]] = Coalescer(self._read_runs)
+        """GetRun misses that arrive while one is being read share the next
+        hop to the store thread (one query for all of them): the hop, not
+        the read, was most of a point read's cost."""
+
     async def insert_run(self, run: Run, request_id: str = "", fingerprint: str = "") -> Run:
         def tx(conn: sqlite3.Connection) -> Run:
             cur = conn.execute(
@@ -83,11 +95,20 @@ class SqliteRuns(SqliteConnection):
         await self._call(self._tx, tx)
 
     async def get_run(self, run_id: int) -> Run | None:
-        def q() -> Run | None:
-            row = self._db.execute("SELECT doc FROM runs WHERE id = ?", (run_id,)).fetchone()
-            return self._recent.decoded(run_id, row["doc"]) if row else None
+        box: Box = [None]
+        await self._point_reads.submit((run_id, box))
+        return box[0]
 
-        return await self._call(q)
+    async def _read_runs(self, wanted: list[tuple[int, Box]]) -> None:
+        def q() -> dict[int, Run]:
+            ids = sorted({run_id for run_id, _ in wanted})
+            marks = ",".join("?" * len(ids))
+            rows = self._db.execute(f"SELECT id, doc FROM runs WHERE id IN ({marks})", ids)
+            return {row["id"]: self._recent.decoded(row["id"], row["doc"]) for row in rows}
+
+        found = await self._call(q)
+        for run_id, box in wanted:
+            box[0] = found.get(run_id)
 
     async def list_runs(
         self,
