@@ -126,7 +126,10 @@ def raw_once(workers: int, round_no: int) -> float:
                 if time.monotonic() > deadline:
                     raise RuntimeError(f"raw worker at {ip} never accepted")
                 time.sleep(0.02)
-        run("podman", "run", "--rm", "--network", RAW_NET, "--label", RAW_LABEL,
+        # Hosts entries for the workers, as muster gives its jobs (the network's
+        # DNS sometimes answered a fresh name too late: the job then failed).
+        hosts = [f"--add-host={n}:{ip}" for n, ip in zip(names, ips, strict=True)]
+        run("podman", "run", "--rm", "--network", RAW_NET, "--label", RAW_LABEL, *hosts,
             "-e", "ADDRESSES=" + ",".join(f"{n}:7000" for n in names),
             IMAGE, "python3", "-c", RAW_JOB)  # fmt: skip
         return time.perf_counter() - began
