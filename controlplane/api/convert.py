@@ -5,6 +5,8 @@ so `controlplane.api.convert` stays the one place adapters import from."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from controlplane.api.convert_agent import log_lines_from_pb as log_lines_from_pb
@@ -169,19 +171,27 @@ def run_message(run: Run, with_events: bool = True) -> run_pb.Run:
     return cached
 
 
+def changing_fields(run: Run) -> dict[str, Any]:
+    """The Run message's scalar fields that change during a run's life: the
+    ones a partial WatchRun response always carries (convert_watch.py)."""
+    return {
+        "id": run.id,
+        "status": STATUS_TO_PB[run.status],
+        "status_reason": run.status_reason,
+        "running_count": run.running_count,
+        "started_at": timestamp(run.started_at),
+        "finished_at": timestamp(run.finished_at),
+        "etag": etag_of(run),
+        "tags": run.tags,
+    }
+
+
 def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
     """Domain run -> Run message (a new one, the caller's to change)."""
     msg = run_pb.Run(
-        id=run.id,
         job=_target_to_pb(run.job, run.tyger),
         timeout_seconds=run.timeout_seconds,
-        tags=run.tags,
-        status=STATUS_TO_PB[run.status],
-        status_reason=run.status_reason,
-        running_count=run.running_count,
         created_at=timestamp(run.created_at),
-        started_at=timestamp(run.started_at),
-        finished_at=timestamp(run.finished_at),
         pull_policy=(
             run_pb.PULL_POLICY_UNSPECIFIED
             if run.pull_policy is None
@@ -189,8 +199,8 @@ def run_to_pb(run: Run, with_events: bool = True) -> run_pb.Run:
         ),
         cluster=run.tyger.cluster,
         buffer_access_ttl=run.tyger.buffer_access_ttl,
-        etag=etag_of(run),
         buffers=run.buffers,
+        **changing_fields(run),
     )
     if run.worker is not None:
         msg.worker.CopyFrom(_target_to_pb(run.worker))

@@ -17,15 +17,8 @@ should never change having changed) the whole run is sent instead.
 
 from __future__ import annotations
 
-from controlplane.api.convert import (
-    STATUS_TO_PB,
-    add_events,
-    add_replica,
-    run_message,
-    timestamp,
-)
+from controlplane.api.convert import add_events, add_replica, changing_fields, run_message
 from controlplane.core.runs import Run
-from controlplane.core.tyger import etag_of
 from muster.v1 import run_pb2 as pb
 
 
@@ -68,16 +61,7 @@ def partial_run(before: Run, now: Run) -> pb.Run | None:
     when only the whole run says it."""
     if not _expressible(before, now):
         return None
-    msg = pb.Run(
-        id=now.id,
-        status=STATUS_TO_PB[now.status],
-        status_reason=now.status_reason,
-        running_count=now.running_count,
-        started_at=timestamp(now.started_at),
-        finished_at=timestamp(now.finished_at),
-        etag=etag_of(now),
-        tags=now.tags,
-    )
+    msg = pb.Run(**changing_fields(now))
     old = before.replicas
     for i, r in enumerate(now.replicas):
         if i >= len(old) or old[i] != r:
