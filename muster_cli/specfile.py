@@ -11,8 +11,6 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from muster.common.timespan import TimeSpanError, timespan_seconds
 from muster.v1 import codespec_pb2 as cpb
 from muster.v1 import run_pb2 as rpb
@@ -55,6 +53,8 @@ def load_yaml(path: str) -> Any:
         text = Path(path).read_text()
     except OSError as exc:
         raise SpecError(f"cannot read {path}: {exc.strerror}") from None
+    import yaml  # only for the commands that read files: it slows every start
+
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

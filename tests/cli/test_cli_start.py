@@ -1,0 +1,35 @@
+"""The CLI starts light: what only some commands need (YAML, cryptography,
+the buffers' HTTP client, the control plane and agent packages) is imported
+when such a command runs, not at every start."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("yaml", "cryptography", "aiohttp", "controlplane", "agent")
+
+
+def test_starting_the_cli_imports_nothing_only_some_commands_need() -> None:
+    probe = (
+        "import sys\n"
+        "from muster_cli.main import main\n"
+        f"print(','.join(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.strip()
+    assert out == "", f"imported at start: {out}"
+
+
+def test_yaml_output_and_spec_files_still_load_it() -> None:
+    probe = (
+        "import sys\n"
+        "from muster_cli.output import dump\n"
+        "print(dump({'a': 1}, 'yaml'))\n"
+        "print('yaml' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.split()
+    assert out == ["a:", "1", "True"]
