@@ -136,7 +136,26 @@ class LazyGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-@click.group(cls=AliasGroup, context_settings=CONTEXT)
+class RootGroup(AliasGroup, LazyGroup):
+    """The `muster` group: aliases first, then each command's module imported
+    when that command runs (a command's start pays only for its own module,
+    the protobuf modules it needs and gRPC)."""
+
+
+COMMANDS = {
+    "login": "muster_cli.auth:login",
+    "whoami": "muster_cli.auth:whoami",
+    "token": "muster_cli.auth:token",
+    "buffer": "muster_cli.buffers:buffer",
+    "codespec": "muster_cli.codespecs:codespec",
+    "registry": "muster_cli.images:registry",
+    "image": "muster_cli.images:image",
+    "node": "muster_cli.nodes:node",
+    "run": "muster_cli.run_queries:run",  # run_queries adds its commands to runs.run
+}
+
+
+@click.group(cls=RootGroup, lazy=COMMANDS, context_settings=CONTEXT)
 @click.option(
     "--server",
     default=None,
@@ -155,3 +174,7 @@ def cli(ctx: click.Context, server: str | None, config: str | None) -> None:
     """muster: distributed container jobs on your own Podman hosts."""
     ctx.obj = {"server": server}
     set_config_flag(config)
+
+
+for _alias, _name in (("runs", "run"), ("codespecs", "codespec"), ("buffers", "buffer")):
+    cli.alias(_alias, _name)  # Tyger's names

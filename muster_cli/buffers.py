@@ -119,9 +119,6 @@ def buffer() -> None:
     """Buffers: named, tagged streams of bytes that runs read and write."""
 
 
-cli.alias("buffers", "buffer")  # Tyger's name
-
-
 @buffer.command("create", context_settings=CONTEXT)
 @tag_options("Tag the buffer with K=V", exclude=False)
 @click.option("--ttl", default=None, metavar="TTL", help=f"Lifetime: {TTL_HELP}; default: none.")

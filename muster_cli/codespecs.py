@@ -52,7 +52,6 @@ def codespec() -> None:
     """Create and inspect versioned codespecs."""
 
 
-cli.alias("codespecs", "codespec")
 codespec.alias("get", "show")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
 
 

@@ -6,16 +6,7 @@ import sys
 
 import click
 
-from muster_cli import (  # noqa: F401  (they register their commands)
-    auth,
-    buffers,
-    codespecs,
-    images,
-    nodes,
-    run_queries,
-    runs,
-)
-from muster_cli.app import cli
+from muster_cli.app import cli  # its commands' modules load when one runs
 from muster_cli.client import fail
 from muster_cli.specfile import SpecError
 

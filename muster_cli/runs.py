@@ -40,7 +40,6 @@ def run() -> None:
     """Create, follow and inspect runs."""
 
 
-cli.alias("runs", "run")
 run.alias("get", "show")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
 run.alias("stop", "cancel")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)
 run.alias("count", "counts")  # type: ignore[attr-defined]  # an AliasGroup (muster_cli.app)

@@ -33,3 +33,22 @@ def test_yaml_output_and_spec_files_still_load_it() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     ).stdout.split()
     assert out == ["a:", "1", "True"]
+
+
+def test_a_command_loads_its_own_module_only() -> None:
+    probe = (
+        "import sys\n"
+        "from muster_cli.main import main\n"
+        "sys.argv = ['muster', 'run', 'show', '--help']\n"
+        "try:\n"
+        "    main()\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "others = ('auth', 'buffers', 'codespecs', 'images', 'nodes')\n"
+        "print(','.join(m for m in others if 'muster_cli.' + m in sys.modules))\n"
+        "print('muster_cli.runs' in sys.modules)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    ).stdout.splitlines()
+    assert out[-2:] == ["", "True"], out
