@@ -138,7 +138,8 @@ async def drive(args: argparse.Namespace, address: str, cp: psutil.Process, stat
         done_at: list[float] = []
         failures: list[str] = []
         cpu0, began = cpu_seconds(cp), time.perf_counter()
-        await run_all(runs, request, args, done_at, failures)
+        replies = await run_all(runs, request, args, done_at, failures)
+        print(f"  watch responses per run: {sum(replies) / max(1, len(replies)):.1f}")
         counts = await wait_removed(stats)  # the agents' runtimes are empty
         elapsed, cpu = time.perf_counter() - began, cpu_seconds(cp) - cpu0
         created = sum(c["created"] for c in counts)
@@ -193,26 +194,31 @@ def run_request(workers: int):
 
 async def run_all(
     runs, request, args: argparse.Namespace, done_at: list[float], failures: list[str]
-) -> None:
+) -> list[int]:
     """--runs runs of `request`, at most --in-flight at once, each watched to its
-    end: when each ended goes to `done_at`, why each that failed to `failures`."""
+    end: when each ended goes to `done_at`, why each that failed to `failures`.
+    Returns how many watch responses each run took."""
     from muster.v1 import run_pb2 as rpb
 
     window = asyncio.Semaphore(args.in_flight)
+    replies: list[int] = []
 
     async def one() -> None:
         async with window:
             created = (await runs.CreateRun(request)).run
             last = None
             watch = rpb.WatchRunRequest(run_id=created.id, changes_only=True)
+            count = 0
             async for reply in runs.WatchRun(watch):  # reads only fields always sent
-                last = reply.run
+                last, count = reply.run, count + 1
             assert last is not None
+            replies.append(count)
             if last.status != rpb.RUN_STATUS_SUCCEEDED:
                 failures.append(f"run {last.id}: {last.status_reason}")
             done_at.append(time.perf_counter())
 
     await asyncio.gather(*(one() for _ in range(args.runs)))
+    return replies
 
 
 async def wait_removed(stats: list[Path]) -> list[dict]:
