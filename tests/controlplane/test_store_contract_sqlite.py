@@ -150,3 +150,31 @@ async def test_point_reads_arriving_together_share_one_hop(tmp_path: Path) -> No
         assert hops == 1, "eight reads that arrived together: one hop"
     finally:
         await s.close()
+
+
+async def test_the_latest_codespec_is_kept_and_never_stale(tmp_path: Path) -> None:
+    """One control plane per SQLite file, so every new version passes through
+    this store: the latest of a name is read once, then kept; a new version
+    (even one inserted while a read was under way) is what the next read gives."""
+    s = await SqliteStore.open(tmp_path / "db.sqlite")
+    try:
+        await s.insert_codespec(spec("w", 1))
+        hops = 0
+        real_call = s._call
+
+        async def counted(fn, *args):  # type: ignore[no-untyped-def]
+            nonlocal hops
+            hops += 1
+            return await real_call(fn, *args)
+
+        s._call = counted  # type: ignore[method-assign]
+        assert (await s.latest_codespec("w")).version == 1
+        assert (await s.latest_codespec("w")).version == 1
+        assert hops == 1, "the second read was answered from memory"
+        read, _ = await asyncio.gather(s.latest_codespec("w"), s.insert_codespec(spec("w", 2)))
+        assert read.version in (1, 2)
+        assert (await s.latest_codespec("w")).version == 2
+        assert (await s.latest_codespec("w")).image == "img"
+        assert await s.latest_codespec("missing") is None
+    finally:
+        await s.close()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections import OrderedDict
+from pathlib import Path
 from typing import Any
 
 from controlplane.core.codespec import Codespec, to_document
@@ -14,16 +16,42 @@ from controlplane.store.sql_clauses import SQLITE, codespec_page
 from controlplane.store.sql_rows import codespec_from_row, codespec_page_from_rows
 from controlplane.store.sqlite.connection import SqliteConnection
 
+LATEST_KEPT = 1_000
+"""Names whose latest codespec is kept in memory (the most recently used)."""
+
 
 class SqliteCodespecs(SqliteConnection):
+    def __init__(self, path: str | Path) -> None:
+        super().__init__(path)
+        self._latest: OrderedDict[str, Codespec] = OrderedDict()
+        """The latest version of recently used names. A SQLite file has one
+        control plane (it is locked), so every new version goes through
+        `insert_codespec` here: what is kept is never stale. Every CreateRun
+        resolves its codespecs by name; this spares each a hop and a query."""
+        self._inserts = 0  # a read that overlapped an insert keeps nothing
+
     async def latest_codespec(self, name: str) -> Codespec | None:
+        kept = self._latest.get(name)
+        if kept is not None:
+            self._latest.move_to_end(name)
+            return kept
+
         def q() -> Codespec | None:
             row = self._db.execute(
                 "SELECT * FROM codespecs WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
             ).fetchone()
             return codespec_from_row(row) if row else None
 
-        return await self._call(q)
+        inserts = self._inserts
+        found = await self._call(q)
+        if found is not None and inserts == self._inserts:
+            self._keep_latest(found)
+        return found
+
+    def _keep_latest(self, spec: Codespec) -> None:
+        self._latest[spec.name] = spec
+        while len(self._latest) > LATEST_KEPT:
+            self._latest.popitem(last=False)
 
     async def get_codespec(self, name: str, version: int) -> Codespec | None:
         def q() -> Codespec | None:
@@ -56,7 +84,12 @@ class SqliteCodespecs(SqliteConnection):
             )
             return spec
 
-        return await self._call(self._tx, tx)
+        self._inserts += 1
+        self._latest.pop(spec.name, None)
+        try:
+            return await self._call(self._tx, tx)
+        finally:
+            self._latest.pop(spec.name, None)  # read back as stored, next time
 
     async def list_codespecs(
         self,
