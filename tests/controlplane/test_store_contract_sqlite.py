@@ -129,25 +129,30 @@ async def test_an_older_database_gains_retention_columns_from_its_runs(tmp_path:
         await s.close()
 
 
+def count_hops(store: SqliteStore) -> list[int]:
+    """Counts the store's hops to its thread from now on (in the one item)."""
+    hops = [0]
+    real_call = store._call
+
+    async def counted(fn, *args):  # type: ignore[no-untyped-def]
+        hops[0] += 1
+        return await real_call(fn, *args)
+
+    store._call = counted  # type: ignore[method-assign]
+    return hops
+
+
 async def test_point_reads_arriving_together_share_one_hop(tmp_path: Path) -> None:
     """GetRun misses that arrive while one is being read are read together
     (one query on the store thread), and each caller still gets its own run."""
     s = await SqliteStore.open(tmp_path / "db.sqlite")
     try:
         runs = [await finished_run(s, minutes=i) for i in range(6)]
-        hops = 0
-        real_call = s._call
-
-        async def counted(fn, *args):  # type: ignore[no-untyped-def]
-            nonlocal hops
-            hops += 1
-            return await real_call(fn, *args)
-
-        s._call = counted  # type: ignore[method-assign]
+        hops = count_hops(s)
         wanted = [r.id for r in runs] + [10_000, runs[0].id]
         got = await asyncio.gather(*(s.get_run(run_id) for run_id in wanted))
         assert [r.id if r else None for r in got] == [*(r.id for r in runs), None, runs[0].id]
-        assert hops == 1, "eight reads that arrived together: one hop"
+        assert hops[0] == 1, "eight reads that arrived together: one hop"
     finally:
         await s.close()
 
@@ -159,18 +164,10 @@ async def test_the_latest_codespec_is_kept_and_never_stale(tmp_path: Path) -> No
     s = await SqliteStore.open(tmp_path / "db.sqlite")
     try:
         await s.insert_codespec(spec("w", 1))
-        hops = 0
-        real_call = s._call
-
-        async def counted(fn, *args):  # type: ignore[no-untyped-def]
-            nonlocal hops
-            hops += 1
-            return await real_call(fn, *args)
-
-        s._call = counted  # type: ignore[method-assign]
+        hops = count_hops(s)
         assert (await s.latest_codespec("w")).version == 1
         assert (await s.latest_codespec("w")).version == 1
-        assert hops == 1, "the second read was answered from memory"
+        assert hops[0] == 1, "the second read was answered from memory"
         read, _ = await asyncio.gather(s.latest_codespec("w"), s.insert_codespec(spec("w", 2)))
         assert read.version in (1, 2)
         assert (await s.latest_codespec("w")).version == 2
