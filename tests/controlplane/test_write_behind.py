@@ -5,9 +5,12 @@ acted on, and a graceful stop stores what waits."""
 
 from __future__ import annotations
 
+from controlplane.core.runs import Observation
+from controlplane.services.orchestrator import Orchestrator, Report
 from tests.controlplane.test_group_commit import CountingStore
 from tests.controlplane.test_orchestrator import (
     SETTINGS,
+    FakeLink,
     build_world,
     cpu_and_gpu_nodes,
     report,
@@ -82,3 +85,19 @@ async def test_a_graceful_stop_stores_what_waits() -> None:
     assert _state(await store.get_run(run.id), "worker", 0) == "pending"
     await orch.stored()
     assert _state(await store.get_run(run.id), "worker", 0) == "creating"
+
+
+async def test_an_observation_lost_in_a_crash_comes_back_when_the_agent_registers() -> None:
+    orch, store, clock, _, codespecs = await build_world(SETTINGS, cpu_and_gpu_nodes())
+    run = await orch.create_run(request(workers=2))
+    await tick(orch)
+    await report(orch, "b", run.id, "worker", 0, "running", ready=False)
+    # The control plane dies before the tick: the store never saw "running".
+    again = Orchestrator(store, codespecs, SETTINGS, clock, monotonic=clock.mono)
+    await again.load()
+    assert _state(await again.get_run(run.id), "worker", 0) == "pending"
+    running = [Report(run.id, Observation("worker", 0, "running", False))]
+    await again.connect(cpu_and_gpu_nodes()[1], FakeLink(), running)
+    assert _state(await again.get_run(run.id), "worker", 0) == "running"
+    await tick(again)
+    assert _state(await store.get_run(run.id), "worker", 0) == "running"

@@ -165,8 +165,8 @@ class OrchestratorState:
                 del self._unsaved[run.id]
 
     def _in_force(self, change: Change) -> None:
-        """The run a change made (just stored) replaces the run in memory; its
-        watchers wake."""
+        """The run a change made (just stored, or kept for write-behind)
+        replaces the run in memory; its watchers wake."""
         run = change.after
         for listener in self._listeners:
             listener(change.before, run)
