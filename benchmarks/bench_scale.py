@@ -56,7 +56,9 @@ async def agents_main(server: str, first: int, count: int, status_file: Path) ->
     from agent.config import parse_args
     from agent.connection import Backoff
     from agent.runtime_fake import FakeRuntime
+    from muster.common.gc_tuning import tune_gc
 
+    tune_gc()  # as the agent's command does
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     runtimes = [FakeRuntime(node_name=f"sim-{i}") for i in range(first, first + count)]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import os
 import signal
@@ -25,6 +24,7 @@ from controlplane.services.orchestrator import Settings
 from controlplane.store.base import SchemaTooNew
 from controlplane.store.factory import migrate_store, parse_store_url
 from muster.common.cli import OneLineParser
+from muster.common.gc_tuning import tune_gc
 
 T = TypeVar("T")
 EXIT_DEPOSED = 3
@@ -258,22 +258,6 @@ def main(argv: list[str] | None = None) -> None:
     configure_logging(args.log_level)
     tune_gc()
     _run_or_exit(serve(args))
-
-
-GC_THRESHOLDS = (5_000, 50, 1_000)
-"""Python's defaults are (700, 10, 10). Every gRPC call leaves reference
-cycles behind (coroutines, futures, the call's context), so the young
-generation fills at the request rate, and the full collections that follow
-walk every cached run: on 100,000 stored runs they stopped the process for
-60-100 ms several times a minute (GetRun p99 17-28 ms at 500 calls/s). With
-these, the young collections run 7x less often, full ones rarely: GetRun p99
-2.4 ms, and bench_scale's control plane spends about 15% less CPU per
-container (2026-11-30). Cycles are still collected; memory stays bounded."""
-
-
-def tune_gc() -> None:
-    """Set the collector's thresholds for a long-running, allocation-heavy server."""
-    gc.set_threshold(*GC_THRESHOLDS)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
-"""The control plane's command sets the garbage collector's thresholds before
-it serves (young collections less often, full ones rarely: see GC_THRESHOLDS)."""
+"""The control plane's and the agent's commands set the garbage collector's
+thresholds before they serve (young collections less often, full ones rarely:
+see muster/common/gc_tuning.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from agent import __main__ as agent_main
 from controlplane import __main__ as cp_main
+from muster.common.gc_tuning import GC_THRESHOLDS
 
 
 @pytest.fixture
@@ -32,6 +35,21 @@ def test_the_command_tunes_the_collector_before_serving(
     gc.set_threshold(700, 10, 10)
     monkeypatch.setattr(cp_main, "_run_or_exit", serve_nothing)
     cp_main.main(["--insecure", "--listen", "127.0.0.1:0", "--db", str(tmp_path / "cp.db")])
-    assert seen == [cp_main.GC_THRESHOLDS]
-    young, _, old = cp_main.GC_THRESHOLDS
+    assert seen == [GC_THRESHOLDS]
+    young, _, old = GC_THRESHOLDS
     assert young > 700 and old > 10, "fewer young and full collections than Python's defaults"
+
+
+def test_the_agent_command_tunes_the_collector_too(
+    restored_gc: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+
+    def run_nothing(coro) -> None:  # type: ignore[no-untyped-def]
+        seen.append(gc.get_threshold())
+        coro.close()
+
+    gc.set_threshold(700, 10, 10)
+    monkeypatch.setattr(agent_main.asyncio, "run", run_nothing)
+    assert agent_main.main(["--insecure", "--server", "127.0.0.1:1", "--node-name", "n"]) == 0
+    assert seen == [GC_THRESHOLDS]
