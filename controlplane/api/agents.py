@@ -272,8 +272,9 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
                     message = get.result()
                 if message is _CLOSE or not self._stamp(message, name):
                     break
-                self.traffic.put(cast(pb.ConnectResponse, message))
-                yield cast(pb.ConnectResponse, message)  # _stamp checked it
+                out = cast(pb.ConnectResponse, message)  # _stamp checked it
+                self.traffic.put(out)
+                yield out
         finally:
             deposed.cancel()
             if get is not None:
@@ -412,7 +413,7 @@ class AgentServicer(pb_grpc.AgentServiceServicer):
             kind = message.WhichOneof("message")
             self.traffic.got(message, kind or "")
             if kind == "heartbeat":
-                pass
+                pass  # taken in above, as every message is
             elif kind == "container_status":
                 if (report := self._admissible(name, message.container_status)) is not None:
                     await self._orchestrator.report(name, report)

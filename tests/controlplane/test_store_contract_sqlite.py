@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from controlplane.store.sqlite import MIGRATIONS, SqliteStore
+from controlplane.store.sqlite import runs as sqlite_runs
 from tests.controlplane.store_contract_support import T0, finished_run, spec
 
 
@@ -142,9 +143,13 @@ def count_hops(store: SqliteStore) -> list[int]:
     return hops
 
 
-async def test_point_reads_arriving_together_share_one_hop(tmp_path: Path) -> None:
+async def test_point_reads_arriving_together_share_one_hop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """GetRun misses that arrive while one is being read are read together
-    (one query on the store thread), and each caller still gets its own run."""
+    (one hop to the store thread, queries of at most READ_CHUNK ids), and
+    each caller still gets its own run."""
+    monkeypatch.setattr(sqlite_runs, "READ_CHUNK", 3)  # 7 distinct ids: 3 queries
     s = await SqliteStore.open(tmp_path / "db.sqlite")
     try:
         runs = [await finished_run(s, minutes=i) for i in range(6)]

@@ -41,7 +41,7 @@ class RoundPart(NodesPart):
             )
         await self._commit(batch)
         await self._schedule()
-        await self.flush()  # what no write carried along
+        await self.flush()  # the tick's observations, kept for write-behind: one write
 
     def _demand(self, run: Run) -> PendingRun:
         """What the scheduler sees of a pending run: its workers, then its job,

@@ -19,6 +19,8 @@ from controlplane.store.sqlite.connection import SqliteConnection
 
 Box = list[Run | None]
 """Where a point read puts the run it found (None: no such run)."""
+READ_CHUNK = 500
+"""Ids per query of coalesced point reads (well under SQLite's bound on parameters)."""
 
 
 class SqliteRuns(SqliteConnection):
@@ -101,10 +103,15 @@ class SqliteRuns(SqliteConnection):
 
     async def _read_runs(self, wanted: list[tuple[int, Box]]) -> None:
         def q() -> dict[int, Run]:
-            ids = sorted({run_id for run_id, _ in wanted})
-            marks = ",".join("?" * len(ids))
-            rows = self._db.execute(f"SELECT id, doc FROM runs WHERE id IN ({marks})", ids)
-            return {row["id"]: self._recent.decoded(row["id"], row["doc"]) for row in rows}
+            ids, found = sorted({run_id for run_id, _ in wanted}), {}
+            for at in range(0, len(ids), READ_CHUNK):
+                chunk = ids[at : at + READ_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(f"SELECT id, doc FROM runs WHERE id IN ({marks})", chunk)
+                found.update(
+                    {row["id"]: self._recent.decoded(row["id"], row["doc"]) for row in rows}
+                )
+            return found
 
         found = await self._call(q)
         for run_id, box in wanted:
